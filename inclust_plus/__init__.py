@@ -1,0 +1,13 @@
+"""inclust-plus: inClust+ for single-cell multimodal data.
+
+The namespace holds three layers with a one-way dependency:
+``inclust_plus.training`` (PyTorch) -> ``inclust_plus.export`` (ONNX/TorchScript) ->
+``inclust_plus.runtime`` (onnxruntime only). This top-level module and its torch-free helpers
+(:mod:`inclust_plus.errors`, :mod:`inclust_plus.atomic`) may be imported by all three.
+"""
+
+__version__ = "0.1.0"
+
+CHECKPOINT_FORMAT = "inclust-plus-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 1

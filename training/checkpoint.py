@@ -1,0 +1,71 @@
+"""``model.pt``: weights plus a JSON description, loadable with ``torch.load(weights_only=True)``.
+
+The file holds only tensors and plain strings/ints, so loading it never executes pickled code.
+The description (see docs/ARCHITECTURE.md, "Checkpoint") is everything the exporter needs to
+rebuild the module and to name features, covariates, labels and modality combinations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from inclust_plus import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, __version__
+from inclust_plus.atomic import atomic_path
+from inclust_plus.errors import InclustError
+
+from .module import InClustModule, ModuleConfig
+
+
+def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: dict) -> Path:
+    """Write ``module`` and ``description`` atomically to ``path``."""
+    desc = dict(description)
+    desc.update(
+        format=CHECKPOINT_FORMAT,
+        format_version=CHECKPOINT_FORMAT_VERSION,
+        package_version=__version__,
+        module=module.config.to_dict(),
+    )
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "description_json": json.dumps(desc, sort_keys=True),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+    }
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint`; clear errors for anything else."""
+    p = Path(path)
+    if not p.is_file():
+        raise InclustError(f"checkpoint {p} does not exist", "pass the model.pt written by inclust-train")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
+        raise InclustError(
+            f"{p} is not a readable inclust-plus checkpoint (truncated or not a torch file: {type(err).__name__})",
+            "re-run inclust-train or copy model.pt again",
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InclustError(f"{p} is a torch file but not an inclust-plus checkpoint", "pass the model.pt written by inclust-train")
+    if payload.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
+        raise InclustError(
+            f"{p} has checkpoint format {payload.get('format_version')}, newer than this package understands",
+            "upgrade inclust-plus",
+        )
+    desc = json.loads(payload["description_json"])
+    module = InClustModule(ModuleConfig(**desc["module"]))
+    try:
+        module.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise InclustError(f"{p} has weights that do not match its description ({err})".splitlines()[0], "re-run inclust-train") from None
+    module.eval()
+    return module, desc

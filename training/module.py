@@ -1,0 +1,164 @@
+"""The inClust+ network: masked encoder, covariate embedding, classifier, per-type prior, decoder.
+
+Kept apart from data handling and the AnnData-facing model class (as scvi-tools separates its
+modules from its models): everything here works on tensors only, so the exporter can fold the very
+same weights into ONNX graphs.
+
+Notation (BMC Bioinformatics 25:41, 2024):
+    x_in  = x * input_mask                         (input mask module)
+    mu, log s^2 = encoder(x_in)
+    e_b   = covariate_embedding[b]                  (linear on the one-hot covariate)
+    z_c   = mu - e_b                                (covariate removed by vector arithmetic)
+    q(k|x) = softmax(classifier(z_c))
+    x_hat = decoder(z_c + e_target)                 (target = b reconstructs, another b' transfers)
+    loss  = w_rec * 0.5 * sum_f out_mask * (x - x_hat)^2      (output mask module)
+          + w_kl  * sum_k q(k|x) KL(N(mu, s^2) || N(m_k + e_b, I))
+          + w_cat * sum_k q log q   (unsupervised cells)   + w_label * CE(label, q)
+Training decodes a reparameterised sample z; inference uses the posterior mean mu.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+
+
+@dataclass
+class ModuleConfig:
+    """Architecture hyper-parameters (paper defaults)."""
+
+    n_features: int
+    n_covariates: int
+    n_labels: int
+    encoder_hidden: list[int] = field(default_factory=lambda: [200, 50])
+    latent_dim: int = 50
+    decoder_hidden: list[int] = field(default_factory=lambda: [200])
+    activation: str = "relu"
+    output_activation: str = "sigmoid"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LossWeights:
+    """Weights of the loss terms (paper defaults: 5, 1, 1 (unsupervised only), 50)."""
+
+    reconstruction: float = 5.0
+    kl: float = 1.0
+    categorical: float = 1.0
+    label: float = 50.0
+
+
+def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
+    return nn.Sequential(*layers)
+
+
+class InClustModule(nn.Module):
+    """inClust+ as a torch module operating on full-width, zero-filled feature vectors."""
+
+    def __init__(self, config: ModuleConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        if c.activation not in ACTIVATIONS or c.output_activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}")
+        self.encoder = _mlp([c.n_features, *c.encoder_hidden], c.activation)
+        width = c.encoder_hidden[-1] if c.encoder_hidden else c.n_features
+        self.z_mean = nn.Linear(width, c.latent_dim)
+        self.z_log_var = nn.Linear(width, c.latent_dim)
+        self.covariate_embedding = nn.Parameter(torch.zeros(c.n_covariates, c.latent_dim))
+        nn.init.normal_(self.covariate_embedding, std=0.1)
+        self.classifier = nn.Linear(c.latent_dim, c.n_labels)
+        self.prior_means = nn.Parameter(torch.zeros(c.n_labels, c.latent_dim))
+        self.decoder = _mlp([c.latent_dim, *c.decoder_hidden], c.activation)
+        dec_width = c.decoder_hidden[-1] if c.decoder_hidden else c.latent_dim
+        self.output = nn.Linear(dec_width, c.n_features)
+        self.output_activation = ACTIVATIONS[c.output_activation]()
+
+    # --- the pieces -----------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor, input_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of a cell from its masked features."""
+        h = self.encoder(x * input_mask)
+        return self.z_mean(h), self.z_log_var(h)
+
+    def correct(self, z: torch.Tensor, covariate: torch.Tensor) -> torch.Tensor:
+        """Remove the covariate by vector arithmetic: z - e_b."""
+        return z - self.covariate_embedding[covariate]
+
+    def classify(self, z_corrected: torch.Tensor) -> torch.Tensor:
+        """Label logits from the covariate-free latent."""
+        return self.classifier(z_corrected)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """All features from a latent point that carries its covariate (z = z_c + e_b)."""
+        return self.output_activation(self.output(self.decoder(z)))
+
+    # --- inference (posterior mean, what the exporter folds) ---------------------------------------
+    def predict(
+        self,
+        x: torch.Tensor,
+        input_mask: torch.Tensor,
+        covariate: torch.Tensor,
+        target_covariate: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decoded features (in ``target_covariate``), corrected latent and label probabilities."""
+        mu, _ = self.encode(x, input_mask)
+        z_c = self.correct(mu, covariate)
+        probs = torch.softmax(self.classify(z_c), dim=-1)
+        target = covariate if target_covariate is None else target_covariate
+        x_hat = self.decode(z_c + self.covariate_embedding[target])
+        return x_hat, z_c, probs
+
+    # --- training ---------------------------------------------------------------------------------
+    def loss(
+        self,
+        x: torch.Tensor,
+        input_mask: torch.Tensor,
+        output_mask: torch.Tensor,
+        covariate: torch.Tensor,
+        label: torch.Tensor,
+        weights: LossWeights,
+        unsupervised: bool,
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms averaged over the batch; ``label`` is -1 for unlabeled cells."""
+        mu, log_var = self.encode(x, input_mask)
+        e_b = self.covariate_embedding[covariate]
+        z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu) if self.training else mu
+        x_hat = self.decode(z)
+        rec = 0.5 * ((x - x_hat) ** 2 * output_mask).sum(-1)
+
+        logits = self.classify(mu - e_b)
+        log_q = torch.log_softmax(logits, dim=-1)
+        q = log_q.exp()
+        labeled = label >= 0
+        safe_label = label.clamp(min=0)
+        # Prior responsibilities: the known label where there is one, the classifier elsewhere.
+        resp = torch.where(labeled[:, None], nn.functional.one_hot(safe_label, q.shape[-1]).to(q.dtype), q)
+        # KL(N(mu, s^2) || N(m_k + e_b, I)) for every k: [batch, K]
+        diff = mu[:, None, :] - self.prior_means[None] - e_b[:, None, :]
+        kl_k = -0.5 * (1 + log_var[:, None, :] - diff**2 - log_var.exp()[:, None, :]).sum(-1)
+        kl = (resp * kl_k).sum(-1)
+        zero = x.new_zeros(())
+        cat = (q * log_q).sum(-1).mean() if unsupervised else zero
+        ce = -(log_q.gather(1, safe_label[:, None]).squeeze(1) * labeled).sum() / x.shape[0]
+        terms = {
+            "reconstruction": rec.mean(),
+            "kl": kl.mean(),
+            "categorical": cat,
+            "label": ce,
+        }
+        terms["total"] = (
+            weights.reconstruction * terms["reconstruction"]
+            + weights.kl * terms["kl"]
+            + weights.categorical * terms["categorical"]
+            + weights.label * terms["label"]
+        )
+        return terms
