@@ -1,0 +1,19 @@
+"""Torch-free runtime: run exported inClust+ graphs with onnxruntime on h5ad/h5mu files.
+
+Reads only ``manifest.json`` and the ONNX files written by ``inclust-export`` (see
+docs/ARCHITECTURE.md). Never imports torch, ``inclust_plus.training`` or ``inclust_plus.export``;
+the one torch path (``--torchscript``) lives in :mod:`.torchscript_backend` and imports torch
+on demand. Python use::
+
+    from inclust_plus.runtime import RunOptions, run
+    run(RunOptions("impute", onnx="export/", input="query.h5ad", output="imputed.h5ad"))
+
+Modules: :mod:`.manifest` (manifest and graph choice), :mod:`.inputs` / :mod:`.matrices`
+(chunked reading and feature alignment), :mod:`.covariates`, :mod:`.preprocess`,
+:mod:`.backend` (Backend protocol, onnxruntime), :mod:`.output` (streamed h5ad writer),
+:mod:`.runner` (the loop), :mod:`.cli` (``inclust-run`` and its extension points).
+"""
+
+from .runner import RunOptions, run
+
+__all__ = ["RunOptions", "run"]

@@ -1,0 +1,204 @@
+"""``inclust-run``: impute, generate, embed or annotate cells of an h5ad/h5mu with an exported model.
+
+Commands and what they write (all keep the input's obs names and obs columns):
+
+=========  ==================  ===============================================================
+command    graph               output
+=========  ==================  ===============================================================
+impute     decoding graph      X = a modality completed from a feature panel (merfish -> rna),
+                               obsm["X_inclust"], obs["inclust_label"(+"_probability")]
+generate   decoding graph      X = another modality generated from this one (rna -> protein),
+                               plus the same latent and labels
+embed      embed graph         obsm["X_inclust"] and the labels; X has no columns
+annotate   embed graph         obs["inclust_label"] and its probability only
+=========  ==================  ===============================================================
+
+Extension points (for ``runtime/triton_client.py`` and ``runtime/serve.py``)
+----------------------------------------------------------------------------
+When the CLI is imported it imports the optional modules named in :data:`EXTENSIONS` if they
+exist and calls their ``register_cli(registry)`` with the :class:`CliRegistry` :data:`REGISTRY`.
+An extension can:
+
+* ``registry.add_option(click.Option(["--triton"], metavar="URL", help=...))``: the option is added
+  to every run command (impute/generate/embed/annotate); its value reaches the resolvers;
+* ``registry.add_backend_resolver(fn)`` with ``fn(extra: dict, options: RunOptions) -> Backend | None``:
+  ``extra`` holds the values of the added options by parameter name (e.g. ``{"triton": URL,
+  "model": NAME}``); return a :class:`~inclust_plus.runtime.backend.Backend` to use it, or None to
+  fall through to the next resolver and finally to onnxruntime (or TorchScript with ``--torchscript``);
+* ``registry.add_command(click_command)``: e.g. a ``serve`` subcommand of ``inclust-run``.
+
+Extensions must import their third-party packages (tritonclient, ...) lazily, inside functions;
+an extension whose module-level imports fail is skipped, leaving the CLI working without it.
+Nothing here may import torch: ``--torchscript`` loads :mod:`.torchscript_backend` on demand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import click
+
+from inclust_plus import __version__
+from inclust_plus.errors import report_errors
+
+from .backend import DEVICES, Backend
+from .runner import DECODING, RunOptions, default_backend, run
+
+log = logging.getLogger("inclust_plus.runtime")
+EXTENSIONS = ("triton_client", "serve")
+
+Resolver = Callable[[dict, RunOptions], "Backend | None"]
+
+
+@dataclass
+class CliRegistry:
+    """Options, backend resolvers and subcommands contributed by extensions."""
+
+    options: list[click.Option] = field(default_factory=list)
+    resolvers: list[Resolver] = field(default_factory=list)
+    commands: list[click.Command] = field(default_factory=list)
+
+    def add_option(self, option: click.Option) -> None:
+        self.options.append(option)
+
+    def add_backend_resolver(self, resolver: Resolver) -> None:
+        self.resolvers.append(resolver)
+
+    def add_command(self, command: click.Command) -> None:
+        self.commands.append(command)
+
+
+REGISTRY = CliRegistry()
+
+
+def _load_extensions(registry: CliRegistry) -> None:
+    for name in EXTENSIONS:
+        full = f"{__package__}.{name}"
+        try:
+            module = importlib.import_module(full)
+        except ImportError as err:
+            missing = getattr(err, "name", None) or ""
+            if missing == full or not missing.startswith("inclust_plus"):
+                log.debug("runtime extension %s not available (%s)", name, err)
+                continue
+            raise
+        hook = getattr(module, "register_cli", None)
+        if hook is not None:
+            hook(registry)
+
+
+class _EchoHandler(logging.Handler):
+    """Log lines to whatever stderr is current (click's test runner swaps it per call)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "warning: " if record.levelno >= logging.WARNING else ""
+        click.echo(f"inclust-run: {level}{record.getMessage()}", err=True)
+
+
+def _setup_logging(quiet: bool) -> None:
+    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
+        log.addHandler(_EchoHandler())
+        log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def choose_backend(extra: dict, options: RunOptions) -> Backend:
+    """The first extension backend that claims the run, else the local default."""
+    for resolver in REGISTRY.resolvers:
+        backend = resolver(extra, options)
+        if backend is not None:
+            return backend
+    return default_backend(options)
+
+
+HELP = {
+    "impute": "Complete a modality from a measured feature panel (e.g. MERFISH genes -> all scRNA genes).",
+    "generate": "Generate another modality from a measured one (e.g. RNA -> protein).",
+    "embed": "Write the batch-corrected latent (obsm['X_inclust']) and predicted labels.",
+    "annotate": "Write predicted labels (obs['inclust_label']) and their probabilities.",
+}
+
+
+def _common_options(decoding: bool):
+    opts = [
+        click.option("--onnx", "onnx", required=True, type=click.Path(), help="Export folder of inclust-export, or its manifest.json."),
+        click.option("--input", "input_path", required=True, type=click.Path(), help="Input .h5ad (or .h5mu with one group per modality)."),
+        click.option("--output", "output_path", required=True, type=click.Path(), help="Output .h5ad (written atomically)."),
+        click.option("--combination", help="Graph name from the manifest (e.g. merfish_to_rna)."),
+        click.option("--from", "source", multiple=True, help="Input modality (repeat or comma-separate for several)."),
+    ]
+    if decoding:
+        opts.append(click.option("--to", "target", multiple=True, help="Output modality (repeat or comma-separate)."))
+    opts += [
+        click.option("--covariate-key", help="obs column holding each cell's covariate (e.g. dataset)."),
+        click.option("--covariate", help="One covariate category for all cells."),
+    ]
+    if decoding:
+        opts.append(click.option("--target-covariate", help="Decode as if measured in this covariate (default: the graph's default, else each cell's own)."))
+    opts += [
+        click.option("--batch-size", default=4096, show_default=True, type=int, help="Cells per inference call."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto: CUDA if onnxruntime-gpu sees a GPU, else CPU."),
+        click.option("--allow-missing", is_flag=True, help="Fill input features absent from the file with zeros (listed in uns['inclust'])."),
+        click.option("--layer", help="Read this layer instead of X."),
+        click.option("--obsm", help="Read this obsm entry instead of X (a data frame named by feature, or an array in the graph's feature order)."),
+        click.option("--force", is_flag=True, help="Overwrite an existing output."),
+        click.option("--torchscript", is_flag=True, help="Run the TorchScript export with torch (optional extra) instead of ONNX."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar, warnings only."),
+    ]
+
+    def apply(func):
+        for opt in reversed(opts):
+            func = opt(func)
+        return func
+
+    return apply
+
+
+def _make_command(name: str) -> click.Command:
+    decoding = name in DECODING
+
+    @click.command(name=name, help=HELP[name])
+    @_common_options(decoding)
+    @report_errors
+    def command(onnx, input_path, output_path, combination, source, covariate_key, covariate, batch_size, device,
+                allow_missing, layer, obsm, force, torchscript, quiet, target=(), target_covariate=None, **extra):
+        _setup_logging(quiet)
+        options = RunOptions(
+            command=name, onnx=onnx, input=input_path, output=output_path, combination=combination,
+            source=tuple(source), target=tuple(target), covariate_key=covariate_key, covariate=covariate,
+            target_covariate=target_covariate, batch_size=batch_size, device=device, allow_missing=allow_missing,
+            layer=layer, obsm=obsm, force=force, torchscript=torchscript, quiet=quiet,
+        )
+        backend = choose_backend(extra, options)
+        try:
+            path = run(options, backend=backend)
+        finally:
+            backend.close()
+        log.info("wrote %s", path)
+
+    command.params.extend(REGISTRY.options)
+    return command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="inclust-run")
+def cli():
+    """Run an exported inClust+ model on h5ad/h5mu files with onnxruntime (no torch needed).
+
+    Every command reads --input in chunks, checks features, values and covariates, and writes
+    --output atomically: on any error or interruption nothing is written or overwritten.
+    """
+
+
+_load_extensions(REGISTRY)
+for _name in ("impute", "generate", "embed", "annotate"):
+    cli.add_command(_make_command(_name))
+for _command in REGISTRY.commands:
+    cli.add_command(_command)
+
+
+def main() -> None:  # console-script entry point
+    cli(prog_name="inclust-run")

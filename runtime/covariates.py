@@ -1,0 +1,91 @@
+"""Turn ``--covariate-key`` / ``--covariate`` / ``--target-covariate`` into per-cell category indices.
+
+Covariate indices are kept compact (the obs column's own small integer codes plus a lookup table,
+or one constant) and expanded to int64 one chunk at a time, so they cost about a byte per cell.
+Every value is checked against the manifest's categories before any work starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from inclust_plus.errors import InclustError
+
+from .inputs import InputData, _names
+from .manifest import GraphSpec, Manifest
+
+log = logging.getLogger("inclust_plus.runtime")
+
+
+@dataclass
+class Covariates:
+    """Category indices for a range of cells: ``codes`` through ``lut``, or one ``constant``."""
+
+    description: str
+    constant: int | None = None
+    codes: np.ndarray | None = None
+    lut: np.ndarray | None = None
+
+    def take(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        view = out[: stop - start]
+        if self.constant is not None:
+            view[:] = self.constant
+        else:
+            np.take(self.lut, self.codes[start:stop], out=view)
+        return view
+
+
+def _index(manifest: Manifest, name: str, flag: str) -> int:
+    if name not in manifest.covariate_categories:
+        raise InclustError(f"{flag} {name!r} is not a covariate category of the model", f"known: {_names(list(manifest.covariate_categories))}")
+    return manifest.covariate_categories.index(name)
+
+
+def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, name: str | None) -> Covariates:
+    """The covariate of every cell, from an obs column, a fixed name, or the model's default."""
+    if key and name:
+        raise InclustError("--covariate-key and --covariate are exclusive", "pass one of them")
+    if name:
+        return Covariates(description=name, constant=_index(manifest, name, "--covariate"))
+    if not key:
+        cats = manifest.covariate_categories
+        columns = [c.decode() if isinstance(c, bytes) else str(c) for c in data.obs.attrs.get("column-order", [])]
+        if len(manifest.covariate_keys) == 1 and manifest.covariate_keys[0] in columns:
+            key = manifest.covariate_keys[0]
+            log.info("covariate taken from obs column %r (the model's covariate key)", key)
+        elif len(cats) == 1:
+            return Covariates(description=cats[0], constant=0)
+        else:
+            raise InclustError(
+                "the model was trained with several covariate categories and the input does not say which one its cells belong to",
+                f"pass --covariate-key COL or --covariate NAME (known: {_names(list(cats))})",
+            )
+    column = data.covariate_column(key)
+    codes = np.asarray(column.codes)
+    if (codes < 0).any():
+        raise InclustError(f"obs column {key!r} is empty for {(codes < 0).sum()} cells", "fill it or pass --covariate NAME")
+    used = [str(c) for c in np.asarray(column.categories)[np.unique(codes)]]
+    unknown = [c for c in used if c not in manifest.covariate_categories]
+    if unknown:
+        raise InclustError(
+            f"obs column {key!r} holds covariate categories the model does not know: {_names(unknown)}",
+            f"known: {_names(list(manifest.covariate_categories))}; or pass --covariate NAME",
+        )
+    known = {c: i for i, c in enumerate(manifest.covariate_categories)}
+    lut = np.asarray([known.get(str(c), -1) for c in column.categories], dtype=np.int64)
+    return Covariates(description=f"obs[{key!r}]", codes=codes, lut=lut)
+
+
+def resolve_target(manifest: Manifest, graph: GraphSpec, name: str | None) -> tuple[Covariates | None, str]:
+    """Target covariate for decoding: the flag, else the graph's default, else each cell's own."""
+    if not graph.decodes:
+        if name:
+            raise InclustError("--target-covariate only applies to impute/generate", "drop it for embed/annotate")
+        return None, "none"
+    chosen = name or graph.default_target_covariate
+    if chosen is None:
+        return None, "same as covariate"
+    return Covariates(description=chosen, constant=_index(manifest, chosen, "--target-covariate" if name else "default target covariate")), chosen

@@ -1,0 +1,137 @@
+"""Row-chunk readers for the matrices an h5ad can hold: dense, CSR, CSC, or an obsm data frame.
+
+They read straight from h5py so that memory is bounded by one chunk, never by the cell count:
+a dense chunk is a row slice; a CSR chunk is the ``data``/``indices`` slice between two
+``indptr`` entries (``indptr`` itself, 8 bytes a cell, is read once). CSC cannot be row-sliced
+cheaply, so only the needed columns are loaded (memory grows with their non-zeros) and a warning
+suggests converting to CSR.
+
+Each reader fills ``out[:, dst] = M[rows, src]`` for column maps computed by the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+from inclust_plus.errors import InclustError
+
+log = logging.getLogger("inclust_plus.runtime")
+
+
+def _attr(obj, key: str, default=None):
+    value = obj.attrs.get(key, default)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class MatrixRows:
+    """Base: ``n_rows``, ``n_cols``, average stored values per row, and ``fill``."""
+
+    n_rows: int
+    n_cols: int
+    names: list[str] | None = None  # column names when the element carries them (obsm data frames)
+
+    def values_per_row(self) -> float:
+        return float(self.n_cols)
+
+    def fill(self, start: int, stop: int, src: np.ndarray, dst: np.ndarray, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class DenseRows(MatrixRows):
+    def __init__(self, ds: h5py.Dataset):
+        if ds.ndim != 2:
+            raise InclustError(f"{ds.name} is not a 2-D matrix (shape {ds.shape})", "pass a cells x features matrix")
+        self.ds = ds
+        self.n_rows, self.n_cols = (int(s) for s in ds.shape)
+
+    def fill(self, start, stop, src, dst, out):
+        block = self.ds[start:stop]
+        out[: stop - start, dst] = block[:, src]
+
+
+class CsrRows(MatrixRows):
+    def __init__(self, group: h5py.Group, shape: tuple[int, int]):
+        self.data, self.indices = group["data"], group["indices"]
+        self.indptr = np.asarray(group["indptr"][()], dtype=np.int64)
+        self.n_rows, self.n_cols = shape
+        if self.indptr.shape[0] != self.n_rows + 1:
+            raise InclustError(f"{group.name} is a corrupt CSR matrix (indptr length {self.indptr.shape[0]} for {self.n_rows} rows)", "re-write the h5ad")
+
+    def values_per_row(self) -> float:
+        return max(1.0, self.indptr[-1] / max(1, self.n_rows))
+
+    def fill(self, start, stop, src, dst, out):
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        local = self.indptr[start : stop + 1] - lo
+        m = sp.csr_matrix((self.data[lo:hi], self.indices[lo:hi], local), shape=(stop - start, self.n_cols))
+        out[: stop - start, dst] = m[:, src].toarray()
+
+
+class CscColumns(MatrixRows):
+    """CSC input: the needed columns are loaded once (as CSR) and then sliced by rows."""
+
+    def __init__(self, group: h5py.Group, shape: tuple[int, int]):
+        self.group = group
+        self.n_rows, self.n_cols = shape
+        self.indptr = np.asarray(group["indptr"][()], dtype=np.int64)
+        self._cache: tuple[bytes, sp.csr_matrix] | None = None
+        log.warning("%s is stored column-wise (CSC): its needed columns are loaded into memory; store X as CSR to stream it", group.name)
+
+    def values_per_row(self) -> float:
+        return max(1.0, self.indptr[-1] / max(1, self.n_rows))
+
+    def _columns(self, src: np.ndarray) -> sp.csr_matrix:
+        key = src.tobytes()
+        if self._cache is None or self._cache[0] != key:
+            data, indices, ptr = [], [], [0]
+            for j in src:
+                lo, hi = int(self.indptr[j]), int(self.indptr[j + 1])
+                data.append(np.asarray(self.group["data"][lo:hi], dtype=np.float32))
+                indices.append(np.asarray(self.group["indices"][lo:hi]))
+                ptr.append(ptr[-1] + hi - lo)
+            cat = np.concatenate if data else (lambda parts: np.zeros(0))
+            m = sp.csc_matrix((cat(data), cat(indices), np.asarray(ptr)), shape=(self.n_rows, len(src)))
+            self._cache = (key, m.tocsr())
+        return self._cache[1]
+
+    def fill(self, start, stop, src, dst, out):
+        out[: stop - start, dst] = self._columns(src)[start:stop].toarray()
+
+
+class FrameRows(MatrixRows):
+    """An obsm entry stored as a data frame: one dataset per named column."""
+
+    def __init__(self, group: h5py.Group, n_rows: int):
+        self.group = group
+        order = _attr(group, "column-order")
+        self.names = [c.decode() if isinstance(c, bytes) else str(c) for c in (order if order is not None else [])]
+        self.n_rows, self.n_cols = n_rows, len(self.names)
+
+    def fill(self, start, stop, src, dst, out):
+        for s, d in zip(src, dst):
+            col = self.group[self.names[int(s)]]
+            if not isinstance(col, h5py.Dataset):
+                raise InclustError(f"column {self.names[int(s)]!r} of {self.group.name} is not numeric", "store numeric features")
+            out[: stop - start, d] = col[start:stop]
+
+
+def matrix_rows(obj, n_obs: int) -> MatrixRows:
+    """The reader for an h5ad matrix element (dense dataset, sparse group or obsm data frame)."""
+    if isinstance(obj, h5py.Dataset):
+        if obj.dtype.kind not in "biuf":
+            raise InclustError(f"{obj.name} holds {obj.dtype} values, not numbers", "pass a numeric matrix")
+        return DenseRows(obj)
+    enc = _attr(obj, "encoding-type") or _attr(obj, "h5sparse_format")
+    if enc in ("csr_matrix", "csr", "csc_matrix", "csc"):
+        shape_attr = obj.attrs.get("shape", obj.attrs.get("h5sparse_shape"))
+        if shape_attr is None or not all(k in obj for k in ("data", "indices", "indptr")):
+            raise InclustError(f"{obj.name} is a corrupt sparse matrix", "re-write the h5ad")
+        shape = (int(shape_attr[0]), int(shape_attr[1]))
+        return CsrRows(obj, shape) if enc.startswith("csr") else CscColumns(obj, shape)
+    if enc == "dataframe":
+        return FrameRows(obj, n_obs)
+    raise InclustError(f"{obj.name} has encoding {enc!r}, not a dense or sparse matrix", "pass X, a layer or an obsm matrix")

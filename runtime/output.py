@@ -1,0 +1,116 @@
+"""Write the result h5ad incrementally with h5py, in anndata's on-disk format.
+
+The big arrays (``X``, ``obsm/X_inclust``, the label codes and probabilities) are created at
+full size up front and filled chunk by chunk, so memory never holds more than one chunk. The
+input's obs table is copied group-to-group inside HDF5 (no pandas round trip, constant memory);
+small elements (var, uns, empty dicts) go through anndata's own ``write_elem`` so their
+encoding stays exactly what anndata expects. Encoding attributes of the hand-written datasets
+mirror what ``anndata.write_h5ad`` produces (checked by reading the file back in the tests).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+try:  # anndata >= 0.11
+    from anndata.io import read_elem, write_elem
+except ImportError:  # pragma: no cover - anndata 0.10
+    from anndata.experimental import read_elem, write_elem
+
+LATENT_KEY = "X_inclust"
+LABEL_KEY = "inclust_label"
+PROBABILITY_KEY = "inclust_label_probability"
+ARRAY = {"encoding-type": "array", "encoding-version": "0.2.0"}
+
+
+def _array(parent: h5py.Group, name: str, shape: tuple, dtype) -> h5py.Dataset:
+    if name in parent:
+        del parent[name]
+    ds = parent.create_dataset(name, shape=shape, dtype=dtype)
+    ds.attrs.update(ARRAY)
+    return ds
+
+
+def _plain(value):
+    """Provenance values as types anndata's writer accepts (no None, lists of str)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return np.asarray([str(v) for v in value], dtype=object)
+    if isinstance(value, (bool, int, float, np.number)):
+        return value
+    return str(value)  # str subclasses such as torch's version string included
+
+
+class OutputWriter:
+    """An h5ad being written at ``path``: call :meth:`write` per chunk, then :meth:`finish`."""
+
+    def __init__(
+        self,
+        path: Path,
+        n_obs: int,
+        obs_source: h5py.Group,
+        features: list[str],
+        latent_dim: int | None,
+        label_categories: list[str],
+    ):
+        self.f = h5py.File(path, "w")
+        f = self.f
+        f.attrs["encoding-type"] = "anndata"
+        f.attrs["encoding-version"] = "0.1.0"
+        self._copy_obs(obs_source)
+        write_elem(f, "var", pd.DataFrame(index=pd.Index(list(features), dtype=object)))
+        self.x = _array(f, "X", (n_obs, len(features)), np.float32) if features else None
+        for key in ("obsm", "layers", "obsp", "varm", "varp"):
+            write_elem(f, key, {})
+        self.latent = _array(f["obsm"], LATENT_KEY, (n_obs, latent_dim), np.float32) if latent_dim else None
+        self.codes = self.prob = None
+        if label_categories:
+            self._label_columns(n_obs, list(label_categories))
+
+    def _copy_obs(self, source: h5py.Group) -> None:
+        if source.attrs.get("encoding-type") in ("dataframe", b"dataframe"):
+            source.file.copy(source, self.f, name="obs")
+        else:  # older on-disk layouts: let anndata translate
+            write_elem(self.f, "obs", read_elem(source))
+        obs = self.f["obs"]
+        for key in (LABEL_KEY, PROBABILITY_KEY):
+            if key in obs:
+                del obs[key]
+
+    def _label_columns(self, n_obs: int, categories: list[str]) -> None:
+        obs = self.f["obs"]
+        group = obs.create_group(LABEL_KEY)
+        group.attrs.update({"encoding-type": "categorical", "encoding-version": "0.2.0", "ordered": np.False_})
+        write_elem(group, "categories", np.asarray(categories, dtype=object))
+        dtype = np.int8 if len(categories) < 128 else np.int32
+        self.codes = _array(group, "codes", (n_obs,), dtype)
+        self.prob = _array(obs, PROBABILITY_KEY, (n_obs,), np.float32)
+        order = [c.decode() if isinstance(c, bytes) else str(c) for c in obs.attrs.get("column-order", [])]
+        order = [c for c in order if c not in (LABEL_KEY, PROBABILITY_KEY)] + [LABEL_KEY, PROBABILITY_KEY]
+        obs.attrs["column-order"] = np.asarray(order, dtype=h5py.string_dtype())
+
+    def write(self, start: int, y: np.ndarray | None, latent: np.ndarray | None, probs: np.ndarray | None) -> None:
+        """Store the results of the cells ``start .. start + len(chunk)``."""
+        if self.x is not None and y is not None:
+            self.x[start : start + len(y)] = y
+        if self.latent is not None and latent is not None:
+            self.latent[start : start + len(latent)] = latent
+        if self.codes is not None and probs is not None:
+            best = probs.argmax(axis=1)
+            self.codes[start : start + len(best)] = best.astype(self.codes.dtype)
+            self.prob[start : start + len(best)] = probs[np.arange(len(best)), best]
+
+    def finish(self, provenance: dict) -> None:
+        write_elem(self.f, "uns", {"inclust": _plain(provenance)})
+        self.f.close()
+
+    def abort(self) -> None:
+        try:
+            self.f.close()
+        except Exception:  # noqa: BLE001 - closing after a failure must not hide the failure
+            pass
