@@ -35,19 +35,28 @@ class Step:
     scale: np.ndarray | None  # one divisor per column in ``columns``
 
 
-def _modality_features(manifest: Manifest) -> dict[str, list[str]]:
-    """Feature order of every modality: from the manifest if listed, else derived from its graphs."""
+def _modality_features(manifest: Manifest) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
+    """Each modality's ordered features (when known in full) and every name known to belong to it.
+
+    A manifest may list the modalities (``modalities`` or ``schema.modalities``, as in the
+    checkpoint). Otherwise they are derived from single-modality graphs: the longest feature list
+    seen for a modality is its candidate order (accepted for per-feature scales only when its
+    length equals the scale's), and the union of names seen gives membership.
+    """
     raw = manifest.raw
     listed = raw.get("modalities") or (raw.get("schema") or {}).get("modalities")
     if listed:
-        return {m["name"]: list(m["features"]) for m in listed}
-    derived: dict[str, list[str]] = {}
+        order = {m["name"]: list(m["features"]) for m in listed}
+        return order, {m: set(f) for m, f in order.items()}
+    order: dict[str, list[str]] = {}
+    members: dict[str, set[str]] = {}
     for g in manifest.graphs:
-        if len(g.input_modalities) == 1:
-            derived.setdefault(g.input_modalities[0], list(g.input_features))
-        if len(g.output_modalities) == 1 and g.output_features:
-            derived.setdefault(g.output_modalities[0], list(g.output_features))
-    return derived
+        for mods, feats in ((g.input_modalities, g.input_features), (g.output_modalities, g.output_features)):
+            if len(mods) == 1 and feats:
+                members.setdefault(mods[0], set()).update(feats)
+                if len(feats) > len(order.get(mods[0], ())):
+                    order[mods[0]] = list(feats)
+    return order, members
 
 
 def _is_noop(spec: dict | None) -> bool:
@@ -58,7 +67,7 @@ def plan_preprocessing(manifest: Manifest, graph: GraphSpec) -> list[Step]:
     """The steps to apply before feeding ``graph`` (empty when folded or when there is nothing to do)."""
     if graph.folded_preprocessing or all(_is_noop(s) for s in manifest.preprocessing.values()):
         return []
-    features = _modality_features(manifest)
+    features, members = _modality_features(manifest)
     feature_sets = manifest.raw.get("feature_sets") or {}
     # Real modalities behind the graph's inputs (an input may be a feature set such as a panel).
     mods: list[str] = []
@@ -70,7 +79,7 @@ def plan_preprocessing(manifest: Manifest, graph: GraphSpec) -> list[Step]:
     positions: dict[str, list[int]] = {m: [] for m in mods}
     index = {m: {f: i for i, f in enumerate(features[m])} for m in mods if m in features}
     for col, name in enumerate(graph.input_features):
-        owner = next((m for m in mods if m in index and name in index[m]), None)
+        owner = next((m for m in mods if name in members.get(m, ())), None)
         if owner is None:
             if len(mods) != 1:
                 raise InclustError(
@@ -89,7 +98,7 @@ def plan_preprocessing(manifest: Manifest, graph: GraphSpec) -> list[Step]:
         if spec.get("scale") is not None:
             full = np.asarray(spec["scale"], dtype=np.float64)
             pos = np.asarray(positions[m])
-            if (pos < 0).any():
+            if (pos < 0).any() or len(features.get(m, ())) != len(full):
                 raise InclustError(
                     f"the manifest scales modality {m!r} per feature but does not list its features",
                     "re-export with --fold-preprocessing or with the modalities listed in the manifest",

@@ -23,12 +23,13 @@ COVARIATES = ["a", "b", "c"]
 LABELS = ["T", "B", "NK"]
 HIDDEN, LATENT, DEC_HIDDEN = 8, 3, 6
 
-# name, kind, inputs (feature set), outputs, input features, output features, default target
+# name, kind, input modalities, output modalities, input features, output features, default target
+# (as the exporter writes them: a panel's graph names its real modality, rna)
 GRAPHS = [
-    ("panel_to_rna", "impute", ["panel"], ["rna"], PANEL, RNA, "a"),
+    ("panel_to_rna", "impute", ["rna"], ["rna"], PANEL, RNA, "a"),
     ("rna_to_protein", "impute", ["rna"], ["protein"], RNA, PROTEIN, None),
     ("rna_embed", "embed", ["rna"], [], RNA, [], None),
-    ("panel_embed", "embed", ["panel"], [], PANEL, [], None),
+    ("panel_embed", "embed", ["rna"], [], PANEL, [], None),
     ("rna_protein_embed", "embed", ["rna", "protein"], [], RNA + PROTEIN, [], None),
 ]
 
@@ -195,7 +196,6 @@ def make_toy_export(folder: str | Path, seed: int = 0, preprocessing: dict | Non
         "covariate": {"keys": ["dataset"], "categories": COVARIATES},
         "labels": {"key": "cell_type" if labels else None, "categories": LABELS if labels else []},
         "preprocessing": model.preprocessing,
-        "feature_sets": {"panel": {"modalities": ["rna"], "features": list(range(6))}},
         "graphs": entries,
     }
     if list_modalities:

@@ -85,7 +85,7 @@ def test_impute_equals_reference(toy, cells, tmp_path, sparse):
 def test_generate_with_target_covariate_and_from_to(toy, cells, tmp_path):
     src = write_input(tmp_path / "in.h5ad", cells)
     invoke("generate", "--onnx", toy.manifest, "--input", src, "--output", tmp_path / "same.h5ad", "--from", "rna", "--to", "protein")
-    invoke("generate", "--onnx", toy.folder, "--input", src, "--output", tmp_path / "c.h5ad", "--from", "rna", "--target-covariate", "c")
+    invoke("generate", "--onnx", toy.folder, "--input", src, "--output", tmp_path / "c.h5ad", "--to", "protein", "--target-covariate", "c")
     same, to_c = ad.read_h5ad(tmp_path / "same.h5ad"), ad.read_h5ad(tmp_path / "c.h5ad")
     x = cells[:, cols(RNA)]
     assert list(same.var_names) == PROTEIN
@@ -97,7 +97,7 @@ def test_generate_with_target_covariate_and_from_to(toy, cells, tmp_path):
 
 def test_embed_and_annotate(toy, cells, tmp_path):
     src = write_input(tmp_path / "in.h5ad", cells)
-    invoke("embed", "--onnx", toy.folder, "--input", src, "--output", tmp_path / "e.h5ad", "--from", "panel")
+    invoke("embed", "--onnx", toy.folder, "--input", src, "--output", tmp_path / "e.h5ad", "--combination", "panel_embed")
     invoke("annotate", "--onnx", toy.folder, "--input", src, "--output", tmp_path / "a.h5ad", "--combination", "rna_embed", "--covariate", "b")
     e, a = ad.read_h5ad(tmp_path / "e.h5ad"), ad.read_h5ad(tmp_path / "a.h5ad")
     ref_e = toy.reference("panel_embed", cells[:, cols(PANEL)], COV_IDX)
@@ -142,7 +142,7 @@ def test_h5mu_modalities(toy, cells, tmp_path):
     md.obs["dataset"] = pd.Categorical(COV)
     md.write(tmp_path / "in.h5mu")
     invoke("embed", "--onnx", toy.folder, "--input", tmp_path / "in.h5mu", "--output", tmp_path / "e.h5ad", "--from", "rna,protein")
-    invoke("generate", "--onnx", toy.folder, "--input", tmp_path / "in.h5mu", "--output", tmp_path / "g.h5ad", "--from", "rna")
+    invoke("generate", "--onnx", toy.folder, "--input", tmp_path / "in.h5mu", "--output", tmp_path / "g.h5ad", "--from", "rna", "--to", "protein")
     e, g = ad.read_h5ad(tmp_path / "e.h5ad"), ad.read_h5ad(tmp_path / "g.h5ad")
     assert_close(e.obsm["X_inclust"], toy.reference("rna_protein_embed", cells, COV_IDX)["latent"])
     assert_close(g.X, toy.reference("rna_to_protein", cells[:, cols(RNA)], COV_IDX)["y"])
@@ -234,5 +234,5 @@ def test_extension_backend_is_used(toy, cells, tmp_path, monkeypatch):
     src = write_input(tmp_path / "in.h5ad", cells)
     result = CliRunner().invoke(command, ["--onnx", str(toy.folder), "--input", str(src), "--output", str(tmp_path / "o.h5ad"), "--combination", "panel_to_rna", "--fake", "--batch-size", "10"])
     assert result.exit_code == 0, result.output
-    assert seen == {"fake": True} and Recording.calls == 4 and isinstance(Recording("cpu"), Backend)
+    assert seen["fake"] is True and Recording.calls == 4 and isinstance(Recording("cpu"), Backend)
     assert ad.read_h5ad(tmp_path / "o.h5ad").uns["inclust"]["backend"] == "recording"

@@ -69,9 +69,11 @@ def test_missing_and_corrupt_input(toy, tmp_path, good):
 
 def test_wrong_modality_and_graph_choice(toy, tmp_path, good):
     msg = fails(toy, "--input", good, "--from", "atac", match="modality 'atac' is not in the model", out=tmp_path / "o.h5ad", combination=None)
-    assert "panel" in msg and "protein" in msg
+    assert "known modalities: rna, protein" in msg
     fails(toy, "--input", good, match="several impute/generate graphs match", out=tmp_path / "o.h5ad", combination=None)
     fails(toy, "--input", good, "--from", "protein", match="no impute/generate graph from protein", out=tmp_path / "o.h5ad", combination=None)
+    msg = fails(toy, "--input", good, "--from", "rna", match="several embed/annotate graphs match", out=tmp_path / "o.h5ad", command="embed", combination=None)
+    assert "rna_embed (rna -> latent)" in msg and "panel_embed" in msg and "--combination" in msg
     fails(toy, "--input", good, match="combination 'nope' is not in", out=tmp_path / "o.h5ad", combination="nope")
     fails(toy, "--input", good, match="is an embed graph", out=tmp_path / "o.h5ad", combination="rna_embed")
     mudata = pytest.importorskip("mudata")
