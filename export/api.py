@@ -1,0 +1,174 @@
+"""``export_model``: checkpoint -> folder of ONNX graphs, TorchScript modules and ``manifest.json``.
+
+All checks on the user's input (paths, checkpoint, combination names) run before any file is
+written; the folder itself is written through :func:`inclust_plus.atomic.atomic_dir`, so a
+failure at any point (including a failed parity check) leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+
+from inclust_plus.atomic import atomic_dir, check_output_path
+from inclust_plus.errors import InclustError
+
+from . import onnx_graph
+from . import torchscript as ts_export
+from .combinations import Combination, feature_modalities, select_combinations
+from .folding import fold
+from .manifest import build_manifest, graph_entry, write_manifest
+from .preprocess import IDENTITY, build_plan
+from .validate import check_parity
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def default_out_dir(checkpoint: str | os.PathLike) -> Path:
+    """``<model stem>_export`` next to the checkpoint."""
+    p = Path(checkpoint)
+    return p.with_name(f"{p.stem}_export")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load(ckpt: Path):
+    """``load_checkpoint`` plus the failures torch.load reports with exceptions it does not catch.
+
+    (``torch.load(weights_only=True)`` on a text file raises IndexError, for instance.)
+    """
+    from inclust_plus.training.checkpoint import load_checkpoint
+
+    unreadable = InclustError(
+        f"{ckpt} is not a readable inclust-plus checkpoint (not a torch zip file)",
+        "pass the model.pt written by inclust-train",
+    )
+    if ckpt.is_file() and not zipfile.is_zipfile(ckpt):
+        raise unreadable
+    try:
+        return load_checkpoint(ckpt)
+    except (IndexError, KeyError, TypeError, AttributeError, UnicodeDecodeError, json.JSONDecodeError):
+        raise unreadable from None
+
+
+def _check_description(module, desc: dict, combos: list[Combination]) -> None:
+    """The description must agree with the weights, or the manifest would mislabel outputs."""
+    cfg = module.config
+    try:
+        names, _ = feature_modalities(desc)
+        categories = desc["covariate"]["categories"]
+        labels = (desc.get("labels") or {}).get("categories") or []
+        desc["name"]
+    except (KeyError, TypeError) as err:
+        raise InclustError(f"checkpoint description is incomplete (missing {err})", "re-run inclust-train") from None
+    problems = []
+    if len(names) != cfg.n_features:
+        problems.append(f"{len(names)} feature names for {cfg.n_features} features")
+    if len(categories) != cfg.n_covariates:
+        problems.append(f"{len(categories)} covariate categories for {cfg.n_covariates} embeddings")
+    if labels and len(labels) != cfg.n_labels:
+        problems.append(f"{len(labels)} label categories for {cfg.n_labels} classifier outputs")
+    for c in combos:
+        if not _SAFE_NAME.match(c.name):
+            problems.append(f"combination name {c.name!r} is not a safe file name")
+        if c.default_target_covariate is not None and c.default_target_covariate not in categories:
+            problems.append(f"combination {c.name!r} targets unknown covariate {c.default_target_covariate!r}")
+    if problems:
+        raise InclustError(f"checkpoint description does not match its weights: {problems[0]}", "re-run inclust-train")
+
+
+def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torchscript: bool, fold_preprocessing: bool) -> tuple[dict, dict]:
+    """Write one graph (and its TorchScript twin), check parity, return its manifest entry and diffs."""
+    plan = build_plan(desc, combo.inputs) if fold_preprocessing else IDENTITY
+    weights = fold(module, combo, plan)
+    data = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc["name"]))
+    onnx_file = f"{combo.name}.onnx"
+    (folder / onnx_file).write_bytes(data)
+    ts_file, loaded = None, None
+    if want_torchscript:
+        ts_file = f"{combo.name}.ts"
+        ts_export.save(ts_export.script(weights, plan, combo.spec.decodes), folder / ts_file)
+        loaded = ts_export.load(folder / ts_file)
+    diffs = check_parity(module, combo, plan if fold_preprocessing else None, data, loaded)
+    entry = graph_entry(
+        combo,
+        file=onnx_file,
+        sha256=hashlib.sha256(data).hexdigest(),
+        opset=onnx_graph.OPSET,
+        torchscript=ts_file,
+        folded_preprocessing=fold_preprocessing,
+        latent_dim=weights.latent_dim,
+        n_labels=weights.n_labels,
+    )
+    return entry, diffs
+
+
+def _permissions_like_mkdir(folder: Path) -> None:
+    """Temporary folders are private (0700); the export is meant to be shared with servers."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+
+
+def _triton_writer():
+    """The Triton repository writer, imported only when asked for (it is optional)."""
+    try:
+        from inclust_plus.export.triton_repo import write_triton_repository
+    except ImportError as err:
+        raise InclustError(f"--triton is unavailable in this install ({err})", "export without --triton") from None
+    return write_triton_repository
+
+
+def export_model(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    combinations: list[str] | tuple[str, ...] | None = None,
+    torchscript: bool = True,
+    fold_preprocessing: bool = False,
+    force: bool = False,
+    triton_dir: str | os.PathLike | None = None,
+    report: dict | None = None,
+) -> Path:
+    """Export ``checkpoint``; return the path of the written ``manifest.json``.
+
+    ``report``, when given, receives the measured parity (max |diff|) per graph and runtime.
+    """
+    ckpt = Path(checkpoint)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(ckpt)
+    check_output_path(out, force, inputs=(ckpt,))
+    if triton_dir is not None:
+        t, o = Path(triton_dir).resolve(), out.resolve()
+        if t == o or t.is_relative_to(o) or o.is_relative_to(t):
+            raise InclustError("--triton and --out folders overlap", "choose two separate folders")
+        check_output_path(triton_dir, force, inputs=(ckpt,))
+    model_sha = _sha256(ckpt) if ckpt.is_file() else ""
+    module, desc = _load(ckpt)
+    combos = select_combinations(desc, combinations)
+    _check_description(module, desc, combos)
+
+    write_triton = _triton_writer() if triton_dir is not None else None
+
+    with atomic_dir(out, force=force) as tmp:
+        _permissions_like_mkdir(tmp)
+        graphs = []
+        for combo in combos:
+            entry, diffs = _export_one(module, desc, combo, tmp, torchscript, fold_preprocessing)
+            graphs.append(entry)
+            if report is not None:
+                report[combo.name] = diffs
+        write_manifest(build_manifest(desc, model_sha, graphs), tmp / "manifest.json")
+        if write_triton is not None:
+            # Inside the block: a failing Triton writer removes the export folder too.
+            write_triton(tmp / "manifest.json", Path(triton_dir), force=force)
+    manifest = out / "manifest.json"
+    return manifest

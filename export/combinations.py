@@ -1,0 +1,155 @@
+"""Which graphs to export: the graph-kind table and the combinations named in a checkpoint.
+
+Every graph kind's inputs and outputs are declared once here (:data:`GRAPH_SPECS`); the ONNX
+builder, the TorchScript wrapper, the parity check and the manifest all read this table, so the
+four can never disagree about names, dtypes or order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from inclust_plus.errors import InclustError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output; ``width`` names the size of axis 1 (None: a [batch] vector)."""
+
+    name: str
+    dtype: str
+    width: str | None
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def decodes(self) -> bool:
+        """Whether the graph needs the decoder (it returns reconstructed features ``y``)."""
+        return any(t.name == "y" for t in self.outputs)
+
+
+_X = TensorSpec("x", "float32", "n_inputs")
+_COV = TensorSpec("covariate", "int64", None)
+_TARGET = TensorSpec("target_covariate", "int64", None)
+_Y = TensorSpec("y", "float32", "n_outputs")
+_LATENT = TensorSpec("latent", "float32", "latent_dim")
+_PROBS = TensorSpec("label_probs", "float32", "n_labels")
+
+GRAPH_SPECS: dict[str, GraphSpec] = {
+    "impute": GraphSpec(inputs=(_X, _COV, _TARGET), outputs=(_Y, _LATENT, _PROBS)),
+    "embed": GraphSpec(inputs=(_X, _COV), outputs=(_LATENT, _PROBS)),
+}
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One exported graph: which global features go in, which come out (empty for embed graphs)."""
+
+    name: str
+    kind: str
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    input_modalities: tuple[str, ...]
+    output_modalities: tuple[str, ...]
+    input_features: tuple[str, ...]
+    output_features: tuple[str, ...]
+    default_target_covariate: str | None
+
+    @property
+    def spec(self) -> GraphSpec:
+        return GRAPH_SPECS[self.kind]
+
+    def widths(self, latent_dim: int, n_labels: int) -> dict[str, int]:
+        """Concrete sizes for the symbolic widths of :data:`GRAPH_SPECS`."""
+        return {
+            "n_inputs": len(self.inputs),
+            "n_outputs": len(self.outputs),
+            "latent_dim": latent_dim,
+            "n_labels": n_labels,
+        }
+
+
+def feature_modalities(description: dict) -> tuple[list[str], list[str]]:
+    """Global feature names and the modality of each, in the global order."""
+    names, mods = [], []
+    for mod in description["schema"]["modalities"]:
+        names += list(mod["features"])
+        mods += [mod["name"]] * len(mod["features"])
+    return names, mods
+
+
+def _features_of(sets: str | list[str] | None, description: dict, combo: str) -> list[int]:
+    """Global indices of one feature set, or of several (union, first occurrence order)."""
+    if sets is None:
+        return []
+    names = [sets] if isinstance(sets, str) else list(sets)
+    feature_sets = description["feature_sets"]
+    out: list[int] = []
+    for s in names:
+        if s not in feature_sets:
+            raise InclustError(
+                f"combination {combo!r} uses feature set {s!r} that the checkpoint does not define",
+                f"known sets: {', '.join(sorted(feature_sets))}",
+            )
+        out += [int(i) for i in feature_sets[s]["features"] if int(i) not in out]
+    return out
+
+
+def _modalities(indices: list[int], mods: list[str], order: list[str]) -> tuple[str, ...]:
+    present = {mods[i] for i in indices}
+    return tuple(m for m in order if m in present)
+
+
+def all_combinations(description: dict) -> list[Combination]:
+    """Every combination the checkpoint names, in its order."""
+    try:
+        names, mods = feature_modalities(description)
+        order = [m["name"] for m in description["schema"]["modalities"]]
+        entries = description["combinations"]
+        out = []
+        for entry in entries:
+            name = entry["name"]
+            inputs = _features_of(entry["inputs"], description, name)
+            outputs = _features_of(entry.get("outputs"), description, name)
+            for i in inputs + outputs:
+                if not 0 <= i < len(names):
+                    raise InclustError(f"combination {name!r} uses feature index {i} outside 0..{len(names) - 1}", "re-run inclust-train")
+            if not inputs:
+                raise InclustError(f"combination {name!r} has no input features", "re-run inclust-train")
+            out.append(
+                Combination(
+                    name=name,
+                    kind="impute" if outputs else "embed",
+                    inputs=tuple(inputs),
+                    outputs=tuple(outputs),
+                    input_modalities=_modalities(inputs, mods, order),
+                    output_modalities=_modalities(outputs, mods, order),
+                    input_features=tuple(names[i] for i in inputs),
+                    output_features=tuple(names[i] for i in outputs),
+                    default_target_covariate=entry.get("default_target_covariate") if outputs else None,
+                )
+            )
+    except (KeyError, TypeError) as err:
+        raise InclustError(f"checkpoint description is incomplete (missing {err})", "re-run inclust-train") from None
+    return out
+
+
+def select_combinations(description: dict, wanted: list[str] | tuple[str, ...] | None) -> list[Combination]:
+    """The requested combinations (all when ``wanted`` is empty), or a one-line error naming the valid ones."""
+    combos = all_combinations(description)
+    if not combos:
+        raise InclustError("the checkpoint names no modality combinations", "re-run inclust-train")
+    if not wanted:
+        return combos
+    by_name = {c.name: c for c in combos}
+    unknown = [w for w in wanted if w not in by_name]
+    if unknown:
+        raise InclustError(
+            f"unknown combination {unknown[0]!r}",
+            f"valid names: {', '.join(c.name for c in combos)}",
+        )
+    return [by_name[w] for w in dict.fromkeys(wanted)]

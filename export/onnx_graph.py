@@ -1,0 +1,183 @@
+"""Build one combination's ONNX graph with ``onnx.helper`` from folded numpy weights.
+
+Writing the graph by hand (rather than tracing with ``torch.onnx.export``) gives byte-identical
+files for identical checkpoints and exact control over what is in the file: only the sliced
+weights, one Gemm per Linear, no mask constant, no unused initializer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from inclust_plus import __version__
+from inclust_plus.errors import InclustError
+
+from .combinations import Combination
+from .folding import FoldedWeights, Layer
+from .preprocess import PreprocessPlan
+
+OPSET = 17
+IR_VERSION = 8  # the IR version that introduced opset 17: loadable by onnxruntime >= 1.13
+BATCH = "batch"
+_DTYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
+_ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "identity": None}
+
+
+class _Builder:
+    """Collects nodes and initializers; every intermediate gets a readable, unique name."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(np.array(value, order="C"), name)  # keeps 0-d scalars 0-d
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        return output
+
+    def ops(self, op_type: str, inputs: list[str], outputs: list[str], **attrs) -> list[str]:
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=outputs[0], **attrs))
+        return outputs
+
+    def linear(self, x: str, layer: Layer, output: str | None = None) -> str:
+        """Gemm (transB=1) plus the layer's activation; the last node writes ``output`` if given."""
+        w = self.const(f"{layer.name}.weight", layer.weight)
+        b = self.const(f"{layer.name}.bias", layer.bias)
+        act = _ACTIVATION_OPS[layer.activation]
+        pre = output if (act is None and output) else f"{layer.name}.gemm"
+        y = self.op("Gemm", [x, w, b], pre, transB=1)
+        if act is None:
+            return y
+        return self.op(act, [y], output or f"{layer.name}.{layer.activation}")
+
+
+def _log1p(b: _Builder, x: str, name: str) -> str:
+    one = b.const("preprocess.one", np.asarray(1.0, dtype=np.float32))
+    return b.op("Log", [b.op("Add", [x, one], f"{name}.plus1")], name)
+
+
+def _preprocessing(b: _Builder, x: str, plan: PreprocessPlan) -> str:
+    """Normalisation and log1p per modality run (the per-feature scale is already in the weights).
+
+    x is split into runs only when the runs need different treatment; a log1p shared by every
+    run is applied once, after the runs are joined again.
+    """
+    if not plan.has_ops:
+        return x
+    normalizes = any(g.normalize_total is not None for g in plan.groups)
+    all_log = all(plan.groups[g].log1p for _, _, g in plan.runs)
+    if len(plan.runs) > 1 and not normalizes and all_log:
+        return _log1p(b, x, "x.preprocessed")
+    if len(plan.runs) == 1:
+        parts = [x]
+    else:
+        sizes = np.asarray([e - s for s, e, _ in plan.runs], dtype=np.int64)
+        parts = b.ops("Split", [x, b.const("preprocess.run_sizes", sizes)], [f"x.run{i}" for i in range(len(plan.runs))], axis=1)
+    axes = None
+    factors: dict[int, str] = {}
+    for g, prep in enumerate(plan.groups):
+        if prep.normalize_total is None:
+            continue
+        axes = axes or b.const("preprocess.axis1", np.asarray([1], dtype=np.int64))
+        total = None
+        for i, (_, _, grp) in enumerate(plan.runs):
+            if grp != g:
+                continue
+            s = b.op("ReduceSum", [parts[i], axes], f"preprocess.{prep.name}.sum{i}", keepdims=1)
+            total = s if total is None else b.op("Add", [total, s], f"preprocess.{prep.name}.sum_to{i}")
+        zero = b.const("preprocess.zero", np.asarray(0.0, dtype=np.float32))
+        one = b.const("preprocess.one", np.asarray(1.0, dtype=np.float32))
+        is_zero = b.op("Equal", [total, zero], f"preprocess.{prep.name}.empty")
+        lib = b.op("Where", [is_zero, one, total], f"preprocess.{prep.name}.library_size")
+        target = b.const(f"preprocess.{prep.name}.normalize_total", np.asarray(prep.normalize_total, dtype=np.float32))
+        factors[g] = b.op("Div", [target, lib], f"preprocess.{prep.name}.factor")
+    out = []
+    for i, (_, _, g) in enumerate(plan.runs):
+        part = parts[i]
+        if g in factors:
+            part = b.op("Mul", [part, factors[g]], f"preprocess.run{i}.normalized")
+        if plan.groups[g].log1p and not all_log:
+            part = _log1p(b, part, f"preprocess.run{i}.log1p")
+        out.append(part)
+    if len(out) == 1:
+        joined = out[0]
+    else:
+        joined = b.op("Concat", out, "x.preprocessed" if not all_log else "x.normalized", axis=1)
+    return _log1p(b, joined, "x.preprocessed") if all_log else joined
+
+
+def _value_info(name: str, dtype: str, width: int | None) -> onnx.ValueInfoProto:
+    shape = [BATCH] if width is None else [BATCH, width]
+    return helper.make_tensor_value_info(name, _DTYPES[dtype], shape)
+
+
+def build_model(
+    weights: FoldedWeights,
+    combination: Combination,
+    plan: PreprocessPlan,
+    model_name: str,
+) -> onnx.ModelProto:
+    """The folded graph of ``combination``; inputs and outputs follow its :class:`GraphSpec`."""
+    spec = combination.spec
+    b = _Builder()
+    h = _preprocessing(b, "x", plan)
+    for layer in weights.encoder:
+        h = b.linear(h, layer)
+    embedding = b.const("covariate_embedding", weights.covariate_embedding)
+    e_b = b.op("Gather", [embedding, "covariate"], "covariate_embedding.source", axis=0)
+    latent = b.op("Sub", [h, e_b], "latent")
+    logits = b.linear(latent, weights.classifier)
+    b.op("Softmax", [logits], "label_probs", axis=-1)
+    if spec.decodes:
+        e_t = b.op("Gather", [embedding, "target_covariate"], "covariate_embedding.target", axis=0)
+        z = b.op("Add", [latent, e_t], "latent.in_target")
+        for i, layer in enumerate(weights.decoder):
+            z = b.linear(z, layer, output="y" if i == len(weights.decoder) - 1 else None)
+
+    widths = combination.widths(weights.latent_dim, weights.n_labels)
+    graph = helper.make_graph(
+        b.nodes,
+        combination.name,
+        [_value_info(t.name, t.dtype, widths.get(t.width)) for t in spec.inputs],
+        [_value_info(t.name, t.dtype, widths.get(t.width)) for t in spec.outputs],
+        initializer=list(b.initializers.values()),
+        doc_string=f"inClust+ model {model_name!r}, combination {combination.name!r} ({combination.kind}), masks folded",
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="inclust-plus",
+        producer_version=__version__,
+        ir_version=IR_VERSION,
+    )
+    helper.set_model_props(
+        model,
+        {"inclust.model": model_name, "inclust.combination": combination.name, "inclust.kind": combination.kind},
+    )
+    check(model)
+    return model
+
+
+def check(model: onnx.ModelProto) -> None:
+    """onnx.checker (full) and strict shape inference: every intermediate must get a known shape."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise InclustError(f"exported graph {model.graph.name!r} fails onnx.checker: {str(err).splitlines()[0]}", "this is a bug; please report it") from None
+    known = {v.name for v in inferred.graph.value_info} | {v.name for v in inferred.graph.output}
+    for node in inferred.graph.node:
+        for out in node.output:
+            if out not in known:
+                raise InclustError(f"shape inference left {out!r} without a shape in graph {model.graph.name!r}", "this is a bug; please report it")
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+    """Deterministic bytes (no maps in ONNX protos, so protobuf output is stable)."""
+    return model.SerializeToString(deterministic=True)

@@ -1,0 +1,188 @@
+"""TorchScript twins of the ONNX graphs, for users who serve with libtorch.
+
+Each scripted module holds exactly the folded weights of its ONNX graph and has the same inputs
+and outputs (see :data:`inclust_plus.export.combinations.GRAPH_SPECS`). ``torch.jit.save`` stamps
+a random ``serialization_id`` into the archive; :func:`save` replaces it with a digest of the
+archive so that identical checkpoints give identical files.
+"""
+
+import hashlib
+import io
+import os
+import warnings
+import zipfile
+import zlib
+from pathlib import Path
+from typing import List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .folding import FoldedWeights, Layer
+from .preprocess import PreprocessPlan
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+
+
+class Dense(nn.Module):
+    """``x @ weight.T + bias``. Not ``nn.Linear``: its scripted code lists its constants in set
+    order, which changes with PYTHONHASHSEED and would make the saved file differ run to run."""
+
+    def __init__(self, layer: Layer):
+        super().__init__()
+        self.weight = nn.Parameter(torch.from_numpy(layer.weight.copy()), requires_grad=False)
+        self.bias = nn.Parameter(torch.from_numpy(layer.bias.copy()), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def _sequential(layers: tuple[Layer, ...]) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    for layer in layers:
+        mods.append(Dense(layer))
+        if layer.activation != "identity":
+            mods.append(_ACTIVATIONS[layer.activation]())
+    return nn.Sequential(*mods)
+
+
+class Preprocess(nn.Module):
+    """Per-modality normalisation and log1p over runs of input columns (identity when empty)."""
+
+    active: bool
+    starts: List[int]
+    ends: List[int]
+    groups: List[int]
+    totals: List[float]
+    normalize: List[bool]
+    log1p: List[bool]
+
+    def __init__(self, plan: PreprocessPlan):
+        super().__init__()
+        self.active = plan.has_ops
+        self.starts = [s for s, _, _ in plan.runs]
+        self.ends = [e for _, e, _ in plan.runs]
+        self.groups = [g for _, _, g in plan.runs]
+        self.totals = [g.normalize_total or 0.0 for g in plan.groups]
+        self.normalize = [g.normalize_total is not None for g in plan.groups]
+        self.log1p = [g.log1p for g in plan.groups]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.active:
+            return x
+        factors: List[Tensor] = []
+        for g in range(len(self.totals)):
+            lib = torch.zeros(x.shape[0], 1, dtype=x.dtype, device=x.device)
+            for r in range(len(self.starts)):
+                if self.groups[r] == g:
+                    lib = lib + x[:, self.starts[r] : self.ends[r]].sum(dim=1, keepdim=True)
+            lib = torch.where(lib == 0, torch.ones_like(lib), lib)
+            factors.append(self.totals[g] / lib)
+        parts: List[Tensor] = []
+        for r in range(len(self.starts)):
+            g = self.groups[r]
+            part = x[:, self.starts[r] : self.ends[r]]
+            if self.normalize[g]:
+                part = part * factors[g]
+            if self.log1p[g]:
+                part = torch.log1p(part)
+            parts.append(part)
+        return torch.cat(parts, dim=1)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, weights: FoldedWeights, plan: PreprocessPlan):
+        super().__init__()
+        self.preprocess = Preprocess(plan)
+        self.encoder = _sequential(weights.encoder)
+        self.register_buffer("covariate_embedding", torch.from_numpy(weights.covariate_embedding.copy()))
+        self.classifier = _sequential((weights.classifier,))
+
+    def embed(self, x: Tensor, covariate: Tensor) -> Tuple[Tensor, Tensor]:
+        latent = self.encoder(self.preprocess(x)) - self.covariate_embedding[covariate]
+        return latent, torch.softmax(self.classifier(latent), dim=-1)
+
+
+class EmbedGraph(_Encoder):
+    """(x, covariate) -> (latent, label_probs)."""
+
+    def forward(self, x: Tensor, covariate: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.embed(x, covariate)
+
+
+class ImputeGraph(_Encoder):
+    """(x, covariate, target_covariate) -> (y, latent, label_probs)."""
+
+    def __init__(self, weights: FoldedWeights, plan: PreprocessPlan):
+        super().__init__(weights, plan)
+        self.decoder = _sequential(weights.decoder)
+
+    def forward(self, x: Tensor, covariate: Tensor, target_covariate: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        latent, probs = self.embed(x, covariate)
+        y = self.decoder(latent + self.covariate_embedding[target_covariate])
+        return y, latent, probs
+
+
+def script(weights: FoldedWeights, plan: PreprocessPlan, decodes: bool) -> torch.jit.ScriptModule:
+    module = ImputeGraph(weights, plan) if decodes else EmbedGraph(weights, plan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(module.eval())
+
+
+def load(path: str | os.PathLike) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
+def save(scripted: torch.jit.ScriptModule, path: str | os.PathLike) -> bytes:
+    """Write ``scripted`` to ``path`` with a content-derived serialization id; return the bytes."""
+    path = Path(path)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(scripted, buf)
+    # Saving to a buffer names the archive's top folder "archive", whatever the file is called.
+    data = _stable_serialization_id(bytearray(buf.getvalue()))
+    path.write_bytes(data)
+    return data
+
+
+def _stable_serialization_id(data: bytearray) -> bytes:
+    """Overwrite the stored ``.data/serialization_id`` record and its CRC in both zip headers."""
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        infos = [i for i in zf.infolist() if i.filename.endswith("/.data/serialization_id")]
+        if len(infos) != 1 or infos[0].compress_type != zipfile.ZIP_STORED:
+            return bytes(data)
+        info, start_dir = infos[0], zf.start_dir
+    off = info.header_offset
+    if data[off : off + 4] != b"PK\x03\x04":
+        return bytes(data)
+    flags = int.from_bytes(data[off + 6 : off + 8], "little")
+    name_len = int.from_bytes(data[off + 26 : off + 28], "little")
+    extra_len = int.from_bytes(data[off + 28 : off + 30], "little")
+    start, size = off + 30 + name_len + extra_len, info.file_size
+    data[start : start + size] = b"0" * size
+    digits = str(int.from_bytes(hashlib.sha256(bytes(data)).digest(), "big"))
+    new_id = (digits * (size // len(digits) + 1))[:size].encode()
+    data[start : start + size] = new_id
+    crc = zlib.crc32(new_id).to_bytes(4, "little")
+    if flags & 0x08:  # CRC in a data descriptor after the record
+        desc = start + size + (4 if data[start + size : start + size + 4] == b"PK\x07\x08" else 0)
+        data[desc : desc + 4] = crc
+    else:
+        data[off + 14 : off + 18] = crc
+    # Central directory entry with the same name: walk the entries from the directory's start.
+    name = info.filename.encode()
+    pos = start_dir
+    while data[pos : pos + 4] == b"PK\x01\x02":
+        n, m, k = (int.from_bytes(data[pos + a : pos + a + 2], "little") for a in (28, 30, 32))
+        if data[pos + 46 : pos + 46 + n] == name:
+            data[pos + 16 : pos + 20] = crc
+            break
+        pos += 46 + n + m + k
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        if zf.testzip() is not None:  # pragma: no cover - would mean the layout changed
+            raise RuntimeError("rewriting the TorchScript serialization id broke the archive")
+    return bytes(data)
