@@ -9,7 +9,7 @@ file or untouched.
 
 Memory is bounded by one chunk: a chunk is as many cells as fit a budget of stored input values
 (dense columns or sparse non-zeros), at most ``MAX_CHUNK_ROWS``, rounded to whole batches.
-Input and covariate buffers are allocated once and reused for every chunk.
+Input, covariate and output buffers are allocated once and reused for every chunk.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ COMMANDS = ("impute", "generate", "embed", "annotate")
 DECODING = ("impute", "generate")
 VALUE_BUDGET = 4_000_000  # stored input values read per chunk (about 32-64 MB)
 MAX_CHUNK_ROWS = 65_536
+OUTPUTS = ("y", "latent", "label_probs")
 
 
 @dataclass
@@ -166,6 +167,7 @@ def _stream(options, manifest, graph, data, covariates, target, steps, backend, 
     )
     source = f"{data.path.name} {data.element}"
     started = time.perf_counter()
+    buffers: dict[str, np.ndarray] = {}  # per-chunk output buffers, allocated once at the first batch
     try:
         with tqdm(total=n, unit="cells", unit_scale=True, desc=graph.name, file=sys.stderr, disable=options.quiet or not sys.stderr.isatty()) as bar:
             for start in range(0, n, rows):
@@ -175,17 +177,16 @@ def _stream(options, manifest, graph, data, covariates, target, steps, backend, 
                 apply_preprocessing(x, steps)
                 cov = covariates.take(start, stop, cov_buf)
                 tgt = target.take(start, stop, tgt_buf) if target is not None else None
-                results: dict[str, list[np.ndarray]] = {"y": [], "latent": [], "label_probs": []}
                 for b in range(0, stop - start, bs):
                     e = min(stop - start, b + bs)
                     out = backend.run(graph, x[b:e], cov[b:e], None if tgt is None else tgt[b:e])
                     if start == 0 and b == 0:
                         _check_outputs(graph, manifest, out, e - b)
-                    for key in results:
-                        if key in out:
-                            results[key].append(out[key])
-                joined = {k: np.concatenate(v) if v else None for k, v in results.items()}
-                writer.write(start, joined["y"], joined["latent"], joined["label_probs"])
+                        buffers = {k: np.empty((len(x_buf), v.shape[1]), np.float32) for k, v in out.items() if k in OUTPUTS}
+                    for key, buf in buffers.items():
+                        buf[b:e] = out[key]
+                views = {k: buffers[k][: stop - start] if k in buffers else None for k in OUTPUTS}
+                writer.write(start, views["y"], views["latent"], views["label_probs"])
                 bar.update(stop - start)
         seconds = time.perf_counter() - started
         provenance.update(backend.provenance())

@@ -1,0 +1,209 @@
+"""Peak memory of ``inclust-run impute`` on a generated 1,000,000-cell sparse h5ad (issue 5).
+
+Steps: export an (untrained) model shaped like the MERFISH task (153 genes, 122-gene panel,
+encoder 200-50, latent 50, decoder 200, 13 labels) with ``inclust_plus.export``; write a CSR
+h5ad of N cells x the 122 panel genes chunk by chunk with h5py (so generating it needs little
+memory either); run ``inclust-run impute`` in a subprocess and read its peak RSS from
+``os.wait4`` on that process (started from a small launcher, see :data:`_LAUNCHER`); spot-check the first
+cells of the output against onnxruntime called directly; append the numbers to
+``benchmarks/results/runtime_memory.json``.
+
+Usage: python benchmarks/runtime_memory.py [--cells 1000000] [--workdir DIR] [--keep]
+Needs the export extra (torch) for the model; the measured run itself is torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "runtime_memory.json"
+N_GENES, N_PANEL, N_LABELS = 153, 122, 13
+LIMIT_MB = 1536
+
+
+def export_model(folder: Path) -> Path:
+    import torch
+
+    from inclust_plus.export import export_model as export
+    from inclust_plus.training.checkpoint import save_checkpoint
+    from inclust_plus.training.module import InClustModule, ModuleConfig
+
+    genes = [f"gene{i:03d}" for i in range(N_GENES)]
+    desc = {
+        "name": "merfish_shaped_untrained",
+        "schema": {"modalities": [{"name": "rna", "features": genes}]},
+        "covariate": {"keys": ["dataset"], "categories": ["scrna", "merfish"]},
+        "labels": {"key": "cell_type", "categories": [f"type{i:02d}" for i in range(N_LABELS)], "mode": "semi-supervised"},
+        "preprocessing": {"rna": {"normalize_total": None, "log1p": False, "scale": None}},
+        "feature_sets": {"rna": {"modalities": ["rna"], "features": list(range(N_GENES))},
+                         "merfish": {"modalities": ["rna"], "features": list(range(N_PANEL))}},
+        "combinations": [{"name": "merfish_to_rna", "inputs": "merfish", "outputs": "rna", "default_target_covariate": "scrna"}],
+        "hyperparameters": {}, "training": {"epochs": 0, "rows_per_second": 0.0, "history": {}},
+    }
+    torch.manual_seed(0)
+    module = InClustModule(ModuleConfig(n_features=N_GENES, n_covariates=2, n_labels=N_LABELS)).eval()
+    ckpt = save_checkpoint(folder / "model.pt", module, desc)
+    return export(ckpt, folder / "export", torchscript=False)
+
+
+def _strings(group: h5py.Group, name: str, values) -> None:
+    ds = group.create_dataset(name, data=np.asarray(values, dtype=object), dtype=h5py.string_dtype())
+    ds.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+
+
+def write_sparse_h5ad(path: Path, n_cells: int, density: float, chunk: int = 100_000, seed: int = 0) -> int:
+    """CSR h5ad of ``n_cells`` x the panel genes, values in [0, 1]; returns the number of non-zeros."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        x = f.create_group("X")
+        x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": np.array([n_cells, N_PANEL])})
+        data = x.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 20,))
+        indices = x.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 20,))
+        indptr = x.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
+        indptr[0] = 0
+        nnz = 0
+        for start in range(0, n_cells, chunk):
+            stop = min(n_cells, start + chunk)
+            keep = rng.random((stop - start, N_PANEL)) < density
+            rows, cols = np.nonzero(keep)
+            values = rng.random(len(rows), dtype=np.float32)
+            counts = np.bincount(rows, minlength=stop - start)
+            data.resize((nnz + len(rows),))
+            indices.resize((nnz + len(rows),))
+            data[nnz:] = values
+            indices[nnz:] = cols.astype(np.int32)
+            indptr[start + 1 : stop + 1] = nnz + np.cumsum(counts)
+            nnz += len(rows)
+        obs = f.create_group("obs")
+        obs.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0", "_index": "_index"})
+        obs.attrs["column-order"] = np.asarray(["dataset"], dtype=h5py.string_dtype())
+        names = obs.create_dataset("_index", shape=(n_cells,), dtype=h5py.string_dtype())
+        names.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+        for start in range(0, n_cells, chunk):
+            stop = min(n_cells, start + chunk)
+            names[start:stop] = np.asarray([f"cell{i:07d}" for i in range(start, stop)], dtype=object)
+        cat = obs.create_group("dataset")
+        cat.attrs.update({"encoding-type": "categorical", "encoding-version": "0.2.0", "ordered": np.False_})
+        _strings(cat, "categories", ["merfish"])
+        codes = cat.create_dataset("codes", data=np.zeros(n_cells, np.int8))
+        codes.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        var = f.create_group("var")
+        var.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0", "_index": "_index"})
+        var.attrs["column-order"] = np.asarray([], dtype=h5py.string_dtype())
+        _strings(var, "_index", [f"gene{i:03d}" for i in range(N_PANEL)])
+        for key in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
+            f.create_group(key).attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+    return nnz
+
+
+def spot_check(manifest: Path, src: Path, out: Path, n: int = 2048) -> float:
+    """max |diff| between the output's first ``n`` cells and onnxruntime run directly on them."""
+    import onnxruntime as ort
+    import scipy.sparse as sp
+
+    graph = json.loads(manifest.read_text())["graphs"][0]
+    with h5py.File(src, "r") as f:
+        g = f["X"]
+        ptr = g["indptr"][: n + 1]
+        x = sp.csr_matrix((g["data"][: ptr[-1]], g["indices"][: ptr[-1]], ptr), shape=(n, N_PANEL)).toarray()
+    sess = ort.InferenceSession(str(manifest.parent / graph["file"]), providers=["CPUExecutionProvider"])
+    y, latent, _ = sess.run(["y", "latent", "label_probs"], {"x": x.astype(np.float32), "covariate": np.ones(n, np.int64), "target_covariate": np.zeros(n, np.int64)})
+    with h5py.File(out, "r") as f:
+        assert f["X"].shape == (int(f["obs"]["_index"].shape[0]), N_GENES)
+        return float(max(np.abs(f["X"][:n] - y).max(), np.abs(f["obsm"]["X_inclust"][:n] - latent).max()))
+
+
+# Run by a fresh interpreter: ru_maxrss of a process counts its life before exec too, and a child
+# forked straight from this (torch-laden) process would start with this process's RSS.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+cmd, log = json.loads(sys.argv[1]), sys.argv[2]
+with open(log, "w") as err:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss, "wall": wall}))
+"""
+
+
+def measure(cmd: list[str], log: Path) -> tuple[float, float]:
+    """Peak RSS (MiB) and wall time of ``cmd``, from ``wait4`` in a small launcher process."""
+    out = subprocess.run([sys.executable, "-c", _LAUNCHER, json.dumps(cmd), str(log)], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout)
+    if res["rc"] != 0:
+        raise SystemExit(f"inclust-run failed ({res['rc']}): {log.read_text()}")
+    return res["maxrss_kib"] / 1024, res["wall"]  # Linux: ru_maxrss is in KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=1_000_000)
+    parser.add_argument("--density", type=float, default=0.12, help="fraction of non-zero panel genes per cell (real data: 0.12)")
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results/runtime_memory.json")
+    args = parser.parse_args()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="inclust_mem_"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        t0 = time.perf_counter()
+        manifest = export_model(work)
+        src = work / "cells.h5ad"
+        nnz = write_sparse_h5ad(src, args.cells, args.density)
+        gen_s = time.perf_counter() - t0
+        out = work / "imputed.h5ad"
+        exe = Path(sys.executable).with_name("inclust-run")
+        cmd = [str(exe), "impute", "--onnx", str(manifest), "--input", str(src), "--output", str(out),
+               "--combination", "merfish_to_rna", "--covariate-key", "dataset", "--batch-size", str(args.batch_size), "--quiet", "--force"]
+        peak_mb, wall = measure(cmd, work / "stderr.txt")
+        diff = spot_check(manifest, src, out)
+        result = {
+            "benchmark": "runtime_memory",
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "cells": args.cells,
+            "input_genes": N_PANEL,
+            "output_genes": N_GENES,
+            "nonzeros": int(nnz),
+            "input_mb": round(src.stat().st_size / 2**20, 1),
+            "output_mb": round(out.stat().st_size / 2**20, 1),
+            "batch_size": args.batch_size,
+            "peak_rss_mb": round(peak_mb, 1),
+            "limit_mb": LIMIT_MB,
+            "passed": peak_mb < LIMIT_MB,
+            "wall_s": round(wall, 2),
+            "cells_per_s": round(args.cells / wall),
+            "spot_check_max_abs_diff": diff,
+            "generation_s": round(gen_s, 1),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "command": " ".join(["inclust-run"] + cmd[1:]).replace(str(work), "$WORK"),
+        }
+        print(json.dumps(result, indent=2))
+        if not args.no_record:
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+            RESULTS.write_text(json.dumps(runs + [result], indent=2) + "\n")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
