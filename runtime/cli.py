@@ -34,8 +34,10 @@ Nothing here may import torch: ``--torchscript`` loads :mod:`.torchscript_backen
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import signal
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -105,6 +107,24 @@ def _setup_logging(quiet: bool) -> None:
     log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """Treat SIGTERM (batch schedulers, timeouts) like Ctrl-C, so the temporary output is removed."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def choose_backend(extra: dict, options: RunOptions) -> Backend:
     """The first extension backend that claims the run, else the local default."""
     for resolver in REGISTRY.resolvers:
@@ -172,11 +192,12 @@ def _make_command(name: str) -> click.Command:
             target_covariate=target_covariate, batch_size=batch_size, device=device, allow_missing=allow_missing,
             layer=layer, obsm=obsm, force=force, torchscript=torchscript, quiet=quiet,
         )
-        backend = choose_backend(extra, options)
-        try:
-            path = run(options, backend=backend)
-        finally:
-            backend.close()
+        with _terminate_as_interrupt():
+            backend = choose_backend(extra, options)
+            try:
+                path = run(options, backend=backend)
+            finally:
+                backend.close()
         log.info("wrote %s", path)
 
     command.params.extend(REGISTRY.options)

@@ -151,7 +151,10 @@ def _align(graph: GraphSpec, sources: list[tuple[MatrixRows, list[str], str]], a
                 dups.append(n)
             positions.setdefault(n, j)
         if dups:
-            raise InclustError(f"{label} has duplicate var names among the model's features: {_names(sorted(set(dups)))}", "make var names unique (e.g. anndata var_names_make_unique) or drop the duplicates")
+            raise InclustError(
+                f"{label} has duplicate var names among the model's features: {_names(sorted(set(dups)))}",
+                "make var names unique (anndata var_names_make_unique) or drop the duplicates",
+            )
         for g, n in enumerate(wanted):
             if g not in taken and n in positions:
                 taken[g] = (s, positions[n])
@@ -205,7 +208,7 @@ def _open(f: h5py.File, p: Path, graph: GraphSpec, layer, obsm, allow_missing) -
     if n_obs == 0:
         raise InclustError(f"input {p} has no cells", "pass a non-empty AnnData")
     first_index = _index_values(groups[0][0]["obs"]) if len(groups) > 1 else None
-    for (rows, names, n, where), g, label in opened[1:]:
+    for (_, _, n, _), g, label in opened[1:]:
         if n != n_obs or _index_values(g["obs"]) != first_index:
             raise InclustError(f"modalities of {p} do not hold the same cells in the same order ({label})", "subset them to common cells (mudata intersect_obs) first")
     obs = groups[0][0]["obs"]

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from inclust_plus.runtime.cli import cli
-from runtime_fixtures import COVARIATES, PANEL, PROTEIN, RNA, make_cells, make_toy_export, write_h5ad
+from runtime_fixtures import COVARIATES, PROTEIN, RNA, make_cells, make_toy_export, write_h5ad
 
 N = 40
 COV = [COVARIATES[i % 3] for i in range(N)]
@@ -187,8 +187,9 @@ def test_interrupted_in_process(toy, tmp_path, good, monkeypatch):
     assert Interrupting.calls == 3 and "no output" in msg
 
 
-def test_interrupted_by_sigint(toy, tmp_path):
-    """A real Ctrl-C on the running command: no output, no temp file."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_by_signal(toy, tmp_path, sig):
+    """A real Ctrl-C (or a scheduler's SIGTERM) on the running command: no output, no temp file."""
     n = 60_000
     x = make_cells(n, RNA, density=0.3)
     write_h5ad(tmp_path / "in.h5ad", x, RNA, ["a"] * n)
@@ -203,7 +204,7 @@ def test_interrupted_by_sigint(toy, tmp_path):
     if proc.poll() is not None:
         pytest.skip(f"the run ended before it could be interrupted ({proc.returncode})")
     time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "error: interrupted; no output was written"
