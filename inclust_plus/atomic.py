@@ -31,15 +31,23 @@ def check_output_path(path: str | os.PathLike, force: bool, inputs: tuple = ()) 
     return out
 
 
+def _umask_mode(path: Path, base: int) -> None:
+    """Give a temp file/folder the permissions a normally created one would have (mkstemp uses 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, base & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _umask_mode(tmp_path, 0o666)
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -45,7 +45,8 @@ def _read(cfg: DatasetConfig):
         if p.suffix == ".h5mu":
             import mudata
 
-            return mudata.read_h5mu(p)
+            with mudata.set_options(pull_on_update=False):
+                return mudata.read_h5mu(p)
         import anndata
 
         return anndata.read_h5ad(p)

@@ -44,7 +44,8 @@ class SyntheticCells:
         import mudata
 
         mods = {m: self.anndata(m, cells) for m in modalities}
-        md = mudata.MuData(mods)
+        with mudata.set_options(pull_on_update=False):
+            md = mudata.MuData(mods)
         first = mods[modalities[0]].obs
         md.obs["cell_type"] = first["cell_type"].to_numpy()
         md.obs["batch"] = first["batch"].to_numpy()

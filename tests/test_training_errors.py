@@ -1,0 +1,128 @@
+"""Bad input to inclust-train: one line naming the problem and the fix, exit code 2, nothing written."""
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from click.testing import CliRunner
+
+from inclust_plus.training.cli import main
+
+
+def _adata(n=40, genes=("g0", "g1", "g2", "g3"), seed=0, **obs):
+    rng = np.random.default_rng(seed)
+    x = rng.poisson(2.0, (n, len(genes))).astype(np.float32)
+    df = pd.DataFrame({"cell_type": rng.choice(["a", "b"], n), "batch": rng.choice(["x", "y"], n), **obs}, index=[f"c{seed}_{i}" for i in range(n)])
+    return anndata.AnnData(X=sp.csr_matrix(x), obs=df, var=pd.DataFrame(index=list(genes)))
+
+
+def _config(tmp_path, ref, query, extra="", ref_extra='label_key = "cell_type"'):
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    query.write_h5ad(tmp_path / "query.h5ad")
+    text = f"""
+task = "imputation"
+[[datasets]]
+name = "ref"
+path = "ref.h5ad"
+{ref_extra}
+[[datasets]]
+name = "query"
+path = "query.h5ad"
+[views]
+query = ["query"]
+[training]
+epochs = 1
+{extra}
+"""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(text)
+    return cfg
+
+
+def _run(tmp_path, cfg):
+    out = tmp_path / "model.pt"
+    res = CliRunner().invoke(main, [str(cfg), "--out", str(out), "--quiet"])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert not out.exists()
+    assert not list(tmp_path.glob(".model.pt*")) and not list(tmp_path.glob("*.png"))
+    return lines[0]
+
+
+def test_good_config_trains(tmp_path):
+    cfg = _config(tmp_path, _adata(), _adata(genes=("g0", "g1"), seed=1))
+    res = CliRunner().invoke(main, [str(cfg), "--out", str(tmp_path / "model.pt"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "model.pt").stat().st_size > 1000 and (tmp_path / "model.loss.png").exists()
+
+
+def test_missing_config(tmp_path):
+    assert "does not exist" in _run(tmp_path, tmp_path / "nope.toml")
+
+
+def test_missing_data_file(tmp_path):
+    cfg = _config(tmp_path, _adata(), _adata(seed=1))
+    (tmp_path / "query.h5ad").unlink()
+    assert "does not exist" in _run(tmp_path, cfg)
+
+
+def test_unknown_config_key(tmp_path):
+    cfg = _config(tmp_path, _adata(), _adata(seed=1), extra="epocs = 3")
+    msg = _run(tmp_path, cfg)
+    assert "unknown config key" in msg and "epocs" in msg
+
+
+def test_no_shared_features(tmp_path):
+    cfg = _config(tmp_path, _adata(), _adata(genes=("h0", "h1"), seed=1))
+    assert "shares no features" in _run(tmp_path, cfg)
+
+
+def test_label_column_absent(tmp_path):
+    cfg = _config(tmp_path, _adata(), _adata(seed=1), ref_extra='label_key = "celltype"')
+    assert "no label column 'celltype'" in _run(tmp_path, cfg)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf(tmp_path, bad):
+    ref = _adata()
+    x = ref.X.toarray()
+    x[3, 1] = bad
+    ref.X = sp.csr_matrix(x)
+    assert "NaN or infinite" in _run(tmp_path, _config(tmp_path, ref, _adata(seed=1)))
+
+
+def test_negative_values(tmp_path):
+    ref = _adata()
+    x = ref.X.toarray()
+    x[0, 0] = -1
+    ref.X = sp.csr_matrix(x)
+    assert "negative values" in _run(tmp_path, _config(tmp_path, ref, _adata(seed=1)))
+
+
+def test_duplicate_feature_names(tmp_path):
+    ref = _adata(genes=("g0", "g1", "g1", "g3"))
+    assert "duplicate feature names" in _run(tmp_path, _config(tmp_path, ref, _adata(seed=1)))
+
+
+def test_empty_dataset(tmp_path):
+    ref = _adata()[:0].copy()
+    assert "empty" in _run(tmp_path, _config(tmp_path, ref, _adata(seed=1)))
+
+
+def test_covariate_with_one_missing_value(tmp_path):
+    ref = _adata()
+    ref.obs["batch"] = ref.obs["batch"].astype(object)
+    ref.obs.iloc[5, ref.obs.columns.get_loc("batch")] = np.nan
+    cfg = _config(tmp_path, ref, _adata(seed=1), ref_extra='label_key = "cell_type"\ncovariate_keys = ["batch"]')
+    assert "1 missing value" in _run(tmp_path, cfg)
+
+
+def test_existing_output_not_overwritten(tmp_path):
+    cfg = _config(tmp_path, _adata(), _adata(seed=1))
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"keep me")
+    res = CliRunner().invoke(main, [str(cfg), "--out", str(out), "--quiet"])
+    assert res.exit_code == 2 and "already exists" in res.output
+    assert out.read_bytes() == b"keep me"

@@ -1,0 +1,123 @@
+"""The pieces of inClust+: masks, vector arithmetic, checkpoints, seeding."""
+
+import numpy as np
+import pytest
+import torch
+
+from inclust_plus.training.checkpoint import load_checkpoint, save_checkpoint
+from inclust_plus.training.model import InClust
+from inclust_plus.training.module import InClustModule, LossWeights, ModuleConfig
+from inclust_plus.training.presets import synthetic_task
+
+
+def _module(seed=0, n_features=12, n_cov=3, n_labels=4):
+    torch.manual_seed(seed)
+    return InClustModule(ModuleConfig(n_features=n_features, n_covariates=n_cov, n_labels=n_labels, encoder_hidden=[16, 8], latent_dim=5, decoder_hidden=[16])).eval()
+
+
+def test_masked_input_feature_changes_nothing():
+    m = _module()
+    x = torch.rand(7, 12)
+    mask = torch.ones(1, 12)
+    mask[0, [2, 5, 11]] = 0
+    cov = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    before = m.predict(x, mask, cov)
+    x2 = x.clone()
+    x2[:, [2, 5, 11]] = torch.rand(7, 3) * 100
+    after = m.predict(x2, mask, cov)
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)
+    # ...while an unmasked feature does change the output.
+    x3 = x.clone()
+    x3[:, 0] += 1.0
+    assert not torch.equal(m.predict(x3, mask, cov)[1], before[1])
+
+
+def test_masked_output_feature_does_not_enter_loss():
+    m = _module()
+    x = torch.rand(9, 12)
+    in_mask = torch.ones(9, 12)
+    out_mask = torch.ones(9, 12)
+    out_mask[:, [1, 4]] = 0
+    cov = torch.zeros(9, dtype=torch.long)
+    label = torch.tensor([0, 1, 2, 3, -1, -1, 0, 1, 2])
+    w = LossWeights()
+    base = m.loss(x, in_mask, out_mask, cov, label, w, unsupervised=False)
+    x2 = x.clone()
+    x2[:, [1, 4]] = 50.0  # only the (masked) targets differ; the input mask hides nothing, so zero them in input too
+    in_mask2 = in_mask.clone()
+    in_mask2[:, [1, 4]] = 0
+    a = m.loss(x, in_mask2, out_mask, cov, label, w, unsupervised=False)
+    b = m.loss(x2, in_mask2, out_mask, cov, label, w, unsupervised=False)
+    assert torch.allclose(a["reconstruction"], b["reconstruction"])
+    assert torch.allclose(a["total"], b["total"])
+    # Unmasking the output makes the huge targets count.
+    c = m.loss(x2, in_mask2, torch.ones(9, 12), cov, label, w, unsupervised=False)
+    assert c["reconstruction"] > b["reconstruction"] + 100
+    assert base["reconstruction"] > 0
+
+
+def test_reconstruction_loss_exact_value():
+    m = _module()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+    x = torch.zeros(2, 12)
+    x[0, 0] = 1.0
+    out_mask = torch.zeros(2, 12)
+    out_mask[:, 0] = 1.0
+    terms = m.loss(x, torch.ones(2, 12), out_mask, torch.zeros(2, dtype=torch.long), torch.tensor([0, 0]), LossWeights(), False)
+    # all-zero weights: sigmoid(0) = 0.5 everywhere -> cell 0: 0.5*(1-0.5)^2, cell 1: 0.5*(0-0.5)^2
+    assert terms["reconstruction"].item() == pytest.approx(0.125)
+    # KL of N(0, 1) against N(0, I) is 0; label CE is log(4) with uniform logits.
+    assert terms["kl"].item() == pytest.approx(0.0, abs=1e-6)
+    assert terms["label"].item() == pytest.approx(np.log(4), rel=1e-6)
+
+
+def test_vector_arithmetic_moves_cells_between_covariates():
+    m = _module()
+    x = torch.rand(5, 12)
+    mask = torch.ones(1, 12)
+    src = torch.tensor([1] * 5)
+    tgt = torch.tensor([2] * 5)
+    y, z_c, _ = m.predict(x, mask, src, tgt)
+    mu, _ = m.encode(x, mask)
+    e = m.covariate_embedding
+    assert torch.allclose(z_c, mu - e[1])
+    assert torch.allclose(y, m.decode(mu - e[1] + e[2]))
+    # The corrected latent does not depend on which covariate we decode into.
+    assert torch.equal(m.predict(x, mask, src, src)[1], z_c)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    m = _module()
+    desc = {"name": "toy", "covariate": {"categories": ["a", "b", "c"]}}
+    path = save_checkpoint(tmp_path / "model.pt", m, desc)
+    raw = torch.load(path, weights_only=True)  # must not need pickle of our classes
+    assert raw["format"] == "inclust-plus-checkpoint"
+    m2, desc2 = load_checkpoint(path)
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert desc2["name"] == "toy" and desc2["module"]["latent_dim"] == 5
+
+
+def _fit(seed):
+    st = synthetic_task("integration", n_cells=300, seed=0, overrides={"training": {"epochs": 2, "seed": seed}})
+    model, _, _ = InClust.fit(st.config, st.objects, progress=False)
+    return model
+
+
+def test_same_seed_same_weights():
+    a, b, c = _fit(3), _fit(3), _fit(4)
+    for k, v in a.module.state_dict().items():
+        assert torch.equal(v, b.module.state_dict()[k]), k
+    assert any(not torch.equal(v, c.module.state_dict()[k]) for k, v in a.module.state_dict().items())
+
+
+def test_masks_stored_as_pattern_table_not_per_cell():
+    st = synthetic_task("integration", n_cells=300, seed=0, overrides={"training": {"epochs": 1}})
+    _, data, _ = InClust.fit(st.config, st.objects, progress=False)
+    table = data.mask_table.array()
+    assert table.shape[0] == 3  # rna, protein, rna+protein
+    assert table.shape[0] < 10 and len(data.row_input) == 300 * 3
+    assert data.row_input.dtype == np.int64 and data.row_input.ndim == 1
