@@ -8,6 +8,7 @@ for Triton's ``model_config_pb2``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,10 @@ from runtime_fixtures import COVARIATES, GRAPHS, LABELS, LATENT, PANEL, RNA, mak
 
 pytest.importorskip("onnx", reason="the toy export is built with onnx")
 triton_repo = pytest.importorskip("inclust_plus.export.triton_repo", reason="inclust_plus.export is not importable here (it needs torch)")
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is not installed (pip install 'tritonclient[grpc,http]')")
 
 from inclust_plus.errors import InclustError  # noqa: E402
+
+NO_PB2 = "Triton's ModelConfig protobuf comes with tritonclient[grpc], not installed here (pip install 'tritonclient[grpc,http]')"
 
 write = triton_repo.write_triton_repository
 
@@ -33,7 +35,13 @@ def repo(toy, tmp_path_factory):
     return write(toy.manifest, tmp_path_factory.mktemp("t") / "repo")
 
 
+@pytest.fixture(scope="module")
+def pb2():
+    return pytest.importorskip("tritonclient.grpc.model_config_pb2", reason=NO_PB2)
+
+
 def configs(folder: Path) -> dict:
+    pytest.importorskip("tritonclient.grpc.model_config_pb2", reason=NO_PB2)
     return {p.parent.name: triton_repo.parse_model_config(p.read_text()) for p in sorted(folder.glob("*/config.pbtxt"))}
 
 
@@ -46,25 +54,28 @@ def test_layout_one_model_per_graph_and_flavour(repo, toy):
         assert (repo / f"{n}_python" / "1" / "model.py").read_text().startswith('"""``model.py`` of the Python-backend')
         assert not (repo / n / "1" / "model.py").exists()
         assert (repo / n / "labels.txt").read_text().splitlines() == LABELS
+    umask = os.umask(0)
+    os.umask(umask)
+    assert repo.stat().st_mode & 0o777 == 0o777 & ~umask  # readable by a server running as another user
     index = json.loads((repo / "inclust_triton.json").read_text())
     assert index["flavour"] == "both" and len(index["models"]) == 2 * len(names)
 
 
-def test_every_config_parses_with_triton_model_config(repo):
+def test_every_config_parses_with_triton_model_config(repo, pb2):
     parsed = configs(repo)
     assert len(parsed) == 2 * len(GRAPHS)
     for name, cfg in parsed.items():
         assert cfg.name == name
         assert cfg.backend == ("python" if name.endswith("_python") else "onnxruntime")
         assert cfg.max_batch_size == 4096
-        assert list(cfg.dynamic_batching.preferred_batch_size) == [1024, 2048, 4096]
+        assert list(cfg.dynamic_batching.preferred_batch_size) == [256, 1024]
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
-        assert [(g.count, g.kind) for g in cfg.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_AUTO)]
+        assert [(g.count, g.kind) for g in cfg.instance_group] == [(1, pb2.ModelInstanceGroup.KIND_AUTO)]
 
 
-def test_tensor_dims_follow_the_graph(repo):
+def test_tensor_dims_follow_the_graph(repo, pb2):
     cfg = configs(repo)
-    FP32, INT64 = model_config_pb2.TYPE_FP32, model_config_pb2.TYPE_INT64
+    FP32, INT64 = pb2.TYPE_FP32, pb2.TYPE_INT64
     for flavour in ("", "_python"):
         impute = cfg["panel_to_rna" + flavour]
         ins = {t.name: t for t in impute.input}

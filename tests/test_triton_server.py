@@ -260,6 +260,47 @@ def test_models_to_load_and_environment_checks(tmp_path):
         find_server_env(tmp_path)
 
 
+def test_serve_command_runs_until_interrupted(toy, tmp_path):
+    """``inclust-run serve REPO --http-port 0 --grpc-port 0``: ready line, answers, SIGINT stops it cleanly."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    _server_env_or_skip()
+    repo = triton_repo.write_triton_repository(toy.manifest, tmp_path / "r", flavour="python")
+    cmd = [sys.executable, "-c", "from inclust_plus.runtime.cli import main; main()", "serve", str(repo), "--http-port", "0", "--grpc-port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, http = time.monotonic() + 120, None
+        while http is None and time.monotonic() < deadline and proc.poll() is None:
+            m = re.search(r"Triton is ready: HTTP (127\.0\.0\.1:\d+)", proc.stdout.readline())
+            http = m.group(1) if m else None
+        assert http, "no ready line"
+        with urllib.request.urlopen(f"http://{http}/v2/models/rna_embed_python/ready", timeout=5) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "stopping Triton" in rest
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://{http}/v2/health/live", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_help_and_bad_repository(tmp_path):
+    from inclust_plus.runtime.cli import cli
+
+    res = CliRunner().invoke(cli, ["serve", "--help"])
+    assert res.exit_code == 0 and "--grpc-port" in res.output and "nvidia-pytriton" in res.output
+    res = CliRunner().invoke(cli, ["serve", str(tmp_path)])
+    assert res.exit_code == 2 and "is not a Triton model repository" in res.output
+
+
 def test_stop_leaves_nothing_running(server):
     """Last test of the module: stop the shared server; the fixture's finally is then a no-op."""
     pid = server.process.pid
