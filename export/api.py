@@ -106,6 +106,7 @@ def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torch
         sha256=hashlib.sha256(data).hexdigest(),
         opset=onnx_graph.OPSET,
         torchscript=ts_file,
+        torchscript_sha256=hashlib.sha256((folder / ts_file).read_bytes()).hexdigest() if ts_file else None,
         folded_preprocessing=fold_preprocessing,
         latent_dim=weights.latent_dim,
         n_labels=weights.n_labels,

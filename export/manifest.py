@@ -33,6 +33,7 @@ def graph_entry(
     sha256: str,
     opset: int,
     torchscript: str | None,
+    torchscript_sha256: str | None,
     folded_preprocessing: bool,
     latent_dim: int,
     n_labels: int,
@@ -45,6 +46,7 @@ def graph_entry(
         "sha256": sha256,
         "opset": opset,
         "torchscript": torchscript,
+        "torchscript_sha256": torchscript_sha256,
         "folded_preprocessing": folded_preprocessing,
         "input_modalities": list(combination.input_modalities),
         "output_modalities": list(combination.output_modalities),
@@ -71,6 +73,7 @@ def build_manifest(description: dict, model_sha256: str, graphs: list[dict]) -> 
             "categories": list(description["covariate"]["categories"]),
         },
         "labels": {"key": labels.get("key"), "categories": list(labels.get("categories") or [])},
+        "modalities": [{"name": m["name"], "features": list(m["features"])} for m in description["schema"]["modalities"]],
         "preprocessing": description.get("preprocessing") or {},
         "graphs": graphs,
     }

@@ -137,20 +137,21 @@ def test_folded_file_is_smaller_than_the_unfolded_model(toy):
 def test_manifest_follows_the_architecture_contract(toy):
     ckpt, manifest_path, _, module, desc = toy
     m = json.loads(manifest_path.read_text())
-    assert set(m) == {"format_version", "exporter_version", "model", "covariate", "labels", "preprocessing", "graphs"}
+    assert set(m) == {"format_version", "exporter_version", "model", "covariate", "labels", "modalities", "preprocessing", "graphs"}
+    assert m["modalities"] == desc["schema"]["modalities"]
     assert m["format_version"] == 1 and m["exporter_version"] == "0.1.0"
     assert m["model"] == {"name": "toy", "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "latent_dim": 4}
     assert m["covariate"] == {"keys": ["dataset"], "categories": ["scrna", "merfish", "cite"]}
     assert m["labels"] == {"key": "cell_type", "categories": ["B", "T", "NK"]}
     assert m["preprocessing"] == desc["preprocessing"]
     assert [g["name"] for g in m["graphs"]] == [c["name"] for c in COMBINATIONS]
-    keys = {"name", "kind", "file", "sha256", "opset", "torchscript", "folded_preprocessing", "input_modalities",
+    keys = {"name", "kind", "file", "sha256", "opset", "torchscript", "torchscript_sha256", "folded_preprocessing", "input_modalities",
             "output_modalities", "input_features", "output_features", "default_target_covariate", "inputs", "outputs"}
     by_name = {g["name"]: g for g in m["graphs"]}
     for g in m["graphs"]:
         assert set(g) == keys
         assert hashlib.sha256((manifest_path.parent / g["file"]).read_bytes()).hexdigest() == g["sha256"]
-        assert (manifest_path.parent / g["torchscript"]).is_file()
+        assert hashlib.sha256((manifest_path.parent / g["torchscript"]).read_bytes()).hexdigest() == g["torchscript_sha256"]
     g = by_name["merfish_to_rna"]
     assert g["kind"] == "impute" and g["default_target_covariate"] == "scrna"
     assert g["input_features"] == ["gene000", "gene002", "gene003", "gene005", "gene007", "gene008"]

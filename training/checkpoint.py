@@ -49,7 +49,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, dict]:
         raise InclustError(f"checkpoint {p} does not exist", "pass the model.pt written by inclust-train")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
+    except (RuntimeError, EOFError, IndexError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
         raise InclustError(
             f"{p} is not a readable inclust-plus checkpoint (truncated or not a torch file: {type(err).__name__})",
             "re-run inclust-train or copy model.pt again",
