@@ -34,7 +34,7 @@ def good(tmp_path):
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp")) if folder.is_dir() else []
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name) if folder.is_dir() else []
 
 
 def fails(toy, *args, match: str, out: Path, command="impute", combination="panel_to_rna", code=2):
