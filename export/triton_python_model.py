@@ -13,6 +13,8 @@ the other requests in the same batch are answered normally.
 
 import json
 import os
+import sys
+import threading
 
 import numpy as np
 
@@ -33,20 +35,48 @@ def _providers(args):
     return ["CPUExecutionProvider"]
 
 
-def _check_numpy_bridge():
-    """Refuse to serve if this stub misreads numpy arrays.
+# Python-backend stubs built against numpy 1 (as in the nvidia-pytriton build of Triton 2.51) read
+# numpy 2 arrays with the wrong element layout: request tensors come out as wrong numbers and output
+# tensors are refused. DLPack describes dtype and shape itself, so with numpy 2 the tensors cross
+# the stub through DLPack instead (correct with either kind of stub); with numpy 1, the usual calls.
+NUMPY2 = int(np.__version__.split(".")[0]) >= 2
 
-    Python-backend stubs built against numpy 1 (Triton <= 2.5x, as in nvidia-pytriton) read
-    numpy 2 arrays with the wrong element layout and return silently wrong numbers. A round trip
-    through a backend tensor detects it, whatever the versions.
+
+def _array(tensor):
+    return np.from_dlpack(tensor) if NUMPY2 else tensor.as_numpy()
+
+
+_HANDING_OVER = threading.local()
+
+
+def _tensor(name, array):
+    array = np.ascontiguousarray(array)
+    if not NUMPY2:
+        return pb_utils.Tensor(name, array)
+    _HANDING_OVER.active = True
+    try:
+        return pb_utils.Tensor.from_dlpack(name, array)
+    finally:
+        _HANDING_OVER.active = False
+
+
+def _quiet_dlpack_capsules():
+    """Silence one known harmless message per output tensor in the DLPack path.
+
+    The stub renames the capsule it consumed "used_dlpack" (the DLPack convention is
+    "used_dltensor"), so numpy's capsule destructor then fails to read it and reports
+    "PyCapsule_GetPointer called with incorrect name" as an unraisable error; the data has been
+    handed over correctly by then. Only that message, raised while handing a tensor over, is dropped.
     """
-    probe = np.arange(6, dtype=np.float32).reshape(2, 3) + 0.5
-    back = pb_utils.Tensor("probe", probe).as_numpy()
-    if back.shape != probe.shape or not np.array_equal(back, probe):
-        raise RuntimeError(
-            f"this Triton Python backend stub cannot exchange arrays with numpy {np.__version__}; "
-            "install numpy<2 in the Python environment the server runs model.py with"
-        )
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        err = unraisable.exc_value
+        if getattr(_HANDING_OVER, "active", False) and isinstance(err, ValueError) and "called with incorrect name" in str(err):
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
 
 
 class TritonPythonModel:
@@ -55,7 +85,8 @@ class TritonPythonModel:
     def initialize(self, args):
         import onnxruntime as ort
 
-        _check_numpy_bridge()
+        if NUMPY2:
+            _quiet_dlpack_capsules()
         config = json.loads(args["model_config"])
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
@@ -73,7 +104,7 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 return None, f"input {name!r} is missing"
-            feed[name] = tensor.as_numpy()
+            feed[name] = _array(tensor)
         rows = {len(a) for a in feed.values()}
         if len(rows) != 1:
             return None, "inputs have different numbers of rows"
@@ -108,7 +139,7 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(error)))
                 continue
             stop = start + len(feed[self.inputs[0]])
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(results[name][start:stop])) for name in self.outputs]
+            tensors = [_tensor(name, results[name][start:stop]) for name in self.outputs]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = stop
         return responses

@@ -3,8 +3,9 @@
 The wheel ships a real ``tritonserver`` binary with only the Python backend; this module starts it
 the way a user would by hand, without pytriton's Python API:
 
-* the server's Python environment (the one with nvidia-pytriton, numpy<2 and onnxruntime) is the
-  current interpreter's, or the virtual environment named by ``python_env`` / ``$INCLUST_TRITON_ENV``;
+* the server's Python environment (the one with nvidia-pytriton and onnxruntime; pip gives it
+  numpy<2, which nvidia-pytriton pins) is the current interpreter's, or the virtual environment
+  named by ``python_env`` / ``$INCLUST_TRITON_ENV``;
 * a private backend folder gets the Python backend plus the stub built for that environment's
   Python version; libpython's folder goes on ``LD_LIBRARY_PATH`` and the environment's
   site-packages on ``PYTHONPATH`` so ``model.py`` can import numpy and onnxruntime;
@@ -114,11 +115,8 @@ def find_server_env(python_env: str | os.PathLike | None = None) -> ServerEnv:
         raise InclustError(f"nvidia-pytriton has no Python backend stub for Python {info['python']}", "use a Python version it ships a stub for (3.8 to 3.13)")
     if not info["onnxruntime"]:
         raise InclustError(f"onnxruntime is not installed for {python}; the Python-backend models need it", INSTALL_HINT)
-    if not info["numpy"] or int(info["numpy"].split(".")[0]) >= 2:
-        raise InclustError(
-            f"the server's Python {python} has numpy {info['numpy']}; this Triton build's Python backend misreads numpy 2 arrays",
-            "install numpy<2 there (a separate environment from the client's is fine)",
-        )
+    if not info["numpy"]:
+        raise InclustError(f"numpy is not installed for {python}; the Python-backend models need it", INSTALL_HINT)
     libs = [info["libdir"], str(Path(info["pytriton"]).parent / "nvidia_pytriton.libs")]
     return ServerEnv(
         python=python,
@@ -396,7 +394,7 @@ def register_cli(registry) -> None:
     @click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(0, 65535), help="gRPC port; 0 picks a free one.")
     @click.option("--host", default=LOOPBACK, show_default=True, help="Address to listen on (0.0.0.0 exposes the server to the network).")
     @click.option("--python-env", type=click.Path(path_type=Path), default=None,
-                  help=f"Virtual environment with nvidia-pytriton, numpy<2 and onnxruntime (default: ${ENV_VAR}, else this Python).")
+                  help=f"Virtual environment with nvidia-pytriton and onnxruntime (default: ${ENV_VAR}, else this Python).")
     @report_errors
     def serve_command(repository: Path, http_port: int, grpc_port: int, host: str, python_env: Path | None) -> None:
         """Serve a Triton model repository with the tritonserver from the nvidia-pytriton wheel.

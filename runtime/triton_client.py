@@ -90,6 +90,7 @@ class TritonBackend:
         self.models: dict[str, _Model] = {}
         self.latencies: list[float] = []  # seconds per request, in completion order
         self.requests = 0
+        self.prepared: str | None = None  # the Triton model chosen by prepare()
         try:
             if self.protocol == "grpc":
                 import tritonclient.grpc as tc
@@ -260,7 +261,7 @@ class TritonBackend:
         return results
 
     def run(self, graph, x, covariate, target_covariate):
-        if getattr(self, "prepared", None) is None:
+        if self.prepared is None:
             self.prepare(graph)
         model = self.model(self.prepared)
         feed = {"x": x, "covariate": covariate}
@@ -274,7 +275,7 @@ class TritonBackend:
             "provider": f"triton {self.protocol}://{self.url}",
             "triton_url": self.url,
             "triton_protocol": self.protocol,
-            "triton_model": getattr(self, "prepared", None) or self.model_name,
+            "triton_model": self.prepared or self.model_name,
             "triton_requests": self.requests,
             "triton_concurrency": self.concurrency,
         }
