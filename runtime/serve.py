@@ -236,6 +236,10 @@ class TritonServer:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        # regions of a stub that crashed or was killed are not removed by the server
+        for region in Path("/dev/shm").glob(_shm_prefix(self.http_port) + "*"):
+            with contextlib.suppress(OSError):
+                region.unlink()
 
 
 def models_to_load(repository: Path, available: set[str]) -> tuple[list[str] | None, list[str]]:
@@ -259,8 +263,13 @@ def models_to_load(repository: Path, available: set[str]) -> tuple[list[str] | N
     return (None if not skipped else wanted), skipped
 
 
+def _shm_prefix(http_port: int) -> str:
+    """Names of the Python backend's shared-memory regions: unique per server, so servers never collide."""
+    return f"inclust{os.getpid()}_{http_port}_"
+
+
 def _command(env: ServerEnv, repository: Path, backends: Path, host: str, http_port: int, grpc_port: int, extra: tuple[str, ...]) -> list[str]:
-    shm_prefix = f"inclust{os.getpid()}_{http_port}_"
+    shm_prefix = _shm_prefix(http_port)
     return [
         str(env.binary),
         f"--model-repository={repository}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -310,3 +311,4 @@ def test_stop_leaves_nothing_running(server):
         os.killpg(pid, 0)  # no stub left in the server's process group
     assert not server.is_ready()
     assert not server.workdir.exists()
+    assert not list(Path("/dev/shm").glob(f"inclust{os.getpid()}_{server.http_port}_*"))  # no shared memory left
