@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+export INCLUST_TRITON_ENV=${INCLUST_TRITON_ENV:-$PWD/.venv-triton}
 exec .venv/bin/python -m pytest -q "$@"
