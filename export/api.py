@@ -16,6 +16,7 @@ from pathlib import Path
 
 from inclust_plus.atomic import atomic_dir, check_output_path
 from inclust_plus.errors import InclustError
+from inclust_plus.hashing import file_sha256
 
 from . import onnx_graph
 from . import torchscript as ts_export
@@ -32,14 +33,6 @@ def default_out_dir(checkpoint: str | os.PathLike) -> Path:
     """``<model stem>_export`` next to the checkpoint."""
     p = Path(checkpoint)
     return p.with_name(f"{p.stem}_export")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load(ckpt: Path):
@@ -114,13 +107,6 @@ def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torch
     return entry, diffs
 
 
-def _permissions_like_mkdir(folder: Path) -> None:
-    """Temporary folders are private (0700); the export is meant to be shared with servers."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-
-
 def _triton_writer():
     """The Triton repository writer, imported only when asked for (it is optional)."""
     try:
@@ -152,7 +138,7 @@ def export_model(
         if t == o or t.is_relative_to(o) or o.is_relative_to(t):
             raise InclustError("--triton and --out folders overlap", "choose two separate folders")
         check_output_path(triton_dir, force, inputs=(ckpt,))
-    model_sha = _sha256(ckpt) if ckpt.is_file() else ""
+    model_sha = file_sha256(ckpt) if ckpt.is_file() else ""
     module, desc = _load(ckpt)
     combos = select_combinations(desc, combinations)
     _check_description(module, desc, combos)
@@ -160,7 +146,6 @@ def export_model(
     write_triton = _triton_writer() if triton_dir is not None else None
 
     with atomic_dir(out, force=force) as tmp:
-        _permissions_like_mkdir(tmp)
         graphs = []
         for combo in combos:
             entry, diffs = _export_one(module, desc, combo, tmp, torchscript, fold_preprocessing)

@@ -17,7 +17,6 @@ label names in ``labels.txt`` so Triton's classification extension can name the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from inclust_plus.atomic import atomic_dir
 from inclust_plus.errors import InclustError
+from inclust_plus.hashing import file_sha256
 
 FLAVOURS = ("onnxruntime", "python", "both")
 PYTHON_SUFFIX = "_python"
@@ -168,14 +168,6 @@ def model_config(
     return header + _pbtxt(fields)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_manifest(manifest_path: str | os.PathLike) -> tuple[Path, dict]:
     path = Path(manifest_path)
     path = path / "manifest.json" if path.is_dir() else path
@@ -254,7 +246,7 @@ def write_triton_repository(
         onnx_file = path.parent / graph["file"]
         if not onnx_file.is_file():
             raise InclustError(f"graph file {onnx_file} is missing", REEXPORT)
-        if _sha256(onnx_file) != str(graph["sha256"]).lower():
+        if file_sha256(onnx_file) != str(graph["sha256"]).lower():
             raise InclustError(f"graph file {onnx_file} does not match the sha256 in {path}", REEXPORT)
         backends = {"onnxruntime": [("onnxruntime", "")], "python": [("python", PYTHON_SUFFIX)]}.get(
             flavour, [("onnxruntime", ""), ("python", PYTHON_SUFFIX)]
@@ -267,16 +259,13 @@ def write_triton_repository(
     if len(set(names)) != len(names):
         raise InclustError("two graphs map to the same Triton model name", "rename one of the combinations and re-export")
     with atomic_dir(out, force=force) as tmp:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # a temporary folder is private (0700); servers may run as another user
         for name, config, onnx_file, python_model in plan:
             _write_model(tmp / name, config, onnx_file, labels, python_model)
         index = {
             "format": "inclust-triton-repository",
             "format_version": 1,
             "model": manifest.get("model"),
-            "manifest_sha256": _sha256(path),
+            "manifest_sha256": file_sha256(path),
             "flavour": flavour,
             "models": [{"name": n, "graph": n.removesuffix(PYTHON_SUFFIX) if py else n, "backend": "python" if py else "onnxruntime"} for n, _, _, py in plan],
         }

@@ -59,6 +59,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; it replaces ``path`` only if the block succeeds."""
     target = Path(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _umask_mode(tmp, 0o777)  # mkdtemp makes it private (0700); exports are shared with servers
     try:
         yield tmp
         if target.exists():

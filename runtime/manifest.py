@@ -7,7 +7,6 @@ is plain JSON handling so that it works without torch, onnx or even onnxruntime.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from inclust_plus import MANIFEST_FORMAT_VERSION
 from inclust_plus.errors import InclustError
+from inclust_plus.hashing import file_sha256
 
 REEXPORT = "re-export the model with inclust-export"
 
@@ -205,14 +205,6 @@ def select_graph(
         raise InclustError(f"the model has no {kind} graph{wanted}", f"available: {listing}")
     listing = "; ".join(g.describe() for g in candidates)
     raise InclustError(f"several {kind} graphs match", f"pick one with --combination NAME or --from/--to: {listing}")
-
-
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(block), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_file(path: Path | None, expected: str | None, what: str) -> Path:
