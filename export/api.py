@@ -76,6 +76,8 @@ def _check_description(module, desc: dict, combos: list[Combination]) -> None:
             problems.append(f"combination name {c.name!r} is not a safe file name")
         if c.default_target_covariate is not None and c.default_target_covariate not in categories:
             problems.append(f"combination {c.name!r} targets unknown covariate {c.default_target_covariate!r}")
+        if c.default_covariate is not None and c.default_covariate not in categories:
+            problems.append(f"combination {c.name!r} defaults to unknown covariate {c.default_covariate!r}")
     if problems:
         raise InclustError(f"checkpoint description does not match its weights: {problems[0]}", "re-run inclust-train")
 

@@ -58,6 +58,7 @@ class Combination:
     input_features: tuple[str, ...]
     output_features: tuple[str, ...]
     default_target_covariate: str | None
+    default_covariate: str | None = None
 
     @property
     def spec(self) -> GraphSpec:
@@ -131,6 +132,7 @@ def all_combinations(description: dict) -> list[Combination]:
                     input_features=tuple(names[i] for i in inputs),
                     output_features=tuple(names[i] for i in outputs),
                     default_target_covariate=entry.get("default_target_covariate") if outputs else None,
+                    default_covariate=entry.get("default_covariate"),
                 )
             )
     except (KeyError, TypeError) as err:

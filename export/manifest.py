@@ -53,6 +53,7 @@ def graph_entry(
         "input_features": list(combination.input_features),
         "output_features": list(combination.output_features),
         "default_target_covariate": combination.default_target_covariate,
+        "default_covariate": combination.default_covariate,
         "inputs": inputs,
         "outputs": outputs,
     }

@@ -44,8 +44,13 @@ def _index(manifest: Manifest, name: str, flag: str) -> int:
     return manifest.covariate_categories.index(name)
 
 
-def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, name: str | None) -> Covariates:
-    """The covariate of every cell, from an obs column, a fixed name, or the model's default."""
+def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, name: str | None, graph: GraphSpec | None = None) -> Covariates:
+    """The covariate of every cell, from an obs column, a fixed name, or the model's default.
+
+    The default is the model's covariate column when the input has it, else the covariate of the
+    dataset whose feature panel the graph takes (e.g. ``merfish`` for ``merfish_to_rna``), else the
+    only category.
+    """
     if key and name:
         raise InclustError("--covariate-key and --covariate are exclusive", "pass one of them")
     if name:
@@ -58,6 +63,9 @@ def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, nam
             log.info("covariate taken from obs column %r (the model's covariate key)", key)
         elif len(cats) == 1:
             return Covariates(description=cats[0], constant=0)
+        elif graph is not None and graph.default_covariate in cats:
+            log.info("covariate %r: the dataset whose panel graph %r takes", graph.default_covariate, graph.name)
+            return Covariates(description=graph.default_covariate, constant=cats.index(graph.default_covariate))
         else:
             raise InclustError(
                 "the model was trained with several covariate categories and the input does not say which one its cells belong to",

@@ -32,6 +32,7 @@ class GraphSpec:
     input_features: tuple[str, ...]
     output_features: tuple[str, ...]
     default_target_covariate: str | None
+    default_covariate: str | None
     folded_preprocessing: bool
     torchscript: Path | None
     torchscript_sha256: str | None
@@ -112,6 +113,7 @@ def _graph(entry: dict, folder: Path, path: Path) -> GraphSpec:
         input_features=tuple(_require(entry, "input_features", where, path)),
         output_features=tuple(entry.get("output_features") or ()),
         default_target_covariate=entry.get("default_target_covariate"),
+        default_covariate=entry.get("default_covariate"),
         folded_preprocessing=bool(entry.get("folded_preprocessing", False)),
         torchscript=folder / ts if ts else None,
         torchscript_sha256=entry.get("torchscript_sha256"),

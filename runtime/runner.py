@@ -113,7 +113,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
     data = open_input(options.input, graph, options.layer, options.obsm, options.allow_missing)
     owns_backend = backend is None
     try:
-        covariates = resolve_covariates(manifest, data, options.covariate_key, options.covariate)
+        covariates = resolve_covariates(manifest, data, options.covariate_key, options.covariate, graph)
         target, target_name = resolve_target(manifest, graph, options.target_covariate)
         steps = plan_preprocessing(manifest, graph)
         if steps:

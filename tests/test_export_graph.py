@@ -146,7 +146,7 @@ def test_manifest_follows_the_architecture_contract(toy):
     assert m["preprocessing"] == desc["preprocessing"]
     assert [g["name"] for g in m["graphs"]] == [c["name"] for c in COMBINATIONS]
     keys = {"name", "kind", "file", "sha256", "opset", "torchscript", "torchscript_sha256", "folded_preprocessing", "input_modalities",
-            "output_modalities", "input_features", "output_features", "default_target_covariate", "inputs", "outputs"}
+            "output_modalities", "input_features", "output_features", "default_target_covariate", "default_covariate", "inputs", "outputs"}
     by_name = {g["name"]: g for g in m["graphs"]}
     for g in m["graphs"]:
         assert set(g) == keys

@@ -223,3 +223,30 @@ def test_merfish_query_parity_trained(tmp_path):
     if "merfish_to_rna" not in [c["name"] for c in man_desc["combinations"]]:
         pytest.skip(f"trained model names its combinations {[c['name'] for c in man_desc['combinations']]}")
     _merfish_parity(tmp_path, ckpt)
+
+
+def test_panel_graph_defaults_to_its_datasets_covariate(tmp_path):
+    """A MERFISH-panel file without a covariate column is taken to come from the MERFISH dataset."""
+    import anndata
+    from click.testing import CliRunner
+
+    from inclust_plus.export import export_model
+    from inclust_plus.runtime.cli import cli
+    from inclust_plus.training.model import InClust
+    from inclust_plus.training.presets import synthetic_task
+
+    st = synthetic_task("imputation", n_cells=200, seed=0, overrides={"training": {"epochs": 1}})
+    model, data, _ = InClust.fit(st.config, st.objects, progress=False)
+    combo = next(c for c in model.description["combinations"] if c["name"] == "merfish_to_rna")
+    assert combo["default_covariate"] == "merfish" and combo["default_target_covariate"] == "scrna"
+    manifest = export_model(model.save(tmp_path / "model.pt"), tmp_path / "export", torchscript=False)
+    query = st.objects["merfish"].copy()
+    query.obs = query.obs[[]]  # no covariate column at all
+    query.write_h5ad(tmp_path / "q.h5ad")
+    res = CliRunner().invoke(cli, ["impute", "--onnx", str(manifest), "--combination", "merfish_to_rna", "--input", str(tmp_path / "q.h5ad"), "--output", str(tmp_path / "o.h5ad"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    out = anndata.read_h5ad(tmp_path / "o.h5ad")
+    assert out.uns["inclust"]["covariate"] == "merfish" and out.uns["inclust"]["target_covariate"] == "scrna"
+    a, b = data.cell_ranges["merfish"]
+    want = model.predict(np.asarray(data.x[a:b])[:, model.feature_set("merfish")], "merfish", "merfish", "scrna")[0]
+    np.testing.assert_allclose(out.X, want, atol=1e-5)

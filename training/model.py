@@ -36,10 +36,22 @@ def _combinations(data: TrainingData) -> list[dict]:
     for entry in combos.values():
         covs = entry.pop("_covs")
         entry["default_target_covariate"] = data.covariate_categories[covs.pop()] if len(covs) == 1 else None
+        entry["default_covariate"] = _panel_covariate(data, entry["inputs"])
         out.append(entry)
     for pat in dict.fromkeys(v.input_pattern for v in data.views):
-        out.append({"name": f"{names[pat]}_embed", "inputs": names[pat], "outputs": None, "default_target_covariate": None})
+        out.append({"name": f"{names[pat]}_embed", "inputs": names[pat], "outputs": None, "default_target_covariate": None,
+                    "default_covariate": _panel_covariate(data, names[pat])})
     return out
+
+
+def _panel_covariate(data: TrainingData, set_name: str) -> str | None:
+    """Cells given to a graph whose inputs are one dataset's panel most likely come from that dataset:
+    its covariate (when it has a single one) is the runtime's default for them."""
+    if set_name not in data.cell_ranges:
+        return None
+    a, b = data.cell_ranges[set_name]
+    covs = np.unique(data.covariate[a:b])
+    return data.covariate_categories[int(covs[0])] if len(covs) == 1 else None
 
 
 def describe(data: TrainingData, cfg: Config) -> dict:
