@@ -1,0 +1,42 @@
+"""Regression floor for imputation on the real MERFISH-panel data (issues 2 and 3).
+
+A reduced run of benchmarks/imputation_accuracy.py: the task (a) preset with its default settings
+except 80 instead of 200 epochs, on the standard split (about 40 s on 2 cores). The full benchmark
+(every split, every baseline) lives in benchmarks/; this only guards against a change that silently
+ruins accuracy.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inclust_plus.training.model import InClust
+from inclust_plus.training.presets import preset_config
+from inclust_plus.training.splits import per_gene_correlation, pseudo_spatial_split
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "merfish_scrna_reference.h5ad"
+EPOCHS = 80
+ISSUE_FLOOR = 0.25  # issue 2 asks for at least this on a reduced run
+FLOOR = 0.27  # this reduced run measured 0.281 (2 CPU threads, torch 2.13); the full run 0.335
+
+
+@pytest.mark.skipif(not DATA.is_file(), reason=f"real data not found at {DATA}")
+def test_reduced_run_imputes_held_out_genes_above_floor():
+    import anndata
+    import torch
+
+    torch.set_num_threads(2)
+    split = pseudo_spatial_split(anndata.read_h5ad(DATA), seed=0)
+    cfg = preset_config("imputation", {"training": {"epochs": EPOCHS}})
+    model, data, _ = InClust.fit(cfg, {"scrna": split.reference, "merfish": split.query}, progress=False)
+    genes = data.features["rna"]
+    y, _, probs = model.predict(split.query.X.toarray(), "merfish", "merfish", target_covariate="scrna")
+    r = per_gene_correlation(y[:, [genes.index(g) for g in split.held_out]], split.truth)
+    assert len(split.held_out) == 31 and split.truth.shape == (9111, 31)
+    assert np.isfinite(r).all()
+    assert np.mean(r) >= max(FLOOR, ISSUE_FLOOR), np.mean(r)
+    # Label transfer comes with the same model: query types predicted far above chance (1/13).
+    truth_types = split.query.obs["cell_type"].astype(str).to_numpy()
+    predicted = np.asarray(model.description["labels"]["categories"])[probs.argmax(1)]
+    assert (predicted == truth_types).mean() > 0.9  # measured 0.951
