@@ -1,0 +1,300 @@
+"""Assemble BENCHMARKS.md from benchmarks/results/*.json (and the Markdown some benchmarks write).
+
+Every table is generated from the recorded results, so BENCHMARKS.md never shows a number that no
+run produced; hand-written findings live in benchmarks/performance_notes.md and are included as
+they are. Sections whose results are missing say so instead of disappearing.
+
+    python benchmarks/report.py [--results DIR] [--out BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+NOTES = ROOT / "benchmarks" / "performance_notes.md"
+LSCPU_KEYS = ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "L2 cache", "L3 cache", "Hypervisor vendor")
+
+
+def _load(results: Path, name: str):
+    """``<name>.json``, else the smoke run's ``<name>_quick.json`` (so a --quick report shows its tables)."""
+    for stem in (name, f"{name}_quick"):
+        p = results / f"{stem}.json"
+        if p.is_file():
+            return json.loads(p.read_text())
+    return None
+
+
+def _cmd(args: list[str]) -> str:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=10).stdout.rstrip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _n(v, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def _ok(a: dict | None) -> str:
+    if not a:
+        return "not measured"
+    return "**met**" if a["passed"] else "**not met**"
+
+
+def machine_section(results: Path) -> list[str]:
+    lscpu = dict(line.split(":", 1) for line in _cmd(["lscpu"]).splitlines() if ":" in line)
+    cpu = "; ".join(f"{k}: {lscpu[k].strip()}" for k in LSCPU_KEYS if k in lscpu)
+    flags = lscpu.get("Flags", "").split()
+    simd = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags)
+    lines = [
+        "## Machine",
+        "",
+        f"- report assembled {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; each result below carries its own date and load",
+        f"- `lscpu`: {cpu}; SIMD: {simd or 'unknown'}",
+        f"- `nproc`: {_cmd(['nproc']) or '?'}",
+        "- `free -h`:",
+        "",
+        "```",
+        _cmd(["free", "-h"]) or "(free not available)",
+        "```",
+        "",
+        "- GPU: **none**. This task was not lent a GPU machine, so item 5 of issue 7 (runtime and TorchScript on",
+        "  CUDA next to the memory/PCIe bound) is not measured here; `inclust-run --device cuda` and",
+        "  `--torchscript --device cuda` are the commands to time on a GPU machine.",
+        "",
+    ]
+    return lines
+
+
+def acceptance_section(inf, e2e, train) -> list[str]:
+    rows = []
+    if inf:
+        a = inf.get("acceptance", {})
+        for key, label in (
+            ("onnx_vs_eager_batch1024_citeseq", "Folded ONNX vs PyTorch eager (unfolded), CITE-seq-sized, batch 1,024"),
+            ("onnx_vs_eager_batch1_citeseq", "Folded ONNX vs PyTorch eager (unfolded), CITE-seq-sized, batch 1"),
+            ("onnx_gemm_fraction_batch_ge_1024_min", "Folded ONNX GFLOP/s / measured GEMM rate, batch >= 1,024 (worst row)"),
+        ):
+            if key in a:
+                v = a[key]
+                unit = "x" if "vs_eager" in key else ""
+                shown = f"{v['value']:.2f}{unit}" if unit else f"{v['value']:.0%}"
+                target = f">= {v['target']:g}x" if unit else f">= {v['target']:.0%}"
+                rows.append(f"| {label} | {shown} | {target} | {_ok(v)} |")
+    if e2e:
+        for key, label in (("ratio_to_bare", "End-to-end `inclust-run impute` / bare onnxruntime, 1M cells x 2,000 genes"),
+                           ("peak_rss_mb", "Peak RSS of that run")):
+            v = e2e["acceptance"][key]
+            shown = f"{v['value']:.0%}" if key == "ratio_to_bare" else f"{v['value']:,.0f} MiB"
+            target = ">= 50%" if key == "ratio_to_bare" else f"< {v['target']:,} MiB"
+            rows.append(f"| {label} | {shown} | {target} | {_ok(v)} |")
+    if train:
+        rows.append(f"| Training rows/s vs official (45,000 rows/s), MERFISH, batch 500 | {train['speedup_vs_official']:.2f}x "
+                    f"({train['best_rows_per_s']:,} rows/s) | >= 2x | {_ok(train)} |")
+    if not rows:
+        return ["## Acceptance", "", "No results recorded yet: run `python benchmarks/run_all.py`.", ""]
+    return ["## Acceptance (issue 7)", "", "| criterion | measured | target | |", "|---|---|---|---|", *rows, ""]
+
+
+def _load_note(m: dict) -> str:
+    before = m.get("load_average_1_5_15")
+    after = m.get("load_average_after")
+    s = f"load average (1/5/15 min) {before}" if before else ""
+    if after:
+        s += f" before, {after} after"
+    return s
+
+
+def inference_section(inf) -> list[str]:
+    if not inf:
+        return ["## 1-2. Inference throughput and GEMM efficiency", "", "Not measured yet.", ""]
+    m = inf["machine"]
+    peak = inf["peak_gemm"]
+    lines = [
+        "## 1. Inference throughput (cells/s)",
+        "",
+        f"Measured {inf['date']}, {inf['threads']} threads for every contender (torch intra-op threads = onnxruntime intra-op threads), "
+        f"OMP_WAIT_POLICY={m.get('omp_wait_policy') or 'unset'}; {_load_note(m)}. Best of several repeats. "
+        "Eager = `module.predict` on a zero-filled full-width x with the input mask, output columns taken afterwards "
+        "(what `InClust.predict` does); ONNX = the folded graph in a session built by the runtime's `OnnxBackend`; "
+        "TorchScript = the folded `.ts` twin.",
+        "",
+    ]
+    for model in inf["models"]:
+        lines += [f"### {model['name']}: {model['combination']} ({model['n_inputs']:,} -> {model['n_outputs']:,})", "",
+                  "| batch | eager | ONNX (folded) | TorchScript (folded) | ONNX / eager | TorchScript / eager |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for r in model["rows"]:
+            lines.append(f"| {r['batch']:,} | {_n(r['eager_cells_per_s'])} | {_n(r['onnx_cells_per_s'])} | {_n(r['torchscript_cells_per_s'])} | "
+                         f"{r['onnx_vs_eager']:.2f}x | {r['torchscript_vs_eager']:.2f}x |")
+        lines.append("")
+    lines += [
+        "## 2. Achieved GFLOP/s of the folded graphs / measured GEMM rate",
+        "",
+        "GFLOP = 2 x batch x in x out summed over the graph's Gemm nodes. The GEMM rate is the same GEMMs "
+        "run alone on matrices of exactly those shapes (best of torch `mm` (MKL) and numpy `matmul` (OpenBLAS), "
+        f"best of several repeats). Machine peak, square 2,048^3 GEMM: torch {peak['torch_gflops']} GFLOP/s, "
+        f"numpy {peak['numpy_gflops']} GFLOP/s.",
+        "",
+        "| model | batch | GFLOP per batch | GEMM-only GFLOP/s | ONNX GFLOP/s | ONNX / GEMM | TorchScript GFLOP/s | TorchScript / GEMM |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model in inf["models"]:
+        for r in model["rows"]:
+            lines.append(f"| {model['name']} | {r['batch']:,} | {r['graph_flops'] / 1e9:.4g} | {r['gemm_only_gflops']:.1f} | {r['onnx_gflops']:.1f} | "
+                         f"{r['onnx_gemm_fraction']:.0%} | {r['torchscript_gflops']:.1f} | {r['torchscript_gemm_fraction']:.0%} |")
+    lines.append("")
+    return lines
+
+
+def e2e_section(e2e) -> list[str]:
+    if not e2e:
+        return ["## 3. End-to-end impute", "", "Not measured yet.", ""]
+    s = e2e["stages"]
+    m = e2e["machine"]
+    return [
+        f"## 3. End-to-end `inclust-run impute`: {e2e['cells']:,} cells x {e2e['input_genes']:,} genes (sparse h5ad)",
+        "",
+        f"Measured {e2e['date']}; {_load_note(m)}. Input: CSR counts at density {e2e['density']} "
+        f"({e2e['nonzeros']:,} stored values, {e2e['input_mb']:,} MB); graph rna_to_protein "
+        f"({e2e['input_genes']:,} -> {e2e['output_features']}), {e2e['preprocessing']}; batch {e2e['batch_size']:,}; "
+        f"output {e2e['output_mb']:,} MB.",
+        "",
+        "| wall s | cells/s | peak RSS | bare onnxruntime cells/s (same graph, same batch, preprocessed input in memory) | end-to-end / bare |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {e2e['wall_s']:.1f} | {e2e['cells_per_s']:,} | {e2e['peak_rss_mb']:,.0f} MiB | {e2e['bare_onnxruntime_cells_per_s']:,} | {e2e['ratio_to_bare']:.0%} |",
+        "",
+        f"Where the time goes: the runtime's stages timed one by one in-process over {s['cells']:,} cells, in microseconds per cell. "
+        "`inclust-run` prepares the next chunk in a worker thread while the graph runs, so its wall time is less than the sum.",
+        "",
+        "| prepare chunk: CSR read + checks + preprocessing (SparseReader) | same, plain dense path (before) | graph (onnxruntime) | write h5ad |",
+        "|---:|---:|---:|---:|",
+        f"| {s['prepare_us_per_cell']:.2f} | {s['prepare_dense_us_per_cell']:.2f} | {s['graph_us_per_cell']:.2f} | {s['write_us_per_cell']:.2f} |",
+        "",
+        f"Command: `{e2e['command']}`; first 1,000 outputs equal onnxruntime run directly (max |diff| {e2e['spot_check_max_abs_diff']:.1g}).",
+        "",
+    ]
+
+
+def training_section(train) -> list[str]:
+    if not train:
+        return ["## 4. Training throughput", "", "Not measured yet.", ""]
+    m = train["machine"]
+    lines = [
+        "## 4. Training throughput (rows/s), MERFISH reference data",
+        "",
+        f"Measured {train['date']} on {train['data']}: {train['task']}, batch {train['batch_size']}, "
+        f"{train['torch_threads']} torch threads, OMP_WAIT_POLICY={m.get('omp_wait_policy') or 'unset'}; {_load_note(m)}. "
+        "rows/s is the training loop's own figure (as the official one); fit wall time includes loading and assembling the data.",
+        "",
+        "| run | rows | epochs | loop s | fit wall s | rows/s |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, r in enumerate(train["runs"], 1):
+        lines.append(f"| {i} | {r['rows']:,} | {r['epochs']} | {r['train_seconds']:.2f} | {r['fit_wall_seconds']:.2f} | {r['rows_per_s']:,} |")
+    lines += ["", f"Best {train['best_rows_per_s']:,} rows/s = **{train['speedup_vs_official']:.2f}x** the official implementation's "
+              f"{train['official_rows_per_s']:,} rows/s (target 2x).", ""]
+    for extra in train.get("variants", []):
+        lines.append(f"- {extra['label']}: {extra['rows_per_s']:,} rows/s")
+    if train.get("variants"):
+        lines.append("")
+    return lines
+
+
+def runtime_memory_section(results: Path) -> list[str]:
+    runs = _load(results, "runtime_memory")
+    if not runs:
+        return []
+    runs = runs if isinstance(runs, list) else [runs]
+    lines = ["## Runtime memory (issue 5, benchmarks/runtime_memory.py)", "",
+             "`inclust-run impute` with the MERFISH-shaped graph (122 -> 153 genes) on generated sparse h5ad files.", "",
+             "| date | cells | input MB | output MB | batch | wall s | cells/s | peak RSS MiB | < 1,536 MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        lines.append(f"| {r['date']} | {r['cells']:,} | {r['input_mb']:,} | {r['output_mb']:,} | {r['batch_size']:,} | {r['wall_s']} | "
+                     f"{r['cells_per_s']:,} | {r['peak_rss_mb']:,} | {'yes' if r['passed'] else 'no'} |")
+    return lines + [""]
+
+
+def triton_section(results: Path) -> list[str]:
+    t = _load(results, "triton_load")
+    if not t:
+        return []
+    lines = ["## Triton load (issue 6, benchmarks/triton_load.py)", "",
+             f"Measured {t.get('when')}; {t['model']['graph']} ({t['model']['n_inputs']} -> {t['model']['n_outputs']}), "
+             f"{t['request']['requests']:,} requests of {t['request']['rows']} cells; server: {t['server']['build']}.", "",
+             "| path | concurrency | failures | requests/s | cells/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, label in (("triton_grpc", "Triton gRPC"), ("onnxruntime_direct", "onnxruntime in-process")):
+        r = t.get(key)
+        if r:
+            lines.append(f"| {label} | {r['concurrency']} | {r['failures']} | {r['requests_per_s']:,} | {r['cells_per_s']:,.0f} | "
+                         f"{r['latency_ms']['p50']} | {r['latency_ms']['p99']} |")
+    return lines + [""]
+
+
+def accuracy_section(results: Path) -> list[str]:
+    for stem in ("imputation_accuracy", "imputation_accuracy_quick"):
+        md = results / f"{stem}.md"
+        if md.is_file():
+            text = md.read_text().strip()
+            text = re.sub(r"^# ", "## ", text, count=1)  # its title becomes a section
+            text = re.sub(r"^(#{2,}) ", lambda m: "#" + m.group(1) + " " if m.start() else m.group(0), text, flags=re.M)
+            return [text + (" (quick run)" if stem.endswith("quick") else ""), ""]
+    return []
+
+
+def build(results: Path = RESULTS) -> str:
+    inf = _load(results, "inference_throughput")
+    e2e = _load(results, "impute_e2e")
+    train = _load(results, "training_throughput")
+    quick = any(r and r.get("quick") for r in (inf, e2e, train))
+    lines = [
+        "# Benchmarks",
+        "",
+        *(["**Smoke run (--quick): tiny sizes, these numbers mean nothing.**", ""] if quick else []),
+        "Generated by `python benchmarks/run_all.py` (which runs every benchmark and then `benchmarks/report.py`); "
+        "raw results in `benchmarks/results/*.json`. `python benchmarks/run_all.py --quick` is a smoke run on tiny sizes "
+        "and does not touch this file.",
+        "",
+        *machine_section(results),
+        *acceptance_section(inf, e2e, train),
+        *inference_section(inf),
+        *e2e_section(e2e),
+        *training_section(train),
+        "## 5. GPU",
+        "",
+        "Not measured: no GPU in this task (see Machine).",
+        "",
+        *runtime_memory_section(results),
+        *triton_section(results),
+        *accuracy_section(results),
+    ]
+    if NOTES.is_file():
+        lines += [NOTES.read_text().strip(), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    text = build(args.results)
+    tmp = args.out.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()

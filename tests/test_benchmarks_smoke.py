@@ -1,0 +1,78 @@
+"""The benchmark scripts still run, on tiny sizes, and the report renders what they record.
+
+Not a performance test (the numbers of a smoke run mean nothing): it keeps benchmarks/ from
+rotting as the package changes (a renamed function, a changed manifest field, a CLI flag).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench_results")
+
+
+def test_inference_throughput_quick(results):
+    import inference_throughput
+
+    out = inference_throughput.main(["--quick", "--threads", "1", "--models", "merfish", "--batches", "1", "8", "--out", str(results)])
+    rows = out["models"][0]["rows"]
+    assert [r["batch"] for r in rows] == [1, 8]
+    for r in rows:
+        assert r["max_abs_diff_onnx_vs_eager"] <= 1e-5  # the three contenders compute the same thing
+        assert r["onnx_cells_per_s"] > 0 and r["eager_cells_per_s"] > 0 and r["torchscript_cells_per_s"] > 0
+        assert r["graph_flops"] == 2 * r["batch"] * sum(i * o for i, o in out["models"][0]["gemm_layers"])
+    # MERFISH graph: encoder 122-200-50, posterior mean 50-50, classifier 50-13, decoder 50-200-153
+    assert [tuple(layer) for layer in out["models"][0]["gemm_layers"]] == [(122, 200), (200, 50), (50, 50), (50, 13), (50, 200), (200, 153)]
+    assert (results / "inference_throughput_quick.json").is_file()
+
+
+def test_impute_e2e_quick(results):
+    import impute_e2e
+
+    out = impute_e2e.main(["--quick", "--cells", "1500", "--out", str(results)])
+    assert out["cells"] == 1500 and out["spot_check_max_abs_diff"] <= 1e-5
+    assert 0 < out["peak_rss_mb"] < out["rss_limit_mb"]
+    assert out["ratio_to_bare"] > 0 and out["stages"]["prepare_us_per_cell"] > 0
+
+
+def test_training_throughput_quick(results):
+    import training_throughput
+
+    out = training_throughput.main(["--quick", "--out", str(results)])
+    assert out["runs"][0]["rows"] == 3000 and out["runs"][0]["epochs"] == 2 and out["best_rows_per_s"] > 0
+
+
+def test_report_renders_recorded_results(results):
+    import report
+
+    # the sections written by others' benchmarks are included when their results exist
+    (results / "runtime_memory.json").write_text(json.dumps([{
+        "date": "2026-01-01", "cells": 10, "input_mb": 1, "output_mb": 1, "batch_size": 4, "wall_s": 1,
+        "cells_per_s": 10, "peak_rss_mb": 100, "passed": True}]))
+    text = report.build(results)
+    for heading in ("## Machine", "## Acceptance", "## 1. Inference throughput", "## 2. Achieved GFLOP/s",
+                    "## 3. End-to-end", "## 4. Training throughput", "## 5. GPU", "## Runtime memory", "Smoke run"):
+        assert heading in text, heading
+    assert "| 8 |" in text  # the batch-8 inference row
+
+
+def test_run_all_commands_name_existing_scripts(tmp_path):
+    import run_all
+
+    for name in run_all.BENCHMARKS:
+        for quick in (True, False):
+            cmd = run_all.command(name, quick, tmp_path)
+            assert Path(cmd[1]).is_file(), cmd
