@@ -34,6 +34,8 @@ class FoldedWeights:
     covariate_embedding: np.ndarray  # [n_covariates, latent_dim]
     classifier: Layer  # logits; softmax is applied by the graph
     decoder: tuple[Layer, ...]  # ends with the output layer (rows = output features); empty for embed
+    input_l2: bool = False  # divide the (scaled) input by its per-cell L2 norm before the encoder
+    input_scale: np.ndarray | None = None  # per-feature divisor applied as an op (only when input_l2)
 
     @property
     def latent_dim(self) -> int:
@@ -64,8 +66,11 @@ def fold(module, combination: Combination, plan: PreprocessPlan) -> FoldedWeight
     first = encoder[0]
     cols = np.asarray(combination.inputs, dtype=np.int64)
     w = first.weight[:, cols].astype(np.float64)
-    if plan.scale is not None:
+    input_l2 = getattr(cfg, "input_normalization", "none") == "l2"
+    # A per-feature scale folds into the weight columns, unless an L2 norm must be taken after it.
+    if plan.scale is not None and not input_l2:
         w = w / plan.scale[None, :]
+    input_scale = np.ascontiguousarray(plan.scale.astype(np.float32)) if plan.scale is not None and input_l2 else None
     encoder[0] = Layer(first.name, np.ascontiguousarray(w.astype(np.float32)), first.bias, first.activation)
 
     decoder: list[Layer] = []
@@ -82,4 +87,4 @@ def fold(module, combination: Combination, plan: PreprocessPlan) -> FoldedWeight
             )
         )
     classifier = Layer("classifier", _f32(module.classifier.weight), _f32(module.classifier.bias), "identity")
-    return FoldedWeights(tuple(encoder), _f32(module.covariate_embedding), classifier, tuple(decoder))
+    return FoldedWeights(tuple(encoder), _f32(module.covariate_embedding), classifier, tuple(decoder), input_l2, input_scale)

@@ -18,6 +18,8 @@ from .combinations import Combination
 from .folding import FoldedWeights, Layer
 from .preprocess import PreprocessPlan
 
+L2_EPS = 1e-6  # the same clamp as training.module.L2_EPS (export reads weights, not the module code)
+
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17: loadable by onnxruntime >= 1.13
 BATCH = "batch"
@@ -127,6 +129,12 @@ def build_model(
     spec = combination.spec
     b = _Builder()
     h = _preprocessing(b, "x", plan)
+    if weights.input_l2:
+        if weights.input_scale is not None:
+            h = b.op("Div", [h, b.const("input_scale", weights.input_scale)], "x.scaled")
+        norm = b.op("ReduceL2", [h], "x.l2norm", axes=[1], keepdims=1)
+        norm = b.op("Max", [norm, b.const("l2_eps", np.asarray(L2_EPS, dtype=np.float32))], "x.l2norm.clamped")
+        h = b.op("Div", [h, norm], "x.unit")
     for layer in weights.encoder:
         h = b.linear(h, layer)
     embedding = b.const("covariate_embedding", weights.covariate_embedding)

@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 from typing import List, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -94,12 +95,20 @@ class _Encoder(nn.Module):
     def __init__(self, weights: FoldedWeights, plan: PreprocessPlan):
         super().__init__()
         self.preprocess = Preprocess(plan)
+        self.input_l2 = weights.input_l2
+        scale = weights.input_scale if weights.input_scale is not None else np.ones(0, dtype=np.float32)
+        self.register_buffer("input_scale", torch.from_numpy(scale.copy()))
         self.encoder = _sequential(weights.encoder)
         self.register_buffer("covariate_embedding", torch.from_numpy(weights.covariate_embedding.copy()))
         self.classifier = _sequential((weights.classifier,))
 
     def embed(self, x: Tensor, covariate: Tensor) -> Tuple[Tensor, Tensor]:
-        latent = self.encoder(self.preprocess(x)) - self.covariate_embedding[covariate]
+        h = self.preprocess(x)
+        if self.input_l2:
+            if self.input_scale.numel() > 0:
+                h = h / self.input_scale
+            h = h / torch.linalg.vector_norm(h, dim=1, keepdim=True).clamp_min(1e-6)
+        latent = self.encoder(h) - self.covariate_embedding[covariate]
         return latent, torch.softmax(self.classifier(latent), dim=-1)
 
 

@@ -71,6 +71,7 @@ def toy_module(
     decoder_hidden: tuple[int, ...] = (16,),
     activation: str = "relu",
     output_activation: str = "sigmoid",
+    input_normalization: str = "none",
 ) -> InClustModule:
     """Seeded random weights; biases and embeddings are made large enough to matter."""
     torch.manual_seed(seed)
@@ -83,6 +84,7 @@ def toy_module(
         decoder_hidden=list(decoder_hidden),
         activation=activation,
         output_activation=output_activation,
+        input_normalization=input_normalization,
     )
     module = InClustModule(cfg)
     with torch.no_grad():

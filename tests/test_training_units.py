@@ -121,3 +121,20 @@ def test_masks_stored_as_pattern_table_not_per_cell():
     assert table.shape[0] == 3  # rna, protein, rna+protein
     assert table.shape[0] < 10 and len(data.row_input) == 300 * 3
     assert data.row_input.dtype == np.int64 and data.row_input.ndim == 1
+
+
+def test_l2_input_normalization_sees_profiles_not_depth():
+    torch.manual_seed(0)
+    m = InClustModule(ModuleConfig(n_features=12, n_covariates=2, n_labels=3, encoder_hidden=[16], latent_dim=4, input_normalization="l2")).eval()
+    x = torch.rand(5, 12)
+    mask = torch.ones(1, 12)
+    mask[0, 3] = 0
+    cov = torch.zeros(5, dtype=torch.long)
+    a = m.predict(x, mask, cov)[1]
+    b = m.predict(x * 7.5, mask, cov)[1]  # a deeper-sequenced copy of the same cells
+    assert torch.allclose(a, b, atol=1e-6)
+    x2 = x.clone()
+    x2[:, 3] = 100.0  # the masked feature does not enter the norm either
+    assert torch.allclose(m.predict(x2, mask, cov)[1], a, atol=1e-6)
+    zero = m.predict(torch.zeros(1, 12), mask, cov[:1])[1]
+    assert torch.isfinite(zero).all()

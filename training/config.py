@@ -43,6 +43,7 @@ class ModelConfig:
     decoder_hidden: list[int] = field(default_factory=lambda: [200])
     activation: str = "relu"
     output_activation: str = "sigmoid"
+    input_normalization: str = "none"  # "none" | "l2" (per-cell unit length of the encoder input)
     n_clusters: int = 10  # used only when no dataset has labels (unsupervised)
 
 

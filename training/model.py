@@ -110,6 +110,7 @@ class InClust:
                 decoder_hidden=list(m.decoder_hidden),
                 activation=m.activation,
                 output_activation=m.output_activation,
+                input_normalization=m.input_normalization,
             )
         )
         result = train(module, data, cfg.training, cfg.loss, progress=progress)

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+INPUT_NORMALIZATIONS = ("none", "l2")
+L2_EPS = 1e-6  # an all-zero cell stays all zero
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
 
@@ -39,6 +41,7 @@ class ModuleConfig:
     decoder_hidden: list[int] = field(default_factory=lambda: [200])
     activation: str = "relu"
     output_activation: str = "sigmoid"
+    input_normalization: str = "none"  # "none" | "l2": the masked input is scaled to unit length per cell
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +73,8 @@ class InClustModule(nn.Module):
         c = config
         if c.activation not in ACTIVATIONS or c.output_activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}")
+        if c.input_normalization not in INPUT_NORMALIZATIONS:
+            raise ValueError(f"input_normalization must be one of {INPUT_NORMALIZATIONS}")
         self.encoder = _mlp([c.n_features, *c.encoder_hidden], c.activation)
         width = c.encoder_hidden[-1] if c.encoder_hidden else c.n_features
         self.z_mean = nn.Linear(width, c.latent_dim)
@@ -85,8 +90,16 @@ class InClustModule(nn.Module):
 
     # --- the pieces -----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, input_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance of a cell from its masked features."""
-        h = self.encoder(x * input_mask)
+        """Posterior mean and log-variance of a cell from its masked features.
+
+        With ``input_normalization = "l2"`` the masked input is divided by its per-cell L2 norm
+        (over the measured features only, since masked ones are zero): the encoder then sees a
+        cell's expression profile, not its depth, as a cosine-metric neighbour search would.
+        """
+        h = x * input_mask
+        if self.config.input_normalization == "l2":
+            h = h / h.norm(dim=-1, keepdim=True).clamp_min(L2_EPS)
+        h = self.encoder(h)
         return self.z_mean(h), self.z_log_var(h)
 
     def correct(self, z: torch.Tensor, covariate: torch.Tensor) -> torch.Tensor:
