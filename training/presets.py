@@ -25,11 +25,6 @@ PRESETS: dict[str, dict] = {
             {"name": "merfish", "modalities": ["rna"]},
         ],
         "views": {"query": ["merfish"]},
-        # Tuned on real MERFISH-panel data (benchmarks/results/imputation_accuracy.md): a heavier
-        # reconstruction term (the paper's 5 lets the KL pull every cell onto its type mean) and a
-        # longer, cosine-decayed run; together mean Pearson 0.219 -> ~0.335 on the standard split.
-        "loss": {"reconstruction": 1000.0},
-        "training": {"epochs": 200, "lr_schedule": "cosine"},
     },
     # (b) paired RNA + protein in several batches: one batch-free latent space.
     "integration": {
