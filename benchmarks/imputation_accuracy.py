@@ -167,6 +167,15 @@ def markdown(result: dict) -> str:
                          f"{m['mean_spearman']:.3f} | {m['median_spearman']:.3f} | {m['fit_seconds']:.1f} | {m['predict_seconds']:.2f} |")
     lines += ["", "Ours minus kNN (k=30), mean Pearson: " + ", ".join(
         f"{n} {s['methods'][METHODS[0]]['mean_pearson'] - s['methods']['kNN k=30']['mean_pearson']:+.3f}" for n, s in result["splits"].items())]
+    sp = result["splits"]
+    if "standard" in sp:
+        std = sp["standard"]["methods"][METHODS[0]]["mean_pearson"]
+        lines.append(f"\nIssue 3 acceptance: standard split mean Pearson >= 0.36: {'met' if std >= 0.36 else 'NOT met'} ({std:.3f}).")
+    further = [n for n in sp if n != "standard"]
+    if further:
+        won = [n for n in further if sp[n]["methods"][METHODS[0]]["mean_pearson"] >= sp[n]["methods"]["kNN k=30"]["mean_pearson"]]
+        lines.append(f"Ours >= kNN (k=30) on every further split: {'met' if len(won) == len(further) else 'NOT met'} "
+                     f"({len(won)} of {len(further)}{': ' + ', '.join(won) if won else ''}).")
     if NOTES.is_file():
         lines += ["", NOTES.read_text().strip()]
     return "\n".join(lines) + "\n"
