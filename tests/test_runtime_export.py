@@ -2,7 +2,7 @@
 
 Uses ``inclust_plus.export.export_model`` on the toy checkpoint of tests/export_toys.py, and on an
 untrained model shaped like the MERFISH task evaluated on the query cells of the standard split
-(docs: /work/shared/data/README.md); with a trained model when the training API can fit one.
+(docs: ../shared/data/README.md); with a trained model when the training API can fit one.
 The PyTorch reference is ``module.predict`` on zero-filled full-width input with the input mask
 (docs/ARCHITECTURE.md). Raw counts go in; the runtime preprocesses them (or the graph does, when
 exported with --fold-preprocessing), and the reference preprocesses them by hand.
@@ -27,7 +27,7 @@ from inclust_plus.runtime.cli import cli  # noqa: E402
 from inclust_plus.training.checkpoint import load_checkpoint  # noqa: E402
 
 TOL = 1e-5
-MERFISH_DATA = Path("/work/shared/data/merfish_scrna_reference.h5ad")
+MERFISH_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "merfish_scrna_reference.h5ad"  # ../shared beside the checkout
 
 
 def invoke(*args):
