@@ -6,7 +6,10 @@ Triton client (``--triton URL``, registered from :mod:`.triton_client`, see :mod
 
 The onnxruntime session is built for throughput on one node: an ordered provider list (CUDA
 first when present and allowed, CPU as the fallback), intra-op threads = usable cores,
-sequential execution, all graph optimisations. Each graph file's sha256 is checked against the
+sequential execution, all graph optimisations. On CPU the run loop may instead call the session
+from one thread per core, each call running on one intra-op thread (:meth:`OnnxBackend.split_threads`):
+reading and preprocessing then overlap inference without two thread pools fighting over the
+same cores (measured in BENCHMARKS.md). Each graph file's sha256 is checked against the
 manifest before onnxruntime ever parses it.
 """
 
@@ -81,16 +84,29 @@ class OnnxBackend:
         self.device = device
         self.providers = choose_providers(device, list(ort.get_available_providers()))
         self.threads = threads or usable_cores()
+        self.run_threads = self.threads  # intra-op threads of one call
         self.sessions: dict[str, tuple] = {}
         self.provider_used: str | None = None
 
     def _options(self):
         so = self.ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
+        so.intra_op_num_threads = self.run_threads
         so.inter_op_num_threads = 1
         so.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return so
+
+    def split_threads(self) -> int:
+        """Take ``self.threads`` concurrent :meth:`run` calls of one intra-op thread each; returns how many.
+
+        Only on CPU (a GPU is best fed one stream of batches), with more than one thread, before
+        any session is built, and when ``run`` is this class's own (a subclass overriding it may
+        not be thread-safe); otherwise returns 1 and nothing changes.
+        """
+        if self.providers[0] != CPU or self.threads < 2 or self.sessions or type(self).run is not OnnxBackend.run:
+            return 1
+        self.run_threads = 1
+        return self.threads
 
     def prepare(self, graph: GraphSpec) -> None:
         if graph.name in self.sessions:
@@ -111,7 +127,7 @@ class OnnxBackend:
         outputs = [o.name for o in session.get_outputs()]
         self.sessions[graph.name] = (session, takes_target, outputs)
         self.provider_used = used
-        log.info("onnxruntime %s: graph %s on %s (%d intra-op threads)", self.ort.__version__, graph.name, used, self.threads)
+        log.info("onnxruntime %s: graph %s on %s (%d intra-op threads per call, %d cores)", self.ort.__version__, graph.name, used, self.run_threads, self.threads)
 
     def run(self, graph, x, covariate, target_covariate):
         if graph.name not in self.sessions:
@@ -123,7 +139,7 @@ class OnnxBackend:
         return dict(zip(outputs, session.run(outputs, feed)))
 
     def provenance(self) -> dict:
-        return {"backend": "onnxruntime", "onnxruntime_version": self.ort.__version__, "provider": self.provider_used, "intra_op_threads": self.threads}
+        return {"backend": "onnxruntime", "onnxruntime_version": self.ort.__version__, "provider": self.provider_used, "intra_op_threads": self.run_threads, "threads": self.threads}
 
     def close(self) -> None:
         self.sessions.clear()

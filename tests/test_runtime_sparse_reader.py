@@ -1,10 +1,12 @@
 """The runner's fast paths give exactly what the plain path gives.
 
-:class:`~inclust_plus.runtime.runner.SparseReader` preprocesses CSR input on its stored values
-only, and :func:`~inclust_plus.runtime.runner.prepared_chunks` prepares the next chunk in a
-worker thread. Both are pure speed-ups: every chunk must equal ``data.read`` +
-``check_values`` + ``apply_preprocessing`` bit for bit, errors must be the same, and a whole
-run on CSR input must write the same file contents as on the same values stored dense.
+:class:`~inclust_plus.runtime.chunks.SparseReader` preprocesses CSR input on its stored values
+only, and :func:`~inclust_plus.runtime.chunks.ordered_chunks` processes chunks in worker
+threads (with concurrent onnxruntime calls on CPU). Both are pure speed-ups: every chunk must
+equal ``data.read`` + ``check_values`` + ``apply_preprocessing`` (bit for bit but for log1p,
+which the sparse path computes with numpy's vectorised log, within 4 ulp), errors must be the
+same, and a whole run must write the same file whether the graph is called from one thread or
+several, and the same values (within float32 rounding) whether the input is CSR or dense.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from inclust_plus.errors import InclustError
 from inclust_plus.runtime.inputs import open_input
 from inclust_plus.runtime.manifest import load_manifest
 from inclust_plus.runtime.preprocess import apply_preprocessing, check_values, plan_preprocessing
-from inclust_plus.runtime.runner import RunOptions, SparseReader, chunk_reader, prepared_chunks, run
+from inclust_plus.runtime.backend import OnnxBackend
+from inclust_plus.runtime.chunks import SparseReader, chunk_reader, fast_log1p, ordered_chunks
+from inclust_plus.runtime.runner import RunOptions, run
 from runtime_fixtures import PROTEIN, RNA, make_cells, make_toy_export, write_h5ad
 
 SCALE = [1.5, 2.0, 0.5, 3.0, 1.0, 2.5, 4.0, 0.0, 1.25, 2.0]  # one 0: divides by 1
@@ -70,7 +74,7 @@ def test_sparse_chunks_equal_dense_path(toy, tmp_path, graph_name):
             stop = min(data.n_obs, start + 128)
             got = reader.read(start, stop, buf)
             assert got is not None
-            np.testing.assert_array_equal(got, _dense_path(data, steps, start, stop))
+            np.testing.assert_array_max_ulp(got, _dense_path(data, steps, start, stop), maxulp=4)
     finally:
         data.close()
 
@@ -91,7 +95,7 @@ def test_several_modalities_from_h5mu(toy, tmp_path):
     try:
         assert len(data.parts) == 2 and len(steps) == 2
         got = SparseReader(data, steps).read(0, n, np.zeros((n, data.n_inputs), np.float32))
-        np.testing.assert_array_equal(got, _dense_path(data, steps, 0, n))
+        np.testing.assert_array_max_ulp(got, _dense_path(data, steps, 0, n), maxulp=4)
     finally:
         data.close()
 
@@ -105,6 +109,15 @@ def _write_raw_csr(path, data, indices, indptr, n_cols):
         g = f.create_group("X")
         g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": np.array([n, n_cols])})
         g["data"], g["indices"], g["indptr"] = np.asarray(data, np.float32), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)
+
+
+def test_fast_log1p_within_4_ulp_everywhere():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.random(200_000) * 50, 10.0 ** rng.uniform(-45, 38.5, 200_000),
+                        [0.0, 1e-45, 1e-38, 2.0**-24, 2.0**-23, 1.0, 3.4e38]]).astype(np.float32)
+    got = fast_log1p(x)
+    np.testing.assert_array_max_ulp(got, np.log1p(x), maxulp=4)
+    assert got[-7] == 0.0 and got[-6] == np.float32(1e-45)
 
 
 def test_duplicate_indices_take_the_dense_path(toy, tmp_path):
@@ -145,43 +158,75 @@ def test_bad_value_outside_the_graph_columns_is_ignored_like_the_dense_path(toy,
     data, steps = _open(toy, path, "rna_to_protein")
     try:
         got = SparseReader(data, steps).read(0, 40, np.zeros((40, data.n_inputs), np.float32))
-        np.testing.assert_array_equal(got, _dense_path(data, steps, 0, 40))
+        np.testing.assert_array_max_ulp(got, _dense_path(data, steps, 0, 40), maxulp=4)
     finally:
         data.close()
 
 
-def test_prepared_chunks_order_buffers_and_errors():
-    seen = []
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ordered_chunks_order_buffers_and_errors(workers):
+    import threading
+    import time
 
-    def read(start, stop, buf):
+    seen, in_use = [], set()
+    lock = threading.Lock()
+
+    def task(start, stop, buf):
+        with lock:
+            assert id(buf) not in in_use  # a buffer set is never shared by two chunks in flight
+            in_use.add(id(buf))
+        time.sleep(0.002 * ((start // 10) % 3))  # finish out of order
         if start == 30:
             raise InclustError("chunk 30 is bad", "fix it")
         buf[: stop - start] = start
         return buf[: stop - start]
 
-    bufs = [np.zeros((10, 2), np.float32), np.zeros((10, 2), np.float32)]
+    def release(buf):
+        with lock:
+            in_use.discard(id(buf))
+
+    bufs = [np.zeros((10, 2), np.float32) for _ in range(workers + 1)]
     with pytest.raises(InclustError, match="chunk 30"):
-        for start, stop, x in prepared_chunks(read, 45, 10, bufs):
+        for start, stop, x in ordered_chunks(task, 65, 10, bufs, workers):
             assert (x == start).all() and len(x) == stop - start
             seen.append(start)
+            release(x.base if x.base is not None else x)
     assert seen == [0, 10, 20]
-    assert [s for s, _, _ in prepared_chunks(lambda a, b, buf: buf[: b - a], 25, 10, bufs[:1])] == [0, 10, 20]
+    assert [s for s, _, _ in ordered_chunks(lambda a, b, buf: buf[: b - a], 25, 10, bufs[:1], 1)] == [0, 10, 20]
 
 
 def test_whole_run_csr_equals_dense_file(toy, tmp_path):
     x = _cells(700, seed=8)
     names = RNA + ["extra0", "extra1"]
     outs = {}
-    for kind in ("csr", None):
+    # (input storage, onnxruntime threads): one thread = calls from the run loop's thread,
+    # two = concurrent calls from two workers
+    for kind, threads in (("csr", 2), ("csr", 1), (None, 2)):
         src = tmp_path / f"in_{kind}.h5ad"
         write_h5ad(src, x, names, covariate=["a"] * len(x), sparse=kind)
-        out = tmp_path / f"out_{kind}.h5ad"
-        # a small value budget: several chunks, so the worker thread and both buffers are used
+        out = tmp_path / f"out_{kind}_{threads}.h5ad"
+        backend = OnnxBackend("cpu", threads=threads)
+        # a small value budget: several chunks, so worker threads and every buffer set are used
         run(RunOptions(command="impute", onnx=toy.folder, input=src, output=out, combination="rna_to_protein",
-                       covariate_key="dataset", batch_size=64, quiet=True, value_budget=2000))
+                       covariate_key="dataset", batch_size=64, quiet=True, value_budget=2000), backend=backend)
+        assert backend.run_threads == 1
         with h5py.File(out, "r") as f:
-            outs[kind] = (f["X"][()], f["obsm"]["X_inclust"][()])
-    np.testing.assert_array_equal(outs["csr"][0], outs[None][0])
-    np.testing.assert_array_equal(outs["csr"][1], outs[None][1])
+            outs[kind, threads] = (f["X"][()], f["obsm"]["X_inclust"][()], f["obs"]["inclust_label"]["codes"][()])
+            assert f["uns"]["inclust"]["concurrent_calls"][()] == threads
+    for got, want in zip(outs["csr", 1], outs["csr", 2]):  # one thread or two: the same file
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(outs[None, 2][:2], outs["csr", 2][:2]):  # dense input: the same values
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     want = toy.reference("rna_to_protein", x[:, : len(RNA)], np.zeros(len(x), np.int64))
-    np.testing.assert_allclose(outs["csr"][0], want["y"], atol=1e-5)
+    np.testing.assert_allclose(outs["csr", 2][0], want["y"], atol=1e-5)
+
+
+def test_split_threads_only_for_its_own_run_on_cpu():
+    assert OnnxBackend("cpu", threads=2).split_threads() == 2
+    assert OnnxBackend("cpu", threads=1).split_threads() == 1
+
+    class Wrapped(OnnxBackend):
+        def run(self, *args):
+            return super().run(*args)
+
+    assert Wrapped("cpu", threads=2).split_threads() == 1
