@@ -192,11 +192,25 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def write_sparse_counts_h5ad(path: Path, n_cells: int, genes: list[str], density: float, chunk: int = 50_000, seed: int = 0) -> int:
-    """A CSR h5ad of ``n_cells`` x ``genes`` holding counts (1-20) at ``density``, written chunk by chunk.
+def _counts(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.integers(1, 21, n).astype(np.float32)
 
-    Written with h5py in anndata's on-disk layout (no AnnData in memory), with an obs column
-    ``dataset`` = "query" for every cell. Returns the number of stored values.
+
+def write_sparse_counts_h5ad(
+    path: Path,
+    n_cells: int,
+    genes: list[str],
+    density: float,
+    chunk: int = 50_000,
+    seed: int = 0,
+    values: Callable[[np.random.Generator, int], np.ndarray] = _counts,
+    dataset: str = "query",
+) -> int:
+    """A CSR h5ad of ``n_cells`` x ``genes`` at ``density``, written chunk by chunk.
+
+    Stored values come from ``values(rng, n)`` (default: counts 1-20). Written with h5py in anndata's
+    on-disk layout (no AnnData in memory), with an obs column ``dataset`` = ``dataset`` for every
+    cell. Returns the number of stored values.
     """
     import h5py
 
@@ -221,10 +235,9 @@ def write_sparse_counts_h5ad(path: Path, n_cells: int, genes: list[str], density
         for start in range(0, n_cells, chunk):
             stop = min(n_cells, start + chunk)
             rows, cols = np.nonzero(rng.random((stop - start, n_genes), dtype=np.float32) < density)
-            values = rng.integers(1, 21, len(rows)).astype(np.float32)
             data.resize((nnz + len(rows),))
             indices.resize((nnz + len(rows),))
-            data[nnz:] = values
+            data[nnz:] = values(rng, len(rows))
             indices[nnz:] = cols.astype(np.int32)
             indptr[start + 1 : stop + 1] = nnz + np.cumsum(np.bincount(rows, minlength=stop - start))
             nnz += len(rows)
@@ -238,7 +251,7 @@ def write_sparse_counts_h5ad(path: Path, n_cells: int, genes: list[str], density
             names[start:stop] = np.char.add("cell", np.arange(start, stop).astype(str)).astype(object)
         cat = obs.create_group("dataset")
         cat.attrs.update({"encoding-type": "categorical", "encoding-version": "0.2.0", "ordered": np.False_})
-        strings(cat, "categories", ["query"])
+        strings(cat, "categories", [dataset])
         codes = cat.create_dataset("codes", data=np.zeros(n_cells, np.int8))
         codes.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
         var = f.create_group("var")

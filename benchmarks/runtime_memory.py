@@ -29,6 +29,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import write_sparse_counts_h5ad  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "runtime_memory.json"
 N_GENES, N_PANEL, N_LABELS = 153, 122, 13
@@ -60,55 +63,12 @@ def export_model(folder: Path) -> Path:
     return export(ckpt, folder / "export", torchscript=False)
 
 
-def _strings(group: h5py.Group, name: str, values) -> None:
-    ds = group.create_dataset(name, data=np.asarray(values, dtype=object), dtype=h5py.string_dtype())
-    ds.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
-
-
 def write_sparse_h5ad(path: Path, n_cells: int, density: float, chunk: int = 100_000, seed: int = 0) -> int:
     """CSR h5ad of ``n_cells`` x the panel genes, values in [0, 1]; returns the number of non-zeros."""
-    rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as f:
-        f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-        x = f.create_group("X")
-        x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": np.array([n_cells, N_PANEL])})
-        data = x.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 20,))
-        indices = x.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 20,))
-        indptr = x.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
-        indptr[0] = 0
-        nnz = 0
-        for start in range(0, n_cells, chunk):
-            stop = min(n_cells, start + chunk)
-            keep = rng.random((stop - start, N_PANEL)) < density
-            rows, cols = np.nonzero(keep)
-            values = rng.random(len(rows), dtype=np.float32)
-            counts = np.bincount(rows, minlength=stop - start)
-            data.resize((nnz + len(rows),))
-            indices.resize((nnz + len(rows),))
-            data[nnz:] = values
-            indices[nnz:] = cols.astype(np.int32)
-            indptr[start + 1 : stop + 1] = nnz + np.cumsum(counts)
-            nnz += len(rows)
-        obs = f.create_group("obs")
-        obs.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0", "_index": "_index"})
-        obs.attrs["column-order"] = np.asarray(["dataset"], dtype=h5py.string_dtype())
-        names = obs.create_dataset("_index", shape=(n_cells,), dtype=h5py.string_dtype())
-        names.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
-        for start in range(0, n_cells, chunk):
-            stop = min(n_cells, start + chunk)
-            names[start:stop] = np.asarray([f"cell{i:07d}" for i in range(start, stop)], dtype=object)
-        cat = obs.create_group("dataset")
-        cat.attrs.update({"encoding-type": "categorical", "encoding-version": "0.2.0", "ordered": np.False_})
-        _strings(cat, "categories", ["merfish"])
-        codes = cat.create_dataset("codes", data=np.zeros(n_cells, np.int8))
-        codes.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-        var = f.create_group("var")
-        var.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0", "_index": "_index"})
-        var.attrs["column-order"] = np.asarray([], dtype=h5py.string_dtype())
-        _strings(var, "_index", [f"gene{i:03d}" for i in range(N_PANEL)])
-        for key in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
-            f.create_group(key).attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
-    return nnz
+    return write_sparse_counts_h5ad(
+        path, n_cells, [f"gene{i:03d}" for i in range(N_PANEL)], density, chunk=chunk, seed=seed,
+        values=lambda rng, n: rng.random(n, dtype=np.float32), dataset="merfish",
+    )
 
 
 def spot_check(manifest: Path, src: Path, out: Path, n: int = 2048) -> float:
