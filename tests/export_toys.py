@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from inclust_plus.training.checkpoint import save_checkpoint
+from inclust_plus.training.ensemble import merge_members
 from inclust_plus.training.module import InClustModule, ModuleConfig
 
 N_RNA = 12
@@ -72,8 +73,16 @@ def toy_module(
     activation: str = "relu",
     output_activation: str = "sigmoid",
     input_normalization: str = "none",
+    members: int = 1,
 ) -> InClustModule:
-    """Seeded random weights; biases and embeddings are made large enough to matter."""
+    """Seeded random weights; biases and embeddings are made large enough to matter.
+
+    ``members`` > 1: that many such networks (seeds seed, seed+1, ...) merged into one ensemble.
+    """
+    if members > 1:
+        kwargs = dict(encoder_hidden=encoder_hidden, latent_dim=latent_dim, decoder_hidden=decoder_hidden, activation=activation,
+                      output_activation=output_activation, input_normalization=input_normalization)
+        return merge_members([toy_module(seed=seed + k, **kwargs) for k in range(members)])
     torch.manual_seed(seed)
     cfg = ModuleConfig(
         n_features=N_RNA + N_PROTEIN,

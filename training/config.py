@@ -53,6 +53,7 @@ class ModelConfig:
     output_activation: str = "sigmoid"
     input_normalization: str = "none"  # "none" | "l2" (per-cell unit length of the encoder input)
     n_clusters: int = 10  # used only when no dataset has labels (unsupervised)
+    ensemble: int = 1  # >1: train this many networks (seeds seed, seed+1, ...) and merge them into one (logit average)
 
 
 @dataclass
@@ -142,6 +143,8 @@ def config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Conf
     cfg = Config(datasets=datasets, **data, **sections)
     if cfg.task not in TASKS:
         raise InclustError(f"unknown task {cfg.task!r}", f"choose one of {', '.join(TASKS)}")
+    if cfg.model.ensemble < 1:
+        raise InclustError(f"model.ensemble is {cfg.model.ensemble}", "set it to 1 (one network) or more (an ensemble)")
     names = [d.name for d in cfg.datasets]
     if len(set(names)) != len(names):
         raise InclustError("two datasets share a name", "give every [[datasets]] entry a unique name")

@@ -7,6 +7,7 @@ saved checkpoint is self-describing.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from inclust_plus.errors import InclustError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import TrainingData, assemble
+from .ensemble import merge_members
 from .loading import load_dataset
 from .module import InClustModule, ModuleConfig
 from .trainer import TrainingResult, seed_everything, train
@@ -98,22 +100,29 @@ class InClust:
         objects = objects or {}
         datasets = [load_dataset(d, objects.get(d.name)) for d in cfg.datasets]
         data = assemble(datasets, cfg)
-        seed_everything(cfg.training.seed)
         m = cfg.model
-        module = InClustModule(
-            ModuleConfig(
-                n_features=data.n_features,
-                n_covariates=len(data.covariate_categories),
-                n_labels=len(data.label_categories),
-                encoder_hidden=list(m.encoder_hidden),
-                latent_dim=m.latent_dim,
-                decoder_hidden=list(m.decoder_hidden),
-                activation=m.activation,
-                output_activation=m.output_activation,
-                input_normalization=m.input_normalization,
-            )
+        member = ModuleConfig(
+            n_features=data.n_features,
+            n_covariates=len(data.covariate_categories),
+            n_labels=len(data.label_categories),
+            encoder_hidden=list(m.encoder_hidden),
+            latent_dim=m.latent_dim,
+            decoder_hidden=list(m.decoder_hidden),
+            activation=m.activation,
+            output_activation=m.output_activation,
+            input_normalization=m.input_normalization,
         )
-        result = train(module, data, cfg.training, cfg.loss, progress=progress)
+        # Members differ only in their seed (seed, seed + 1, ...); member 0 is the single-network model.
+        members, results = [], []
+        for k in range(m.ensemble):
+            member_training = dataclasses.replace(cfg.training, seed=cfg.training.seed + k)
+            seed_everything(member_training.seed)
+            module = InClustModule(member)
+            label = "training" if m.ensemble == 1 else f"member {k + 1}/{m.ensemble}"
+            results.append(train(module, data, member_training, cfg.loss, progress=progress, desc=label))
+            members.append(module)
+        module = merge_members(members)
+        result = TrainingResult.combined(results)
         desc = describe(data, cfg)
         desc["training"] = {
             "epochs": result.epochs_run,

@@ -42,6 +42,7 @@ class ModuleConfig:
     activation: str = "relu"
     output_activation: str = "sigmoid"
     input_normalization: str = "none"  # "none" | "l2": the masked input is scaled to unit length per cell
+    members: int = 1  # >1: K networks merged block-diagonally (training/ensemble.py); widths are the merged ones
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -34,6 +34,21 @@ class TrainingResult:
     seconds: float = 0.0
     rows_per_second: float = 0.0
 
+    @classmethod
+    def combined(cls, results: list["TrainingResult"]) -> "TrainingResult":
+        """One record for the members of an ensemble: per-epoch mean of their curves, summed time."""
+        if len(results) == 1:
+            return results[0]
+        history = {}
+        for term in results[0].history:
+            curves = [r.history[term] for r in results]
+            n = min(len(c) for c in curves)
+            history[term] = [float(np.mean([c[i] for c in curves])) for i in range(n)]
+        seconds = sum(r.seconds for r in results)
+        rows = sum(r.rows_per_second * r.seconds for r in results)
+        return cls(history=history, best_epoch=round(float(np.mean([r.best_epoch for r in results]))),
+                   epochs_run=max(r.epochs_run for r in results), seconds=seconds, rows_per_second=rows / max(seconds, 1e-9))
+
 
 def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
@@ -95,6 +110,7 @@ def train(
     cfg: TrainingConfig,
     loss_cfg: LossConfig,
     progress: bool = True,
+    desc: str = "training",
 ) -> TrainingResult:
     """Fit ``module`` on ``data`` in place; returns the per-epoch history."""
     gen = seed_everything(cfg.seed)
@@ -118,7 +134,7 @@ def train(
     best, best_state, since_best = math.inf, None, 0
     module.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc="training", unit="epoch", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, dynamic_ncols=True)
     kl_full = weights.kl
     for epoch in bar:
         if cfg.kl_warmup_epochs:

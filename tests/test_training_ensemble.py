@@ -1,0 +1,76 @@
+"""Ensembles: K trained networks merged into one inClust+ network (training/ensemble.py).
+
+The merged network must decode exactly the logit average of its members, embed into their
+concatenated latents and classify with their averaged logits, so that everything downstream
+(checkpoint, export, runtime) can treat it as a plain, wider inClust+ network.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from inclust_plus.errors import InclustError
+from inclust_plus.training.checkpoint import load_checkpoint
+from inclust_plus.training.ensemble import merge_members
+from inclust_plus.training.model import InClust
+from inclust_plus.training.module import InClustModule, ModuleConfig
+from inclust_plus.training.presets import preset_config, synthetic_task
+
+
+def _member(seed: int, **kwargs) -> InClustModule:
+    torch.manual_seed(seed)
+    cfg = ModuleConfig(n_features=9, n_covariates=2, n_labels=3, latent_dim=4, **kwargs)
+    module = InClustModule(cfg)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return module.eval()
+
+
+@pytest.mark.parametrize("shape", [{"encoder_hidden": [8, 5], "decoder_hidden": [6]}, {"encoder_hidden": [], "decoder_hidden": []}])
+def test_merged_network_is_the_logit_average_of_its_members(shape):
+    members = [_member(s, **shape) for s in range(3)]
+    merged = merge_members(members)
+    assert merged.config.members == 3 and merged.config.latent_dim == 12
+    assert merged.config.encoder_hidden == [3 * h for h in shape["encoder_hidden"]]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 9, generator=g)
+    mask = torch.tensor([[1, 0, 1, 1, 0, 1, 1, 1, 0]], dtype=torch.float32)
+    cov, target = torch.tensor([0, 1, 1, 0, 1, 0]), torch.tensor([1, 1, 0, 0, 1, 0])
+    with torch.no_grad():
+        outs = [m.predict(x, mask, cov, target) for m in members]
+        y, z, p = merged.predict(x, mask, cov, target)
+    logits = torch.stack([torch.logit(o[0].double()) for o in outs]).mean(0)
+    np.testing.assert_allclose(y.double(), torch.sigmoid(logits), atol=1e-6)
+    np.testing.assert_allclose(z, torch.cat([o[1] for o in outs], dim=1), atol=1e-6)
+    class_logits = torch.stack([torch.log(o[2].double()) for o in outs]).mean(0)
+    np.testing.assert_allclose(p.double(), torch.softmax(class_logits, -1), atol=1e-6)
+
+
+def test_single_member_is_returned_unchanged_and_mixed_shapes_are_refused():
+    one = _member(0)
+    assert merge_members([one]) is one
+    with pytest.raises(ValueError, match="one architecture"):
+        merge_members([_member(0), _member(1, encoder_hidden=[7])])
+
+
+def test_ensemble_fit_trains_each_seed_and_saves_one_network(tmp_path):
+    st = synthetic_task("imputation", n_cells=300, seed=0, overrides={"model": {"ensemble": 2}, "training": {"epochs": 2}})
+    model, _, result = InClust.fit(st.config, st.objects, progress=False)
+    assert model.module.config.members == 2 and model.module.config.latent_dim == 2 * st.config.model.latent_dim
+    assert len(result.history["total"]) == 2 and result.seconds > 0
+    # Member 0 is exactly the single-network model of the same seed.
+    single_cfg = synthetic_task("imputation", n_cells=300, seed=0, overrides={"training": {"epochs": 2}}).config
+    single, _, _ = InClust.fit(single_cfg, st.objects, progress=False)
+    latent = single.module.config.latent_dim
+    np.testing.assert_array_equal(model.module.covariate_embedding[:, :latent].detach(), single.module.covariate_embedding.detach())
+    path = model.save(tmp_path / "model.pt")
+    loaded, desc = load_checkpoint(path)
+    assert desc["module"]["members"] == 2
+    for key, value in model.module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_ensemble_below_one_is_a_config_error():
+    with pytest.raises(InclustError, match="model.ensemble"):
+        preset_config("imputation", {"model": {"ensemble": 0}})
