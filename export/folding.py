@@ -3,7 +3,9 @@
 ``module.predict`` multiplies a zero-filled full-width x by the input mask; the masked-out
 columns therefore never reach the first layer, so keeping only ``W[:, inputs]`` is exact. The
 output mask selects rows of the last layer, so ``W[outputs], b[outputs]`` is exact as well. The
-log-variance head is never used at inference and is dropped; embed graphs drop the decoder.
+log-variance head is never used at inference and is dropped; embed graphs drop the decoder. An
+ensemble's output layer holds every member's block of rows: each block is sliced the same way,
+and the graph averages the blocks (see training/ensemble.py).
 Both the ONNX builder and the TorchScript wrapper consume the same :class:`FoldedWeights`.
 """
 
@@ -36,6 +38,7 @@ class FoldedWeights:
     decoder: tuple[Layer, ...]  # ends with the output layer (rows = output features); empty for embed
     input_l2: bool = False  # divide the (scaled) input by its per-cell L2 norm before the encoder
     input_scale: np.ndarray | None = None  # per-feature divisor applied as an op (only when input_l2)
+    members: int = 1  # an ensemble: the last decoder layer emits each member's outputs side by side, then their mean
 
     @property
     def latent_dim(self) -> int:
@@ -77,6 +80,8 @@ def fold(module, combination: Combination, plan: PreprocessPlan) -> FoldedWeight
     if combination.spec.decodes:
         decoder = _linears("decoder", module.decoder, cfg.activation)
         rows = np.asarray(combination.outputs, dtype=np.int64)
+        members = getattr(cfg, "members", 1)
+        rows = np.concatenate([k * cfg.n_features + rows for k in range(members)])
         out = module.output
         decoder.append(
             Layer(
@@ -87,4 +92,5 @@ def fold(module, combination: Combination, plan: PreprocessPlan) -> FoldedWeight
             )
         )
     classifier = Layer("classifier", _f32(module.classifier.weight), _f32(module.classifier.bias), "identity")
-    return FoldedWeights(tuple(encoder), _f32(module.covariate_embedding), classifier, tuple(decoder), input_l2, input_scale)
+    return FoldedWeights(tuple(encoder), _f32(module.covariate_embedding), classifier, tuple(decoder), input_l2, input_scale,
+                         getattr(cfg, "members", 1))

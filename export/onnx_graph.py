@@ -145,8 +145,14 @@ def build_model(
     if spec.decodes:
         e_t = b.op("Gather", [embedding, "target_covariate"], "covariate_embedding.target", axis=0)
         z = b.op("Add", [latent, e_t], "latent.in_target")
+        last = "y" if weights.members == 1 else None
         for i, layer in enumerate(weights.decoder):
-            z = b.linear(z, layer, output="y" if i == len(weights.decoder) - 1 else None)
+            z = b.linear(z, layer, output=last if i == len(weights.decoder) - 1 else None)
+        if weights.members > 1:  # the ensemble's mean over its members' blocks of outputs
+            n_out = weights.decoder[-1].weight.shape[0] // weights.members
+            shape = b.const("members.shape", np.asarray([0, weights.members, n_out], dtype=np.int64))
+            z = b.op("Reshape", [z, shape], "y.members")
+            b.op("ReduceMean", [z], "y", axes=[1], keepdims=0)
 
     widths = combination.widths(weights.latent_dim, weights.n_labels)
     graph = helper.make_graph(

@@ -51,11 +51,26 @@ def _run(tmp_path, cfg):
     return lines[0]
 
 
+SCALED = '\n[preprocessing.rna]\nnormalize_total = 1e4\nlog1p = true\nscale = "max"'
+
+
 def test_good_config_trains(tmp_path):
-    cfg = _config(tmp_path, _adata(), _adata(genes=("g0", "g1"), seed=1))
+    cfg = _config(tmp_path, _adata(), _adata(genes=("g0", "g1"), seed=1), extra=SCALED)
     res = CliRunner().invoke(main, [str(cfg), "--out", str(tmp_path / "model.pt"), "--quiet"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "model.pt").stat().st_size > 1000 and (tmp_path / "model.loss.png").exists()
+
+
+def test_bernoulli_likelihood_on_unscaled_counts(tmp_path):
+    # The imputation preset's ensemble has Bernoulli members: raw counts outside [0, 1] are refused.
+    cfg = _config(tmp_path, _adata(), _adata(genes=("g0", "g1"), seed=1))
+    line = _run(tmp_path, cfg)
+    assert "likelihood 'bernoulli' needs features in [0, 1]" in line and "span [0, 9]" in line and "scale = 'max'" in line
+
+
+def test_unknown_likelihood(tmp_path):
+    cfg = _config(tmp_path, _adata(), _adata(seed=1), extra='[loss]\nlikelihood = ["gaussian", "poisson"]')
+    assert "unknown loss.likelihood 'poisson'" in _run(tmp_path, cfg)
 
 
 def test_missing_config(tmp_path):

@@ -74,6 +74,24 @@ def test_reconstruction_loss_exact_value():
     assert terms["label"].item() == pytest.approx(np.log(4), rel=1e-6)
 
 
+def test_bernoulli_reconstruction_exact_value():
+    m = _module()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+    x = torch.tensor([[1.0] + [0.0] * 11, [0.25] + [0.0] * 11])
+    out_mask = torch.zeros(2, 12)
+    out_mask[:, 0] = 1.0
+    w = LossWeights(likelihood="bernoulli")
+    terms = m.loss(x, torch.ones(2, 12), out_mask, torch.zeros(2, dtype=torch.long), torch.tensor([0, 0]), w, False)
+    # logits 0: -x log 0.5 - (1 - x) log 0.5 = log 2 whatever x is.
+    assert terms["reconstruction"].item() == pytest.approx(np.log(2), rel=1e-6)
+    # A sigmoid output is what makes the Bernoulli likelihood a likelihood.
+    m.config.output_activation = "identity"
+    with pytest.raises(ValueError, match="sigmoid"):
+        m.loss(x, torch.ones(2, 12), out_mask, torch.zeros(2, dtype=torch.long), torch.tensor([0, 0]), w, False)
+
+
 def test_vector_arithmetic_moves_cells_between_covariates():
     m = _module()
     x = torch.rand(5, 12)

@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from inclust_plus import __version__
@@ -44,6 +45,16 @@ def _combinations(data: TrainingData) -> list[dict]:
         out.append({"name": f"{names[pat]}_embed", "inputs": names[pat], "outputs": None, "default_target_covariate": None,
                     "default_covariate": _panel_covariate(data, names[pat])})
     return out
+
+
+def _check_unit_interval(data: TrainingData) -> None:
+    """The Bernoulli likelihood is a likelihood only for values in [0, 1]."""
+    values = data.x.data if sp.issparse(data.x) else data.x
+    if values.size and (values.min() < 0 or values.max() > 1):
+        raise InclustError(
+            f"loss.likelihood 'bernoulli' needs features in [0, 1], but the preprocessed values span [{values.min():.3g}, {values.max():.3g}]",
+            "set scale = 'max' in [preprocessing.<modality>] or use the gaussian likelihood",
+        )
 
 
 def _panel_covariate(data: TrainingData, set_name: str) -> str | None:
@@ -113,13 +124,17 @@ class InClust:
             input_normalization=m.input_normalization,
         )
         # Members differ only in their seed (seed, seed + 1, ...); member 0 is the single-network model.
+        likelihoods = cfg.loss.likelihoods()
+        if "bernoulli" in likelihoods[: m.ensemble]:
+            _check_unit_interval(data)
         members, results = [], []
         for k in range(m.ensemble):
             member_training = dataclasses.replace(cfg.training, seed=cfg.training.seed + k)
+            member_loss = dataclasses.replace(cfg.loss, likelihood=likelihoods[k % len(likelihoods)])
             seed_everything(member_training.seed)
             module = InClustModule(member)
             label = "training" if m.ensemble == 1 else f"member {k + 1}/{m.ensemble}"
-            results.append(train(module, data, member_training, cfg.loss, progress=progress, desc=label))
+            results.append(train(module, data, member_training, member_loss, progress=progress, desc=label))
             members.append(module)
         module = merge_members(members)
         result = TrainingResult.combined(results)

@@ -11,7 +11,8 @@ Notation (BMC Bioinformatics 25:41, 2024):
     z_c   = mu - e_b                                (covariate removed by vector arithmetic)
     q(k|x) = softmax(classifier(z_c))
     x_hat = decoder(z_c + e_target)                 (target = b reconstructs, another b' transfers)
-    loss  = w_rec * 0.5 * sum_f out_mask * (x - x_hat)^2      (output mask module)
+    loss  = w_rec * 0.5 * sum_f out_mask * (x - x_hat)^2      (output mask module; Gaussian likelihood,
+            or w_rec * sum_f out_mask * BCE(x, x_hat) with the Bernoulli likelihood for [0, 1] data)
           + w_kl  * sum_k q(k|x) KL(N(mu, s^2) || N(m_k + e_b, I))
           + w_cat * sum_k q log q   (unsupervised cells)   + w_label * CE(label, q)
 Training decodes a reparameterised sample z; inference uses the posterior mean mu.
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 INPUT_NORMALIZATIONS = ("none", "l2")
+LIKELIHOODS = ("gaussian", "bernoulli")
 L2_EPS = 1e-6  # an all-zero cell stays all zero
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
@@ -56,6 +58,7 @@ class LossWeights:
     kl: float = 1.0
     categorical: float = 1.0
     label: float = 50.0
+    likelihood: str = "gaussian"  # "gaussian" (squared error, the paper's) | "bernoulli" (cross-entropy, sigmoid output)
 
 
 def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
@@ -86,7 +89,8 @@ class InClustModule(nn.Module):
         self.prior_means = nn.Parameter(torch.zeros(c.n_labels, c.latent_dim))
         self.decoder = _mlp([c.latent_dim, *c.decoder_hidden], c.activation)
         dec_width = c.decoder_hidden[-1] if c.decoder_hidden else c.latent_dim
-        self.output = nn.Linear(dec_width, c.n_features)
+        # An ensemble (members > 1) decodes every member's features side by side, then averages them.
+        self.output = nn.Linear(dec_width, c.members * c.n_features)
         self.output_activation = ACTIVATIONS[c.output_activation]()
 
     # --- the pieces -----------------------------------------------------------------------------
@@ -111,9 +115,19 @@ class InClustModule(nn.Module):
         """Label logits from the covariate-free latent."""
         return self.classifier(z_corrected)
 
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The output layer before its activation (every member's block for an ensemble)."""
+        return self.output(self.decoder(z))
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """All features from a latent point that carries its covariate (z = z_c + e_b)."""
-        return self.output_activation(self.output(self.decoder(z)))
+        """All features from a latent point that carries its covariate (z = z_c + e_b).
+
+        For an ensemble this is the mean of the members' decoded features (training/ensemble.py).
+        """
+        y = self.output_activation(self.decode_logits(z))
+        if self.config.members > 1:
+            y = y.unflatten(-1, (self.config.members, self.config.n_features)).mean(-2)
+        return y
 
     # --- inference (posterior mean, what the exporter folds) ---------------------------------------
     def predict(
@@ -146,8 +160,13 @@ class InClustModule(nn.Module):
         mu, log_var = self.encode(x, input_mask)
         e_b = self.covariate_embedding[covariate]
         z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu) if self.training else mu
-        x_hat = self.decode(z)
-        rec = 0.5 * ((x - x_hat) ** 2 * output_mask).sum(-1)
+        if weights.likelihood == "bernoulli":
+            if self.config.output_activation != "sigmoid" or self.config.members > 1:
+                raise ValueError("the Bernoulli likelihood needs a single network with a sigmoid output")
+            bce = nn.functional.binary_cross_entropy_with_logits(self.decode_logits(z), x, reduction="none")
+            rec = (bce * output_mask).sum(-1)
+        else:
+            rec = 0.5 * ((x - self.decode(z)) ** 2 * output_mask).sum(-1)
 
         logits = self.classify(mu - e_b)
         log_q = torch.log_softmax(logits, dim=-1)
