@@ -54,12 +54,14 @@ def test_single_member_is_returned_unchanged_and_mixed_shapes_are_refused():
 
 
 def test_ensemble_fit_trains_each_seed_and_saves_one_network(tmp_path):
-    st = synthetic_task("imputation", n_cells=300, seed=0, overrides={"model": {"ensemble": 2}, "training": {"epochs": 2}})
+    # One after another (workers = 1) with the torch threads of a single-network fit.
+    st = synthetic_task("imputation", n_cells=300, seed=0, overrides={"model": {"ensemble": 2}, "loss": {"likelihood": "gaussian"},
+                                                                       "training": {"epochs": 2, "workers": 1}})
     model, _, result = InClust.fit(st.config, st.objects, progress=False)
     assert model.module.config.members == 2 and model.module.config.latent_dim == 2 * st.config.model.latent_dim
     assert len(result.history["total"]) == 2 and result.seconds > 0
     # Member 0 is exactly the single-network model of the same seed.
-    single_cfg = synthetic_task("imputation", n_cells=300, seed=0, overrides={"training": {"epochs": 2}}).config
+    single_cfg = synthetic_task("imputation", n_cells=300, seed=0, overrides={"model": {"ensemble": 1}, "training": {"epochs": 2}}).config
     single, _, _ = InClust.fit(single_cfg, st.objects, progress=False)
     latent = single.module.config.latent_dim
     np.testing.assert_array_equal(model.module.covariate_embedding[:, :latent].detach(), single.module.covariate_embedding.detach())
@@ -68,6 +70,20 @@ def test_ensemble_fit_trains_each_seed_and_saves_one_network(tmp_path):
     assert desc["module"]["members"] == 2
     for key, value in model.module.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_members_trained_in_worker_processes_equal_sequential_ones():
+    def fit(workers):
+        overrides = {"model": {"ensemble": 2}, "training": {"epochs": 2, "workers": workers, "threads": 2 if workers > 1 else 1}}
+        st = synthetic_task("imputation", n_cells=300, seed=0, overrides=overrides)
+        return InClust.fit(st.config, st.objects, progress=False)
+
+    (seq, _, seq_result), (par, _, par_result) = fit(1), fit(2)
+    assert seq.module.config == par.module.config and seq.module.config.members == 2
+    # Same seeds, likelihoods and batches: only floating-point rounding may differ between processes.
+    for key, value in seq.module.state_dict().items():
+        np.testing.assert_allclose(par.module.state_dict()[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(par_result.history["total"], seq_result.history["total"], rtol=1e-5)
 
 
 def test_ensemble_below_one_is_a_config_error():

@@ -7,7 +7,6 @@ saved checkpoint is self-describing.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,10 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import TrainingData, assemble
 from .ensemble import merge_members
+from .members import train_members
 from .loading import load_dataset
 from .module import InClustModule, ModuleConfig
-from .trainer import TrainingResult, seed_everything, train
+from .trainer import TrainingResult
 
 
 def _combinations(data: TrainingData) -> list[dict]:
@@ -123,19 +123,11 @@ class InClust:
             output_activation=m.output_activation,
             input_normalization=m.input_normalization,
         )
-        # Members differ only in their seed (seed, seed + 1, ...); member 0 is the single-network model.
-        likelihoods = cfg.loss.likelihoods()
-        if "bernoulli" in likelihoods[: m.ensemble]:
+        # Member k trains with seed + k and the k-th likelihood of loss.likelihood; member 0 alone is
+        # the single-network model.
+        if "bernoulli" in cfg.loss.likelihoods()[: m.ensemble]:
             _check_unit_interval(data)
-        members, results = [], []
-        for k in range(m.ensemble):
-            member_training = dataclasses.replace(cfg.training, seed=cfg.training.seed + k)
-            member_loss = dataclasses.replace(cfg.loss, likelihood=likelihoods[k % len(likelihoods)])
-            seed_everything(member_training.seed)
-            module = InClustModule(member)
-            label = "training" if m.ensemble == 1 else f"member {k + 1}/{m.ensemble}"
-            results.append(train(module, data, member_training, member_loss, progress=progress, desc=label))
-            members.append(module)
+        members, results = train_members(member, data, cfg, progress=progress)
         module = merge_members(members)
         result = TrainingResult.combined(results)
         desc = describe(data, cfg)
