@@ -3,9 +3,13 @@
 ``module.predict`` multiplies a zero-filled full-width x by the input mask; the masked-out
 columns therefore never reach the first layer, so keeping only ``W[:, inputs]`` is exact. The
 output mask selects rows of the last layer, so ``W[outputs], b[outputs]`` is exact as well. The
-log-variance head is never used at inference and is dropped; embed graphs drop the decoder. An
-ensemble's output layer holds every member's block of rows: each block is sliced the same way,
-and the graph averages the blocks (see training/ensemble.py).
+log-variance head is never used at inference and is dropped; embed graphs drop the decoder.
+
+An ensemble (training/ensemble.py) is one network with block-diagonal layers. Every layer after the
+first is folded into a *grouped* layer that keeps only its K diagonal blocks, so a graph neither
+stores nor multiplies the off-diagonal zeros (K times fewer weights and multiply-adds in those
+layers). The output layer's blocks are sliced like any output layer, and the graph ends with the
+mean over the K blocks of outputs.
 Both the ONNX builder and the TorchScript wrapper consume the same :class:`FoldedWeights`.
 """
 
@@ -22,12 +26,33 @@ from .preprocess import PreprocessPlan
 
 @dataclass(frozen=True)
 class Layer:
-    """``activation(x @ weight.T + bias)``; weight keeps torch's [out, in] layout (Gemm transB=1)."""
+    """``activation(x @ weight.T + bias)``; weight keeps torch's [out, in] layout (Gemm transB=1).
+
+    A grouped layer (``groups`` = G > 1) has weight [G, out/G, in/G]: group g maps input block g to
+    output block g (a block-diagonal weight without its zeros); bias stays flat [out].
+    """
 
     name: str
     weight: np.ndarray
     bias: np.ndarray
     activation: str
+    groups: int = 1
+
+    @property
+    def n_out(self) -> int:
+        return int(self.weight.shape[0] * self.weight.shape[1] if self.groups > 1 else self.weight.shape[0])
+
+
+def grouped(layer: Layer, groups: int) -> Layer:
+    """``layer`` (block-diagonal with ``groups`` equal blocks) as a grouped layer."""
+    out, inp = layer.weight.shape[0] // groups, layer.weight.shape[1] // groups
+    blocks = np.stack([layer.weight[g * out : (g + 1) * out, g * inp : (g + 1) * inp] for g in range(groups)])
+    rest = layer.weight.copy()
+    for g in range(groups):
+        rest[g * out : (g + 1) * out, g * inp : (g + 1) * inp] = 0
+    if rest.shape != (groups * out, groups * inp) or np.any(rest):
+        raise ValueError(f"layer {layer.name} of a {groups}-member ensemble is not block-diagonal; was the merged network trained further?")
+    return Layer(layer.name, np.ascontiguousarray(blocks), layer.bias, layer.activation, groups)
 
 
 @dataclass(frozen=True)
@@ -39,6 +64,11 @@ class FoldedWeights:
     input_l2: bool = False  # divide the (scaled) input by its per-cell L2 norm before the encoder
     input_scale: np.ndarray | None = None  # per-feature divisor applied as an op (only when input_l2)
     members: int = 1  # an ensemble: the last decoder layer emits each member's outputs side by side, then their mean
+
+    @property
+    def n_outputs(self) -> int:
+        """Output features of the graph (one member's block when the decoder ends in K of them)."""
+        return self.decoder[-1].n_out // self.members
 
     @property
     def latent_dim(self) -> int:
@@ -64,6 +94,7 @@ def _linears(prefix: str, seq: nn.Sequential, activation: str) -> list[Layer]:
 def fold(module, combination: Combination, plan: PreprocessPlan) -> FoldedWeights:
     """Sliced float32 weights of ``module`` (an ``InClustModule``) for ``combination``."""
     cfg = module.config
+    members = getattr(cfg, "members", 1)
     encoder = _linears("encoder", module.encoder, cfg.activation)
     encoder.append(Layer("z_mean", _f32(module.z_mean.weight), _f32(module.z_mean.bias), "identity"))
     first = encoder[0]
@@ -80,7 +111,6 @@ def fold(module, combination: Combination, plan: PreprocessPlan) -> FoldedWeight
     if combination.spec.decodes:
         decoder = _linears("decoder", module.decoder, cfg.activation)
         rows = np.asarray(combination.outputs, dtype=np.int64)
-        members = getattr(cfg, "members", 1)
         rows = np.concatenate([k * cfg.n_features + rows for k in range(members)])
         out = module.output
         decoder.append(
@@ -92,5 +122,7 @@ def fold(module, combination: Combination, plan: PreprocessPlan) -> FoldedWeight
             )
         )
     classifier = Layer("classifier", _f32(module.classifier.weight), _f32(module.classifier.bias), "identity")
-    return FoldedWeights(tuple(encoder), _f32(module.covariate_embedding), classifier, tuple(decoder), input_l2, input_scale,
-                         getattr(cfg, "members", 1))
+    if members > 1:  # every member reads the whole input in the first layer; after it, blocks only
+        encoder = encoder[:1] + [grouped(layer, members) for layer in encoder[1:]]
+        decoder = [grouped(layer, members) for layer in decoder]
+    return FoldedWeights(tuple(encoder), _f32(module.covariate_embedding), classifier, tuple(decoder), input_l2, input_scale, members)

@@ -48,12 +48,25 @@ class _Builder:
         return outputs
 
     def linear(self, x: str, layer: Layer, output: str | None = None) -> str:
-        """Gemm (transB=1) plus the layer's activation; the last node writes ``output`` if given."""
-        w = self.const(f"{layer.name}.weight", layer.weight)
+        """Gemm (transB=1) plus the layer's activation; the last node writes ``output`` if given.
+
+        A grouped layer runs as one batched MatMul over its groups: [N, G*i] -> [G, N, i] @ [G, i, o]
+        -> [N, G*o], then the bias.
+        """
         b = self.const(f"{layer.name}.bias", layer.bias)
         act = _ACTIVATION_OPS[layer.activation]
         pre = output if (act is None and output) else f"{layer.name}.gemm"
-        y = self.op("Gemm", [x, w, b], pre, transB=1)
+        if layer.groups == 1:
+            y = self.op("Gemm", [x, self.const(f"{layer.name}.weight", layer.weight), b], pre, transB=1)
+        else:
+            g, o, i = layer.weight.shape
+            w = self.const(f"{layer.name}.weight", np.ascontiguousarray(layer.weight.transpose(0, 2, 1)))
+            split = self.op("Reshape", [x, self.const(f"{layer.name}.in_shape", np.asarray([0, g, i], dtype=np.int64))], f"{layer.name}.in_groups")
+            per_group = self.op("Transpose", [split], f"{layer.name}.by_group", perm=[1, 0, 2])
+            y = self.op("MatMul", [per_group, w], f"{layer.name}.matmul")
+            y = self.op("Transpose", [y], f"{layer.name}.by_cell", perm=[1, 0, 2])
+            y = self.op("Reshape", [y, self.const(f"{layer.name}.out_shape", np.asarray([0, g * o], dtype=np.int64))], f"{layer.name}.joined")
+            y = self.op("Add", [y, b], pre)
         if act is None:
             return y
         return self.op(act, [y], output or f"{layer.name}.{layer.activation}")
@@ -149,8 +162,7 @@ def build_model(
         for i, layer in enumerate(weights.decoder):
             z = b.linear(z, layer, output=last if i == len(weights.decoder) - 1 else None)
         if weights.members > 1:  # the ensemble's mean over its members' blocks of outputs
-            n_out = weights.decoder[-1].weight.shape[0] // weights.members
-            shape = b.const("members.shape", np.asarray([0, weights.members, n_out], dtype=np.int64))
+            shape = b.const("members.shape", np.asarray([0, weights.members, weights.n_outputs], dtype=np.int64))
             z = b.op("Reshape", [z, shape], "y.members")
             b.op("ReduceMean", [z], "y", axes=[1], keepdims=0)
 

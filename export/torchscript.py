@@ -38,10 +38,28 @@ class Dense(nn.Module):
         return torch.nn.functional.linear(x, self.weight, self.bias)
 
 
+class GroupedDense(nn.Module):
+    """A grouped layer (ensemble blocks): one batched matmul over the groups, then the bias."""
+
+    groups: int
+
+    def __init__(self, layer: Layer):
+        super().__init__()
+        self.groups = layer.groups
+        self.weight_t = nn.Parameter(torch.from_numpy(np.ascontiguousarray(layer.weight.transpose(0, 2, 1))), requires_grad=False)
+        self.bias = nn.Parameter(torch.from_numpy(layer.bias.copy()), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[0]  # explicit sizes: a -1 would be ambiguous for an empty batch
+        per_group = x.reshape(n, self.groups, x.shape[1] // self.groups).transpose(0, 1)
+        y = torch.bmm(per_group, self.weight_t).transpose(0, 1)
+        return y.reshape(n, self.bias.shape[0]) + self.bias
+
+
 def _sequential(layers: tuple[Layer, ...]) -> nn.Sequential:
     mods: list[nn.Module] = []
     for layer in layers:
-        mods.append(Dense(layer))
+        mods.append(Dense(layer) if layer.groups == 1 else GroupedDense(layer))
         if layer.activation != "identity":
             mods.append(_ACTIVATIONS[layer.activation]())
     return nn.Sequential(*mods)
@@ -126,7 +144,7 @@ class ImputeGraph(_Encoder):
         super().__init__(weights, plan)
         self.decoder = _sequential(weights.decoder)
         self.members = weights.members
-        self.n_out = weights.decoder[-1].weight.shape[0] // weights.members
+        self.n_out = weights.n_outputs
 
     def forward(self, x: Tensor, covariate: Tensor, target_covariate: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         latent, probs = self.embed(x, covariate)
