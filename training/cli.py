@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -41,16 +42,20 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, force: b
         cfg.training.epochs = epochs
     if seed is not None:
         cfg.training.seed = seed
+    started = time.perf_counter()
     model, data, result = InClust.fit(cfg, progress=not quiet)
+    wall = time.perf_counter() - started
     model.save(out)
     png = out.with_suffix(".loss.png")
     with atomic_path(png, suffix=".png") as tmp:
         loss_curves(result.history, tmp, title=f"{cfg.name} ({data.label_mode})")
     combos = ", ".join(c["name"] for c in model.description["combinations"])
+    k = cfg.model.ensemble
+    networks = f"an ensemble of {k} networks, " if k > 1 else ""
     click.echo(
-        f"trained {cfg.name}: {len(data.row_cell):,} rows from {len(data.dataset_names)} dataset(s), "
-        f"{data.n_features} features, {result.epochs_run} epochs in {result.seconds:.1f} s "
-        f"({result.rows_per_second:,.0f} rows/s); final loss {result.history['total'][-1]:.4f}"
+        f"trained {cfg.name}: {networks}{len(data.row_cell):,} rows from {len(data.dataset_names)} dataset(s), "
+        f"{data.n_features} features, {result.epochs_run} epochs{' each' if k > 1 else ''} in {wall:.1f} s "
+        f"({result.rows_per_second:,.0f} rows/s{' per network' if k > 1 else ''}); final loss {result.history['total'][-1]:.4f}"
     )
     click.echo(f"wrote {out} and {png}; combinations: {combos}")
 

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 INPUT_NORMALIZATIONS = ("none", "l2")
-LIKELIHOODS = ("gaussian", "bernoulli")
 L2_EPS = 1e-6  # an all-zero cell stays all zero
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
