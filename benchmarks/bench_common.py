@@ -38,6 +38,7 @@ class ModelShape:
     outputs: str
     panel: int | None = None  # size of a partial first-modality panel (named "panel"), if the inputs are one
     preprocessing: bool = False  # counts preprocessing (normalize_total 1e4, log1p, max scale) on every modality
+    members: int = 1  # > 1: an ensemble of that many networks merged into one (training/ensemble.py)
 
     @property
     def n_features(self) -> int:
@@ -84,13 +85,19 @@ def description(shape: ModelShape, seed: int = 0) -> dict:
 
 
 def make_module(shape: ModelShape, seed: int = 0):
-    """The paper's layer sizes (encoder 200-50, latent 50, decoder 200) with seeded random weights."""
+    """The paper's layer sizes (encoder 200-50, latent 50, decoder 200) with seeded random weights
+    (``shape.members`` such networks, seeds seed, seed + 1, ..., merged into one ensemble)."""
     import torch
 
     from inclust_plus.training.module import InClustModule, ModuleConfig
 
-    torch.manual_seed(seed)
-    return InClustModule(ModuleConfig(n_features=shape.n_features, n_covariates=2, n_labels=N_LABELS)).eval()
+    from inclust_plus.training.ensemble import merge_members
+
+    members = []
+    for k in range(shape.members):
+        torch.manual_seed(seed + k)
+        members.append(InClustModule(ModuleConfig(n_features=shape.n_features, n_covariates=2, n_labels=N_LABELS)).eval())
+    return merge_members(members)
 
 
 def make_export(shape: ModelShape, folder: Path, seed: int = 0, torchscript: bool = True) -> tuple[object, Path]:

@@ -248,6 +248,21 @@ def triton_section(results: Path) -> list[str]:
     return lines + [""]
 
 
+def ensemble_section(results: Path) -> list[str]:
+    e = _load(results, "ensemble_inference")
+    if not e:
+        return []
+    names = [k for k in e["cells_per_s"][0] if k != "batch"]
+    lines = ["## Inference cost of the imputation preset's ensemble (benchmarks/ensemble_inference.py)", "",
+             f"Measured {e['date']}; {e['graph']} (122 -> 153 genes), onnxruntime CPU, {e['threads']} intra-op threads, "
+             f"cells/s. The preset merges {e['members']} networks into one; the exported graph keeps only the diagonal "
+             "blocks of its block-diagonal layers (grouped layers), the last column is what it would cost without that.", "",
+             "| batch | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    for row in e["cells_per_s"]:
+        lines.append(f"| {row['batch']:,} | " + " | ".join(f"{row[n]:,}" for n in names) + " |")
+    return lines + [""]
+
+
 def accuracy_section(results: Path) -> list[str]:
     for stem in ("imputation_accuracy", "imputation_accuracy_quick"):
         md = results / f"{stem}.md"
@@ -284,6 +299,7 @@ def build(results: Path = RESULTS) -> str:
         *runtime_memory_section(results),
         *triton_section(results),
         *accuracy_section(results),
+        *ensemble_section(results),
     ]
     if NOTES.is_file():
         lines += [NOTES.read_text().strip(), ""]

@@ -41,14 +41,15 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], int]] = {
     "memory": ("runtime_memory.py", ["--cells", "1000000", "--no-record"], ["--cells", "3000", "--no-record"], 300),
     "triton": ("triton_load.py", [], ["--requests", "200", "--concurrency", "4"], 600),
     "accuracy": ("imputation_accuracy.py", [], ["--quick"], 1800),
+    "ensemble": ("ensemble_inference.py", [], ["--quick", "--threads", "1"], 300),
 }
-DEFAULT = ("inference", "e2e", "training", "memory")
+DEFAULT = ("inference", "e2e", "training", "memory", "ensemble")
 
 
 def command(name: str, quick: bool, results: Path) -> list[str]:
     script, full, quick_args, _ = BENCHMARKS[name]
     args = list(quick_args if quick else full)
-    if name in ("inference", "e2e", "training"):
+    if name in ("inference", "e2e", "training", "ensemble"):
         args += ["--out", str(results)]
     elif name == "triton":
         args += ["--out", str(results / "triton_load.json")]

@@ -55,6 +55,15 @@ def test_training_throughput_quick(results):
     assert out["runs"][0]["rows"] == 3000 and out["runs"][0]["epochs"] == 2 and out["best_rows_per_s"] > 0
 
 
+def test_ensemble_inference_quick(results):
+    import ensemble_inference
+
+    out = ensemble_inference.main(["--quick", "--threads", "1", "--out", str(results)])
+    assert [r["batch"] for r in out["cells_per_s"]] == [64, 256] and out["members"] == 6
+    assert all(v > 0 for r in out["cells_per_s"] for k, v in r.items() if k != "batch")
+    assert (results / "ensemble_inference_quick.json").is_file()
+
+
 def test_report_renders_recorded_results(results):
     import report
 
@@ -64,7 +73,8 @@ def test_report_renders_recorded_results(results):
         "cells_per_s": 10, "peak_rss_mb": 100, "passed": True}]))
     text = report.build(results)
     for heading in ("## Machine", "## Acceptance", "## 1. Inference throughput", "## 2. Achieved GFLOP/s",
-                    "## 3. End-to-end", "## 4. Training throughput", "## 5. GPU", "## Runtime memory", "Smoke run"):
+                    "## 3. End-to-end", "## 4. Training throughput", "## 5. GPU", "## Runtime memory", "Smoke run",
+                    "## Inference cost of the imputation preset's ensemble"):
         assert heading in text, heading
     assert "| 8 |" in text  # the batch-8 inference row
 

@@ -1,0 +1,85 @@
+"""What the imputation preset's ensemble costs at inference: cells/s of the MERFISH graph
+(merfish_to_rna, 122 -> 153 genes) for one network against the preset's 6 merged networks.
+
+The ensemble's graph keeps only the diagonal blocks of its block-diagonal layers (grouped layers,
+export/folding.py); the third contender folds the same 6 networks as dense block-diagonal
+matrices, which is what the graph would cost without that, so the gain of grouping is measured
+too. Seeded random weights (the cost does not depend on their values), onnxruntime CPU sessions
+with all graph optimisations and the same intra-op threads for all, one process.
+
+    python benchmarks/ensemble_inference.py          # about a minute on 2 cores
+    python benchmarks/ensemble_inference.py --quick  # small batches, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import MERFISH, best_time, machine, make_export, now, write_result  # noqa: E402
+
+MEMBERS = 6  # the imputation preset's ensemble (training/config.py TASK_DEFAULTS)
+
+
+def cells_per_second(onnx_path: Path, n_inputs: int, batch: int, threads: int, budget: float) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"x": rng.random((batch, n_inputs), dtype=np.float32), "covariate": np.ones(batch, np.int64),
+            "target_covariate": np.zeros(batch, np.int64)}
+    return batch / best_time(lambda: session.run(None, feed), max_seconds=budget)
+
+
+def export(members: int, grouped: bool, folder: Path) -> Path:
+    """The MERFISH graph of ``members`` networks; ``grouped=False`` keeps the dense block-diagonal layers."""
+    shape = dataclasses.replace(MERFISH, name=f"merfish_x{members}", members=members)
+    if grouped:
+        _, manifest = make_export(shape, folder, torchscript=False)
+    else:
+        from inclust_plus.export import folding
+
+        with mock.patch.object(folding, "grouped", lambda layer, groups: layer):
+            _, manifest = make_export(dataclasses.replace(shape, name=shape.name + "_dense"), folder, torchscript=False)
+    return manifest.parent / f"{MERFISH.combination}.onnx"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    batches = (64, 256) if args.quick else (1, 1024, 16384)
+    budget = 0.5 if args.quick else 5.0
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        graphs = {
+            "one network": export(1, True, Path(tmp) / "one"),
+            f"{MEMBERS} networks, grouped layers (exported)": export(MEMBERS, True, Path(tmp) / "grouped"),
+            f"{MEMBERS} networks, dense block-diagonal layers": export(MEMBERS, False, Path(tmp) / "dense"),
+        }
+        for batch in batches:
+            row = {"batch": batch}
+            for name, path in graphs.items():
+                row[name] = round(cells_per_second(path, MERFISH.panel, batch, args.threads, budget))
+            rows.append(row)
+            print(row, flush=True)
+    result = {"benchmark": "ensemble_inference", "date": now(), "quick": args.quick, "graph": MERFISH.combination,
+              "members": MEMBERS, "threads": args.threads, "cells_per_s": rows, "machine": machine()}
+    write_result("ensemble_inference_quick" if args.quick else "ensemble_inference", result, **({"out_dir": args.out} if args.out else {}))
+    return result
+
+
+if __name__ == "__main__":
+    main()
