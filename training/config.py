@@ -88,7 +88,7 @@ class TrainingConfig:
     lr_schedule: str = "constant"  # "constant" | "cosine"
     kl_warmup_epochs: int = 0
     threads: int = 0  # 0: torch default
-    workers: int = 0  # processes training ensemble members side by side (0: one per core, 1: one after another)
+    workers: int = 0  # processes training ensemble members side by side (0: one per core for big jobs, 1: one after another)
 
 
 @dataclass

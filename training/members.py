@@ -52,16 +52,25 @@ def _train_in_worker(member: ModuleConfig, data: TrainingData, training, loss, t
     return module.state_dict(), result
 
 
-def worker_count(cfg: Config) -> int:
-    """Processes for the members: ``training.workers``, or (0) one per core up to the member count."""
+# Below this many rows x epochs (about 10 s of training for one network here), starting worker
+# processes (each imports torch) costs more than training the members one after another saves.
+PARALLEL_MIN_ROW_EPOCHS = 1_000_000
+
+
+def worker_count(cfg: Config, n_rows: int) -> int:
+    """Processes for the members: ``training.workers``, or (0) one per core up to the member count
+    when the job is big enough to repay starting them."""
     k = cfg.model.ensemble
-    wanted = cfg.training.workers or available_cores()
-    return max(1, min(k, wanted))
+    if cfg.training.workers:
+        return max(1, min(k, cfg.training.workers))
+    if n_rows * cfg.training.epochs < PARALLEL_MIN_ROW_EPOCHS:
+        return 1
+    return max(1, min(k, available_cores()))
 
 
 def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progress: bool = True):
     """The ``cfg.model.ensemble`` trained members of shape ``member`` and their training records."""
-    k, workers = cfg.model.ensemble, worker_count(cfg)
+    k, workers = cfg.model.ensemble, worker_count(cfg, len(data.row_cell))
     settings = [member_settings(cfg, i) for i in range(k)]
     if workers == 1:
         runs = [
