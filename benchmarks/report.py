@@ -72,6 +72,18 @@ def machine_section(results: Path) -> list[str]:
         "  `--torchscript --device cuda` are the commands to time on a GPU machine.",
         "",
     ]
+    here = simd.split(", ") if simd else []
+    elsewhere = []
+    for path in sorted(results.glob("*.json")):
+        try:
+            m = json.loads(path.read_text()).get("machine")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(m, dict) and m.get("simd") is not None and list(m["simd"]) != here:
+            elsewhere.append(f"`{path.stem}` ({m.get('cpu_model')}, SIMD: {', '.join(m['simd'])})")
+    if elsewhere:
+        lines += ["- Not every result was measured on this host: " + "; ".join(elsewhere) + ". Ratios within one "
+                  "result are measured side by side on one host; absolute numbers from different hosts are not comparable.", ""]
     return lines
 
 
