@@ -19,7 +19,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "merfish_scrna_
 EPOCHS = 80
 MEMBERS = 2
 ISSUE_FLOOR = 0.25  # issue 2 asks for at least this on a reduced run
-FLOOR = 0.27  # this reduced run measured 0.281 (2 CPU threads, torch 2.13); the full run 0.335
+FLOOR = 0.31  # this reduced run measured 0.329 (2 members in 2 processes, torch 2.13); the full benchmark 0.364
 
 
 @pytest.mark.skipif(not DATA.is_file(), reason=f"real data not found at {DATA}")

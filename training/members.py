@@ -1,4 +1,4 @@
-"""Train the members of an ensemble: one after another, or side by side in worker processes.
+"""Train the members of an ensemble: one after another, or side by side in fresh worker processes.
 
 A network of inClust+'s size keeps one CPU core busy and gains nothing from a second torch thread
 (200 epochs on the MERFISH-panel data take about as long with 2 threads as with 1), so K members
@@ -10,9 +10,14 @@ changes only floating-point rounding, never what a member learns.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
+import json
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -47,11 +52,6 @@ def _train_one(member: ModuleConfig, data: TrainingData, training, loss, threads
     return module, result
 
 
-def _train_in_worker(member: ModuleConfig, data: TrainingData, training, loss, threads: int):
-    module, result = _train_one(member, data, training, loss, threads, False, "")
-    return module.state_dict(), result
-
-
 # Below this many rows x epochs (about 10 s of training for one network here), starting worker
 # processes (each imports torch) costs more than training the members one after another saves.
 PARALLEL_MIN_ROW_EPOCHS = 1_000_000
@@ -79,18 +79,67 @@ def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progres
         ]
         return [m for m, _ in runs], [r for _, r in runs]
     threads = max(1, (cfg.training.threads or available_cores()) // workers)
-    states, results = [None] * k, [None] * k
-    # spawn, not fork: a forked child inherits the parent's OpenMP thread pool and can hang in it.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_in_worker, member, data, tr, lo, threads): i for i, (tr, lo) in enumerate(settings)}
-        bar = tqdm(total=k, desc=f"training {k} members on {workers} processes", unit="member", disable=not progress)
-        for future in as_completed(futures):
-            states[futures[future]], results[futures[future]] = future.result()
-            bar.update()
-        bar.close()
+    states, results = _train_in_workers(member, data, settings, workers, threads, progress)
     modules = []
     for state in states:
         module = InClustModule(member)
         module.load_state_dict(state)
         modules.append(module.eval())
     return modules, results
+
+
+def _train_in_workers(member, data, settings, workers: int, threads: int, progress: bool):
+    """Each member in a fresh ``python -m inclust_plus.training.members`` process, ``workers`` at a time.
+
+    Fresh interpreters rather than multiprocessing: a spawned multiprocessing child re-imports the
+    caller's main script (which breaks scripts read from stdin and re-runs scripts without a
+    ``__main__`` guard), and a forked one inherits the parent's OpenMP thread pool.
+    """
+    k = len(settings)
+    with tempfile.TemporaryDirectory(prefix="inclust_members_") as tmp:
+        job = Path(tmp) / "job.pkl"
+        with open(job, "wb") as f:  # private to this run: written here, read by our own workers only
+            pickle.dump({"member": member, "data": data, "settings": settings, "threads": threads}, f, protocol=pickle.HIGHEST_PROTOCOL)
+        pending, running = list(range(k)), {}
+        bar = tqdm(total=k, desc=f"training {k} members on {workers} processes", unit="member", disable=not progress)
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    i = pending.pop(0)
+                    log = open(Path(tmp) / f"member{i}.log", "wb")
+                    cmd = [sys.executable, "-m", "inclust_plus.training.members", str(job), str(i), tmp]
+                    running[i] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+                for i, (proc, log) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    log.close()
+                    del running[i]
+                    if proc.returncode != 0:
+                        lines = (Path(tmp) / f"member{i}.log").read_text(errors="replace").strip().splitlines()
+                        raise RuntimeError(f"training ensemble member {i} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+                    bar.update()
+                time.sleep(0.05)
+        finally:
+            for proc, log in running.values():
+                proc.kill()
+                proc.wait()
+                log.close()
+            bar.close()
+        states = [torch.load(Path(tmp) / f"member{i}.pt", weights_only=True) for i in range(k)]
+        results = [TrainingResult(**json.loads((Path(tmp) / f"member{i}.json").read_text())) for i in range(k)]
+    return states, results
+
+
+def _worker_main(job: str, index: str, out: str) -> None:
+    """Train member ``index`` of the pickled job and write its weights and training record to ``out``."""
+    with open(job, "rb") as f:
+        spec = pickle.load(f)
+    i = int(index)
+    training, loss = spec["settings"][i]
+    module, result = _train_one(spec["member"], spec["data"], training, loss, spec["threads"], False, "")
+    torch.save(module.state_dict(), Path(out) / f"member{i}.pt")
+    (Path(out) / f"member{i}.json").write_text(json.dumps(dataclasses.asdict(result)))
+
+
+if __name__ == "__main__":
+    _worker_main(*sys.argv[1:])
