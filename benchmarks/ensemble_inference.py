@@ -18,7 +18,6 @@ import dataclasses
 import sys
 import tempfile
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
@@ -42,16 +41,30 @@ def cells_per_second(onnx_path: Path, n_inputs: int, batch: int, threads: int, b
 
 
 def export(members: int, grouped: bool, folder: Path) -> Path:
-    """The MERFISH graph of ``members`` networks; ``grouped=False`` keeps the dense block-diagonal layers."""
+    """The MERFISH graph of ``members`` networks; ``grouped=False`` rewrites its grouped layers as the
+    dense block-diagonal matrices they stand for (same outputs, K times the weights in those layers)."""
     shape = dataclasses.replace(MERFISH, name=f"merfish_x{members}", members=members)
+    _, manifest = make_export(shape, folder, torchscript=False)
+    graph = manifest.parent / f"{MERFISH.combination}.onnx"
     if grouped:
-        _, manifest = make_export(shape, folder, torchscript=False)
-    else:
-        from inclust_plus.export import folding
+        return graph
+    from scipy.linalg import block_diag
 
-        with mock.patch.object(folding, "grouped", lambda layer, groups: layer):
-            _, manifest = make_export(dataclasses.replace(shape, name=shape.name + "_dense"), folder, torchscript=False)
-    return manifest.parent / f"{MERFISH.combination}.onnx"
+    from inclust_plus.export import onnx_graph
+    from inclust_plus.export.combinations import all_combinations
+    from inclust_plus.export.folding import fold
+    from inclust_plus.export.preprocess import IDENTITY
+    from inclust_plus.training.checkpoint import load_checkpoint
+
+    module, desc = load_checkpoint(folder / "model.pt")
+    combo = next(c for c in all_combinations(desc) if c.name == MERFISH.combination)
+    weights = fold(module, combo, IDENTITY)
+    dense = lambda layer: layer if layer.groups == 1 else dataclasses.replace(  # noqa: E731
+        layer, weight=np.ascontiguousarray(block_diag(*layer.weight).astype(np.float32)), groups=1)
+    weights = dataclasses.replace(weights, encoder=tuple(map(dense, weights.encoder)), decoder=tuple(map(dense, weights.decoder)))
+    out = folder / "dense.onnx"
+    out.write_bytes(onnx_graph.serialize(onnx_graph.build_model(weights, combo, IDENTITY, shape.name)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -5,20 +5,21 @@ columns therefore never reach the first layer, so keeping only ``W[:, inputs]`` 
 output mask selects rows of the last layer, so ``W[outputs], b[outputs]`` is exact as well. The
 log-variance head is never used at inference and is dropped; embed graphs drop the decoder.
 
-An ensemble (training/ensemble.py) is one network with block-diagonal layers. Every layer after the
-first is folded into a *grouped* layer that keeps only its K diagonal blocks, so a graph neither
-stores nor multiplies the off-diagonal zeros (K times fewer weights and multiply-adds in those
-layers). The output layer's blocks are sliced like any output layer, and the graph ends with the
-mean over the K blocks of outputs.
+An ensemble (training/ensemble.py) keeps its grouped layers grouped (one weight block per member,
+no block-diagonal zeros): each member's block of the output layer is sliced like any output
+layer, and the graph ends with the mean over the K blocks of outputs.
 Both the ONNX builder and the TorchScript wrapper consume the same :class:`FoldedWeights`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 from torch import nn
+
+from inclust_plus.training.module import GroupedLinear
 
 from .combinations import Combination
 from .preprocess import PreprocessPlan
@@ -41,18 +42,6 @@ class Layer:
     @property
     def n_out(self) -> int:
         return int(self.weight.shape[0] * self.weight.shape[1] if self.groups > 1 else self.weight.shape[0])
-
-
-def grouped(layer: Layer, groups: int) -> Layer:
-    """``layer`` (block-diagonal with ``groups`` equal blocks) as a grouped layer."""
-    out, inp = layer.weight.shape[0] // groups, layer.weight.shape[1] // groups
-    blocks = np.stack([layer.weight[g * out : (g + 1) * out, g * inp : (g + 1) * inp] for g in range(groups)])
-    rest = layer.weight.copy()
-    for g in range(groups):
-        rest[g * out : (g + 1) * out, g * inp : (g + 1) * inp] = 0
-    if rest.shape != (groups * out, groups * inp) or np.any(rest):
-        raise ValueError(f"layer {layer.name} of a {groups}-member ensemble is not block-diagonal; was the merged network trained further?")
-    return Layer(layer.name, np.ascontiguousarray(blocks), layer.bias, layer.activation, groups)
 
 
 @dataclass(frozen=True)
@@ -83,12 +72,13 @@ def _f32(t) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy().astype(np.float32))
 
 
+def as_layer(name: str, m: nn.Module, activation: str) -> Layer:
+    """A dense ``nn.Linear`` or an ensemble's ``GroupedLinear`` as a :class:`Layer`."""
+    return Layer(name, _f32(m.weight), _f32(m.bias), activation, getattr(m, "groups", 1))
+
+
 def _linears(prefix: str, seq: nn.Sequential, activation: str) -> list[Layer]:
-    return [
-        Layer(f"{prefix}.{i}", _f32(m.weight), _f32(m.bias), activation)
-        for i, m in enumerate(seq)
-        if isinstance(m, nn.Linear)
-    ]
+    return [as_layer(f"{prefix}.{i}", m, activation) for i, m in enumerate(seq) if isinstance(m, (nn.Linear, GroupedLinear))]
 
 
 def fold(module, combination: Combination, plan: PreprocessPlan) -> FoldedWeights:
@@ -96,7 +86,7 @@ def fold(module, combination: Combination, plan: PreprocessPlan) -> FoldedWeight
     cfg = module.config
     members = getattr(cfg, "members", 1)
     encoder = _linears("encoder", module.encoder, cfg.activation)
-    encoder.append(Layer("z_mean", _f32(module.z_mean.weight), _f32(module.z_mean.bias), "identity"))
+    encoder.append(as_layer("z_mean", module.z_mean, "identity"))
     first = encoder[0]
     cols = np.asarray(combination.inputs, dtype=np.int64)
     w = first.weight[:, cols].astype(np.float64)
@@ -111,18 +101,11 @@ def fold(module, combination: Combination, plan: PreprocessPlan) -> FoldedWeight
     if combination.spec.decodes:
         decoder = _linears("decoder", module.decoder, cfg.activation)
         rows = np.asarray(combination.outputs, dtype=np.int64)
-        rows = np.concatenate([k * cfg.n_features + rows for k in range(members)])
-        out = module.output
-        decoder.append(
-            Layer(
-                "output",
-                np.ascontiguousarray(_f32(out.weight)[rows]),
-                np.ascontiguousarray(_f32(out.bias)[rows]),
-                cfg.output_activation,
-            )
-        )
+        out = as_layer("output", module.output, cfg.output_activation)
+        if out.groups > 1:  # every member's block of output rows, sliced alike
+            weight, bias = out.weight[:, rows, :], out.bias.reshape(out.groups, -1)[:, rows].reshape(-1)
+        else:
+            weight, bias = out.weight[rows], out.bias[rows]
+        decoder.append(dataclasses.replace(out, weight=np.ascontiguousarray(weight), bias=np.ascontiguousarray(bias)))
     classifier = Layer("classifier", _f32(module.classifier.weight), _f32(module.classifier.bias), "identity")
-    if members > 1:  # every member reads the whole input in the first layer; after it, blocks only
-        encoder = encoder[:1] + [grouped(layer, members) for layer in encoder[1:]]
-        decoder = [grouped(layer, members) for layer in decoder]
     return FoldedWeights(tuple(encoder), _f32(module.covariate_embedding), classifier, tuple(decoder), input_l2, input_scale, members)

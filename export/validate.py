@@ -1,8 +1,14 @@
 """Parity of every written graph with the PyTorch model, checked as part of each export.
 
 The reference is the contract in docs/ARCHITECTURE.md: ``module.predict`` on a zero-filled
-full-width x with the input mask. A graph that differs by more than ``ATOL`` on any output fails
-the export, so a manifest never lists a graph that computes something else.
+full-width x with the input mask. A graph that differs by more than ``ATOL + RTOL * |value|`` on
+any output fails the export, so a manifest never lists a graph that computes something else.
+
+Why a relative part: float32 keeps about 7 significant digits, and the graph sums in another order
+than PyTorch (over the folded columns only, in onnxruntime's kernels). On outputs of order 1 the
+two agree within ~1e-6, but a trained imputation model's latent reaches |z| ~ 10, where the same
+rounding gives differences of up to 9.8e-6 (measured on a one-network model of the embedded MERFISH
+slice): an absolute 1e-5 alone would fail correct exports at random. RTOL = 1e-6 is about 8 ulp.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from .combinations import Combination
 from .preprocess import PreprocessPlan
 
 ATOL = 1e-5
+RTOL = 1e-6
 
 
 def random_feeds(combination: Combination, n_covariates: int, batch: int, seed: int = 0, plan: PreprocessPlan | None = None) -> dict[str, np.ndarray]:
@@ -91,6 +98,18 @@ def max_abs_diff(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> flo
     return worst
 
 
+def within_tolerance(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> bool:
+    """Every |got - want| <= ATOL + RTOL * |want| (and nothing missing, misshapen or NaN where it should not be)."""
+    if max_abs_diff(got, want) == float("inf"):
+        return False
+    for name, w in want.items():
+        w64 = w.astype(np.float64)
+        diff = np.abs(got[name].astype(np.float64) - w64)
+        if not np.all((diff <= ATOL + RTOL * np.abs(w64)) | np.isnan(w64)):
+            return False
+    return True
+
+
 def check_parity(
     module,
     combination: Combination,
@@ -100,16 +119,17 @@ def check_parity(
     batch: int = 64,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Max |diff| of onnxruntime (and TorchScript) against the reference; error above ``ATOL``."""
+    """Max |diff| of onnxruntime (and TorchScript) against the reference; error above ``ATOL + RTOL * |value|``."""
     feeds = random_feeds(combination, module.config.n_covariates, batch, seed, plan)
     want = reference(module, combination, feeds, plan)
-    diffs = {"onnxruntime": max_abs_diff(run_onnx(model_bytes, feeds), want)}
+    got = {"onnxruntime": run_onnx(model_bytes, feeds)}
     if scripted is not None:
-        diffs["torchscript"] = max_abs_diff(run_torchscript(scripted, combination, feeds), want)
-    for runtime, diff in diffs.items():
-        if not diff <= ATOL:
+        got["torchscript"] = run_torchscript(scripted, combination, feeds)
+    for runtime, outputs in got.items():
+        if not within_tolerance(outputs, want):
             raise InclustError(
-                f"exported {combination.name!r} differs from the PyTorch model in {runtime} by {diff:.3g} (> {ATOL:g})",
+                f"exported {combination.name!r} differs from the PyTorch model in {runtime} by {max_abs_diff(outputs, want):.3g} "
+                f"(> {ATOL:g} + {RTOL:g} x |value|)",
                 "this is a bug in the exporter; please report it",
             )
-    return diffs
+    return {runtime: max_abs_diff(outputs, want) for runtime, outputs in got.items()}

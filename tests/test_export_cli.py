@@ -6,6 +6,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -144,3 +145,14 @@ def test_description_that_contradicts_the_weights(tmp_path):
     desc["covariate"]["categories"] = ["scrna", "merfish"]  # the module has 3 embeddings
     bad = save_checkpoint(tmp_path / "bad.pt", toy_module(), desc)
     assert_clean_failure(run(bad, "--out", tmp_path / "out"), tmp_path, ["bad.pt"], "2 covariate categories for 3 embeddings")
+
+
+def test_parity_tolerance_is_absolute_plus_float32_relative():
+    # 1e-5 absolute, plus 1e-6 of the value: float32 rounding on a latent of ~10 must not fail an export.
+    from inclust_plus.export.validate import within_tolerance
+
+    want = {"latent": np.array([[10.0, -12.0, 0.5]], dtype=np.float32)}
+    assert within_tolerance({"latent": want["latent"] + np.array([[1.9e-5, -2.1e-5, 1.0e-5]], dtype=np.float32)}, want)
+    assert not within_tolerance({"latent": want["latent"] + np.array([[2.5e-5, 0.0, 0.0]], dtype=np.float32)}, want)
+    assert not within_tolerance({"latent": want["latent"] + np.array([[0.0, 0.0, 1.2e-5]], dtype=np.float32)}, want)
+    assert not within_tolerance({"latent": want["latent"][:, :2]}, want)

@@ -60,10 +60,35 @@ class LossWeights:
     likelihood: str = "gaussian"  # "gaussian" (squared error, the paper's) | "bernoulli" (cross-entropy, sigmoid output)
 
 
-def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
+class GroupedLinear(nn.Module):
+    """``groups`` independent linear maps side by side: input block g -> output block g.
+
+    An ensemble's layer (training/ensemble.py): the same as a block-diagonal ``nn.Linear`` without
+    storing or multiplying its zeros. Weight [groups, out, in] (per group), bias [groups * out].
+    """
+
+    def __init__(self, groups: int, in_features: int, out_features: int):
+        super().__init__()
+        self.groups = groups
+        bound = 1.0 / max(in_features, 1) ** 0.5  # nn.Linear's default range, per group
+        self.weight = nn.Parameter(torch.empty(groups, out_features, in_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(groups * out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, (g, _, i) = x.shape[0], self.weight.shape  # explicit sizes: a -1 is ambiguous for an empty batch
+        per_group = x.reshape(n, g, i).transpose(0, 1)
+        return torch.bmm(per_group, self.weight.transpose(1, 2)).transpose(0, 1).reshape(n, self.bias.shape[0]) + self.bias
+
+
+def _linear(n_in: int, n_out: int, groups: int) -> nn.Module:
+    """A dense layer, or for ``groups`` > 1 a grouped one of those total widths."""
+    return GroupedLinear(groups, n_in // groups, n_out // groups) if groups > 1 else nn.Linear(n_in, n_out)
+
+
+def _mlp(sizes: list[int], activation: str, groups: int = 1, dense_first: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers += [_linear(a, b, 1 if dense_first and i == 0 else groups), ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 
 
@@ -78,18 +103,22 @@ class InClustModule(nn.Module):
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}")
         if c.input_normalization not in INPUT_NORMALIZATIONS:
             raise ValueError(f"input_normalization must be one of {INPUT_NORMALIZATIONS}")
-        self.encoder = _mlp([c.n_features, *c.encoder_hidden], c.activation)
+        # An ensemble (members = K > 1, training/ensemble.py): every member reads the whole input in
+        # the first layer; every later layer is grouped, member k's block k.
+        k = c.members
+        self.encoder = _mlp([c.n_features, *c.encoder_hidden], c.activation, k, dense_first=True)
         width = c.encoder_hidden[-1] if c.encoder_hidden else c.n_features
-        self.z_mean = nn.Linear(width, c.latent_dim)
-        self.z_log_var = nn.Linear(width, c.latent_dim)
+        heads = k if c.encoder_hidden else 1
+        self.z_mean = _linear(width, c.latent_dim, heads)
+        self.z_log_var = _linear(width, c.latent_dim, heads)
         self.covariate_embedding = nn.Parameter(torch.zeros(c.n_covariates, c.latent_dim))
         nn.init.normal_(self.covariate_embedding, std=0.1)
         self.classifier = nn.Linear(c.latent_dim, c.n_labels)
         self.prior_means = nn.Parameter(torch.zeros(c.n_labels, c.latent_dim))
-        self.decoder = _mlp([c.latent_dim, *c.decoder_hidden], c.activation)
+        self.decoder = _mlp([c.latent_dim, *c.decoder_hidden], c.activation, k)
         dec_width = c.decoder_hidden[-1] if c.decoder_hidden else c.latent_dim
-        # An ensemble (members > 1) decodes every member's features side by side, then averages them.
-        self.output = nn.Linear(dec_width, c.members * c.n_features)
+        # An ensemble decodes every member's features side by side; decode() averages them.
+        self.output = _linear(dec_width, k * c.n_features, k)
         self.output_activation = ACTIVATIONS[c.output_activation]()
 
     # --- the pieces -----------------------------------------------------------------------------
