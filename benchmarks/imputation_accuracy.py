@@ -15,7 +15,7 @@ Splits: the standard one (seed 0, the 31 genes outside the MERFISH panel), seeds
 same genes, and seeds 3 and 4 with 31 random held-out genes. Scores: mean and median over genes of
 the per-gene Pearson and Spearman correlation over query cells; fit and prediction seconds.
 
-    python benchmarks/imputation_accuracy.py            # full run (about 20 minutes on 2 cores)
+    python benchmarks/imputation_accuracy.py            # full run (about 25 minutes on 2 cores)
     python benchmarks/imputation_accuracy.py --quick    # standard split only, fewer epochs
 
 Writes benchmarks/results/imputation_accuracy{,_quick}.json and .md, one

@@ -3,7 +3,7 @@
     python benchmarks/run_all.py                 # the full set, about 10 minutes on 2 cores
     python benchmarks/run_all.py --quick         # smoke run on tiny sizes (under a minute), results to a temp folder
     python benchmarks/run_all.py --only inference training
-    python benchmarks/run_all.py --with-triton --with-accuracy   # also the Triton load test and the 20-minute accuracy study
+    python benchmarks/run_all.py --with-triton --with-accuracy   # also the Triton load test and the 25-minute accuracy study
 
 Each benchmark runs in its own Python process (so peak memory, thread pools and OpenMP settings
 never leak from one into the next) and writes ``benchmarks/results/<name>.json``; BENCHMARKS.md
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes; results go to a temporary folder unless --results is given")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these")
     parser.add_argument("--with-triton", action="store_true", help="also the Triton load test (needs INCLUST_TRITON_ENV, see triton_models/README.md)")
-    parser.add_argument("--with-accuracy", action="store_true", help="also the imputation accuracy study (about 20 minutes)")
+    parser.add_argument("--with-accuracy", action="store_true", help="also the imputation accuracy study (about 25 minutes)")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results; a temp folder with --quick)")
     parser.add_argument("--no-report", action="store_true", help="do not write BENCHMARKS.md")
     parser.add_argument("--omp-wait-policy", choices=("auto", "default", "PASSIVE", "ACTIVE"), default="auto",
