@@ -60,7 +60,7 @@ class ModelConfig:
     output_activation: str = "sigmoid"
     input_normalization: str = "none"  # "none" | "l2" (per-cell unit length of the encoder input)
     n_clusters: int = 10  # used only when no dataset has labels (unsupervised)
-    ensemble: int = 1  # >1: train this many networks (seeds seed, seed+1, ...) and merge them into one (logit average)
+    ensemble: int = 1  # >1: train this many networks (seeds seed, seed+1, ...) and merge them into one (mean decode)
 
 
 @dataclass

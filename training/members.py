@@ -100,6 +100,8 @@ def _train_in_workers(member, data, settings, workers: int, threads: int, progre
         job = Path(tmp) / "job.pkl"
         with open(job, "wb") as f:  # private to this run: written here, read by our own workers only
             pickle.dump({"member": member, "data": data, "settings": settings, "threads": threads}, f, protocol=pickle.HIGHEST_PROTOCOL)
+        # The workers import this package exactly as this process did (a script may have extended sys.path).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         pending, running = list(range(k)), {}
         bar = tqdm(total=k, desc=f"training {k} members on {workers} processes", unit="member", disable=not progress)
         try:
@@ -108,7 +110,7 @@ def _train_in_workers(member, data, settings, workers: int, threads: int, progre
                     i = pending.pop(0)
                     log = open(Path(tmp) / f"member{i}.log", "wb")
                     cmd = [sys.executable, "-m", "inclust_plus.training.members", str(job), str(i), tmp]
-                    running[i] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+                    running[i] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
                 for i, (proc, log) in list(running.items()):
                     if proc.poll() is None:
                         continue
