@@ -89,3 +89,17 @@ def test_members_trained_in_worker_processes_equal_sequential_ones():
 def test_ensemble_below_one_is_a_config_error():
     with pytest.raises(InclustError, match="model.ensemble"):
         preset_config("imputation", {"model": {"ensemble": 0}})
+
+
+def test_a_failing_worker_is_reported_with_its_last_line():
+    from inclust_plus.training.data import assemble
+    from inclust_plus.training.loading import load_dataset
+    from inclust_plus.training.members import _train_in_workers, member_settings
+
+    st = synthetic_task("imputation", n_cells=100, seed=0, overrides={"model": {"ensemble": 2}, "training": {"epochs": 1}})
+    data = assemble([load_dataset(d, st.objects[d.name]) for d in st.config.datasets], st.config)
+    member = ModuleConfig(n_features=data.n_features, n_covariates=len(data.covariate_categories), n_labels=len(data.label_categories))
+    settings = [member_settings(st.config, k) for k in range(2)]
+    # torch refuses a negative thread count inside the worker: its error must reach the caller.
+    with pytest.raises(RuntimeError, match="training ensemble member [01] failed: .*thread"):
+        _train_in_workers(member, data, settings, workers=2, threads=-3, progress=False)
