@@ -59,6 +59,18 @@ def test_good_config_trains(tmp_path):
     res = CliRunner().invoke(main, [str(cfg), "--out", str(tmp_path / "model.pt"), "--quiet"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "model.pt").stat().st_size > 1000 and (tmp_path / "model.loss.png").exists()
+    assert "an ensemble of 6 networks" in res.output  # the imputation preset
+
+
+def test_ensemble_override_trains_one_gaussian_network(tmp_path):
+    # --ensemble 1 keeps the first likelihood of the preset's cycle (Gaussian): unscaled counts are accepted.
+    from inclust_plus.training.checkpoint import load_checkpoint
+
+    cfg = _config(tmp_path, _adata(), _adata(genes=("g0", "g1"), seed=1))
+    res = CliRunner().invoke(main, [str(cfg), "--out", str(tmp_path / "model.pt"), "--quiet", "--ensemble", "1"])
+    assert res.exit_code == 0, res.output
+    assert "ensemble" not in res.output
+    assert load_checkpoint(tmp_path / "model.pt")[1]["module"]["members"] == 1
 
 
 def test_bernoulli_likelihood_on_unscaled_counts(tmp_path):

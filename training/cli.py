@@ -14,6 +14,7 @@ EPILOG = """\b
 Examples:
   inclust-train examples/merfish_imputation.toml --out model.pt
   inclust-train my_config.toml --out runs/model.pt --epochs 10 --seed 1
+  inclust-train examples/merfish_imputation.toml --ensemble 1   # one network: a quick first look
 
 The config names the datasets (AnnData .h5ad or MuData .h5mu), what each measured, its batch/
 technology covariate and optional cell-type column; see the README for one example per task.
@@ -27,10 +28,12 @@ loss-curve PNG next to it (model.loss.png).
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("model.pt"), show_default=True, help="Where to write the trained model.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override training.epochs from the config.")
 @click.option("--seed", type=int, default=None, help="Override training.seed (same seed, same weights).")
+@click.option("--ensemble", type=click.IntRange(min=1), default=None,
+              help="Override model.ensemble: how many networks to train and merge (1 = one network, fastest).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
-def main(config: Path, out: Path, epochs: int | None, seed: int | None, force: bool, quiet: bool) -> None:
+def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble: int | None, force: bool, quiet: bool) -> None:
     """Train an inClust+ model from a TOML CONFIG and save it to --out."""
     from .config import load_config
     from .model import InClust
@@ -42,6 +45,8 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, force: b
         cfg.training.epochs = epochs
     if seed is not None:
         cfg.training.seed = seed
+    if ensemble is not None:
+        cfg.model.ensemble = ensemble
     started = time.perf_counter()
     model, data, result = InClust.fit(cfg, progress=not quiet)
     wall = time.perf_counter() - started
