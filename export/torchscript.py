@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from inclust_plus.training.module import grouped_linear
+
 from .folding import FoldedWeights, Layer
 from .preprocess import PreprocessPlan
 
@@ -39,21 +41,15 @@ class Dense(nn.Module):
 
 
 class GroupedDense(nn.Module):
-    """A grouped layer (ensemble blocks): one batched matmul over the groups, then the bias."""
-
-    groups: int
+    """A grouped layer (ensemble blocks), computed by the training module's own ``grouped_linear``."""
 
     def __init__(self, layer: Layer):
         super().__init__()
-        self.groups = layer.groups
-        self.weight_t = nn.Parameter(torch.from_numpy(np.ascontiguousarray(layer.weight.transpose(0, 2, 1))), requires_grad=False)
+        self.weight = nn.Parameter(torch.from_numpy(layer.weight.copy()), requires_grad=False)
         self.bias = nn.Parameter(torch.from_numpy(layer.bias.copy()), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        n = x.shape[0]  # explicit sizes: a -1 would be ambiguous for an empty batch
-        per_group = x.reshape(n, self.groups, x.shape[1] // self.groups).transpose(0, 1)
-        y = torch.bmm(per_group, self.weight_t).transpose(0, 1)
-        return y.reshape(n, self.bias.shape[0]) + self.bias
+        return grouped_linear(x, self.weight, self.bias)
 
 
 def _sequential(layers: tuple[Layer, ...]) -> nn.Sequential:

@@ -43,7 +43,7 @@ class ModuleConfig:
     activation: str = "relu"
     output_activation: str = "sigmoid"
     input_normalization: str = "none"  # "none" | "l2": the masked input is scaled to unit length per cell
-    members: int = 1  # >1: K networks merged block-diagonally (training/ensemble.py); widths are the merged ones
+    members: int = 1  # >1: K networks merged into one, later layers grouped (training/ensemble.py); widths are the merged ones
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +58,15 @@ class LossWeights:
     categorical: float = 1.0
     label: float = 50.0
     likelihood: str = "gaussian"  # "gaussian" (squared error, the paper's) | "bernoulli" (cross-entropy, sigmoid output)
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Group g of ``weight`` [groups, out, in] maps input block g of ``x`` [n, groups * in] to output
+    block g: one batched matmul, then ``bias`` [groups * out]. Scriptable, so the exported TorchScript
+    twin runs this very function."""
+    n, g, i = x.shape[0], weight.shape[0], weight.shape[2]  # explicit sizes: a -1 is ambiguous for an empty batch
+    per_group = x.reshape(n, g, i).transpose(0, 1)
+    return torch.bmm(per_group, weight.transpose(1, 2)).transpose(0, 1).reshape(n, bias.shape[0]) + bias
 
 
 class GroupedLinear(nn.Module):
@@ -75,9 +84,7 @@ class GroupedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(groups * out_features).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, (g, _, i) = x.shape[0], self.weight.shape  # explicit sizes: a -1 is ambiguous for an empty batch
-        per_group = x.reshape(n, g, i).transpose(0, 1)
-        return torch.bmm(per_group, self.weight.transpose(1, 2)).transpose(0, 1).reshape(n, self.bias.shape[0]) + self.bias
+        return grouped_linear(x, self.weight, self.bias)
 
 
 def _linear(n_in: int, n_out: int, groups: int) -> nn.Module:
