@@ -22,9 +22,9 @@ from . import onnx_graph
 from . import torchscript as ts_export
 from .combinations import Combination, feature_modalities, select_combinations
 from .folding import fold
-from .manifest import build_manifest, graph_entry, write_manifest
+from .manifest import build_manifest, graph_entry, variant_entry, write_manifest
 from .preprocess import IDENTITY, build_plan
-from .validate import check_parity
+from .validate import check_parity, check_variant_parity
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -82,8 +82,19 @@ def _check_description(module, desc: dict, combos: list[Combination]) -> None:
         raise InclustError(f"checkpoint description does not match its weights: {problems[0]}", "re-run inclust-train")
 
 
-def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torchscript: bool, fold_preprocessing: bool) -> tuple[dict, dict]:
-    """Write one graph (and its TorchScript twin), check parity, return its manifest entry and diffs."""
+def _variants(combo: Combination, csr: bool, fp16: bool) -> list[tuple[str, str, str]]:
+    """(input_format, precision, file) of the flavours written next to the dense float32 graph."""
+    out = [("csr", "fp32", f"{combo.name}.csr.onnx")] if csr else []
+    if fp16:
+        out.append(("dense", "fp16", f"{combo.name}.fp16.onnx"))
+        if csr:
+            out.append(("csr", "fp16", f"{combo.name}.csr.fp16.onnx"))
+    return out
+
+
+def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torchscript: bool, fold_preprocessing: bool,
+                csr: bool = True, fp16: bool = False) -> tuple[dict, dict]:
+    """Write one graph (its TorchScript twin and its CSR / float16 flavours), check parity, return its manifest entry and diffs."""
     plan = build_plan(desc, combo.inputs) if fold_preprocessing else IDENTITY
     weights = fold(module, combo, plan)
     data = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc["name"]))
@@ -95,6 +106,14 @@ def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torch
         ts_export.save(ts_export.script(weights, plan, combo.spec.decodes), folder / ts_file)
         loaded = ts_export.load(folder / ts_file)
     diffs = check_parity(module, combo, plan if fold_preprocessing else None, data, loaded)
+    variants = []
+    for input_format, precision, file in _variants(combo, csr, fp16):
+        vdata = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc["name"], input_format, precision))
+        (folder / file).write_bytes(vdata)
+        vdiffs = check_variant_parity(module, combo, plan if fold_preprocessing else None, vdata, input_format, precision,
+                                      dense_bytes=data if precision == "fp32" else None)
+        diffs[f"{input_format}/{precision}"] = vdiffs["onnxruntime"]
+        variants.append(variant_entry(combo, input_format, precision, file, hashlib.sha256(vdata).hexdigest(), weights.latent_dim, weights.n_labels))
     entry = graph_entry(
         combo,
         file=onnx_file,
@@ -105,6 +124,7 @@ def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torch
         folded_preprocessing=fold_preprocessing,
         latent_dim=weights.latent_dim,
         n_labels=weights.n_labels,
+        variants=variants,
     )
     return entry, diffs
 
@@ -127,8 +147,12 @@ def export_model(
     force: bool = False,
     triton_dir: str | os.PathLike | None = None,
     report: dict | None = None,
+    csr: bool = True,
+    fp16: bool = False,
 ) -> Path:
     """Export ``checkpoint``; return the path of the written ``manifest.json``.
+
+    ``csr``: also write each combination's CSR-fed flavour; ``fp16``: also float16-weight graphs.
 
     ``report``, when given, receives the measured parity (max |diff|) per graph and runtime.
     """
@@ -150,7 +174,7 @@ def export_model(
     with atomic_dir(out, force=force) as tmp:
         graphs = []
         for combo in combos:
-            entry, diffs = _export_one(module, desc, combo, tmp, torchscript, fold_preprocessing)
+            entry, diffs = _export_one(module, desc, combo, tmp, torchscript, fold_preprocessing, csr, fp16)
             graphs.append(entry)
             if report is not None:
                 report[combo.name] = diffs

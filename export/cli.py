@@ -20,12 +20,17 @@ from inclust_plus.errors import report_errors
               help="Also write a TorchScript module (<name>.ts) per combination, for libtorch serving.")
 @click.option("--fold-preprocessing", is_flag=True,
               help="Graphs take raw values and apply the checkpoint's normalisation, log1p and scaling themselves.")
+@click.option("--csr/--no-csr", default=True, show_default=True,
+              help="Also write a CSR-fed graph per combination (<name>.csr.onnx): takes only a batch's stored values, "
+                   "which makes GPU runs much faster on sparse data (inclust-run --input-format).")
+@click.option("--fp16", is_flag=True,
+              help="Also write float16-weight graphs (<name>.fp16.onnx, float32 inputs and outputs) for inclust-run --precision fp16 on a GPU.")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository to this folder.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @report_errors
 def main(model: Path, out_dir: Path | None, combinations: tuple[str, ...], torchscript: bool,
-         fold_preprocessing: bool, triton_dir: Path | None, force: bool) -> None:
+         fold_preprocessing: bool, csr: bool, fp16: bool, triton_dir: Path | None, force: bool) -> None:
     """Export MODEL (a model.pt written by inclust-train) to one mask-folded ONNX graph per modality
     combination, plus TorchScript twins and a manifest.json for the torch-free runtime.
 
@@ -36,7 +41,8 @@ def main(model: Path, out_dir: Path | None, combinations: tuple[str, ...], torch
 
     report: dict = {}
     manifest = export_model(model, out_dir, combinations=list(combinations) or None, torchscript=torchscript,
-                            fold_preprocessing=fold_preprocessing, force=force, triton_dir=triton_dir, report=report)
+                            fold_preprocessing=fold_preprocessing, force=force, triton_dir=triton_dir, report=report,
+                            csr=csr, fp16=fp16)
     for name, diffs in report.items():
         parity = ", ".join(f"{rt} {d:.1e}" for rt, d in diffs.items())
         click.echo(f"{name}: max |diff| vs PyTorch: {parity}")

@@ -19,6 +19,7 @@ class TensorSpec:
     name: str
     dtype: str
     width: str | None
+    axis: str = "batch"  # the symbolic size of axis 0: "batch" (cells) or "nnz" (stored entries of a CSR batch)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,17 @@ GRAPH_SPECS: dict[str, GraphSpec] = {
     "embed": GraphSpec(inputs=(_X, _COV), outputs=(_LATENT, _PROBS)),
 }
 
+# CSR flavour (export/csr_graph.py): a batch's stored entries instead of x. ``indices`` are graph
+# input columns, ``rows`` the cell (0..batch-1) of each entry; the batch size is len(covariate).
+_VALUES = TensorSpec("values", "float32", None, "nnz")
+_INDICES = TensorSpec("indices", "int32", None, "nnz")
+_ROWS = TensorSpec("rows", "int32", None, "nnz")
+CSR_GRAPH_SPECS: dict[str, GraphSpec] = {
+    "impute": GraphSpec(inputs=(_VALUES, _INDICES, _ROWS, _COV, _TARGET), outputs=(_Y, _LATENT, _PROBS)),
+    "embed": GraphSpec(inputs=(_VALUES, _INDICES, _ROWS, _COV), outputs=(_LATENT, _PROBS)),
+}
+INPUT_FORMATS = ("dense", "csr")
+
 
 @dataclass(frozen=True)
 class Combination:
@@ -63,6 +75,10 @@ class Combination:
     @property
     def spec(self) -> GraphSpec:
         return GRAPH_SPECS[self.kind]
+
+    def spec_for(self, input_format: str) -> GraphSpec:
+        """The dense spec (``x``) or the CSR one (``values``, ``indices``, ``rows``)."""
+        return CSR_GRAPH_SPECS[self.kind] if input_format == "csr" else GRAPH_SPECS[self.kind]
 
     def widths(self, latent_dim: int, n_labels: int) -> dict[str, int]:
         """Concrete sizes for the symbolic widths of :data:`GRAPH_SPECS`."""

@@ -15,15 +15,15 @@ from .combinations import Combination
 EXPORTER_VERSION = __version__
 
 
-def io_entries(combination: Combination, latent_dim: int, n_labels: int) -> tuple[list[dict], list[dict]]:
+def io_entries(combination: Combination, latent_dim: int, n_labels: int, input_format: str = "dense") -> tuple[list[dict], list[dict]]:
     """Manifest ``inputs`` and ``outputs`` of one graph, from its :class:`GraphSpec`."""
     widths = combination.widths(latent_dim, n_labels)
 
     def entry(t) -> dict:
-        shape = ["batch"] if t.width is None else ["batch", widths[t.width]]
+        shape = [t.axis] if t.width is None else [t.axis, widths[t.width]]
         return {"name": t.name, "dtype": t.dtype, "shape": shape}
 
-    spec = combination.spec
+    spec = combination.spec_for(input_format)
     return [entry(t) for t in spec.inputs], [entry(t) for t in spec.outputs]
 
 
@@ -37,9 +37,13 @@ def graph_entry(
     folded_preprocessing: bool,
     latent_dim: int,
     n_labels: int,
+    variants: list[dict] | None = None,
 ) -> dict:
     inputs, outputs = io_entries(combination, latent_dim, n_labels)
     return {
+        "input_format": "dense",
+        "precision": "fp32",
+        "variants": list(variants or []),
         "name": combination.name,
         "kind": combination.kind,
         "file": file,
@@ -83,3 +87,9 @@ def build_manifest(description: dict, model_sha256: str, graphs: list[dict]) -> 
 def write_manifest(manifest: dict, path: Path) -> Path:
     path.write_text(json.dumps(manifest, sort_keys=True, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def variant_entry(combination: Combination, input_format: str, precision: str, file: str, sha256: str, latent_dim: int, n_labels: int) -> dict:
+    """One more flavour of a graph (CSR input and/or float16 weights): same function, other file and inputs."""
+    inputs, outputs = io_entries(combination, latent_dim, n_labels, input_format)
+    return {"input_format": input_format, "precision": precision, "file": file, "sha256": sha256, "inputs": inputs, "outputs": outputs}

@@ -15,6 +15,7 @@ from inclust_plus import __version__
 from inclust_plus.errors import InclustError
 
 from .combinations import Combination
+from .csr_graph import densify
 from .folding import FoldedWeights, Layer
 from .preprocess import PreprocessPlan
 
@@ -23,16 +24,22 @@ L2_EPS = 1e-6  # the same clamp as training.module.L2_EPS (export reads weights,
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17: loadable by onnxruntime >= 1.13
 BATCH = "batch"
-_DTYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
+_DTYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "int32": TensorProto.INT32}
+PRECISIONS = ("fp32", "fp16")
 _ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "identity": None}
 
 
 class _Builder:
     """Collects nodes and initializers; every intermediate gets a readable, unique name."""
 
-    def __init__(self) -> None:
+    def __init__(self, half: bool = False) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
+        self.half = half  # network weights (not preprocessing constants) stored and run as float16
+
+    def weight(self, name: str, value: np.ndarray) -> str:
+        """A network weight: float16 in a half-precision graph, float32 otherwise."""
+        return self.const(name, value.astype(np.float16) if self.half else value)
 
     def const(self, name: str, value: np.ndarray) -> str:
         if name not in self.initializers:
@@ -53,14 +60,14 @@ class _Builder:
         A grouped layer runs as one batched MatMul over its groups: [N, G*i] -> [G, N, i] @ [G, i, o]
         -> [N, G*o], then the bias.
         """
-        b = self.const(f"{layer.name}.bias", layer.bias)
+        b = self.weight(f"{layer.name}.bias", layer.bias)
         act = _ACTIVATION_OPS[layer.activation]
         pre = output if (act is None and output) else f"{layer.name}.gemm"
         if layer.groups == 1:
-            y = self.op("Gemm", [x, self.const(f"{layer.name}.weight", layer.weight), b], pre, transB=1)
+            y = self.op("Gemm", [x, self.weight(f"{layer.name}.weight", layer.weight), b], pre, transB=1)
         else:
             g, o, i = layer.weight.shape
-            w = self.const(f"{layer.name}.weight", np.ascontiguousarray(layer.weight.transpose(0, 2, 1)))
+            w = self.weight(f"{layer.name}.weight", np.ascontiguousarray(layer.weight.transpose(0, 2, 1)))
             split = self.op("Reshape", [x, self.const(f"{layer.name}.in_shape", np.asarray([0, g, i], dtype=np.int64))], f"{layer.name}.in_groups")
             per_group = self.op("Transpose", [split], f"{layer.name}.by_group", perm=[1, 0, 2])
             y = self.op("MatMul", [per_group, w], f"{layer.name}.matmul")
@@ -127,9 +134,9 @@ def _preprocessing(b: _Builder, x: str, plan: PreprocessPlan) -> str:
     return _log1p(b, joined, "x.preprocessed") if all_log else joined
 
 
-def _value_info(name: str, dtype: str, width: int | None) -> onnx.ValueInfoProto:
-    shape = [BATCH] if width is None else [BATCH, width]
-    return helper.make_tensor_value_info(name, _DTYPES[dtype], shape)
+def _value_info(t, width: int | None) -> onnx.ValueInfoProto:
+    shape = [t.axis] if width is None else [t.axis, width]
+    return helper.make_tensor_value_info(t.name, _DTYPES[t.dtype], shape)
 
 
 def build_model(
@@ -137,43 +144,58 @@ def build_model(
     combination: Combination,
     plan: PreprocessPlan,
     model_name: str,
+    input_format: str = "dense",
+    precision: str = "fp32",
 ) -> onnx.ModelProto:
-    """The folded graph of ``combination``; inputs and outputs follow its :class:`GraphSpec`."""
-    spec = combination.spec
-    b = _Builder()
-    h = _preprocessing(b, "x", plan)
+    """The folded graph of ``combination``; inputs and outputs follow its :class:`GraphSpec`.
+
+    ``input_format="csr"``: the graph takes a batch's stored entries (export/csr_graph.py).
+    ``precision="fp16"``: float16 weights and arithmetic from the first layer on (preprocessing and
+    the L2 norm stay float32), float32 inputs and outputs, for GPUs with fast half precision.
+    """
+    spec = combination.spec_for(input_format)
+    half = precision == "fp16"
+    b = _Builder(half=half)
+    name = (lambda n: f"{n}.fp16") if half else (lambda n: n)
+    h = _preprocessing(b, densify(b, len(combination.inputs)) if input_format == "csr" else "x", plan)
     if weights.input_l2:
         if weights.input_scale is not None:
             h = b.op("Div", [h, b.const("input_scale", weights.input_scale)], "x.scaled")
         norm = b.op("ReduceL2", [h], "x.l2norm", axes=[1], keepdims=1)
         norm = b.op("Max", [norm, b.const("l2_eps", np.asarray(L2_EPS, dtype=np.float32))], "x.l2norm.clamped")
         h = b.op("Div", [h, norm], "x.unit")
+    if half:
+        h = b.op("Cast", [h], "x.fp16", to=TensorProto.FLOAT16)
     for layer in weights.encoder:
         h = b.linear(h, layer)
-    embedding = b.const("covariate_embedding", weights.covariate_embedding)
+    embedding = b.weight("covariate_embedding", weights.covariate_embedding)
     e_b = b.op("Gather", [embedding, "covariate"], "covariate_embedding.source", axis=0)
-    latent = b.op("Sub", [h, e_b], "latent")
+    latent = b.op("Sub", [h, e_b], name("latent"))
     logits = b.linear(latent, weights.classifier)
-    b.op("Softmax", [logits], "label_probs", axis=-1)
+    b.op("Softmax", [logits], name("label_probs"), axis=-1)
     if spec.decodes:
         e_t = b.op("Gather", [embedding, "target_covariate"], "covariate_embedding.target", axis=0)
         z = b.op("Add", [latent, e_t], "latent.in_target")
-        last = "y" if weights.members == 1 else None
+        last = name("y") if weights.members == 1 else None
         for i, layer in enumerate(weights.decoder):
             z = b.linear(z, layer, output=last if i == len(weights.decoder) - 1 else None)
         if weights.members > 1:  # the ensemble's mean over its members' blocks of outputs
             shape = b.const("members.shape", np.asarray([0, weights.members, weights.n_outputs], dtype=np.int64))
             z = b.op("Reshape", [z, shape], "y.members")
-            b.op("ReduceMean", [z], "y", axes=[1], keepdims=0)
+            b.op("ReduceMean", [z], name("y"), axes=[1], keepdims=0)
+    if half:
+        for t in spec.outputs:
+            b.op("Cast", [name(t.name)], t.name, to=TensorProto.FLOAT)
 
     widths = combination.widths(weights.latent_dim, weights.n_labels)
     graph = helper.make_graph(
         b.nodes,
         combination.name,
-        [_value_info(t.name, t.dtype, widths.get(t.width)) for t in spec.inputs],
-        [_value_info(t.name, t.dtype, widths.get(t.width)) for t in spec.outputs],
+        [_value_info(t, widths.get(t.width)) for t in spec.inputs],
+        [_value_info(t, widths.get(t.width)) for t in spec.outputs],
         initializer=list(b.initializers.values()),
-        doc_string=f"inClust+ model {model_name!r}, combination {combination.name!r} ({combination.kind}), masks folded",
+        doc_string=f"inClust+ model {model_name!r}, combination {combination.name!r} ({combination.kind}), masks folded"
+        + ("" if (input_format, precision) == ("dense", "fp32") else f"; {input_format} input, {precision}"),
     )
     model = helper.make_model(
         graph,
@@ -184,7 +206,8 @@ def build_model(
     )
     helper.set_model_props(
         model,
-        {"inclust.model": model_name, "inclust.combination": combination.name, "inclust.kind": combination.kind},
+        {"inclust.model": model_name, "inclust.combination": combination.name, "inclust.kind": combination.kind}
+        | ({} if (input_format, precision) == ("dense", "fp32") else {"inclust.input_format": input_format, "inclust.precision": precision}),
     )
     check(model)
     return model

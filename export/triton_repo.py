@@ -13,6 +13,10 @@ config's ``reshape: { shape: [] }`` hands the graph the ``[B]`` vector it was ex
 Outputs come back as ``[B, width]``. Feature names, categories and the whole manifest entry
 travel in each model's ``parameters`` (read them with ``GET /v2/models/<name>/config``), and the
 label names in ``labels.txt`` so Triton's classification extension can name the top classes.
+
+A graph's CSR flavour (manifest ``variants``, input_format "csr") becomes ``<graph>_csr`` (and
+``<graph>_csr_python``): its ``values`` / ``indices`` / ``rows`` are ragged, so these models do not use
+Triton's batching (``max_batch_size: 0``): a request is one CSR batch, every dim of axis 0 is -1.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ FLAVOURS = ("onnxruntime", "python", "both")
 PYTHON_SUFFIX = "_python"
 LABELS_FILE = "labels.txt"
 INDEX_FILE = "inclust_triton.json"
-_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
+_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+CSR_SUFFIX = "_csr"
 _PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 REEXPORT = "re-export the model with inclust-export"
 
@@ -95,14 +100,19 @@ def parse_model_config(text: str):
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
-def _io(tensor: dict, label_file: bool) -> list[tuple[str, object]]:
-    """One input/output entry: ``[batch, n]`` tensors keep dims ``[n]``, ``[batch]`` vectors get ``[1]`` reshaped to ``[]``."""
+def _io(tensor: dict, label_file: bool, batching: bool = True) -> list[tuple[str, object]]:
+    """One input/output entry: ``[batch, n]`` tensors keep dims ``[n]``, ``[batch]`` vectors get ``[1]`` reshaped to ``[]``.
+
+    Without batching (CSR models) the dims are the whole shape, axis 0 variable: ``[-1]`` or ``[-1, n]``.
+    """
     shape = list(tensor.get("shape") or [])
     dtype = tensor.get("dtype")
     if dtype not in _TYPES or not shape or len(shape) > 2:
         raise InclustError(f"graph tensor {tensor.get('name')!r} has dtype {dtype!r} and shape {shape}, which this exporter cannot serve", REEXPORT)
     entry: list[tuple[str, object]] = [("name", tensor["name"]), ("data_type", _Enum(_TYPES[dtype]))]
-    if len(shape) == 1:
+    if not batching:
+        entry.append(("dims", [-1] + [int(w) for w in shape[1:]]))
+    elif len(shape) == 1:
         entry += [("dims", [1]), ("reshape", [("shape", [])])]
     else:
         width = shape[1]
@@ -151,19 +161,21 @@ def model_config(
     them, and on the CPU otherwise, so one file works on both kinds of server.
     """
     has_labels = bool((manifest.get("labels") or {}).get("categories"))
-    inputs = tuple(_io(t, False) for t in graph["inputs"])
-    outputs = tuple(_io(t, has_labels and t["name"] == "label_probs") for t in graph["outputs"])
+    batching = graph.get("input_format", "dense") != "csr"
+    inputs = tuple(_io(t, False, batching) for t in graph["inputs"])
+    outputs = tuple(_io(t, has_labels and t["name"] == "label_probs", batching) for t in graph["outputs"])
     preferred = sorted({b for b in preferred_batch_sizes if 0 < b <= max_batch_size}) or [max_batch_size]
     fields: list[tuple[str, object]] = [
         ("name", name),
         ("backend", backend),
-        ("max_batch_size", max_batch_size),
+        ("max_batch_size", max_batch_size if batching else 0),
         ("input", inputs),
         ("output", outputs),
         ("instance_group", ([("count", instance_count), ("kind", _Enum("KIND_AUTO"))],)),
-        ("dynamic_batching", [("preferred_batch_size", preferred), ("max_queue_delay_microseconds", max_queue_delay_us)]),
-        ("parameters", _parameters(manifest, graph)),
     ]
+    if batching:
+        fields.append(("dynamic_batching", [("preferred_batch_size", preferred), ("max_queue_delay_microseconds", max_queue_delay_us)]))
+    fields.append(("parameters", _parameters(manifest, graph)))
     header = f"# Triton model config written by inclust-export for graph {graph['name']!r} ({backend} backend).\n"
     return header + _pbtxt(fields)
 
@@ -208,6 +220,11 @@ def _write_model(folder: Path, config: str, onnx_file: Path, labels: str | None,
         shutil.copyfile(_PYTHON_MODEL, version / "model.py")
 
 
+def _graph_of(model: str, python: bool) -> str:
+    """The served graph (``<graph>`` or ``<graph>_csr``) of a Triton model name."""
+    return model.removesuffix(PYTHON_SUFFIX) if python else model
+
+
 def write_triton_repository(
     manifest_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -242,7 +259,13 @@ def write_triton_repository(
         raise InclustError(f"folder {out.parent} does not exist", "create it first or choose another --triton path")
     labels = _labels_text(manifest)
     plan = []
+    served = []
     for graph in manifest["graphs"]:
+        served.append((graph, graph["name"]))
+        for v in graph.get("variants") or []:
+            if v.get("input_format") == "csr" and v.get("precision", "fp32") == "fp32":
+                served.append(({**{k: x for k, x in graph.items() if k != "variants"}, **v}, graph["name"] + CSR_SUFFIX))
+    for graph, model_name in served:
         onnx_file = path.parent / graph["file"]
         if not onnx_file.is_file():
             raise InclustError(f"graph file {onnx_file} is missing", REEXPORT)
@@ -252,7 +275,7 @@ def write_triton_repository(
             flavour, [("onnxruntime", ""), ("python", PYTHON_SUFFIX)]
         )
         for backend, suffix in backends:
-            name = graph["name"] + suffix
+            name = model_name + suffix
             config = model_config(name, backend, manifest, graph, max_batch_size, tuple(preferred_batch_sizes), max_queue_delay_us, instance_count)
             plan.append((name, config, onnx_file, backend == "python"))
     names = [p[0] for p in plan]
@@ -267,7 +290,9 @@ def write_triton_repository(
             "model": manifest.get("model"),
             "manifest_sha256": file_sha256(path),
             "flavour": flavour,
-            "models": [{"name": n, "graph": n.removesuffix(PYTHON_SUFFIX) if py else n, "backend": "python" if py else "onnxruntime"} for n, _, _, py in plan],
+            "models": [{"name": n, "graph": _graph_of(n, py).removesuffix(CSR_SUFFIX),
+                        "input_format": "csr" if _graph_of(n, py).endswith(CSR_SUFFIX) else "dense",
+                        "backend": "python" if py else "onnxruntime"} for n, _, _, py in plan],
         }
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return out

@@ -40,7 +40,7 @@ def test_default_out_dir_and_parity_report(ckpt, tmp_path):
     result = run(model, "--combination", "merfish_to_rna")
     assert result.exit_code == 0, result.output
     out = tmp_path / "mymodel_export"
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "merfish_to_rna.onnx", "merfish_to_rna.ts"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "merfish_to_rna.csr.onnx", "merfish_to_rna.onnx", "merfish_to_rna.ts"]
     assert "merfish_to_rna: max |diff| vs PyTorch: onnxruntime" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mymodel.pt", "mymodel_export"]
 
@@ -82,7 +82,7 @@ def test_existing_output_needs_force(ckpt, tmp_path):
     (out / "keep.txt").write_text("mine")
     assert_clean_failure(run(ckpt, "--out", out), tmp_path, ["out"], "already exists", "--force")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-    result = run(ckpt, "--out", out, "--force", "--no-torchscript", "--combination", "rna_protein_embed")
+    result = run(ckpt, "--out", out, "--force", "--no-torchscript", "--no-csr", "--combination", "rna_protein_embed")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "rna_protein_embed.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

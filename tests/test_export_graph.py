@@ -146,12 +146,19 @@ def test_manifest_follows_the_architecture_contract(toy):
     assert m["preprocessing"] == desc["preprocessing"]
     assert [g["name"] for g in m["graphs"]] == [c["name"] for c in COMBINATIONS]
     keys = {"name", "kind", "file", "sha256", "opset", "torchscript", "torchscript_sha256", "folded_preprocessing", "input_modalities",
-            "output_modalities", "input_features", "output_features", "default_target_covariate", "default_covariate", "inputs", "outputs"}
+            "output_modalities", "input_features", "output_features", "default_target_covariate", "default_covariate", "inputs", "outputs",
+            "input_format", "precision", "variants"}
     by_name = {g["name"]: g for g in m["graphs"]}
     for g in m["graphs"]:
         assert set(g) == keys
         assert hashlib.sha256((manifest_path.parent / g["file"]).read_bytes()).hexdigest() == g["sha256"]
         assert hashlib.sha256((manifest_path.parent / g["torchscript"]).read_bytes()).hexdigest() == g["torchscript_sha256"]
+        assert (g["input_format"], g["precision"]) == ("dense", "fp32")
+        assert [(v["input_format"], v["precision"], v["file"]) for v in g["variants"]] == [("csr", "fp32", f"{g['name']}.csr.onnx")]
+        assert hashlib.sha256((manifest_path.parent / g["variants"][0]["file"]).read_bytes()).hexdigest() == g["variants"][0]["sha256"]
+        assert [i["name"] for i in g["variants"][0]["inputs"]][:3] == ["values", "indices", "rows"]
+        assert g["variants"][0]["inputs"][0] == {"name": "values", "dtype": "float32", "shape": ["nnz"]}
+        assert g["variants"][0]["outputs"] == g["outputs"]
     g = by_name["merfish_to_rna"]
     assert g["kind"] == "impute" and g["default_target_covariate"] == "scrna"
     assert g["input_features"] == ["gene000", "gene002", "gene003", "gene005", "gene007", "gene008"]
@@ -183,7 +190,7 @@ def test_exporting_twice_gives_identical_bytes_even_in_another_process(toy, tmp_
     code = f"from inclust_plus.export import export_model; export_model({str(ckpt)!r}, {str(tmp_path / 'proc')!r})"
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     files = sorted(p.name for p in manifest.parent.iterdir())
-    assert any(f.endswith(".ts") for f in files) and len(files) == 2 * len(COMBINATIONS) + 1
+    assert any(f.endswith(".ts") for f in files) and len(files) == 3 * len(COMBINATIONS) + 1  # dense .onnx, .csr.onnx, .ts
     for other in (again.parent, tmp_path / "proc"):
         assert sorted(p.name for p in other.iterdir()) == files
         for f in files:
@@ -196,7 +203,8 @@ def test_selected_combinations_and_no_torchscript(toy, tmp_path):
     m = json.loads(manifest.read_text())
     assert [g["name"] for g in m["graphs"]] == ["rna_protein_embed", "merfish_to_rna"]
     assert all(g["torchscript"] is None for g in m["graphs"])
-    assert sorted(p.name for p in manifest.parent.iterdir()) == ["manifest.json", "merfish_to_rna.onnx", "rna_protein_embed.onnx"]
+    assert sorted(p.name for p in manifest.parent.iterdir()) == ["manifest.json", "merfish_to_rna.csr.onnx", "merfish_to_rna.onnx",
+                                                               "rna_protein_embed.csr.onnx", "rna_protein_embed.onnx"]
     # the graph bytes do not depend on which other graphs were exported
     assert (manifest.parent / "merfish_to_rna.onnx").read_bytes() == (toy[1].parent / "merfish_to_rna.onnx").read_bytes()
 

@@ -188,7 +188,12 @@ def test_real_export_with_triton_folder(tmp_path):
     manifest = export_model(ckpt, tmp_path / "export", torchscript=False, triton_dir=tmp_path / "triton")
     graphs = json.loads(Path(manifest).read_text())["graphs"]
     parsed = configs(tmp_path / "triton")
-    assert sorted(parsed) == sorted([g["name"] for g in graphs] + [g["name"] + "_python" for g in graphs])
+    served = [g["name"] + s for g in graphs for s in ("", "_csr")]
+    assert sorted(parsed) == sorted(served + [n + "_python" for n in served])
     for g in graphs:
+        csr = parsed[g["name"] + "_csr"]
+        assert csr.max_batch_size == 0 and not csr.HasField("dynamic_batching")
+        assert [(t.name, list(t.dims)) for t in csr.input][:3] == [("values", [-1]), ("indices", [-1]), ("rows", [-1])]
+        assert [(t.name, list(t.dims)) for t in csr.output] == [(o["name"], [-1, o["shape"][1]]) for o in g["outputs"]]
         cfg = parsed[g["name"] + "_python"]
         assert [(t.name, list(t.dims)) for t in cfg.output] == [(o["name"], [o["shape"][1]]) for o in g["outputs"]]
