@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -29,6 +30,8 @@ log = logging.getLogger("inclust_plus.runtime")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "tf32", "fp16")
+CUDA_IN_FLIGHT = 3  # concurrent batches on a GPU, one session (and CUDA stream) each: copies overlap compute
 
 
 @runtime_checkable
@@ -74,19 +77,47 @@ def choose_providers(device: str, available: list[str]) -> list[str]:
     return [CPU]
 
 
-class OnnxBackend:
-    """onnxruntime on this machine (CPU or CUDA)."""
+def check_precision(precision: str, providers: list[str]) -> None:
+    """fp32 runs anywhere; tf32 and fp16 only on a CUDA provider (a one-line error otherwise)."""
+    if precision not in PRECISIONS:
+        raise InclustError(f"unknown precision {precision!r}", f"choose one of {', '.join(PRECISIONS)}")
+    if precision != "fp32" and providers[0] != CUDA:
+        raise InclustError(f"--precision {precision} needs onnxruntime's CUDA provider, which this run does not have",
+                           "run on a GPU with onnxruntime-gpu (--device cuda), or pass --precision fp32")
 
-    def __init__(self, device: str = "auto", threads: int | None = None):
+
+def provider_list(providers: list[str], precision: str) -> list:
+    """Providers with options: CUDA strict float32 (``use_tf32=0``) unless tf32 is asked for."""
+    return [(CUDA, {"use_tf32": "1" if precision == "tf32" else "0"}) if p == CUDA else p for p in providers]
+
+
+class OnnxBackend:
+    """onnxruntime on this machine (CPU or CUDA).
+
+    Calls go through IO binding (:meth:`run_feeds`): outputs are written straight into the run
+    loop's chunk buffers (on CUDA: copied device-to-host into them, page-locked by :mod:`.pinned`).
+    On CUDA several batches are in flight, each worker thread with its own session.
+    """
+
+    def __init__(self, device: str = "auto", threads: int | None = None, precision: str = "fp32", workers: int | None = None):
         import onnxruntime as ort  # imported here so `inclust-run --help` stays fast
 
         self.ort = ort
         self.device = device
         self.providers = choose_providers(device, list(ort.get_available_providers()))
+        check_precision(precision, self.providers)
+        self.precision = precision
         self.threads = threads or usable_cores()
+        self.workers = workers  # concurrent calls asked for (--workers); None: one per core (CPU), CUDA_IN_FLIGHT (CUDA)
         self.run_threads = self.threads  # intra-op threads of one call
         self.sessions: dict[str, tuple] = {}
         self.provider_used: str | None = None
+        self._local = threading.local()  # per-thread sessions on CUDA
+        self._lock = threading.Lock()
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.providers[0] == CUDA
 
     def _options(self):
         so = self.ort.SessionOptions()
@@ -103,17 +134,26 @@ class OnnxBackend:
         any session is built, and when ``run`` is this class's own (a subclass overriding it may
         not be thread-safe); otherwise returns 1 and nothing changes.
         """
-        if self.providers[0] != CPU or self.threads < 2 or self.sessions or type(self).run is not OnnxBackend.run:
+        if self.sessions or type(self).run is not OnnxBackend.run:
             return 1
-        self.run_threads = 1
-        return self.threads
+        if self.on_cuda:
+            return max(1, self.workers or CUDA_IN_FLIGHT)
+        n = self.workers or self.threads
+        if self.providers[0] != CPU or n < 2:
+            return 1
+        self.run_threads = 1 if self.workers is None else max(1, self.threads // n)
+        return n
+
+    def _session(self, path):
+        return self.ort.InferenceSession(str(path), sess_options=self._options(), providers=provider_list(self.providers, self.precision))
 
     def prepare(self, graph: GraphSpec) -> None:
-        if graph.name in self.sessions:
+        key = str(graph.path)
+        if key in self.sessions:
             return
         path = verify_file(graph.path, graph.sha256, f"graph {graph.name!r}")
         try:
-            session = self.ort.InferenceSession(str(path), sess_options=self._options(), providers=self.providers)
+            session = self._session(path)
         except Exception as err:  # onnxruntime raises its own exception types for bad models
             first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise InclustError(f"onnxruntime cannot load graph {graph.name!r} ({first})", "re-export the model with inclust-export") from None
@@ -121,25 +161,63 @@ class OnnxBackend:
         if self.device == "cuda" and used != CUDA:
             raise InclustError("--device cuda was asked for but onnxruntime could not start CUDA", "check the CUDA/cuDNN libraries or pass --device cpu")
         names = {i.name for i in session.get_inputs()}
-        if not {"x", "covariate"} <= names:
-            raise InclustError(f"graph {graph.name!r} has inputs {sorted(names)}, expected x and covariate", "re-export the model with inclust-export")
+        data_inputs = {"values", "indices", "rows"} if graph.input_format == "csr" else {"x"}
+        if not data_inputs | {"covariate"} <= names:
+            raise InclustError(f"graph {graph.name!r} has inputs {sorted(names)}, expected {', '.join(sorted(data_inputs))} and covariate",
+                               "re-export the model with inclust-export")
         takes_target = "target_covariate" in names
         outputs = [o.name for o in session.get_outputs()]
-        self.sessions[graph.name] = (session, takes_target, outputs)
+        self.sessions[key] = (session, takes_target, outputs)
         self.provider_used = used
-        log.info("onnxruntime %s: graph %s on %s (%d intra-op threads per call, %d cores)", self.ort.__version__, graph.name, used, self.run_threads, self.threads)
+        log.info("onnxruntime %s: graph %s (%s, %s) on %s (%d intra-op threads per call, %d cores)", self.ort.__version__, graph.name,
+                 graph.input_format, self.precision, used, self.run_threads, self.threads)
+
+    def _entry(self, graph) -> tuple:
+        key = str(graph.path)
+        if key not in self.sessions:
+            with self._lock:
+                self.prepare(graph)
+        session, takes_target, outputs = self.sessions[key]
+        if self.on_cuda and threading.current_thread() is not threading.main_thread():
+            own = getattr(self._local, "sessions", None)
+            if own is None:
+                own = self._local.sessions = {}
+            if key not in own:  # the file was verified by prepare(); each thread gets its own CUDA stream
+                own[key] = self._session(graph.path)
+            session = own[key]
+        return session, takes_target, outputs
 
     def run(self, graph, x, covariate, target_covariate):
-        if graph.name not in self.sessions:
-            self.prepare(graph)
-        session, takes_target, outputs = self.sessions[graph.name]
-        feed = {"x": x, "covariate": covariate}
+        return self.run_feeds(graph, {"x": x}, covariate, target_covariate)
+
+    def run_feeds(self, graph, data: dict[str, np.ndarray], covariate, target_covariate, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """One call through IO binding; ``data`` holds ``x`` (dense) or ``values``/``indices``/``rows`` (CSR).
+
+        ``out`` (optional): C-contiguous float32 arrays of the right shapes, by output name, that
+        onnxruntime writes into directly; the returned dict then holds those same arrays.
+        """
+        session, takes_target, outputs = self._entry(graph)
+        binding = session.io_binding()
+        for name, value in data.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_cpu_input("covariate", covariate)
         if takes_target:
-            feed["target_covariate"] = covariate if target_covariate is None else target_covariate
-        return dict(zip(outputs, session.run(outputs, feed)))
+            binding.bind_cpu_input("target_covariate", covariate if target_covariate is None else target_covariate)
+        bound = out is not None and all(name in out for name in outputs)
+        for name in outputs:
+            if bound:
+                a = out[name]
+                binding.bind_output(name, "cpu", 0, np.float32, list(a.shape), a.ctypes.data)
+            else:
+                binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        if bound:
+            return {name: out[name] for name in outputs}
+        return dict(zip(outputs, binding.copy_outputs_to_cpu()))
 
     def provenance(self) -> dict:
-        return {"backend": "onnxruntime", "onnxruntime_version": self.ort.__version__, "provider": self.provider_used, "intra_op_threads": self.run_threads, "threads": self.threads}
+        return {"backend": "onnxruntime", "onnxruntime_version": self.ort.__version__, "provider": self.provider_used,
+                "intra_op_threads": self.run_threads, "threads": self.threads, "precision": self.precision}
 
     def close(self) -> None:
         self.sessions.clear()

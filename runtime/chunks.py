@@ -126,17 +126,37 @@ class SparseReader:
             if self.scale is not None:
                 vals /= self.scale[cols]  # 1 outside the scaled modalities: an exact no-op there
 
-    def read(self, start: int, stop: int, out: np.ndarray) -> np.ndarray | None:
-        """``out[:stop-start]`` filled with the preprocessed chunk, or None to take the dense path."""
+    def _pieces(self, start: int, stop: int) -> list | None:
         pieces = []
         for rows, colmap, identity in self.parts:
             piece = self._piece(rows, colmap, identity, start, stop)
             if piece is None:
                 return None
             pieces.append(piece)
-        n = stop - start
         if self.steps:
-            self._preprocess(pieces, n)
+            self._preprocess(pieces, stop - start)
+        return pieces
+
+    def read_csr(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The chunk's preprocessed stored entries as (values per cell, graph columns, float32 values),
+        each cell's columns increasing; None to take the dense path (as :meth:`read`)."""
+        pieces = self._pieces(start, stop)
+        if pieces is None:
+            return None
+        if len(pieces) == 1:
+            return pieces[0]
+        n = stop - start
+        rowid = np.concatenate([np.repeat(np.arange(n), counts) for counts, _, _ in pieces])
+        cols = np.concatenate([c for _, c, _ in pieces])
+        order = np.lexsort((cols, rowid))
+        return np.bincount(rowid, minlength=n), cols[order], np.concatenate([v for _, _, v in pieces])[order]
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> np.ndarray | None:
+        """``out[:stop-start]`` filled with the preprocessed chunk, or None to take the dense path."""
+        pieces = self._pieces(start, stop)
+        if pieces is None:
+            return None
+        n = stop - start
         view = out[:n]
         if len(pieces) == 1:
             counts, cols, vals = pieces[0]

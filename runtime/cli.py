@@ -46,8 +46,8 @@ import click
 from inclust_plus import __version__
 from inclust_plus.errors import report_errors
 
-from .backend import DEVICES, Backend
-from .runner import DECODING, RunOptions, default_backend, run
+from .backend import DEVICES, PRECISIONS, Backend
+from .runner import DECODING, INPUT_FORMATS, RunOptions, default_backend, run
 
 log = logging.getLogger("inclust_plus.runtime")
 EXTENSIONS = ("triton_client", "serve")
@@ -161,6 +161,14 @@ def _common_options(decoding: bool):
     opts += [
         click.option("--batch-size", default=4096, show_default=True, type=int, help="Cells per inference call."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto: CUDA if onnxruntime-gpu sees a GPU, else CPU."),
+        click.option("--input-format", type=click.Choice(INPUT_FORMATS), default="auto", show_default=True,
+                     help="How cells reach the graph: csr (only the stored values; fastest on a GPU), dense (every value; "
+                          "fastest on CPU), auto (csr on CUDA when the export has CSR graphs, else dense)."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+                     help="fp32: exact float32 (GPU TF32 off). tf32 / fp16: faster on a GPU, slightly less accurate "
+                          "(fp16 needs an export made with --fp16); both need a CUDA GPU."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Inference calls running at once (default: one per CPU core; 3 on a GPU). Memory stays within one budget."),
         click.option("--allow-missing", is_flag=True, help="Fill input features absent from the file with zeros (listed in uns['inclust'])."),
         click.option("--layer", help="Read this layer instead of X."),
         click.option("--obsm", help="Read this obsm entry instead of X (a data frame named by feature, or an array in the graph's feature order)."),
@@ -184,13 +192,15 @@ def _make_command(name: str) -> click.Command:
     @_common_options(decoding)
     @report_errors
     def command(onnx, input_path, output_path, combination, source, covariate_key, covariate, batch_size, device,
-                allow_missing, layer, obsm, force, torchscript, quiet, target=(), target_covariate=None, **extra):
+                input_format, precision, workers, allow_missing, layer, obsm, force, torchscript, quiet, target=(),
+                target_covariate=None, **extra):
         _setup_logging(quiet)
         options = RunOptions(
             command=name, onnx=onnx, input=input_path, output=output_path, combination=combination,
             source=tuple(source), target=tuple(target), covariate_key=covariate_key, covariate=covariate,
             target_covariate=target_covariate, batch_size=batch_size, device=device, allow_missing=allow_missing,
             layer=layer, obsm=obsm, force=force, torchscript=torchscript, quiet=quiet,
+            input_format=input_format, precision=precision, workers=workers,
         )
         with _terminate_as_interrupt():
             backend = choose_backend(extra, options)

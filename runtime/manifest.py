@@ -7,6 +7,7 @@ is plain JSON handling so that it works without torch, onnx or even onnxruntime.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -39,6 +40,22 @@ class GraphSpec:
     opset: int | None
     inputs: tuple[dict, ...]
     outputs: tuple[dict, ...]
+    input_format: str = "dense"  # "dense" (x) or "csr" (values, indices, rows), docs/ARCHITECTURE.md "Flavours"
+    precision: str = "fp32"  # "fp32" or "fp16" (float16 weights, float32 inputs and outputs)
+    variants: tuple[dict, ...] = ()  # the manifest's other flavours of this graph
+
+    def variant(self, input_format: str, precision: str = "fp32") -> "GraphSpec | None":
+        """This graph's flavour with that input format and precision, or None when the export has none."""
+        if (input_format, precision) == (self.input_format, self.precision):
+            return self
+        for v in self.variants:
+            if (v.get("input_format"), v.get("precision", "fp32")) == (input_format, precision) and v.get("file") and v.get("sha256"):
+                return dataclasses.replace(
+                    self, path=self.path.parent / v["file"], sha256=str(v["sha256"]).lower(), input_format=input_format,
+                    precision=precision, inputs=tuple(v.get("inputs") or ()), outputs=tuple(v.get("outputs") or self.outputs),
+                    torchscript=None, torchscript_sha256=None, variants=(),
+                )
+        return None
 
     @property
     def decodes(self) -> bool:
@@ -120,6 +137,9 @@ def _graph(entry: dict, folder: Path, path: Path) -> GraphSpec:
         opset=entry.get("opset"),
         inputs=tuple(entry.get("inputs") or ()),
         outputs=tuple(entry.get("outputs") or ()),
+        input_format=str(entry.get("input_format") or "dense"),
+        precision=str(entry.get("precision") or "fp32"),
+        variants=tuple(v for v in entry.get("variants") or () if isinstance(v, dict)),
     )
 
 

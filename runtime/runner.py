@@ -24,32 +24,27 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from inclust_plus import __version__
 from inclust_plus.atomic import atomic_path, check_output_path
 from inclust_plus.errors import InclustError
 
-from .backend import Backend, OnnxBackend
-from .chunks import Cancelled, SparseReader, chunk_reader, ordered_chunks  # noqa: F401 (SparseReader: re-exported)
+from .backend import CUDA, Backend, OnnxBackend
+from .chunks import SparseReader, chunk_reader  # noqa: F401 (chunk_reader: re-exported for benchmarks)
 from .covariates import resolve_covariates, resolve_target
 from .inputs import open_input
 from .manifest import GraphSpec, Manifest, load_manifest, select_graph
-from .output import OutputWriter
 from .preprocess import plan_preprocessing
+from .stream import DECODING, stream
 
 log = logging.getLogger("inclust_plus.runtime")
 COMMANDS = ("impute", "generate", "embed", "annotate")
-DECODING = ("impute", "generate")
+INPUT_FORMATS = ("auto", "dense", "csr")
+MEMORY_BUDGET = 256 * 2**20  # bytes of chunk buffers for all chunks in flight together, whatever --workers
 VALUE_BUDGET = 4_000_000  # stored input values read per chunk (about 32-64 MB)
 MAX_CHUNK_ROWS = 65_536
-OUTPUTS = ("y", "latent", "label_probs")
 
 
 @dataclass
@@ -75,6 +70,10 @@ class RunOptions:
     torchscript: bool = False
     quiet: bool = False
     value_budget: int = VALUE_BUDGET
+    input_format: str = "auto"  # auto: CSR graphs on CUDA, dense on CPU (BENCHMARKS.md, issue 11)
+    precision: str = "fp32"
+    workers: int | None = None  # concurrent inference calls (None: one per core on CPU)
+    memory_budget: int = MEMORY_BUDGET
 
 
 def chunk_rows(values_per_row: float, batch_size: int, budget: int) -> int:
@@ -87,22 +86,40 @@ def default_backend(options: RunOptions) -> Backend:
         from .torchscript_backend import TorchScriptBackend  # torch only on this path
 
         return TorchScriptBackend(options.device)
-    return OnnxBackend(options.device)
+    return OnnxBackend(options.device, precision=options.precision, workers=options.workers)
 
 
-def _check_outputs(graph: GraphSpec, manifest: Manifest, result: dict, n: int) -> None:
-    want = {"latent": manifest.latent_dim, "label_probs": len(manifest.label_categories)}
-    if graph.decodes:
-        want["y"] = len(graph.output_features)
-    for name, width in want.items():
-        if width == 0:
-            continue
-        got = result.get(name)
-        if got is None or got.shape != (n, width):
-            raise InclustError(
-                f"graph {graph.name!r} returned {name} of shape {None if got is None else got.shape}, the manifest says ({n}, {width})",
-                "re-export the model with inclust-export",
-            )
+def plan_chunks(data, graph: GraphSpec, manifest: Manifest, options: RunOptions, workers: int) -> int:
+    """Rows per chunk: within ``value_budget`` stored values, and all ``workers + 1`` buffer sets
+    together within ``memory_budget`` bytes (input, outputs, covariates; CSR entries 12 bytes each)."""
+    vpr = data.values_per_row()
+    out_width = (len(graph.output_features) if options.command in DECODING else 0) + manifest.latent_dim + len(manifest.label_categories)
+    dense_in = graph.input_format != "csr" or not SparseReader.applies(data)
+    per_row = 4 * out_width + 16 + (4 * data.n_inputs if dense_in else 0) + (28 * vpr if graph.input_format == "csr" or not dense_in else 12 * vpr)
+    cap = max(1, int(options.memory_budget // ((workers + 1) * per_row)))
+    return chunk_rows(vpr, options.batch_size, int(min(options.value_budget, cap * vpr)))
+
+
+def choose_flavour(graph: GraphSpec, backend: Backend, options: RunOptions) -> GraphSpec:
+    """The graph flavour for ``--input-format`` and ``--precision`` (one-line errors when the export lacks it)."""
+    if options.input_format not in INPUT_FORMATS:
+        raise InclustError(f"unknown input format {options.input_format!r}", f"choose one of {', '.join(INPUT_FORMATS)}")
+    onnx = isinstance(backend, OnnxBackend)
+    cuda = onnx and backend.providers[0] == CUDA
+    if options.precision != "fp32" and not onnx:
+        raise InclustError(f"--precision {options.precision} needs the onnxruntime backend", "drop --precision or --torchscript/--triton")
+    precision = "fp16" if options.precision == "fp16" else "fp32"
+    fmt = options.input_format
+    if fmt == "auto":
+        fmt = "csr" if cuda and graph.variant("csr", precision) is not None else "dense"
+    if fmt == "csr" and not onnx:
+        raise InclustError("--input-format csr needs the onnxruntime backend", "pass --input-format dense")
+    chosen = graph.variant(fmt, precision)
+    if chosen is None:
+        what = f"{'a CSR' if fmt == 'csr' else 'a dense'}{' float16' if precision == 'fp16' else ''} graph"
+        fix = "re-export with inclust-export" + (" --fp16" if precision == "fp16" else "") + (", or pass --input-format dense" if fmt == "csr" and precision == "fp32" else "")
+        raise InclustError(f"the export has no {what} for {graph.name!r} (exported before that flavour existed, or without it)", fix)
+    return chosen
 
 
 def run(options: RunOptions, backend: Backend | None = None) -> Path:
@@ -131,8 +148,9 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
             log.info("applying the model's preprocessing (%s) before the graph", ", ".join(s.modality for s in steps))
         if owns_backend:
             backend = default_backend(options)
-        rows = chunk_rows(data.values_per_row(), options.batch_size, options.value_budget)
-        workers = concurrent_calls(backend, math.ceil(data.n_obs / rows))
+        graph = choose_flavour(graph, backend, options)
+        workers = concurrent_calls(backend, math.ceil(data.n_obs / plan_chunks(data, graph, manifest, options, 1)))
+        rows = plan_chunks(data, graph, manifest, options, workers)
         backend.prepare(graph)
         provenance = {
             "command": options.command,
@@ -152,7 +170,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
             "label_key": manifest.label_key,
         }
         with atomic_path(out_path, suffix=".h5ad") as tmp:
-            _stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers)
+            stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers)
     finally:
         data.close()
         if owns_backend and backend is not None:
@@ -165,88 +183,3 @@ def concurrent_calls(backend: Backend, n_chunks: int) -> int:
     and there is more than one chunk to share out, else 1 (calls from the run loop's thread)."""
     split = getattr(backend, "split_threads", None)
     return max(1, int(split())) if split is not None and n_chunks > 1 else 1
-
-
-@dataclass
-class _Buffers:
-    """The buffers of one chunk in flight; outputs are allocated at the first batch, from its shapes."""
-
-    x: np.ndarray
-    cov: np.ndarray
-    tgt: np.ndarray | None
-    out: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def _stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers) -> None:
-    from tqdm import tqdm
-
-    n, bs = data.n_obs, options.batch_size
-    size = min(rows, n)
-    n_sets = 1 if n <= rows else workers + 1  # one more than the workers: they never wait for the writer
-    sets = [_Buffers(np.zeros((size, data.n_inputs), np.float32), np.zeros(size, np.int64),
-                     np.zeros(size, np.int64) if target is not None else None) for _ in range(n_sets)]
-    write_x = options.command in DECODING
-    write_latent = options.command != "annotate"
-    writer = OutputWriter(
-        tmp,
-        n,
-        data.obs,
-        list(graph.output_features) if write_x else [],
-        manifest.latent_dim if write_latent else None,
-        list(manifest.label_categories),
-    )
-    read = chunk_reader(data, steps, f"{data.path.name} {data.element}")
-    stopping = threading.Event()
-
-    def infer(start: int, stop: int, x: np.ndarray, bufs: _Buffers) -> dict:
-        cov = covariates.take(start, stop, bufs.cov)
-        tgt = target.take(start, stop, bufs.tgt) if target is not None else None
-        for b in range(0, stop - start, bs):
-            if stopping.is_set():
-                raise Cancelled
-            e = min(stop - start, b + bs)
-            out = backend.run(graph, x[b:e], cov[b:e], None if tgt is None else tgt[b:e])
-            if b == 0:
-                _check_outputs(graph, manifest, out, e - b)
-                if not bufs.out:
-                    bufs.out = {k: np.empty((size, v.shape[1]), np.float32) for k, v in out.items() if k in OUTPUTS}
-            for key, buf in bufs.out.items():
-                buf[b:e] = out[key]
-        return {k: bufs.out[k][: stop - start] if k in bufs.out else None for k in OUTPUTS}
-
-    if workers > 1:  # each worker reads its chunk and runs the graph on it
-
-        def task(start, stop, bufs):
-            return infer(start, stop, read(start, stop, bufs.x), bufs)
-
-        results = ordered_chunks(task, n, rows, sets, workers, stopping)
-    else:  # a worker reads the next chunk while this thread runs the graph
-
-        def task(start, stop, bufs):
-            return read(start, stop, bufs.x), bufs
-
-        def in_order():
-            prepared = ordered_chunks(task, n, rows, sets, 1, stopping)
-            try:
-                for s, e, (x, bufs) in prepared:
-                    yield s, e, infer(s, e, x, bufs)
-            finally:
-                prepared.close()
-
-        results = in_order()
-    started = time.perf_counter()
-    try:
-        with tqdm(total=n, unit="cells", unit_scale=True, desc=graph.name, file=sys.stderr, disable=options.quiet or not sys.stderr.isatty()) as bar:
-            for start, stop, views in results:
-                writer.write(start, views["y"], views["latent"], views["label_probs"])
-                bar.update(stop - start)
-        seconds = time.perf_counter() - started
-        provenance.update(backend.provenance())
-        provenance.update(n_obs=n, seconds=round(seconds, 3), concurrent_calls=workers)
-        writer.finish(provenance)
-    except BaseException:
-        stopping.set()
-        results.close()  # cancels queued chunks and waits for the running ones
-        writer.abort()
-        raise
-    log.info("%d cells in %.1f s (%.0f cells/s) with %s on %s", n, seconds, n / max(seconds, 1e-9), graph.name, provenance.get("provider"))
