@@ -8,7 +8,11 @@ memory either); run ``inclust-run impute`` in a subprocess and read its peak RSS
 cells of the output against onnxruntime called directly; append the numbers to
 ``benchmarks/results/runtime_memory.json``.
 
-Usage: python benchmarks/runtime_memory.py [--cells 1000000] [--workdir DIR] [--keep]
+Issue 11: ``--genes G`` makes the panel G genes wide (all of them inputs; ``--out-genes`` of them
+decoded), ``--workers N`` forces N concurrent inference calls and ``--input-format`` picks the
+feed: memory must stay under the limit whatever N (one budget for all chunks in flight).
+
+Usage: python benchmarks/runtime_memory.py [--cells 1000000] [--genes 2000 --out-genes 200 --density 0.1 --workers 16] [--workdir DIR] [--keep]
 Needs the export extra (torch) for the model; the measured run itself is torch-free.
 """
 
@@ -38,40 +42,43 @@ N_GENES, N_PANEL, N_LABELS = 153, 122, 13
 LIMIT_MB = 1536
 
 
-def export_model(folder: Path) -> Path:
+def export_model(folder: Path, genes: int | None = None, out_genes: int | None = None) -> Path:
     import torch
 
     from inclust_plus.export import export_model as export
     from inclust_plus.training.checkpoint import save_checkpoint
     from inclust_plus.training.module import InClustModule, ModuleConfig
 
-    genes = [f"gene{i:03d}" for i in range(N_GENES)]
+    n_genes, n_panel = (genes, genes) if genes else (N_GENES, N_PANEL)
+    n_out = out_genes or n_genes
+    genes = [f"gene{i:03d}" for i in range(n_genes)]
     desc = {
         "name": "merfish_shaped_untrained",
         "schema": {"modalities": [{"name": "rna", "features": genes}]},
         "covariate": {"keys": ["dataset"], "categories": ["scrna", "merfish"]},
         "labels": {"key": "cell_type", "categories": [f"type{i:02d}" for i in range(N_LABELS)], "mode": "semi-supervised"},
         "preprocessing": {"rna": {"normalize_total": None, "log1p": False, "scale": None}},
-        "feature_sets": {"rna": {"modalities": ["rna"], "features": list(range(N_GENES))},
-                         "merfish": {"modalities": ["rna"], "features": list(range(N_PANEL))}},
-        "combinations": [{"name": "merfish_to_rna", "inputs": "merfish", "outputs": "rna", "default_target_covariate": "scrna"}],
+        "feature_sets": {"rna": {"modalities": ["rna"], "features": list(range(n_genes))},
+                         "decoded": {"modalities": ["rna"], "features": list(range(n_out))},
+                         "merfish": {"modalities": ["rna"], "features": list(range(n_panel))}},
+        "combinations": [{"name": "merfish_to_rna", "inputs": "merfish", "outputs": "decoded", "default_target_covariate": "scrna"}],
         "hyperparameters": {}, "training": {"epochs": 0, "rows_per_second": 0.0, "history": {}},
     }
     torch.manual_seed(0)
-    module = InClustModule(ModuleConfig(n_features=N_GENES, n_covariates=2, n_labels=N_LABELS)).eval()
+    module = InClustModule(ModuleConfig(n_features=n_genes, n_covariates=2, n_labels=N_LABELS)).eval()
     ckpt = save_checkpoint(folder / "model.pt", module, desc)
     return export(ckpt, folder / "export", torchscript=False)
 
 
-def write_sparse_h5ad(path: Path, n_cells: int, density: float, chunk: int = 100_000, seed: int = 0) -> int:
+def write_sparse_h5ad(path: Path, n_cells: int, density: float, chunk: int = 100_000, seed: int = 0, n_panel: int = N_PANEL) -> int:
     """CSR h5ad of ``n_cells`` x the panel genes, values in [0, 1]; returns the number of non-zeros."""
     return write_sparse_counts_h5ad(
-        path, n_cells, [f"gene{i:03d}" for i in range(N_PANEL)], density, chunk=chunk, seed=seed,
+        path, n_cells, [f"gene{i:03d}" for i in range(n_panel)], density, chunk=chunk, seed=seed,
         values=lambda rng, n: rng.random(n, dtype=np.float32), dataset="merfish",
     )
 
 
-def spot_check(manifest: Path, src: Path, out: Path, n: int = 2048) -> float:
+def spot_check(manifest: Path, src: Path, out: Path, n: int = 2048, n_panel: int = N_PANEL) -> float:
     """max |diff| between the output's first ``n`` cells and onnxruntime run directly on them."""
     import onnxruntime as ort
     import scipy.sparse as sp
@@ -80,11 +87,11 @@ def spot_check(manifest: Path, src: Path, out: Path, n: int = 2048) -> float:
     with h5py.File(src, "r") as f:
         g = f["X"]
         ptr = g["indptr"][: n + 1]
-        x = sp.csr_matrix((g["data"][: ptr[-1]], g["indices"][: ptr[-1]], ptr), shape=(n, N_PANEL)).toarray()
+        x = sp.csr_matrix((g["data"][: ptr[-1]], g["indices"][: ptr[-1]], ptr), shape=(n, n_panel)).toarray()
     sess = ort.InferenceSession(str(manifest.parent / graph["file"]), providers=["CPUExecutionProvider"])
     y, latent, _ = sess.run(["y", "latent", "label_probs"], {"x": x.astype(np.float32), "covariate": np.ones(n, np.int64), "target_covariate": np.zeros(n, np.int64)})
     with h5py.File(out, "r") as f:
-        assert f["X"].shape == (int(f["obs"]["_index"].shape[0]), N_GENES)
+        assert f["X"].shape == (int(f["obs"]["_index"].shape[0]), len(graph["output_features"]))
         return float(max(np.abs(f["X"][:n] - y).max(), np.abs(f["obsm"]["X_inclust"][:n] - latent).max()))
 
 
@@ -116,6 +123,10 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=1_000_000)
     parser.add_argument("--density", type=float, default=0.12, help="fraction of non-zero panel genes per cell (real data: 0.12)")
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--genes", type=int, default=None, help="panel width (default: the MERFISH shape, 122 of 153 genes)")
+    parser.add_argument("--out-genes", type=int, default=None, help="decoded genes (default: all); keeps the output file small")
+    parser.add_argument("--workers", type=int, default=None, help="inclust-run --workers (default: one per core)")
+    parser.add_argument("--input-format", default="auto", choices=["auto", "dense", "csr"])
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/results/runtime_memory.json")
@@ -125,22 +136,26 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.perf_counter()
-        manifest = export_model(work)
+        manifest = export_model(work, args.genes, args.out_genes)
+        n_panel = args.genes or N_PANEL
         src = work / "cells.h5ad"
-        nnz = write_sparse_h5ad(src, args.cells, args.density)
+        nnz = write_sparse_h5ad(src, args.cells, args.density, n_panel=n_panel)
         gen_s = time.perf_counter() - t0
         out = work / "imputed.h5ad"
         exe = Path(sys.executable).with_name("inclust-run")
         cmd = [str(exe), "impute", "--onnx", str(manifest), "--input", str(src), "--output", str(out),
-               "--combination", "merfish_to_rna", "--covariate-key", "dataset", "--batch-size", str(args.batch_size), "--quiet", "--force"]
+               "--combination", "merfish_to_rna", "--covariate-key", "dataset", "--batch-size", str(args.batch_size), "--quiet", "--force",
+               "--input-format", args.input_format] + (["--workers", str(args.workers)] if args.workers else [])
         peak_mb, wall = measure(cmd, work / "stderr.txt")
-        diff = spot_check(manifest, src, out)
+        diff = spot_check(manifest, src, out, n_panel=n_panel)
         result = {
             "benchmark": "runtime_memory",
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "cells": args.cells,
-            "input_genes": N_PANEL,
-            "output_genes": N_GENES,
+            "input_genes": n_panel,
+            "output_genes": args.out_genes or args.genes or N_GENES,
+            "workers": args.workers,
+            "input_format": args.input_format,
             "nonzeros": int(nnz),
             "input_mb": round(src.stat().st_size / 2**20, 1),
             "output_mb": round(out.stat().st_size / 2**20, 1),
