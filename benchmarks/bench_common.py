@@ -100,7 +100,7 @@ def make_module(shape: ModelShape, seed: int = 0):
     return merge_members(members)
 
 
-def make_export(shape: ModelShape, folder: Path, seed: int = 0, torchscript: bool = True) -> tuple[object, Path]:
+def make_export(shape: ModelShape, folder: Path, seed: int = 0, torchscript: bool = True, **options) -> tuple[object, Path]:
     """Write ``model.pt`` and its export under ``folder``; returns (module, manifest path)."""
     from inclust_plus.export import export_model
     from inclust_plus.training.checkpoint import save_checkpoint
@@ -108,7 +108,7 @@ def make_export(shape: ModelShape, folder: Path, seed: int = 0, torchscript: boo
     folder.mkdir(parents=True, exist_ok=True)
     module = make_module(shape, seed)
     ckpt = save_checkpoint(folder / "model.pt", module, description(shape, seed))
-    manifest = export_model(ckpt, folder / "export", combinations=[shape.combination], torchscript=torchscript, force=True)
+    manifest = export_model(ckpt, folder / "export", combinations=[shape.combination], torchscript=torchscript, force=True, **options)
     return module, manifest
 
 

@@ -81,7 +81,7 @@ class Pipeline:
         self.steps = plan_preprocessing(self.manifest, self.graph)
         self.backend = OnnxBackend("cpu")
         self.backend.prepare(self.graph)
-        self.session = self.backend.sessions[self.graph.name][0]
+        self.session = self.backend.sessions[str(self.graph.path)][0]
 
     def preprocessed(self, n: int) -> np.ndarray:
         from inclust_plus.runtime.preprocess import apply_preprocessing

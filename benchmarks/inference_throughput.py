@@ -108,7 +108,7 @@ class Contenders:
         self.graph = manifest.graph(shape.combination)
         self.backend = OnnxBackend("cpu", threads=threads)
         self.backend.prepare(self.graph)
-        self.session = self.backend.sessions[self.graph.name][0]
+        self.session = self.backend.sessions[str(self.graph.path)][0]
         self.scripted = torch.jit.load(str(self.graph.torchscript)).eval()
         desc = description(shape)
         self.inputs = torch.tensor(desc["feature_sets"][shape.inputs]["features"])

@@ -86,3 +86,19 @@ def test_run_all_commands_name_existing_scripts(tmp_path):
         for quick in (True, False):
             cmd = run_all.command(name, quick, tmp_path)
             assert Path(cmd[1]).is_file(), cmd
+
+
+def test_gpu_quick_on_cpu(results):
+    import gpu
+
+    out = gpu.main(["--device", "cpu", "--quick", "--out", str(results)])
+    assert out["cuda"] is False and out["feeds"]["h2d_pinned_gb_per_s"] is None
+    row = out["feeds"]["rows"][0]
+    assert row["batch"] == 256 and row["csr_bytes_per_cell"] < row["dense_bytes_per_cell"]
+    for k in ("dense_numpy", "csr_numpy", "dense_iobinding", "csr_iobinding"):
+        assert row[f"{k}_cells_per_s"] > 0
+    assert out["precision"]["cuda_fp32"] is None and 0 < out["precision"]["cpu_fp16_graph"] < 0.1
+    e2e = out["e2e"][0]
+    assert e2e["cells"] == 20_000 and e2e["cells_per_s"]["cpu_dense"] > 0 and e2e["cells_per_s"]["cpu_csr"] > 0
+    assert all(v is not None for v in e2e["startup_s"].values())
+    assert (results / "gpu_quick.json").is_file()
