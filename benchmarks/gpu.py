@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import ModelShape, best_time, machine, make_export, now, write_result, write_sparse_counts_h5ad  # noqa: E402
 
 CUDA = "CUDAExecutionProvider"
+# inclust-run through this interpreter (the GPU machine installs the package with pip --target: no console script on PATH)
+INCLUST_RUN = [sys.executable, "-c", "from inclust_plus.runtime.cli import main; main()"]
 
 
 def shape_for(genes: int, proteins: int) -> ModelShape:
@@ -178,14 +180,14 @@ def io_floor(src: Path, out: Path, n_outputs: int, chunk: int = 65_536) -> float
     return time.perf_counter() - t0
 
 
-def e2e_section(size: dict, work: Path, cuda: bool, baseline: str | None, reps: int) -> dict:
+def e2e_section(size: dict, work: Path, cuda: bool, baseline: str | None, reps: int, only: list[str] | None = None) -> dict:
     shape = shape_for(size["genes"], size["proteins"])
     _, manifest = make_export(shape, work / f"model{size['genes']}", torchscript=cuda, fold_preprocessing=True)
     genes = [f"rna{i:05d}" for i in range(size["genes"])]
     src, tiny = work / "cells.h5ad", work / "tiny.h5ad"
     write_sparse_counts_h5ad(src, size["cells"], genes, size["density"])
     write_sparse_counts_h5ad(tiny, 1000, genes, size["density"])
-    exe = str(Path(sys.executable).with_name("inclust-run"))
+    exe = INCLUST_RUN
     contenders = {"cpu_dense": [exe, "--device", "cpu", "--input-format", "dense"], "cpu_csr": [exe, "--device", "cpu", "--input-format", "csr"]}
     if cuda:
         contenders["cuda_auto"] = [exe, "--device", "cuda"]
@@ -193,11 +195,13 @@ def e2e_section(size: dict, work: Path, cuda: bool, baseline: str | None, reps: 
         contenders["cuda_torchscript"] = [exe, "--device", "cuda", "--torchscript"]
     if baseline:
         contenders["baseline_cpu"] = [baseline, "--device", "cpu"]
+    if only:
+        contenders = {k: v for k, v in contenders.items() if k in only}
     walls = {k: [] for k in contenders}
     startup = {}
 
     def command(argv, inp):
-        return [argv[0], "impute", "--onnx", str(manifest), "--input", str(inp), "--output", str(work / "out.h5ad"),
+        return [*(argv[0] if isinstance(argv[0], list) else [argv[0]]), "impute", "--onnx", str(manifest), "--input", str(inp), "--output", str(work / "out.h5ad"),
                 "--combination", shape.combination, "--quiet", "--force", *argv[1:]]
 
     for name, argv in contenders.items():  # start-up: the whole command on 1,000 cells
@@ -225,6 +229,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baseline-exe", default=None, help="another inclust-run (e.g. main's) to time side by side on CPU")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--skip-feeds", action="store_true", help="skip the feeds and precision sections")
+    parser.add_argument("--contenders", default=None, help="comma-separated e2e contenders (default all: cpu_dense, cpu_csr, cuda_auto, "
+                                                            "cuda_dense, cuda_torchscript, baseline_cpu)")
+    parser.add_argument("--cells", type=int, nargs="+", default=None, help="override the e2e sizes' cell counts (short CPU runs)")
+    parser.add_argument("--sizes", default=None, help="comma-separated e2e sizes to run, by index (0: 1M x 2,000, 1: 200k x 20,000)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -234,18 +243,24 @@ def main(argv: list[str] | None = None) -> dict:
     genes, proteins = (200, 20) if args.quick else (20_000, 200)
     sizes = ([{"cells": 20_000, "genes": 200, "proteins": 20, "density": 0.10}] if args.quick else
              [{"cells": 1_000_000, "genes": 2_000, "proteins": 200, "density": 0.10}, {"cells": 200_000, "genes": 20_000, "proteins": 200, "density": 0.05}])
+    if args.sizes:
+        sizes = [sizes[int(i)] for i in args.sizes.split(",")]
+    if args.cells:
+        sizes = [{**s, "cells": c} for s, c in zip(sizes, args.cells)]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="inclust_gpu_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        _, manifest = make_export(shape_for(genes, proteins), work / "feeds", torchscript=False, fold_preprocessing=True, fp16=True)
-        x = sparse_counts(2048 if args.quick else 32_768, genes, 0.05)
         result = {"benchmark": "gpu", "date": now(), "quick": args.quick, "device_asked": args.device, "cuda": cuda,
-                  "onnxruntime_version": ort.__version__, "providers": ort.get_available_providers(),
-                  "feeds": feeds_section(manifest, x, [256] if args.quick else [1024, 4096, 16384], cuda),
-                  "precision": precision_section(manifest, x[:1024], cuda)}
-        print(json.dumps(result["feeds"], indent=1), flush=True)
+                  "onnxruntime_version": ort.__version__, "providers": ort.get_available_providers()}
+        if not args.skip_feeds:
+            _, manifest = make_export(shape_for(genes, proteins), work / "feeds", torchscript=False, fold_preprocessing=True, fp16=True)
+            x = sparse_counts(2048 if args.quick else 32_768, genes, 0.05)
+            result["feeds"] = feeds_section(manifest, x, [256] if args.quick else [1024, 4096, 16384], cuda)
+            result["precision"] = precision_section(manifest, x[:1024], cuda)
+            print(json.dumps(result["feeds"], indent=1), flush=True)
         if not args.skip_e2e:
-            result["e2e"] = [e2e_section(s, work, cuda, args.baseline_exe, args.reps or (1 if args.quick else 2)) for s in sizes]
+            result["e2e"] = [e2e_section(s, work, cuda, args.baseline_exe, args.reps or (1 if args.quick else 2),
+                                       args.contenders.split(",") if args.contenders else None) for s in sizes]
             print(json.dumps(result["e2e"], indent=1), flush=True)
         result["machine"] = machine()
         write_result("gpu_quick" if args.quick else "gpu", result, *([args.out] if args.out else []))
