@@ -16,6 +16,8 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+from report_gpu import gpu_section  # benchmarks/ is on sys.path when report.py runs (and in the smoke tests)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 NOTES = ROOT / "benchmarks" / "performance_notes.md"
@@ -236,11 +238,13 @@ def runtime_memory_section(results: Path) -> list[str]:
     lines = ["## Runtime memory (issue 5, benchmarks/runtime_memory.py)", "",
              "`inclust-run impute` with the MERFISH-shaped graph (122 -> 153 genes) on generated sparse h5ad files "
              "(the rows from before 2026-11-24 14:00 UTC predate the chunk workers of issue 7).", "",
-             "| date | cells | input MB | output MB | batch | wall s | cells/s | peak RSS MiB | < 1,536 MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "Issue 11 rows (genes 2,000 -> 200) force `--workers 16` on the 2-core machine: one memory budget for all chunks in flight.", "",
+             "| date | cells | genes in -> out | workers | input MB | output MB | batch | wall s | cells/s | peak RSS MiB | < 1,536 MiB |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in runs:
-        lines.append(f"| {r['date']} | {r['cells']:,} | {r['input_mb']:,} | {r['output_mb']:,} | {r['batch_size']:,} | {r['wall_s']} | "
-                     f"{r['cells_per_s']:,} | {r['peak_rss_mb']:,} | {'yes' if r['passed'] else 'no'} |")
+        genes = f"{r.get('input_genes', 122):,} -> {r.get('output_genes', 153):,}"
+        lines.append(f"| {r['date']} | {r['cells']:,} | {genes} | {r.get('workers') or 'cores'} | {r['input_mb']:,} | {r['output_mb']:,} | "
+                     f"{r['batch_size']:,} | {r['wall_s']} | {r['cells_per_s']:,} | {r['peak_rss_mb']:,} | {'yes' if r['passed'] else 'no'} |")
     return lines + [""]
 
 
@@ -304,10 +308,7 @@ def build(results: Path = RESULTS) -> str:
         *inference_section(inf),
         *e2e_section(e2e),
         *training_section(train),
-        "## 5. GPU",
-        "",
-        "Not measured: no GPU in this task (see Machine).",
-        "",
+        *gpu_section(_load(results, "gpu")),
         *runtime_memory_section(results),
         *triton_section(results),
         *accuracy_section(results),

@@ -137,8 +137,8 @@ def check_parity(
     return {runtime: max_abs_diff(outputs, want) for runtime, outputs in got.items()}
 
 
-# float16 keeps ~3 significant digits; measured on the task presets the fp16 graphs stay within
-# ~1e-2 of float32 on outputs of order 1 (latents of order 10 carry proportionally more).
+# float16 keeps ~3 significant digits: the fp16 graphs of the toy models differ from PyTorch by up to
+# 1.3e-3 (outputs of order 1), and every task preset's passes this bound (tests/test_export_csr.py).
 FP16_ATOL = 1e-2
 FP16_RTOL = 1e-2
 

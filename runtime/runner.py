@@ -116,7 +116,7 @@ def choose_flavour(graph: GraphSpec, backend: Backend, options: RunOptions) -> G
         raise InclustError("--input-format csr needs the onnxruntime backend", "pass --input-format dense")
     chosen = graph.variant(fmt, precision)
     if chosen is None:
-        what = f"{'a CSR' if fmt == 'csr' else 'a dense'}{' float16' if precision == 'fp16' else ''} graph"
+        what = f"{'CSR' if fmt == 'csr' else 'dense'}{' float16' if precision == 'fp16' else ''} graph"
         fix = "re-export with inclust-export" + (" --fp16" if precision == "fp16" else "") + (", or pass --input-format dense" if fmt == "csr" and precision == "fp32" else "")
         raise InclustError(f"the export has no {what} for {graph.name!r} (exported before that flavour existed, or without it)", fix)
     return chosen

@@ -1,0 +1,46 @@
+"""The GPU section of BENCHMARKS.md (issue 11), from benchmarks/results/gpu.json (benchmarks/gpu.py).
+
+Kept apart from report.py, which renders the other sections. Without a CUDA run it says so and shows
+what gpu.py measured on the CPU: the same feeds and end-to-end contenders, so the CPU side of every
+GPU comparison is already on record.
+"""
+
+from __future__ import annotations
+
+
+def _n(v) -> str:
+    return "—" if v is None else f"{v:,}"
+
+
+def gpu_section(g: dict | None) -> list[str]:
+    lines = ["## 5. GPU (issue 11, benchmarks/gpu.py)", ""]
+    if not g:
+        return lines + ["Not measured yet: run `benchmarks/gpu_device_check.sh` on a GPU machine.", ""]
+    m = g.get("machine") or {}
+    where = "CUDA" if g.get("cuda") else "CPU only (no GPU in this task; the GPU rows are empty)"
+    lines += [f"Measured {g['date']} on {m.get('cpu_model', '?')} ({m.get('cpus', '?')} CPUs); {where}; onnxruntime "
+              f"{g.get('onnxruntime_version')}. `benchmarks/gpu_device_check.sh` runs the CUDA side in one device call.", ""]
+    feeds = g.get("feeds")
+    if feeds:
+        lines += [f"Feeds: CITE-seq-sized graph, counts at 5% density, cells/s (pinned host-to-device: "
+                  f"{_n(feeds.get('h2d_pinned_gb_per_s'))} GB/s).", "",
+                  "| batch | bytes/cell dense | bytes/cell CSR | dense numpy | CSR numpy | dense IO binding | CSR IO binding | dense on device | PCIe bound CSR |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in feeds["rows"]:
+            lines.append(f"| {r['batch']:,} | {r['dense_bytes_per_cell']:,} | {r['csr_bytes_per_cell']:,} | {_n(r['dense_numpy_cells_per_s'])} | "
+                         f"{_n(r['csr_numpy_cells_per_s'])} | {_n(r['dense_iobinding_cells_per_s'])} | {_n(r['csr_iobinding_cells_per_s'])} | "
+                         f"{_n(r.get('dense_on_device_cells_per_s'))} | {_n(r.get('pcie_bound_csr_cells_per_s'))} |")
+        lines.append("")
+    p = g.get("precision")
+    if p:
+        lines += ["Precision, max |diff| against fp32 on CPU: " + ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v or '—'}"
+                                                                     for k, v in p.items() if k != "cpu_parity_bound") + ".", ""]
+    for e in g.get("e2e") or []:
+        names = list(e["cells_per_s"])
+        lines += [f"End to end, `inclust-run impute`, {e['cells']:,} cells x {e['genes']:,} genes at {e['density']:.0%} -> {e['proteins']} "
+                  f"proteins (best of the interleaved repetitions); I/O floor (h5py read + write only) {_n(e['io_floor_cells_per_s'])} cells/s.", "",
+                  "| contender | wall s | cells/s | start-up s (1,000 cells) |", "|---|---:|---:|---:|"]
+        for k in names:
+            lines.append(f"| {k} | {_n(e['wall_s'][k])} | {_n(e['cells_per_s'][k])} | {_n(e['startup_s'].get(k))} |")
+        lines.append("")
+    return lines
