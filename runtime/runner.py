@@ -7,17 +7,18 @@ chunks arrive; a failure there, or Ctrl-C, aborts the temporary file, which
 :func:`inclust_plus.atomic.atomic_path` deletes, so the output path is either the complete new
 file or untouched.
 
-Memory is bounded by a few chunks: a chunk is as many cells as fit a budget of stored input
-values (dense columns or sparse non-zeros), at most ``MAX_CHUNK_ROWS``, rounded to whole
-batches. Input, covariate and output buffers are allocated once per chunk in flight (at most
-one more than there are worker threads) and reused.
+Memory is bounded by one budget for all chunks in flight (:func:`plan_chunks`): a chunk is as many
+cells as fit ``value_budget`` stored input values and as make the ``workers + 1`` buffer sets
+(input, outputs, covariates, CSR entries) fit ``memory_budget`` bytes together, at most
+``MAX_CHUNK_ROWS``, rounded to whole batches; so more workers mean smaller chunks, not more memory.
 
 Throughput (see BENCHMARKS.md): chunks are read in worker threads (:mod:`.chunks`; CSR input
 is checked and preprocessed on its stored values only). A backend that can take concurrent
-calls (onnxruntime on CPU, see ``OnnxBackend.split_threads``) is called from one worker per
-core, each reading its own chunk and running the graph on it with one thread, which keeps every
-core busy without oversubscribing them; other backends are called from this thread while the
-next chunk is read.
+calls (onnxruntime, see ``OnnxBackend.split_threads``: one per core on CPU, or ``--workers N``;
+a few on CUDA) is called from that many workers, each reading its own chunk and running the
+graph on it, which keeps every core busy without oversubscribing them; other backends are called
+from this thread while the next chunk is read. The loop itself is :mod:`.stream`. ``--input-format``
+and ``--precision`` pick the graph flavour (:func:`choose_flavour`): CSR graphs get CSR chunks.
 """
 
 from __future__ import annotations

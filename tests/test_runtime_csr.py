@@ -159,3 +159,19 @@ def test_page_locking_is_skipped_without_cuda_and_undone_at_close():
     assert reg.register(arrays) == 2 and len(lib.live) == 2
     reg.close()
     assert lib.live == set()
+
+
+def test_chunk_plan_keeps_all_buffer_sets_within_one_budget():
+    from types import SimpleNamespace
+
+    from inclust_plus.runtime.runner import plan_chunks
+
+    data = SimpleNamespace(values_per_row=lambda: 200.0, n_inputs=2000, parts=[])
+    graph = SimpleNamespace(output_features=tuple(range(200)), input_format="dense")
+    manifest = SimpleNamespace(latent_dim=50, label_categories=tuple(range(13)))
+    per_row = 4 * (200 + 50 + 13) + 16 + 4 * 2000 + 12 * 200
+    for workers in (1, 2, 16, 64):
+        opts = RunOptions(command="impute", onnx="", input="", output="", batch_size=512, memory_budget=64 * 2**20)
+        rows = plan_chunks(data, graph, manifest, opts, workers)
+        assert 1 <= rows and (workers + 1) * rows * per_row <= opts.memory_budget, (workers, rows)
+    assert plan_chunks(data, graph, manifest, opts, 1) > plan_chunks(data, graph, manifest, opts, 16)
