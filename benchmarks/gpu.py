@@ -254,8 +254,10 @@ def main(argv: list[str] | None = None) -> dict:
                   "onnxruntime_version": ort.__version__, "providers": ort.get_available_providers()}
         if not args.skip_feeds:
             _, manifest = make_export(shape_for(genes, proteins), work / "feeds", torchscript=False, fold_preprocessing=True, fp16=True)
-            x = sparse_counts(2048 if args.quick else 32_768, genes, 0.05)
-            result["feeds"] = feeds_section(manifest, x, [256] if args.quick else [1024, 4096, 16384], cuda)
+            # On CPU every session keeps its dense [batch, 20,000] intermediates in its arena (several GB at
+            # batch 16,384 for four sessions: out of memory on a 23 GB machine), so CPU feeds stop at 1,024.
+            x = sparse_counts(2048 if args.quick else (32_768 if cuda else 4096), genes, 0.05)
+            result["feeds"] = feeds_section(manifest, x, [256] if args.quick else ([1024, 4096, 16384] if cuda else [256, 1024]), cuda)
             result["precision"] = precision_section(manifest, x[:1024], cuda)
             print(json.dumps(result["feeds"], indent=1), flush=True)
         if not args.skip_e2e:

@@ -8,6 +8,16 @@ GPU comparison is already on record.
 from __future__ import annotations
 
 
+LABELS = {
+    "cpu_dense": "CPU, dense graph (`--device cpu --input-format dense`, this branch)",
+    "cpu_csr": "CPU, CSR graph (`--device cpu --input-format csr`)",
+    "baseline_cpu": "CPU, `inclust-run` before issue 11 (main), dense",
+    "cuda_auto": "CUDA, auto (CSR graph, pinned buffers, IO binding)",
+    "cuda_dense": "CUDA, dense graph",
+    "cuda_torchscript": "CUDA, TorchScript (`--torchscript`)",
+}
+
+
 def _n(v) -> str:
     return "—" if v is None else f"{v:,}"
 
@@ -18,8 +28,10 @@ def gpu_section(g: dict | None) -> list[str]:
         return lines + ["Not measured yet: run `benchmarks/gpu_device_check.sh` on a GPU machine.", ""]
     m = g.get("machine") or {}
     where = "CUDA" if g.get("cuda") else "CPU only (no GPU in this task; the GPU rows are empty)"
-    lines += [f"Measured {g['date']} on {m.get('cpu_model', '?')} ({m.get('cpus', '?')} CPUs); {where}; onnxruntime "
-              f"{g.get('onnxruntime_version')}. `benchmarks/gpu_device_check.sh` runs the CUDA side in one device call.", ""]
+    lines += [f"Measured {g['date']} on {m.get('cpu_model', '?')} ({m.get('cores', '?')} cores, load average "
+              f"{m.get('load_average_1_5_15')} at the end: shared with other work), GPU: {m.get('gpu', '?')}; {where}; onnxruntime "
+              f"{g.get('onnxruntime_version')}. `benchmarks/gpu_device_check.sh` runs the CUDA side in one device call. "
+              "Contenders are interleaved (one pass of each per repetition), so load hits them alike.", ""]
     feeds = g.get("feeds")
     if feeds:
         lines += [f"Feeds: CITE-seq-sized graph, counts at 5% density, cells/s (pinned host-to-device: "
@@ -41,6 +53,6 @@ def gpu_section(g: dict | None) -> list[str]:
                   f"proteins (best of the interleaved repetitions); I/O floor (h5py read + write only) {_n(e['io_floor_cells_per_s'])} cells/s.", "",
                   "| contender | wall s | cells/s | start-up s (1,000 cells) |", "|---|---:|---:|---:|"]
         for k in names:
-            lines.append(f"| {k} | {_n(e['wall_s'][k])} | {_n(e['cells_per_s'][k])} | {_n(e['startup_s'].get(k))} |")
+            lines.append(f"| {LABELS.get(k, k)} | {_n(e['wall_s'][k])} | {_n(e['cells_per_s'][k])} | {_n(e['startup_s'].get(k))} |")
         lines.append("")
     return lines
