@@ -128,11 +128,13 @@ class OnnxBackend:
         return so
 
     def split_threads(self) -> int:
-        """Take ``self.threads`` concurrent :meth:`run` calls of one intra-op thread each; returns how many.
+        """Take concurrent :meth:`run` calls; returns how many.
 
-        Only on CPU (a GPU is best fed one stream of batches), with more than one thread, before
-        any session is built, and when ``run`` is this class's own (a subclass overriding it may
-        not be thread-safe); otherwise returns 1 and nothing changes.
+        CPU: ``workers`` (default: one per core) calls, the cores shared out as intra-op threads
+        (one each by default). CUDA: ``workers`` (default :data:`CUDA_IN_FLIGHT`) batches in flight,
+        one session per worker thread. Only before any session is built and when ``run`` is this
+        class's own (a subclass overriding it may not be thread-safe); otherwise returns 1 and
+        nothing changes.
         """
         if self.sessions or type(self).run is not OnnxBackend.run:
             return 1
