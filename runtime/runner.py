@@ -43,7 +43,7 @@ from .stream import DECODING, stream
 log = logging.getLogger("inclust_plus.runtime")
 COMMANDS = ("impute", "generate", "embed", "annotate")
 INPUT_FORMATS = ("auto", "dense", "csr")
-MEMORY_BUDGET = 256 * 2**20  # bytes of chunk buffers for all chunks in flight together, whatever --workers
+MEMORY_BUDGET = 512 * 2**20  # bytes of chunk buffers for all chunks in flight together, whatever --workers
 GRAPH_COPIES = 3  # dense [batch, n_inputs] float32 tensors one call holds inside onnxruntime (CSR: zeros, scattered, preprocessed)
 VALUE_BUDGET = 4_000_000  # stored input values read per chunk (about 32-64 MB)
 MAX_CHUNK_ROWS = 65_536
