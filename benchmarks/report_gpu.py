@@ -47,6 +47,16 @@ def gpu_section(g: dict | None) -> list[str]:
     if p:
         lines += ["Precision, max |diff| against fp32 on CPU: " + ", ".join(f"{k} {v:.2g}" if isinstance(v, float) else f"{k} {v or '—'}"
                                                                      for k, v in p.items() if k != "cpu_parity_bound") + ".", ""]
+    if g.get("e2e_date"):
+        load = (g.get("machine_e2e") or {}).get("load_average_1_5_15")
+        lines += [f"End-to-end rows measured {g['e2e_date']} (load average {load}: absolute numbers and start-up times are inflated, "
+                  "the interleaved ratios are what counts)."]
+        first = g.get("e2e_first_run")
+        if first:
+            lines += ["An earlier run (" + first["date"] + ", " + first.get("note", "") + "): " + "; ".join(
+                f"{e['cells']:,} x {e['genes']:,}: " + ", ".join(f"{k} {_n(v)}" for k, v in e["cells_per_s"].items()) + " cells/s"
+                for e in first["e2e"]) + "."]
+        lines.append("")
     for e in g.get("e2e") or []:
         names = list(e["cells_per_s"])
         lines += [f"End to end, `inclust-run impute`, {e['cells']:,} cells x {e['genes']:,} genes at {e['density']:.0%} -> {e['proteins']} "
