@@ -162,8 +162,8 @@ def _common_options(decoding: bool):
         click.option("--batch-size", default=4096, show_default=True, type=int, help="Cells per inference call."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto: CUDA if onnxruntime-gpu sees a GPU, else CPU."),
         click.option("--input-format", type=click.Choice(INPUT_FORMATS), default="auto", show_default=True,
-                     help="How cells reach the graph: csr (only the stored values; fastest on a GPU), dense (every value; "
-                          "fastest on CPU), auto (csr on CUDA when the export has CSR graphs, else dense)."),
+                     help="How cells reach the graph: csr (only the stored values: far fewer bytes to a GPU), dense (every value; "
+                          "faster on CPU, measured), auto (csr on CUDA when the export has CSR graphs, else dense)."),
         click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
                      help="fp32: exact float32 (GPU TF32 off). tf32 / fp16: faster on a GPU, slightly less accurate "
                           "(fp16 needs an export made with --fp16); both need a CUDA GPU."),
