@@ -239,7 +239,8 @@ def runtime_memory_section(results: Path) -> list[str]:
              "`inclust-run impute` with the MERFISH-shaped graph (122 -> 153 genes) on generated sparse h5ad files "
              "(the rows from before 2026-11-24 14:00 UTC predate the chunk workers of issue 7).", "",
              "Issue 11 rows (genes 2,000 -> 200) force `--workers 16` on the 2-core machine: one memory budget for all chunks in flight "
-             "(the 1,135.7 MiB CSR row predates counting the graph's own intermediates in that budget).", "",
+             "(the 1,135.7 MiB CSR row predates counting the graph's own intermediates in that budget; rows of 2026-12-01 before "
+             "19:25 UTC ran with a 256 MiB budget, later ones with the final 512 MiB).", "",
              "| date | cells | genes in -> out | workers | feed | input MB | output MB | batch | wall s | cells/s | peak RSS MiB | < 1,536 MiB |",
              "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in runs:
