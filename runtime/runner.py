@@ -3,7 +3,8 @@
 Order matters for safety: everything that can be checked before work starts is checked first
 (output path, manifest, graph choice, input readability and alignment, covariate categories,
 graph sha256), so most mistakes cost nothing. Values (NaN, negatives) can only be checked as
-chunks arrive; a failure there, or Ctrl-C, aborts the temporary file, which
+chunks arrive; a failure there, or Ctrl-C/SIGTERM (a stop flag the loops check per batch and
+chunk, :mod:`inclust_plus.interrupt`), aborts the temporary file, which
 :func:`inclust_plus.atomic.atomic_path` deletes, so the output path is either the complete new
 file or untouched.
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inclust_plus import __version__
+from inclust_plus import __version__, interrupt
 from inclust_plus.atomic import atomic_path, check_output_path
 from inclust_plus.errors import InclustError
 
@@ -69,6 +70,7 @@ class RunOptions:
     batch_size: int = 4096
     device: str = "auto"
     allow_missing: bool = False
+    min_shared_fraction: float = 0.0  # with allow_missing: refuse when fewer of the graph's inputs are present
     layer: str | None = None
     obsm: str | None = None
     force: bool = False
@@ -111,6 +113,8 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
         raise InclustError(f"unknown command {options.command!r}", f"choose one of {', '.join(COMMANDS)}")
     if options.batch_size < 1:
         raise InclustError(f"--batch-size must be at least 1, not {options.batch_size}", "pass a positive batch size")
+    if not 0.0 <= options.min_shared_fraction <= 1.0:
+        raise InclustError(f"--min-shared-fraction must be between 0 and 1, not {options.min_shared_fraction}", "pass e.g. 0.5")
     if options.layer and options.obsm:
         raise InclustError("--layer and --obsm are exclusive", "pass one of them")
     out_path = check_output_path(options.output, options.force, inputs=(options.input,))
@@ -119,9 +123,10 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
     manifest = load_manifest(options.onnx)
     decode = options.command in DECODING
     graph = select_graph(manifest, decode, options.combination, options.source, options.target)
+    check_output_path(out_path, options.force, inputs=(manifest.path, graph.path, graph.torchscript))
     if options.command == "annotate" and not manifest.label_categories:
         raise InclustError("the model has no label categories to annotate with", "use embed for the latent only")
-    data = open_input(options.input, graph, options.layer, options.obsm, options.allow_missing)
+    data = open_input(options.input, graph, options.layer, options.obsm, options.allow_missing, options.min_shared_fraction)
     owns_backend = backend is None
     try:
         covariates = resolve_covariates(manifest, data, options.covariate_key, options.covariate, graph)
@@ -151,7 +156,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
             "missing_features": list(data.missing),
             "label_key": manifest.label_key,
         }
-        with atomic_path(out_path, suffix=".h5ad") as tmp:
+        with atomic_path(out_path, suffix=".h5ad", force=options.force) as tmp:
             _stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers)
     finally:
         data.close()
@@ -202,7 +207,7 @@ def _stream(options, manifest, graph, data, covariates, target, steps, backend, 
         cov = covariates.take(start, stop, bufs.cov)
         tgt = target.take(start, stop, bufs.tgt) if target is not None else None
         for b in range(0, stop - start, bs):
-            if stopping.is_set():
+            if stopping.is_set() or interrupt.requested():
                 raise Cancelled
             e = min(stop - start, b + bs)
             out = backend.run(graph, x[b:e], cov[b:e], None if tgt is None else tgt[b:e])
@@ -238,15 +243,18 @@ def _stream(options, manifest, graph, data, covariates, target, steps, backend, 
     try:
         with tqdm(total=n, unit="cells", unit_scale=True, desc=graph.name, file=sys.stderr, disable=options.quiet or not sys.stderr.isatty()) as bar:
             for start, stop, views in results:
+                interrupt.check()
                 writer.write(start, views["y"], views["latent"], views["label_probs"])
                 bar.update(stop - start)
         seconds = time.perf_counter() - started
         provenance.update(backend.provenance())
         provenance.update(n_obs=n, seconds=round(seconds, 3), concurrent_calls=workers)
         writer.finish(provenance)
-    except BaseException:
+    except BaseException as err:
         stopping.set()
         results.close()  # cancels queued chunks and waits for the running ones
         writer.abort()
+        if isinstance(err, Cancelled) and interrupt.requested():
+            interrupt.check()  # a worker saw the stop request first: report it as the stop
         raise
     log.info("%d cells in %.1f s (%.0f cells/s) with %s on %s", n, seconds, n / max(seconds, 1e-9), graph.name, provenance.get("provider"))
