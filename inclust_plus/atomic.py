@@ -169,7 +169,7 @@ def commit_dir(tmp: Path, target: Path, force: bool, replaceable: Callable[[Path
         os.rename(tmp, target)
         return
     if not force:
-        raise InclustError(f"output folder {target} already exists", "pass --force to replace it")
+        raise _appeared(target)  # the callers refused an existing one up front: it came meanwhile
     if not target.is_dir() or target.is_symlink():
         raise InclustError(f"output {target} is not a folder", "choose another output folder")
     if replaceable is not None:
@@ -183,13 +183,21 @@ def commit_dir(tmp: Path, target: Path, force: bool, replaceable: Callable[[Path
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies, as for any new file
+
+
+def _new_dir(path: Path) -> None:
+    os.mkdir(path)  # 0777 less the umask: exports are shared with servers
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "", force: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
     target = Path(path)
     remove_stale(target)
     tmp = temp_name(target, suffix)
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies, as for any new file
+    _new_file(tmp)
     try:
         yield tmp
         commit_file(tmp, target, force)
@@ -209,7 +217,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False, replaceable: Callab
     target = Path(path)
     remove_stale(target)
     tmp = temp_name(target)
-    os.mkdir(tmp)  # 0777 less the umask: exports are shared with servers
+    _new_dir(tmp)
     try:
         yield tmp
         commit_dir(tmp, target, force, replaceable)
