@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -244,6 +245,26 @@ def runtime_memory_section(results: Path) -> list[str]:
     return lines + [""]
 
 
+def compare_section(results: Path) -> list[str]:
+    """``impute_e2e.py --compare-with``: this tree's streaming runtime against a reference checkout's."""
+    c = _load(results, "impute_e2e_compare")
+    if not c:
+        return []
+    m = c["machine"]
+    lines = ["## Streaming throughput before/after issue 12 (benchmarks/impute_e2e.py --compare-with)", "",
+             f"Measured {c['date']} on {m['cpu_model']} ({m['cores']} cores, load average {m['load_average_1_5_15']}): "
+             f"`inclust-run impute` of {c['cells']:,} cells x {c['input_genes']:,} genes ({c['density']:.0%} non-zero, CSR) -> "
+             f"{c['output_features']} proteins, batch {c['batch_size']:,}, this tree ({c['this']}) and the reference "
+             f"({c['reference']}) run alternately, {c['repeats']} times each, same input.", "",
+             "| tree | best wall s | cells/s (best) | median wall s | best cpu s |", "|---|---:|---:|---:|---:|"]
+    for name in ("this", "reference"):
+        walls, cpus = c["wall_s"][name], c["cpu_s"][name]
+        lines.append(f"| {name} | {min(walls):.2f} | {c['best_cells_per_s'][name]:,} | {statistics.median(walls):.2f} | {min(cpus):.2f} |")
+    lines += ["", f"Throughput ratio this/reference: {c['ratio_this_to_reference']} (best wall), {c['median_wall_ratio']} (median wall), "
+              f"{c['cpu_ratio_this_to_reference']} (cpu time); outputs identical: {'yes' if c['outputs_identical_first_10000_cells'] else 'no'}.", ""]
+    return lines
+
+
 def triton_section(results: Path) -> list[str]:
     t = _load(results, "triton_load")
     if not t:
@@ -309,6 +330,7 @@ def build(results: Path = RESULTS) -> str:
         "Not measured: no GPU in this task (see Machine).",
         "",
         *runtime_memory_section(results),
+        *compare_section(results),
         *triton_section(results),
         *accuracy_section(results),
         *ensemble_section(results),

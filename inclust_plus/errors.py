@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import re
 import sys
 from typing import Callable, TypeVar
@@ -67,8 +68,6 @@ def filesystem_error(err: OSError) -> InclustError | None:
     code = _errno_of(err)
     if code not in _FS_FIXES:
         return None
-    import os
-
     where = err.filename or (re.search(r"name = '([^']*)'", str(err)) or [None, None])[1]
     what = os.strerror(code)
     problem = f"{what}: {where}" if where else what
