@@ -261,8 +261,11 @@ def compare_section(results: Path) -> list[str]:
         walls, cpus = c["wall_s"][name], c["cpu_s"][name]
         lines.append(f"| {name} | {min(walls):.2f} | {c['best_cells_per_s'][name]:,} | {statistics.median(walls):.2f} | {min(cpus):.2f} |")
     lines += ["", f"Throughput ratio this/reference: {c['ratio_this_to_reference']} (best wall), {c['median_wall_ratio']} (median wall), "
-              f"{c['cpu_ratio_this_to_reference']} (cpu time); outputs identical: {'yes' if c['outputs_identical_first_10000_cells'] else 'no'}.", ""]
-    return lines
+              f"{c['cpu_ratio_this_to_reference']} (cpu time); outputs identical: {'yes' if c['outputs_identical_first_10000_cells'] else 'no'}."]
+    if m["load_average_1_5_15"][0] > m["cores"]:
+        lines.append("Other jobs shared the machine (load average above its core count), so wall times swung between runs of "
+                     "either tree; the cpu time of each run (user + system, from wait4) is the steadier measure.")
+    return lines + [""]
 
 
 def triton_section(results: Path) -> list[str]:

@@ -147,7 +147,11 @@ def commit_file(tmp: Path, target: Path, force: bool) -> None:
     except OSError as err:
         if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
             raise
-        if not _renameat2(tmp, target, _RENAME_NOREPLACE):  # no hard links here (FAT, some FUSE)
+        try:
+            moved = _renameat2(tmp, target, _RENAME_NOREPLACE)  # no hard links here (FAT, some FUSE)
+        except FileExistsError:
+            raise _appeared(target) from None
+        if not moved:
             if target.exists():
                 raise _appeared(target) from None
             os.rename(tmp, target)

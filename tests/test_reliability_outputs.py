@@ -188,3 +188,20 @@ def test_output_under_a_file(toy, tmp_path):
     inp = good_input(tmp_path / "in.h5ad")
     one_error(cli, impute(toy, inp, inp / "o.h5ad"), match="is not a folder", unchanged=tmp_path)
     np.testing.assert_equal(ad.read_h5ad(inp).shape, (40, 10))
+
+
+def test_no_replace_without_hard_links(tmp_path, monkeypatch):
+    """A file system without hard links (FAT, some FUSE mounts) still never replaces a file that appeared."""
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    target = tmp_path / "out.bin"
+    with atomic.atomic_path(target) as tmp:
+        tmp.write_bytes(b"mine")
+    assert target.read_bytes() == b"mine"
+    with pytest.raises(InclustError, match="appeared while this run was writing it"):
+        with atomic.atomic_path(target) as tmp:
+            tmp.write_bytes(b"second")
+    assert target.read_bytes() == b"mine" and temporaries(tmp_path) == []
