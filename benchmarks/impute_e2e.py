@@ -111,7 +111,7 @@ def compare(args, work: Path, manifest: Path, src: Path, combination: str) -> di
         "benchmark": "impute_e2e_compare", "date": now(), "cells": args.cells, "input_genes": args.genes,
         "output_features": args.proteins, "density": args.density, "batch_size": args.batch_size, "repeats": args.repeats,
         "reference": f"{args.compare_with} at commit {_git_head(args.compare_with)}",
-        "this": f"commit {_git_head(Path(__file__).resolve().parents[1])} plus any uncommitted changes",
+        "this": f"commit {_git_head(Path(__file__).resolve().parents[1])}",
         "wall_s": walls, "best_cells_per_s": {k: round(args.cells / v) for k, v in best.items()},
         "cpu_s": cpus, "ratio_this_to_reference": round(ratio, 3), "cpu_ratio_this_to_reference": round(cpu_ratio, 3),
         "median_wall_ratio": round(float(np.median(walls["reference"]) / np.median(walls["this"])), 3),
