@@ -67,6 +67,40 @@ _RUN_TREE = (
 )
 
 
+_READ_CHUNKS = """
+import json, sys, time
+sys.path[:0] = sys.argv[1:3]
+import numpy as np
+from inclust_plus.runtime.chunks import chunk_reader
+from inclust_plus.runtime.inputs import open_input
+from inclust_plus.runtime.manifest import load_manifest
+from inclust_plus.runtime.preprocess import plan_preprocessing
+from inclust_plus.runtime.runner import VALUE_BUDGET, chunk_rows
+manifest = load_manifest(sys.argv[3])
+graph = manifest.graph(sys.argv[5])
+data = open_input(sys.argv[4], graph)
+rows = chunk_rows(data.values_per_row(), int(sys.argv[6]), VALUE_BUDGET)
+read = chunk_reader(data, plan_preprocessing(manifest, graph), "bench")
+buf = np.zeros((rows, data.n_inputs), np.float32)
+best = []
+for start in range(0, min(data.n_obs, 4 * rows), rows):
+    times = []
+    for _ in range(5):
+        t0 = time.process_time()
+        read(start, min(data.n_obs, start + rows), buf)
+        times.append(time.process_time() - t0)
+    best.append(min(times))
+print(json.dumps({"rows": rows, "chunks": len(best), "cpu_s": sum(best)}))
+"""
+
+
+def read_stage(tree: Path, site: str, manifest: Path, src: Path, combination: str, batch: int) -> dict:
+    """cpu seconds of the runtime's chunk reader (CSR read, checks, preprocessing) over 4 chunks, best of 5 each."""
+    out = subprocess.run([sys.executable, "-S", "-c", _READ_CHUNKS, str(tree), site, str(manifest), str(src), combination, str(batch)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def package_tree(checkout: Path, dest: Path) -> Path:
     """A folder from which ``import inclust_plus`` gets ``checkout``'s code (pyproject maps its layer folders in)."""
     pkg = dest / "inclust_plus"
@@ -99,6 +133,14 @@ def compare(args, work: Path, manifest: Path, src: Path, combination: str) -> di
                   f"({args.cells / usage['wall']:,.0f} cells/s)", flush=True)
     best = {k: min(v) for k, v in walls.items()}
     best_cpu = {k: min(v) for k, v in cpus.items()}
+    reads: dict[str, list[float]] = {k: [] for k in trees}  # the hot path alone, where load matters least
+    for r in range(args.repeats):
+        for name in (("this", "reference") if r % 2 == 0 else ("reference", "this")):
+            stage = read_stage(trees[name], site, manifest, src, combination, args.batch_size)
+            reads[name].append(round(stage["cpu_s"], 4))
+    read_ratio = min(reads["reference"]) / min(reads["this"])
+    print(f"impute_e2e: chunk reader over {stage['chunks']} chunks of {stage['rows']:,} cells: this {min(reads['this']):.3f} s, "
+          f"reference {min(reads['reference']):.3f} s cpu, ratio {read_ratio:.3f}", flush=True)
     import h5py
 
     with h5py.File(work / "imputed_this.h5ad", "r") as a, h5py.File(work / "imputed_reference.h5ad", "r") as b:
@@ -115,6 +157,8 @@ def compare(args, work: Path, manifest: Path, src: Path, combination: str) -> di
         "wall_s": walls, "best_cells_per_s": {k: round(args.cells / v) for k, v in best.items()},
         "cpu_s": cpus, "ratio_this_to_reference": round(ratio, 3), "cpu_ratio_this_to_reference": round(cpu_ratio, 3),
         "median_wall_ratio": round(float(np.median(walls["reference"]) / np.median(walls["this"])), 3),
+        "chunk_reader_cpu_s": reads, "chunk_reader_rows": stage["rows"], "chunk_reader_chunks": stage["chunks"],
+        "chunk_reader_ratio_this_to_reference": round(read_ratio, 3),
         "outputs_identical_first_10000_cells": same,
         "machine": {**machine(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
     }

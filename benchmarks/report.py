@@ -262,6 +262,12 @@ def compare_section(results: Path) -> list[str]:
         lines.append(f"| {name} | {min(walls):.2f} | {c['best_cells_per_s'][name]:,} | {statistics.median(walls):.2f} | {min(cpus):.2f} |")
     lines += ["", f"Throughput ratio this/reference: {c['ratio_this_to_reference']} (best wall), {c['median_wall_ratio']} (median wall), "
               f"{c['cpu_ratio_this_to_reference']} (cpu time); outputs identical: {'yes' if c['outputs_identical_first_10000_cells'] else 'no'}."]
+    if "chunk_reader_cpu_s" in c:
+        r = c["chunk_reader_cpu_s"]
+        lines.append(f"The chunk reader alone (CSR read, structure and value checks, preprocessing: the code this change touched on "
+                     f"the hot path), {c['chunk_reader_chunks']} chunks of {c['chunk_reader_rows']:,} cells, best of 5 cpu times each, "
+                     f"{c['repeats']} alternating runs per tree: this {min(r['this']):.3f} s, reference {min(r['reference']):.3f} s, "
+                     f"ratio {c['chunk_reader_ratio_this_to_reference']}.")
     if m["load_average_1_5_15"][0] > m["cores"]:
         lines.append("Other jobs shared the machine (load average above its core count), so wall times swung between runs of "
                      "either tree; the cpu time of each run (user + system, from wait4) is the steadier measure.")
