@@ -256,12 +256,18 @@ def compare_section(results: Path) -> list[str]:
              f"`inclust-run impute` of {c['cells']:,} cells x {c['input_genes']:,} genes ({c['density']:.0%} non-zero, CSR) -> "
              f"{c['output_features']} proteins, batch {c['batch_size']:,}, this tree ({c['this']}) and the reference "
              f"({c['reference']}) run alternately, {c['repeats']} times each, same input.", "",
-             "| tree | best wall s | cells/s (best) | median wall s | best cpu s |", "|---|---:|---:|---:|---:|"]
+             "| tree | best wall s | cells/s (best) | median wall s | best cpu s | median cpu s |", "|---|---:|---:|---:|---:|---:|"]
     for name in ("this", "reference"):
         walls, cpus = c["wall_s"][name], c["cpu_s"][name]
-        lines.append(f"| {name} | {min(walls):.2f} | {c['best_cells_per_s'][name]:,} | {statistics.median(walls):.2f} | {min(cpus):.2f} |")
+        lines.append(f"| {name} | {min(walls):.2f} | {c['best_cells_per_s'][name]:,} | {statistics.median(walls):.2f} | {min(cpus):.2f} | "
+                     f"{statistics.median(cpus):.2f} |")
+    median_cpu = statistics.median(c["cpu_s"]["reference"]) / statistics.median(c["cpu_s"]["this"])
     lines += ["", f"Throughput ratio this/reference: {c['ratio_this_to_reference']} (best wall), {c['median_wall_ratio']} (median wall), "
-              f"{c['cpu_ratio_this_to_reference']} (cpu time); outputs identical: {'yes' if c['outputs_identical_first_10000_cells'] else 'no'}."]
+              f"{c['cpu_ratio_this_to_reference']} (best cpu time), {median_cpu:.3f} (median cpu time); "
+              f"outputs identical: {'yes' if c['outputs_identical_first_10000_cells'] else 'no'}."]
+    spread = {k: (min(v), max(v)) for k, v in c["cpu_s"].items()}
+    lines.append(f"Run-to-run spread of the cpu time: this {spread['this'][0]:.2f}-{spread['this'][1]:.2f} s, "
+                 f"reference {spread['reference'][0]:.2f}-{spread['reference'][1]:.2f} s.")
     if "chunk_reader_cpu_s" in c:
         r = c["chunk_reader_cpu_s"]
         lines.append(f"The chunk reader alone (CSR read, structure and value checks, preprocessing: the code this change touched on "
