@@ -23,7 +23,7 @@ import numpy as np
 
 from inclust_plus.errors import InclustError
 
-from .manifest import GraphSpec, verify_file
+from .manifest import GraphSpec, read_verified
 
 log = logging.getLogger("inclust_plus.runtime")
 CUDA = "CUDAExecutionProvider"
@@ -111,9 +111,9 @@ class OnnxBackend:
     def prepare(self, graph: GraphSpec) -> None:
         if graph.name in self.sessions:
             return
-        path = verify_file(graph.path, graph.sha256, f"graph {graph.name!r}")
+        model = read_verified(graph.path, graph.sha256, f"graph {graph.name!r}")  # the checked bytes are what runs
         try:
-            session = self.ort.InferenceSession(str(path), sess_options=self._options(), providers=self.providers)
+            session = self.ort.InferenceSession(model, sess_options=self._options(), providers=self.providers)
         except Exception as err:  # onnxruntime raises its own exception types for bad models
             first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise InclustError(f"onnxruntime cannot load graph {graph.name!r} ({first})", "re-export the model with inclust-export") from None

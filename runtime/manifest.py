@@ -8,6 +8,7 @@ checked against the schema in :mod:`.manifest_schema` before it is used.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -211,16 +212,31 @@ def select_graph(
     raise InclustError(f"several {kind} graphs match", f"pick one with --combination NAME or --from/--to: {listing}")
 
 
-def verify_file(path: Path | None, expected: str | None, what: str) -> Path:
-    """Refuse a graph file whose sha256 differs from the manifest (tampered, corrupt or swapped).
+def read_verified(path: Path | None, expected: str | None, what: str) -> bytes:
+    """The bytes of a graph file, read once and checked against the manifest's sha256.
 
-    A missing sha256 is refused too: it would switch the check off (load_manifest already
-    requires one for every file; this guards GraphSpecs built by hand).
+    Loading these bytes (not the path again) means the file that runs is the file that was
+    checked, even if the path is swapped for another file or link in between.
     """
+    _pinned(path, expected, what)
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected.lower():
+        raise InclustError(f"{what} file {path} does not match the sha256 in the manifest: tampered or corrupt", f"{REEXPORT} or copy the folder again")
+    return data
+
+
+def _pinned(path: Path | None, expected: str | None, what: str) -> None:
+    """The file exists and the manifest gives its sha256 (a missing one would switch the check off;
+    load_manifest already requires one for every file, this guards GraphSpecs built by hand)."""
     if path is None or not path.is_file():
         raise InclustError(f"{what} file {path} is missing", f"{REEXPORT} or copy the whole export folder")
     if not expected or len(expected) != 64:
         raise InclustError(f"{what} file {path} has no sha256 in the manifest", f"{REEXPORT} (every file the runtime loads is pinned by its sha256)")
+
+
+def verify_file(path: Path | None, expected: str | None, what: str) -> Path:
+    """Refuse a graph file whose sha256 differs from the manifest (tampered, corrupt or swapped)."""
+    _pinned(path, expected, what)
     if file_sha256(path) != expected.lower():
         raise InclustError(f"{what} file {path} does not match the sha256 in the manifest: tampered or corrupt", f"{REEXPORT} or copy the folder again")
     return path

@@ -124,3 +124,29 @@ def test_the_exporter_writes_a_valid_manifest(tmp_path):
     manifest = export_model(make_toy_checkpoint(tmp_path / "model.pt", seed=2), tmp_path / "e")
     m = load_manifest(manifest)
     assert all(len(g.sha256) == 64 and g.torchscript is not None and len(g.torchscript_sha256) == 64 for g in m.graphs)
+
+
+def test_onnx_runs_the_bytes_that_were_checked(export, monkeypatch):
+    """The session is built from the verified bytes, so swapping the file after the check changes nothing."""
+    from inclust_plus.runtime import backend as backend_mod
+    from inclust_plus.runtime.manifest import read_verified
+
+    g = load_manifest(export).graph("panel_to_rna")
+    data = read_verified(g.path, g.sha256, "graph")
+    assert data == g.path.read_bytes()
+    seen = []
+    real = backend_mod.read_verified
+
+    def then_swap(path, expected, what):
+        checked = real(path, expected, what)
+        path.write_bytes(b"swapped after the check")
+        seen.append(checked)
+        return checked
+
+    monkeypatch.setattr(backend_mod, "read_verified", then_swap)
+    b = backend_mod.OnnxBackend("cpu")
+    b.prepare(g)  # loads fine: the swapped file on disk is never read again
+    assert seen == [data] and g.name in b.sessions
+    b.close()
+    with pytest.raises(InclustError, match="does not match the sha256"):
+        read_verified(g.path, g.sha256, "graph")
