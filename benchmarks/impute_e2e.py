@@ -17,6 +17,14 @@ Measured:
 
     python benchmarks/impute_e2e.py                  # 1,000,000 cells (about 2-3 minutes on 2 cores)
     python benchmarks/impute_e2e.py --quick          # 20,000 cells x 200 genes -> 20 (smoke run)
+
+Before/after a change (``--compare-with DIR``, DIR another checkout such as ``git worktree add
+--detach /tmp/main-ref main``): the same ``inclust-run impute`` of this tree and of DIR, run
+alternately ``--repeats`` times each on the same input so that load affects both alike; both are
+imported the same way (``python -S`` with the package folders of their checkout first on the path),
+and the best wall time of each gives the ratio (results/impute_e2e_compare.json).
+
+    python benchmarks/impute_e2e.py --cells 100000 --compare-with /tmp/main-ref --repeats 4
 """
 
 from __future__ import annotations
@@ -48,8 +56,117 @@ with open(log, "w") as err:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss, "wall": wall}))
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss, "wall": wall,
+                  "cpu": usage.ru_utime + usage.ru_stime}))
 """
+
+
+_RUN_TREE = (
+    "import sys; sys.path[:0] = sys.argv[1:3]; del sys.argv[1:3]; sys.argv[0] = 'inclust-run'; "
+    "from inclust_plus.runtime.cli import main; main()"
+)
+
+
+_READ_CHUNKS = """
+import json, sys, time
+sys.path[:0] = sys.argv[1:3]
+import numpy as np
+from inclust_plus.runtime.chunks import chunk_reader
+from inclust_plus.runtime.inputs import open_input
+from inclust_plus.runtime.manifest import load_manifest
+from inclust_plus.runtime.preprocess import plan_preprocessing
+from inclust_plus.runtime.runner import VALUE_BUDGET, chunk_rows
+manifest = load_manifest(sys.argv[3])
+graph = manifest.graph(sys.argv[5])
+data = open_input(sys.argv[4], graph)
+rows = chunk_rows(data.values_per_row(), int(sys.argv[6]), VALUE_BUDGET)
+read = chunk_reader(data, plan_preprocessing(manifest, graph), "bench")
+buf = np.zeros((rows, data.n_inputs), np.float32)
+best = []
+for start in range(0, min(data.n_obs, 4 * rows), rows):
+    times = []
+    for _ in range(5):
+        t0 = time.process_time()
+        read(start, min(data.n_obs, start + rows), buf)
+        times.append(time.process_time() - t0)
+    best.append(min(times))
+print(json.dumps({"rows": rows, "chunks": len(best), "cpu_s": sum(best)}))
+"""
+
+
+def read_stage(tree: Path, site: str, manifest: Path, src: Path, combination: str, batch: int) -> dict:
+    """cpu seconds of the runtime's chunk reader (CSR read, checks, preprocessing) over 4 chunks, best of 5 each."""
+    out = subprocess.run([sys.executable, "-S", "-c", _READ_CHUNKS, str(tree), site, str(manifest), str(src), combination, str(batch)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def package_tree(checkout: Path, dest: Path) -> Path:
+    """A folder from which ``import inclust_plus`` gets ``checkout``'s code (pyproject maps its layer folders in)."""
+    pkg = dest / "inclust_plus"
+    pkg.mkdir(parents=True)
+    for f in (checkout / "inclust_plus").iterdir():
+        (pkg / f.name).symlink_to(f.resolve())
+    for layer in ("training", "export", "runtime"):
+        (pkg / layer).symlink_to((checkout / layer).resolve())
+    return dest
+
+
+def compare(args, work: Path, manifest: Path, src: Path, combination: str) -> dict:
+    """This tree's ``inclust-run impute`` against ``args.compare_with``'s, alternately, best of ``args.repeats``."""
+    import sysconfig
+
+    site = sysconfig.get_paths()["purelib"]
+    trees = {"this": package_tree(Path(__file__).resolve().parents[1], work / "tree_this"),
+             "reference": package_tree(args.compare_with, work / "tree_reference")}
+    walls: dict[str, list[float]] = {k: [] for k in trees}
+    cpus: dict[str, list[float]] = {k: [] for k in trees}
+    for r in range(args.repeats):
+        for name in (("this", "reference") if r % 2 == 0 else ("reference", "this")):
+            out = work / f"imputed_{name}.h5ad"
+            cmd = [sys.executable, "-S", "-c", _RUN_TREE, str(trees[name]), site, "impute", "--onnx", str(manifest), "--input", str(src),
+                   "--output", str(out), "--combination", combination, "--batch-size", str(args.batch_size), "--quiet", "--force"]
+            usage = run_cli_usage(cmd, work / f"stderr_{name}.txt")
+            walls[name].append(round(usage["wall"], 3))
+            cpus[name].append(round(usage["cpu"], 3))
+            print(f"impute_e2e: {name} run {r + 1}: {usage['wall']:.2f} s wall, {usage['cpu']:.2f} s cpu "
+                  f"({args.cells / usage['wall']:,.0f} cells/s)", flush=True)
+    best = {k: min(v) for k, v in walls.items()}
+    best_cpu = {k: min(v) for k, v in cpus.items()}
+    reads: dict[str, list[float]] = {k: [] for k in trees}  # the hot path alone, where load matters least
+    for r in range(args.repeats):
+        for name in (("this", "reference") if r % 2 == 0 else ("reference", "this")):
+            stage = read_stage(trees[name], site, manifest, src, combination, args.batch_size)
+            reads[name].append(round(stage["cpu_s"], 4))
+    read_ratio = min(reads["reference"]) / min(reads["this"])
+    print(f"impute_e2e: chunk reader over {stage['chunks']} chunks of {stage['rows']:,} cells: this {min(reads['this']):.3f} s, "
+          f"reference {min(reads['reference']):.3f} s cpu, ratio {read_ratio:.3f}", flush=True)
+    import h5py
+
+    with h5py.File(work / "imputed_this.h5ad", "r") as a, h5py.File(work / "imputed_reference.h5ad", "r") as b:
+        same = bool(np.array_equal(a["X"][: 10_000], b["X"][: 10_000]))
+    ratio = best["reference"] / best["this"]  # cells/s of this tree over the reference's
+    cpu_ratio = best_cpu["reference"] / best_cpu["this"]
+    print(f"impute_e2e: this tree {args.cells / best['this']:,.0f} cells/s, reference {args.cells / best['reference']:,.0f} cells/s, "
+          f"ratio {ratio:.3f} (wall), {cpu_ratio:.3f} (cpu time)", flush=True)
+    return {
+        "benchmark": "impute_e2e_compare", "date": now(), "cells": args.cells, "input_genes": args.genes,
+        "output_features": args.proteins, "density": args.density, "batch_size": args.batch_size, "repeats": args.repeats,
+        "reference": f"{args.compare_with} at commit {_git_head(args.compare_with)}",
+        "this": f"commit {_git_head(Path(__file__).resolve().parents[1])}",
+        "wall_s": walls, "best_cells_per_s": {k: round(args.cells / v) for k, v in best.items()},
+        "cpu_s": cpus, "ratio_this_to_reference": round(ratio, 3), "cpu_ratio_this_to_reference": round(cpu_ratio, 3),
+        "median_wall_ratio": round(float(np.median(walls["reference"]) / np.median(walls["this"])), 3),
+        "chunk_reader_cpu_s": reads, "chunk_reader_rows": stage["rows"], "chunk_reader_chunks": stage["chunks"],
+        "chunk_reader_ratio_this_to_reference": round(read_ratio, 3),
+        "outputs_identical_first_10000_cells": same,
+        "machine": {**machine(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+    }
+
+
+def _git_head(checkout: Path) -> str:
+    done = subprocess.run(["git", "-C", str(checkout), "log", "-1", "--format=%h"], capture_output=True, text=True)
+    return done.stdout.strip()
 
 
 def shape_for(n_genes: int, n_proteins: int) -> ModelShape:
@@ -59,11 +176,17 @@ def shape_for(n_genes: int, n_proteins: int) -> ModelShape:
 
 def run_cli(cmd: list[str], log: Path) -> tuple[float, float]:
     """Peak RSS (MiB) and wall seconds of ``cmd``, read by a small fresh launcher with ``wait4``."""
+    res = run_cli_usage(cmd, log)
+    return res["maxrss_kib"] / 1024, res["wall"]
+
+
+def run_cli_usage(cmd: list[str], log: Path) -> dict:
+    """``wait4``'s account of ``cmd``: rc, maxrss_kib, wall and cpu (user + system) seconds."""
     out = subprocess.run([sys.executable, "-c", _LAUNCHER, json.dumps(cmd), str(log)], capture_output=True, text=True, check=True)
     res = json.loads(out.stdout)
     if res["rc"] != 0:
         raise SystemExit(f"inclust-run failed ({res['rc']}): {log.read_text()[-2000:]}")
-    return res["maxrss_kib"] / 1024, res["wall"]
+    return res
 
 
 class Pipeline:
@@ -189,6 +312,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--compare-with", type=Path, default=None, metavar="CHECKOUT",
+                        help="also time another checkout's runtime, alternately with this one (before/after a change)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each tree with --compare-with")
     args = parser.parse_args(argv)
     if args.quick:
         args.genes, args.proteins = 200, 20
@@ -206,6 +332,10 @@ def main(argv: list[str] | None = None) -> dict:
         generation_s = time.perf_counter() - t0
         print(f"impute_e2e: wrote {args.cells:,} cells x {args.genes:,} genes ({nnz:,} values) in {generation_s:.1f} s", flush=True)
 
+        if args.compare_with is not None:
+            result = compare(args, work, manifest, src, shape.combination)
+            write_result("impute_e2e_compare", result, *([args.out] if args.out else []))
+            return result
         out = work / "imputed.h5ad"
         exe = Path(sys.executable).with_name("inclust-run")
         cmd = [str(exe), "impute", "--onnx", str(manifest), "--input", str(src), "--output", str(out),

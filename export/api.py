@@ -14,7 +14,8 @@ import re
 import zipfile
 from pathlib import Path
 
-from inclust_plus.atomic import atomic_dir, check_output_path
+from inclust_plus import interrupt
+from inclust_plus.atomic import atomic_dir, check_not_inside, check_output_path
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
 
@@ -129,6 +130,29 @@ def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torch
     return entry, diffs
 
 
+def written_by_export(folder: Path) -> None:
+    """Refuse to replace (``--force``) a folder holding anything but a previous export's files.
+
+    The files an export writes are the ones its manifest lists; anything else (a model.pt, a
+    user's notes) would be deleted with the old folder, so it is an error instead.
+    """
+    entries = sorted(os.listdir(folder))
+    if not entries:
+        return
+    owned = {"manifest.json"}
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for g in manifest.get("graphs") or []:
+            owned.update(str(g[k]) for k in ("file", "torchscript") if g.get(k))
+    except (OSError, ValueError, AttributeError, TypeError):
+        owned = set()
+    foreign = [e for e in entries if e not in owned]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InclustError(f"output folder {folder} holds files inclust-export did not write ({shown}); --force replaces only a previous export",
+                           "choose another --out folder or move those files out first")
+
+
 def _triton_writer():
     """The Triton repository writer, imported only when asked for (it is optional)."""
     try:
@@ -159,11 +183,15 @@ def export_model(
     ckpt = Path(checkpoint)
     out = Path(out_dir) if out_dir is not None else default_out_dir(ckpt)
     check_output_path(out, force, inputs=(ckpt,))
+    check_not_inside(out, (ckpt,), "--out")
+    if force and out.is_dir():
+        written_by_export(out)
     if triton_dir is not None:
         t, o = Path(triton_dir).resolve(), out.resolve()
         if t == o or t.is_relative_to(o) or o.is_relative_to(t):
             raise InclustError("--triton and --out folders overlap", "choose two separate folders")
         check_output_path(triton_dir, force, inputs=(ckpt,))
+        check_not_inside(triton_dir, (ckpt,), "--triton")
     model_sha = file_sha256(ckpt) if ckpt.is_file() else ""
     module, desc = _load(ckpt)
     combos = select_combinations(desc, combinations)
@@ -171,9 +199,10 @@ def export_model(
 
     write_triton = _triton_writer() if triton_dir is not None else None
 
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, replaceable=written_by_export) as tmp:
         graphs = []
         for combo in combos:
+            interrupt.check()  # Ctrl-C/SIGTERM between graphs: the temporary folder is removed
             entry, diffs = _export_one(module, desc, combo, tmp, torchscript, fold_preprocessing, csr, fp16)
             graphs.append(entry)
             if report is not None:

@@ -196,7 +196,28 @@ def _read_manifest(manifest_path: str | os.PathLike) -> tuple[Path, dict]:
         missing = [k for k in ("name", "file", "sha256", "inputs", "outputs") if k not in g]
         if missing:
             raise InclustError(f"graph {g.get('name')!r} in {path} has no {missing[0]!r}", REEXPORT)
+        inside = path.parent.resolve()
+        real = (path.parent / str(g["file"])).resolve()
+        if not real.is_relative_to(inside) or real == inside:
+            raise InclustError(f"graph {g.get('name')!r} in {path} names a file outside the export folder ({g['file']!r})", REEXPORT)
     return path, manifest
+
+
+def written_by_triton_export(folder: Path) -> None:
+    """Refuse to replace (``--force``) a folder holding anything but a repository this module wrote."""
+    entries = sorted(os.listdir(folder))
+    if not entries:
+        return
+    owned = {INDEX_FILE}
+    try:
+        owned.update(str(m["name"]) for m in json.loads((folder / INDEX_FILE).read_text()).get("models") or [])
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        owned = set()
+    foreign = [e for e in entries if e not in owned]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InclustError(f"Triton folder {folder} holds files inclust-export did not write ({shown}); --force replaces only a previous repository",
+                           "choose another --triton folder or move those files out first")
 
 
 def _labels_text(manifest: dict) -> str | None:
@@ -281,7 +302,9 @@ def write_triton_repository(
     names = [p[0] for p in plan]
     if len(set(names)) != len(names):
         raise InclustError("two graphs map to the same Triton model name", "rename one of the combinations and re-export")
-    with atomic_dir(out, force=force) as tmp:
+    if force and out.is_dir():
+        written_by_triton_export(out)
+    with atomic_dir(out, force=force, replaceable=written_by_triton_export) as tmp:
         for name, config, onnx_file, python_model in plan:
             _write_model(tmp / name, config, onnx_file, labels, python_model)
         index = {

@@ -24,7 +24,7 @@ import numpy as np
 
 from inclust_plus.errors import InclustError
 
-from .manifest import GraphSpec, verify_file
+from .manifest import GraphSpec, read_verified
 
 log = logging.getLogger("inclust_plus.runtime")
 CUDA = "CUDAExecutionProvider"
@@ -111,6 +111,7 @@ class OnnxBackend:
         self.workers = workers  # concurrent calls asked for (--workers); None: one per core (CPU), CUDA_IN_FLIGHT (CUDA)
         self.run_threads = self.threads  # intra-op threads of one call
         self.sessions: dict[str, tuple] = {}
+        self._models: dict[str, bytes] = {}
         self.provider_used: str | None = None
         self._local = threading.local()  # per-thread sessions on CUDA
         self._lock = threading.Lock()
@@ -146,16 +147,17 @@ class OnnxBackend:
         self.run_threads = 1 if self.workers is None else max(1, self.threads // n)
         return n
 
-    def _session(self, path):
-        return self.ort.InferenceSession(str(path), sess_options=self._options(), providers=provider_list(self.providers, self.precision))
+    def _session(self, model: bytes):
+        """A session on the verified bytes (never the path: the file could change after the check)."""
+        return self.ort.InferenceSession(model, sess_options=self._options(), providers=provider_list(self.providers, self.precision))
 
     def prepare(self, graph: GraphSpec) -> None:
         key = str(graph.path)
         if key in self.sessions:
             return
-        path = verify_file(graph.path, graph.sha256, f"graph {graph.name!r}")
+        model = read_verified(graph.path, graph.sha256, f"graph {graph.name!r}")  # the checked bytes are what runs
         try:
-            session = self._session(path)
+            session = self._session(model)
         except Exception as err:  # onnxruntime raises its own exception types for bad models
             first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise InclustError(f"onnxruntime cannot load graph {graph.name!r} ({first})", "re-export the model with inclust-export") from None
@@ -170,6 +172,7 @@ class OnnxBackend:
         takes_target = "target_covariate" in names
         outputs = [o.name for o in session.get_outputs()]
         self.sessions[key] = (session, takes_target, outputs)
+        self._models[key] = model  # per-thread CUDA sessions are built from the same checked bytes
         self.provider_used = used
         log.info("onnxruntime %s: graph %s (%s, %s) on %s (%d intra-op threads per call, %d cores)", self.ort.__version__, graph.name,
                  graph.input_format, self.precision, used, self.run_threads, self.threads)
@@ -185,7 +188,7 @@ class OnnxBackend:
             if own is None:
                 own = self._local.sessions = {}
             if key not in own:  # the file was verified by prepare(); each thread gets its own CUDA stream
-                own[key] = self._session(graph.path)
+                own[key] = self._session(self._models[key])
             session = own[key]
         return session, takes_target, outputs
 
@@ -223,3 +226,4 @@ class OnnxBackend:
 
     def close(self) -> None:
         self.sessions.clear()
+        self._models.clear()

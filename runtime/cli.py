@@ -34,10 +34,8 @@ Nothing here may import torch: ``--torchscript`` loads :mod:`.torchscript_backen
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
-import signal
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -107,24 +105,6 @@ def _setup_logging(quiet: bool) -> None:
     log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """Treat SIGTERM (batch schedulers, timeouts) like Ctrl-C, so the temporary output is removed."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def choose_backend(extra: dict, options: RunOptions) -> Backend:
     """The first extension backend that claims the run, else the local default."""
     for resolver in REGISTRY.resolvers:
@@ -170,6 +150,8 @@ def _common_options(decoding: bool):
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Inference calls running at once (default: one per CPU core; 3 on a GPU). Memory stays within one budget."),
         click.option("--allow-missing", is_flag=True, help="Fill input features absent from the file with zeros (listed in uns['inclust'])."),
+        click.option("--min-shared-fraction", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0), metavar="FRACTION",
+                     help="With --allow-missing: refuse to run when fewer than this fraction of the graph's input features are in the file (0: at least one)."),
         click.option("--layer", help="Read this layer instead of X."),
         click.option("--obsm", help="Read this obsm entry instead of X (a data frame named by feature, or an array in the graph's feature order)."),
         click.option("--force", is_flag=True, help="Overwrite an existing output."),
@@ -192,22 +174,22 @@ def _make_command(name: str) -> click.Command:
     @_common_options(decoding)
     @report_errors
     def command(onnx, input_path, output_path, combination, source, covariate_key, covariate, batch_size, device,
-                input_format, precision, workers, allow_missing, layer, obsm, force, torchscript, quiet, target=(),
-                target_covariate=None, **extra):
+                input_format, precision, workers, allow_missing, min_shared_fraction, layer, obsm, force, torchscript, quiet,
+                target=(), target_covariate=None, **extra):
         _setup_logging(quiet)
         options = RunOptions(
             command=name, onnx=onnx, input=input_path, output=output_path, combination=combination,
             source=tuple(source), target=tuple(target), covariate_key=covariate_key, covariate=covariate,
             target_covariate=target_covariate, batch_size=batch_size, device=device, allow_missing=allow_missing,
+            min_shared_fraction=min_shared_fraction,
             layer=layer, obsm=obsm, force=force, torchscript=torchscript, quiet=quiet,
             input_format=input_format, precision=precision, workers=workers,
         )
-        with _terminate_as_interrupt():
-            backend = choose_backend(extra, options)
-            try:
-                path = run(options, backend=backend)
-            finally:
-                backend.close()
+        backend = choose_backend(extra, options)  # Ctrl-C/SIGTERM: a stop flag (see report_errors)
+        try:
+            path = run(options, backend=backend)
+        finally:
+            backend.close()
         log.info("wrote %s", path)
 
     command.params.extend(REGISTRY.options)

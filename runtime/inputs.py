@@ -9,6 +9,7 @@ modalities say which groups to use (or the only one present), and their cells mu
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,7 +133,23 @@ def _open_group(group: h5py.Group, label: str, layer, obsm) -> tuple[MatrixRows,
     return rows, names, n_obs, where
 
 
-def _align(graph: GraphSpec, sources: list[tuple[MatrixRows, list[str], str]], allow_missing: bool) -> tuple[list[Part], list[str]]:
+def _check_shared(graph: GraphSpec, n_present: int, min_fraction: float) -> None:
+    """With --allow-missing: at least one input feature, and at least ``min_fraction`` of them, must be present.
+
+    A graph fed only zeros gives every cell the same output, which looks like a result but is none.
+    """
+    n = len(graph.input_features)
+    needed = max(1, math.ceil(min_fraction * n - 1e-9))
+    if n_present < needed:
+        stated = f"at least {min_fraction:.0%} ({needed})" if min_fraction > 0 else "at least one"
+        raise InclustError(
+            f"the input holds {n_present} of the {n} features graph {graph.name!r} needs, {stated} required with --allow-missing",
+            "check the var names (e.g. gene symbols vs ids) or choose another combination",
+        )
+
+
+def _align(graph: GraphSpec, sources: list[tuple[MatrixRows, list[str], str]], allow_missing: bool,
+           min_fraction: float = 0.0) -> tuple[list[Part], list[str]]:
     wanted = list(graph.input_features)
     taken: dict[int, tuple[int, int]] = {}  # graph column -> (source, matrix column)
     for s, (rows, names, label) in enumerate(sources):
@@ -165,6 +182,7 @@ def _align(graph: GraphSpec, sources: list[tuple[MatrixRows, list[str], str]], a
             "pass --allow-missing to fill them with zeros, or choose another combination",
         )
     if missing:
+        _check_shared(graph, len(wanted) - len(missing), min_fraction)
         log.warning("%d of %d input features are missing and filled with zeros: %s", len(missing), len(wanted), _names(missing))
     parts = []
     for s, (rows, _, _) in enumerate(sources):
@@ -174,7 +192,8 @@ def _align(graph: GraphSpec, sources: list[tuple[MatrixRows, list[str], str]], a
     return parts, missing
 
 
-def open_input(path: str | Path, graph: GraphSpec, layer: str | None = None, obsm: str | None = None, allow_missing: bool = False) -> InputData:
+def open_input(path: str | Path, graph: GraphSpec, layer: str | None = None, obsm: str | None = None, allow_missing: bool = False,
+               min_shared_fraction: float = 0.0) -> InputData:
     """Open ``path`` (h5ad or h5mu) for ``graph``; errors for anything unreadable, empty or misaligned."""
     p = Path(path)
     if not p.is_file():
@@ -184,7 +203,7 @@ def open_input(path: str | Path, graph: GraphSpec, layer: str | None = None, obs
     except OSError:
         raise InclustError(f"input {p} is not a readable h5ad (corrupt, truncated or not HDF5)", "check the file or write it again with anndata") from None
     try:
-        data = _open(f, p, graph, layer, obsm, allow_missing)
+        data = _open(f, p, graph, layer, obsm, allow_missing, min_shared_fraction)
     except InclustError:
         f.close()
         raise
@@ -194,7 +213,7 @@ def open_input(path: str | Path, graph: GraphSpec, layer: str | None = None, obs
     return data
 
 
-def _open(f: h5py.File, p: Path, graph: GraphSpec, layer, obsm, allow_missing) -> InputData:
+def _open(f: h5py.File, p: Path, graph: GraphSpec, layer, obsm, allow_missing, min_fraction: float = 0.0) -> InputData:
     if "mod" in f and isinstance(f["mod"], h5py.Group):
         mods = list(f["mod"].keys())
         use = [m for m in graph.input_modalities if m in mods] or (mods if len(mods) == 1 else [])
@@ -218,6 +237,6 @@ def _open(f: h5py.File, p: Path, graph: GraphSpec, layer, obsm, allow_missing) -
         if root_obs is not None and _index(root_obs).shape[0] == n_obs and _index_values(root_obs) == mod_index:
             obs = root_obs  # the MuData-wide obs carries the columns shared by modalities
     sources = [(rows, names, f"{label} {where}") for (rows, names, _, where), _, label in opened]
-    parts, missing = _align(graph, sources, allow_missing)
+    parts, missing = _align(graph, sources, allow_missing, min_fraction)
     element = opened[0][0][3]
     return InputData(path=p, file=f, n_obs=n_obs, obs=obs, element=element, parts=parts, n_inputs=len(graph.input_features), missing=missing)

@@ -2,12 +2,14 @@
 
 The manifest is the runtime's only source of truth about a model: feature names and order,
 covariate and label categories, preprocessing and one entry per exported graph. Everything here
-is plain JSON handling so that it works without torch, onnx or even onnxruntime.
+is plain JSON handling so that it works without torch, onnx or even onnxruntime. Every field is
+checked against the schema in :mod:`.manifest_schema` before it is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from inclust_plus import MANIFEST_FORMAT_VERSION
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
 
-REEXPORT = "re-export the model with inclust-export"
+from .manifest_schema import REEXPORT, confined, validate
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ def _graph(entry: dict, folder: Path, path: Path) -> GraphSpec:
     return GraphSpec(
         name=name,
         kind=entry.get("kind") or ("embed" if not entry.get("output_features") else "impute"),
-        path=folder / _require(entry, "file", where, path),
+        path=confined(folder, _require(entry, "file", where, path), f"graph {name!r} file", path),
         sha256=str(_require(entry, "sha256", where, path)).lower(),
         input_modalities=tuple(_require(entry, "input_modalities", where, path)),
         output_modalities=tuple(entry.get("output_modalities") or ()),
@@ -132,7 +134,7 @@ def _graph(entry: dict, folder: Path, path: Path) -> GraphSpec:
         default_target_covariate=entry.get("default_target_covariate"),
         default_covariate=entry.get("default_covariate"),
         folded_preprocessing=bool(entry.get("folded_preprocessing", False)),
-        torchscript=folder / ts if ts else None,
+        torchscript=confined(folder, ts, f"graph {name!r} torchscript", path) if ts else None,
         torchscript_sha256=entry.get("torchscript_sha256"),
         opset=entry.get("opset"),
         inputs=tuple(entry.get("inputs") or ()),
@@ -156,8 +158,9 @@ def load_manifest(location: str | os.PathLike) -> Manifest:
     if not isinstance(raw, dict):
         raise InclustError(f"manifest {path} is not a JSON object", REEXPORT)
     version = raw.get("format_version")
-    if not isinstance(version, int) or version > MANIFEST_FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_FORMAT_VERSION:
         raise InclustError(f"manifest {path} has format_version {version!r}, this runtime reads up to {MANIFEST_FORMAT_VERSION}", "upgrade inclust-plus")
+    validate(raw, path)
     model = _require(raw, "model", "", path)
     covariate = _require(raw, "covariate", "", path)
     labels = raw.get("labels") or {}
@@ -229,10 +232,31 @@ def select_graph(
     raise InclustError(f"several {kind} graphs match", f"pick one with --combination NAME or --from/--to: {listing}")
 
 
-def verify_file(path: Path | None, expected: str | None, what: str) -> Path:
-    """Refuse a graph file whose sha256 differs from the manifest (tampered, corrupt or swapped)."""
+def read_verified(path: Path | None, expected: str | None, what: str) -> bytes:
+    """The bytes of a graph file, read once and checked against the manifest's sha256.
+
+    Loading these bytes (not the path again) means the file that runs is the file that was
+    checked, even if the path is swapped for another file or link in between.
+    """
+    _pinned(path, expected, what)
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected.lower():
+        raise InclustError(f"{what} file {path} does not match the sha256 in the manifest: tampered or corrupt", f"{REEXPORT} or copy the folder again")
+    return data
+
+
+def _pinned(path: Path | None, expected: str | None, what: str) -> None:
+    """The file exists and the manifest gives its sha256 (a missing one would switch the check off;
+    load_manifest already requires one for every file, this guards GraphSpecs built by hand)."""
     if path is None or not path.is_file():
         raise InclustError(f"{what} file {path} is missing", f"{REEXPORT} or copy the whole export folder")
-    if expected and file_sha256(path) != expected.lower():
+    if not expected or len(expected) != 64:
+        raise InclustError(f"{what} file {path} has no sha256 in the manifest", f"{REEXPORT} (every file the runtime loads is pinned by its sha256)")
+
+
+def verify_file(path: Path | None, expected: str | None, what: str) -> Path:
+    """Refuse a graph file whose sha256 differs from the manifest (tampered, corrupt or swapped)."""
+    _pinned(path, expected, what)
+    if file_sha256(path) != expected.lower():
         raise InclustError(f"{what} file {path} does not match the sha256 in the manifest: tampered or corrupt", f"{REEXPORT} or copy the folder again")
     return path

@@ -7,6 +7,11 @@ cheaply, so only the needed columns are loaded (memory grows with their non-zero
 suggests converting to CSR.
 
 Each reader fills ``out[:, dst] = M[rows, src]`` for column maps computed by the caller.
+
+Sparse structure is checked, so a corrupt or hand-made file is an error instead of silently
+wrong cells: ``indptr`` once at open (starts at 0, never decreases, ends at the stored-value
+count), the indices of each chunk as it is read (within the matrix; a vectorised min/max over
+the chunk, or over each row's first and last index where rows are known to be sorted).
 """
 
 from __future__ import annotations
@@ -53,13 +58,41 @@ class DenseRows(MatrixRows):
         out[: stop - start, dst] = block[:, src]
 
 
+def check_indptr(group: h5py.Group, indptr: np.ndarray, n_major: int, kind: str) -> None:
+    """``indptr`` of a CSR (rows) or CSC (columns) matrix: length, start 0, monotone, in range."""
+    fix = "re-write the h5ad with anndata or scanpy"
+    n_stored = min(group["data"].shape[0] if group["data"].ndim else 0, group["indices"].shape[0] if group["indices"].ndim else 0)
+    if indptr.ndim != 1 or indptr.shape[0] != n_major + 1:
+        raise InclustError(f"{group.name} is a corrupt {kind} matrix (indptr length {indptr.shape[0] if indptr.ndim else 0} for {n_major} {'rows' if kind == 'CSR' else 'columns'})", fix)
+    if indptr[0] != 0:
+        raise InclustError(f"{group.name} is a corrupt {kind} matrix (indptr starts at {indptr[0]}, not 0)", fix)
+    step = np.diff(indptr)
+    if (step < 0).any():
+        at = int(np.argmax(step < 0))
+        raise InclustError(f"{group.name} is a corrupt {kind} matrix (indptr decreases at position {at + 1})", fix)
+    if indptr[-1] > n_stored or group["data"].shape != group["indices"].shape:
+        raise InclustError(f"{group.name} is a corrupt {kind} matrix (indptr ends at {indptr[-1]}, data has {group['data'].shape[0]} values and indices {group['indices'].shape[0]})", fix)
+
+
+def check_indices(idx: np.ndarray, bound: int, where: str, first_row: int = 0, indptr: np.ndarray | None = None) -> None:
+    """Every index in ``[0, bound)``; the error names the first offending cell when ``indptr`` is given."""
+    if idx.size == 0:
+        return
+    lo, hi = idx.min(), idx.max()
+    if lo >= 0 and hi < bound:
+        return
+    bad = int(np.argmax((idx < 0) | (idx >= bound)))
+    cell = "" if indptr is None else f" in cell {first_row + int(np.searchsorted(indptr, bad, side='right')) - 1}"
+    raise InclustError(f"{where} is a corrupt sparse matrix (index {int(idx[bad])}{cell} outside 0..{bound - 1})", "re-write the h5ad with anndata or scanpy")
+
+
 class CsrRows(MatrixRows):
     def __init__(self, group: h5py.Group, shape: tuple[int, int]):
+        self.name = group.name
         self.data, self.indices = group["data"], group["indices"]
         self.indptr = np.asarray(group["indptr"][()], dtype=np.int64)
         self.n_rows, self.n_cols = shape
-        if self.indptr.shape[0] != self.n_rows + 1:
-            raise InclustError(f"{group.name} is a corrupt CSR matrix (indptr length {self.indptr.shape[0]} for {self.n_rows} rows)", "re-write the h5ad")
+        check_indptr(group, self.indptr, self.n_rows, "CSR")
 
     def values_per_row(self) -> float:
         return max(1.0, self.indptr[-1] / max(1, self.n_rows))
@@ -67,7 +100,9 @@ class CsrRows(MatrixRows):
     def fill(self, start, stop, src, dst, out):
         lo, hi = int(self.indptr[start]), int(self.indptr[stop])
         local = self.indptr[start : stop + 1] - lo
-        m = sp.csr_matrix((self.data[lo:hi], self.indices[lo:hi], local), shape=(stop - start, self.n_cols))
+        idx = self.indices[lo:hi]
+        check_indices(idx, self.n_cols, self.name, start, local)
+        m = sp.csr_matrix((self.data[lo:hi], idx, local), shape=(stop - start, self.n_cols))
         out[: stop - start, dst] = m[:, src].toarray()
 
 
@@ -78,6 +113,7 @@ class CscColumns(MatrixRows):
         self.group = group
         self.n_rows, self.n_cols = shape
         self.indptr = np.asarray(group["indptr"][()], dtype=np.int64)
+        check_indptr(group, self.indptr, self.n_cols, "CSC")
         self._cache: tuple[bytes, sp.csr_matrix] | None = None
         log.warning("%s is stored column-wise (CSC): its needed columns are loaded into memory; store X as CSR to stream it", group.name)
 
@@ -91,7 +127,9 @@ class CscColumns(MatrixRows):
             for j in src:
                 lo, hi = int(self.indptr[j]), int(self.indptr[j + 1])
                 data.append(np.asarray(self.group["data"][lo:hi], dtype=np.float32))
-                indices.append(np.asarray(self.group["indices"][lo:hi]))
+                rows = np.asarray(self.group["indices"][lo:hi])
+                check_indices(rows, self.n_rows, f"{self.group.name} (column {int(j)})")
+                indices.append(rows)
                 ptr.append(ptr[-1] + hi - lo)
             cat = np.concatenate if data else (lambda parts: np.zeros(0))
             m = sp.csc_matrix((cat(data), cat(indices), np.asarray(ptr)), shape=(self.n_rows, len(src)))

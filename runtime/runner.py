@@ -3,7 +3,8 @@
 Order matters for safety: everything that can be checked before work starts is checked first
 (output path, manifest, graph choice, input readability and alignment, covariate categories,
 graph sha256), so most mistakes cost nothing. Values (NaN, negatives) can only be checked as
-chunks arrive; a failure there, or Ctrl-C, aborts the temporary file, which
+chunks arrive; a failure there, or Ctrl-C/SIGTERM (a stop flag the loops check per batch and
+chunk, :mod:`inclust_plus.interrupt`), aborts the temporary file, which
 :func:`inclust_plus.atomic.atomic_path` deletes, so the output path is either the complete new
 file or untouched.
 
@@ -66,6 +67,7 @@ class RunOptions:
     batch_size: int = 4096
     device: str = "auto"
     allow_missing: bool = False
+    min_shared_fraction: float = 0.0  # with allow_missing: refuse when fewer of the graph's inputs are present
     layer: str | None = None
     obsm: str | None = None
     force: bool = False
@@ -133,6 +135,8 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
         raise InclustError(f"unknown command {options.command!r}", f"choose one of {', '.join(COMMANDS)}")
     if options.batch_size < 1:
         raise InclustError(f"--batch-size must be at least 1, not {options.batch_size}", "pass a positive batch size")
+    if not 0.0 <= options.min_shared_fraction <= 1.0:
+        raise InclustError(f"--min-shared-fraction must be between 0 and 1, not {options.min_shared_fraction}", "pass e.g. 0.5")
     if options.layer and options.obsm:
         raise InclustError("--layer and --obsm are exclusive", "pass one of them")
     out_path = check_output_path(options.output, options.force, inputs=(options.input,))
@@ -141,9 +145,10 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
     manifest = load_manifest(options.onnx)
     decode = options.command in DECODING
     graph = select_graph(manifest, decode, options.combination, options.source, options.target)
+    check_output_path(out_path, options.force, inputs=(manifest.path, graph.path, graph.torchscript))
     if options.command == "annotate" and not manifest.label_categories:
         raise InclustError("the model has no label categories to annotate with", "use embed for the latent only")
-    data = open_input(options.input, graph, options.layer, options.obsm, options.allow_missing)
+    data = open_input(options.input, graph, options.layer, options.obsm, options.allow_missing, options.min_shared_fraction)
     owns_backend = backend is None
     try:
         covariates = resolve_covariates(manifest, data, options.covariate_key, options.covariate, graph)
@@ -174,7 +179,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
             "missing_features": list(data.missing),
             "label_key": manifest.label_key,
         }
-        with atomic_path(out_path, suffix=".h5ad") as tmp:
+        with atomic_path(out_path, suffix=".h5ad", force=options.force) as tmp:
             stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers)
     finally:
         data.close()

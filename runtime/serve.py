@@ -374,7 +374,9 @@ def serve(
     def interrupt(*_):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)  # before starting: a SIGTERM then still stops it
+    # A foreground server has no output to protect: Ctrl-C and SIGTERM stop it at once (the run
+    # commands turn them into a stop flag instead, see inclust_plus.interrupt). Set before starting.
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     server = None
     try:
         server = start_server(repository, http_port=http_port, grpc_port=grpc_port, host=host, python_env=python_env, log_to_terminal=True)
@@ -386,7 +388,8 @@ def serve(
         echo("stopping Triton")
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         if server is not None:
             server.stop()
 

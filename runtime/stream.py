@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from inclust_plus import interrupt
+
 from .backend import OnnxBackend
 from .chunks import Cancelled, chunk_reader, ordered_chunks
 from .csr_feed import CsrBuffers, csr_chunk_reader
@@ -100,7 +102,7 @@ def stream(options, manifest, graph, data, covariates, target, steps, backend, t
         cov = covariates.take(start, stop, bufs.cov)
         tgt = target.take(start, stop, bufs.tgt) if target is not None else None
         for b in range(0, stop - start, bs):
-            if stopping.is_set():
+            if stopping.is_set() or interrupt.requested():
                 raise Cancelled
             e = min(stop - start, b + bs)
             out = call(chunk, b, e, cov[b:e], None if tgt is None else tgt[b:e], bufs)
@@ -143,6 +145,7 @@ def stream(options, manifest, graph, data, covariates, target, steps, backend, t
     try:
         with tqdm(total=n, unit="cells", unit_scale=True, desc=graph.name, file=sys.stderr, disable=options.quiet or not sys.stderr.isatty()) as bar:
             for start, stop, views in results:
+                interrupt.check()
                 writer.write(start, views["y"], views["latent"], views["label_probs"])
                 bar.update(stop - start)
         seconds = time.perf_counter() - started
@@ -150,10 +153,12 @@ def stream(options, manifest, graph, data, covariates, target, steps, backend, t
         provenance.update(n_obs=n, seconds=round(seconds, 3), concurrent_calls=workers, input_format=graph.input_format,
                           chunk_rows=int(rows), pinned_buffers=pins is not None)
         writer.finish(provenance)
-    except BaseException:
+    except BaseException as err:
         stopping.set()
         results.close()  # cancels queued chunks and waits for the running ones
         writer.abort()
+        if isinstance(err, Cancelled) and interrupt.requested():
+            interrupt.check()  # a worker saw the stop request first: report it as the stop
         raise
     finally:
         if pins is not None:

@@ -17,9 +17,11 @@ tritonclient is optional (``pip install 'inclust-plus[triton]'``) and imported o
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,9 +48,34 @@ def parse_url(url: str, protocol: str | None = None) -> tuple[str, str]:
     if protocol and scheme and protocol != scheme:
         raise InclustError(f"--triton {url} says {scheme} but --triton-protocol says {protocol}", "drop one of them")
     host, _, port = text.rpartition(":")
+    example = "pass e.g. --triton 127.0.0.1:8001 (gRPC) or http://127.0.0.1:8000"
     if not host or not port.isdigit():
-        raise InclustError(f"Triton URL {url!r} has no HOST:PORT", "pass e.g. --triton 127.0.0.1:8001 (gRPC) or http://127.0.0.1:8000")
-    return text, scheme or protocol or "grpc"
+        raise InclustError(f"Triton URL {url!r} has no HOST:PORT", example)
+    if not 1 <= int(port) <= 65535:
+        raise InclustError(f"Triton URL {url!r} has port {int(port)}, outside 1-65535", example)
+    if not valid_host(host):
+        raise InclustError(f"Triton URL {url!r} has an invalid host {host!r} (a name, an IPv4 address or [IPv6])", example)
+    return f"{host}:{int(port)}", scheme or protocol or "grpc"
+
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def valid_host(host: str) -> bool:
+    """A DNS name (RFC 1123 labels), a dotted IPv4 address, or an IPv6 address in brackets."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+            return True
+        except ValueError:
+            return False
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+            return True
+        except ValueError:
+            return False
+    return len(host) <= 253 and all(_LABEL.match(label) for label in host.rstrip(".").split("."))
 
 
 @dataclass

@@ -185,7 +185,8 @@ def make_toy_export(folder: str | Path, seed: int = 0, preprocessing: dict | Non
             _torchscript(model, name, folder / ts)
         entries.append({
             "name": name, "kind": kind, "file": path.name, "sha256": sha256(path), "opset": 17,
-            "torchscript": ts, "folded_preprocessing": folded, "input_modalities": ins,
+            "torchscript": ts, "torchscript_sha256": sha256(folder / ts) if ts else None,
+            "folded_preprocessing": folded, "input_modalities": ins,
             "output_modalities": outs, "input_features": fin, "output_features": fout,
             "default_target_covariate": default, "inputs": _io(inputs), "outputs": _io(outputs),
         })

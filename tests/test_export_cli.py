@@ -82,9 +82,16 @@ def test_existing_output_needs_force(ckpt, tmp_path):
     (out / "keep.txt").write_text("mine")
     assert_clean_failure(run(ckpt, "--out", out), tmp_path, ["out"], "already exists", "--force")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    # --force replaces a previous export only: a folder holding a file export did not write is kept (issue 12)
+    assert_clean_failure(run(ckpt, "--out", out, "--force"), tmp_path, ["out"], "did not write (keep.txt)", "--out")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
     result = run(ckpt, "--out", out, "--force", "--no-torchscript", "--no-csr", "--combination", "rna_protein_embed")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "rna_protein_embed.onnx"]
+    result = run(ckpt, "--out", out, "--force", "--no-torchscript", "--no-csr", "--combination", "merfish_embed")
+    assert result.exit_code == 0, result.output  # a previous export is replaced
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "merfish_embed.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

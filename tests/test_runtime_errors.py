@@ -207,7 +207,7 @@ def test_interrupted_by_signal(toy, tmp_path, sig):
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "error: interrupted; no output was written"
+    assert err.strip().splitlines()[-1] == f"error: interrupted by {sig.name}; no output was written (an existing one is unchanged)"
     assert not out.exists() and leftovers(tmp_path) == []
 
 

@@ -22,8 +22,8 @@ from inclust_plus.errors import InclustError
 from .module import InClustModule, ModuleConfig
 
 
-def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: dict) -> Path:
-    """Write ``module`` and ``description`` atomically to ``path``."""
+def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: dict, force: bool = True) -> Path:
+    """Write ``module`` and ``description`` atomically to ``path`` (an existing file only with ``force``)."""
     desc = dict(description)
     desc.update(
         format=CHECKPOINT_FORMAT,
@@ -37,8 +37,8 @@ def save_checkpoint(path: str | os.PathLike, module: InClustModule, description:
         "description_json": json.dumps(desc, sort_keys=True),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
     }
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path, suffix=".pt", force=force) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)  # through a Python file: a full disk is an OSError with its errno
     return Path(path)
 
 

@@ -35,24 +35,29 @@ loss-curve PNG next to it (model.loss.png).
 @report_errors
 def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble: int | None, force: bool, quiet: bool) -> None:
     """Train an inClust+ model from a TOML CONFIG and save it to --out."""
-    from .config import load_config
-    from .model import InClust
-    from .plots import loss_curves
+    from .config import check_config, load_config
 
     cfg = load_config(config)
-    check_output_path(out, force)
     if epochs is not None:
         cfg.training.epochs = epochs
     if seed is not None:
         cfg.training.seed = seed
     if ensemble is not None:
         cfg.model.ensemble = ensemble
+    check_config(cfg)  # the overrides too, before anything is written
+    png = out.with_suffix(".loss.png")
+    inputs = (config, *(d.path for d in cfg.datasets))  # an output must never replace an input of the run
+    check_output_path(out, force, inputs=inputs)
+    check_output_path(png, force, inputs=inputs)
+
+    from .model import InClust  # torch: imported once the cheap checks passed
+    from .plots import loss_curves
+
     started = time.perf_counter()
     model, data, result = InClust.fit(cfg, progress=not quiet)
     wall = time.perf_counter() - started
-    model.save(out)
-    png = out.with_suffix(".loss.png")
-    with atomic_path(png, suffix=".png") as tmp:
+    model.save(out, force=force)
+    with atomic_path(png, suffix=".png", force=force) as tmp:
         loss_curves(result.history, tmp, title=f"{cfg.name} ({data.label_mode})")
     combos = ", ".join(c["name"] for c in model.description["combinations"])
     k = cfg.model.ensemble

@@ -1,7 +1,9 @@
 """The training configuration: a TOML file validated key by key.
 
-Unknown keys are errors (a typo must not silently fall back to a default). Paths are resolved
-relative to the config file, so an example folder can be moved as a whole.
+Unknown keys are errors (a typo must not silently fall back to a default), and every key has a
+type, range or choice (declared with :func:`~inclust_plus.training.schema.key` beside its default:
+one line per key), checked before anything is read or written. Paths are resolved relative to the
+config file, so an example folder can be moved as a whole.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ else:  # pragma: no cover
 
 from inclust_plus.errors import InclustError
 
+from .schema import Bool, Choice, Float, Int, ListOf, OneOrList, Optional, Str, Table, check_dataclass, key
+
 LIKELIHOODS = ("gaussian", "bernoulli")
 TASKS = ("imputation", "integration", "triple", "generation", "custom")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")  # training.module.ACTIVATIONS (a test keeps them equal)
 
 # Defaults a task brings to the [model], [loss] and [training] sections (a config's own values win).
 TASK_DEFAULTS: dict[str, dict[str, dict]] = {
@@ -41,37 +46,37 @@ TASK_DEFAULTS: dict[str, dict[str, dict]] = {
 class DatasetConfig:
     """One AnnData/MuData file (or in-memory object) and what it measured."""
 
-    name: str
-    path: str | None = None
-    modalities: list[str] = field(default_factory=lambda: ["rna"])
-    layer: str | None = None
-    covariate_keys: list[str] = field(default_factory=list)
-    covariate: str | None = None  # a constant covariate for the whole dataset (default: its name)
-    label_key: str | None = None
-    preprocessed: bool = False  # True: values are already normalised (skip the modality preprocessing)
+    name: str = key(rule=Str())
+    path: str | None = key(None, Optional(Str()))
+    modalities: list[str] = key(rule=ListOf(Str(), non_empty=True), factory=lambda: ["rna"])
+    layer: str | None = key(None, Optional(Str()))
+    covariate_keys: list[str] = key(rule=ListOf(Str()), factory=list)
+    covariate: str | None = key(None, Optional(Str()))  # a constant covariate for the whole dataset (default: its name)
+    label_key: str | None = key(None, Optional(Str()))
+    preprocessed: bool = key(False, Bool())  # True: values are already normalised (skip the modality preprocessing)
 
 
 @dataclass
 class ModelConfig:
-    encoder_hidden: list[int] = field(default_factory=lambda: [200, 50])
-    latent_dim: int = 50
-    decoder_hidden: list[int] = field(default_factory=lambda: [200])
-    activation: str = "relu"
-    output_activation: str = "sigmoid"
-    input_normalization: str = "none"  # "none" | "l2" (per-cell unit length of the encoder input)
-    n_clusters: int = 10  # used only when no dataset has labels (unsupervised)
-    ensemble: int = 1  # >1: train this many networks (seeds seed, seed+1, ...) and merge them into one (mean decode)
+    encoder_hidden: list[int] = key(rule=ListOf(Int(min=1), non_empty=True), factory=lambda: [200, 50])
+    latent_dim: int = key(50, Int(min=1))
+    decoder_hidden: list[int] = key(rule=ListOf(Int(min=1)), factory=lambda: [200])
+    activation: str = key("relu", Choice(*ACTIVATIONS))
+    output_activation: str = key("sigmoid", Choice(*ACTIVATIONS))
+    input_normalization: str = key("none", Choice("none", "l2"))  # "l2": per-cell unit length of the encoder input
+    n_clusters: int = key(10, Int(min=1))  # used only when no dataset has labels (unsupervised)
+    ensemble: int = key(1, Int(min=1))  # >1: train this many networks (seeds seed, seed+1, ...) and merge them into one (mean decode)
 
 
 @dataclass
 class LossConfig:
-    reconstruction: float = 5.0
-    kl: float = 1.0
-    categorical: float = 1.0
-    label: float = 50.0
+    reconstruction: float = key(5.0, Float(min=0))
+    kl: float = key(1.0, Float(min=0))
+    categorical: float = key(1.0, Float(min=0))
+    label: float = key(50.0, Float(min=0))
     # "gaussian" (squared error, the paper's) or "bernoulli" (cross-entropy; sigmoid output, features in [0, 1]);
     # a list is cycled through the members of an ensemble (member k uses entry k mod its length).
-    likelihood: str | list[str] = "gaussian"
+    likelihood: str | list[str] = key("gaussian", OneOrList(Choice(*LIKELIHOODS)))
 
     def likelihoods(self) -> list[str]:
         return [self.likelihood] if isinstance(self.likelihood, str) else list(self.likelihood)
@@ -79,34 +84,41 @@ class LossConfig:
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 50
-    batch_size: int = 500
-    learning_rate: float = 1e-3
-    seed: int = 0
-    validation_fraction: float = 0.0  # >0: hold out rows, keep the best epoch (early stopping)
-    patience: int = 0  # epochs without validation improvement before stopping (0: never stop early)
-    lr_schedule: str = "constant"  # "constant" | "cosine"
-    kl_warmup_epochs: int = 0
-    threads: int = 0  # 0: torch default
-    workers: int = 0  # processes training ensemble members side by side (0: one per core for big jobs, 1: one after another)
+    epochs: int = key(50, Int(min=1))
+    batch_size: int = key(500, Int(min=1))
+    learning_rate: float = key(1e-3, Float(gt=0))
+    seed: int = key(0, Int(min=0, max=2**32 - 1))
+    validation_fraction: float = key(0.0, Float(min=0, lt=1))  # >0: hold out rows, keep the best epoch (early stopping)
+    patience: int = key(0, Int(min=0))  # epochs without validation improvement before stopping (0: never stop early)
+    lr_schedule: str = key("constant", Choice("constant", "cosine"))
+    kl_warmup_epochs: int = key(0, Int(min=0))
+    threads: int = key(0, Int(min=0))  # 0: torch default
+    workers: int = key(0, Int(min=0))  # processes training ensemble members side by side (0: one per core for big jobs, 1: one after another)
 
 
 @dataclass
 class ViewsConfig:
     """Which (input -> output) rows to train on; see :mod:`inclust_plus.training.views`."""
 
-    query: list[str] = field(default_factory=list)  # datasets to impute/generate for
-    translation: bool = True  # add rows from one measured modality to the others measured with it
-    joint: bool = True  # add a row from all measured modalities to all of them
+    query: list[str] = key(rule=ListOf(Str()), factory=list)  # datasets to impute/generate for
+    translation: bool = key(True, Bool())  # add rows from one measured modality to the others measured with it
+    joint: bool = key(True, Bool())  # add a row from all measured modalities to all of them
+
+
+PREPROCESSING = Table({  # [preprocessing.<modality>]
+    "normalize_total": Optional(Float(gt=0)),
+    "log1p": Bool(),
+    "scale": Optional(Choice("max")),
+})
 
 
 @dataclass
 class Config:
-    task: str = "custom"
-    name: str = "inclust_model"
-    datasets: list[DatasetConfig] = field(default_factory=list)
-    modalities: list[str] = field(default_factory=list)  # order of modalities (default: first seen)
-    preprocessing: dict[str, dict] = field(default_factory=dict)  # modality -> Preprocessing fields
+    task: str = key("custom", Choice(*TASKS))
+    name: str = key("inclust_model", Str())
+    datasets: list[DatasetConfig] = key(factory=list)
+    modalities: list[str] = key(rule=ListOf(Str()), factory=list)  # order of modalities (default: first seen)
+    preprocessing: dict[str, dict] = key(rule=PREPROCESSING, factory=dict)  # modality -> Preprocessing fields
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -117,7 +129,6 @@ class Config:
 
 
 _SECTIONS = {"model": ModelConfig, "loss": LossConfig, "training": TrainingConfig, "views": ViewsConfig}
-_PREP_KEYS = {"normalize_total", "log1p", "scale"}
 
 
 def _build(cls, data: dict, where: str):
@@ -133,47 +144,56 @@ def _build(cls, data: dict, where: str):
         raise InclustError(f"config section {where or 'top level'} is incomplete: {err}", "see the README examples") from None
 
 
+def _table(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise InclustError(f"config key {where} must be a table, not {type(value).__name__}", f"write it as [{where}] with key = value lines")
+    return value
+
+
 def config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
-    """Validate a parsed TOML document into a :class:`Config`."""
+    """Validate a parsed TOML document into a :class:`Config` (types, ranges, choices: :mod:`.schema`)."""
     data = dict(data)
     top = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(data) - top)
     if unknown:
         raise InclustError(f"unknown config key {unknown[0]!r}", f"valid top-level keys: {', '.join(sorted(top))}")
+    entries = data.pop("datasets", [])
+    if not isinstance(entries, list):
+        raise InclustError("config key datasets must be a list of [[datasets]] tables", "write each dataset as a [[datasets]] table")
     datasets = []
-    for i, d in enumerate(data.pop("datasets", [])):
+    for i, d in enumerate(entries):
+        _table(d, f"datasets[{i}]")
         if "name" not in d:
             raise InclustError(f"datasets[{i}] has no name", "give every [[datasets]] entry a name")
         ds = _build(DatasetConfig, d, f"datasets[{i}].")
+        check_dataclass(ds, f"datasets[{i}].")  # before the path is resolved
         if ds.path is not None and base_dir is not None and not Path(ds.path).is_absolute():
             ds.path = str((base_dir / ds.path).resolve())
         datasets.append(ds)
-    task_defaults = TASK_DEFAULTS.get(data.get("task", "custom"), {})
-    sections = {k: _build(cls, {**task_defaults.get(k, {}), **data.pop(k, {})}, f"{k}.") for k, cls in _SECTIONS.items()}
-    for mod, prep in data.get("preprocessing", {}).items():
-        bad = sorted(set(prep) - _PREP_KEYS)
-        if bad:
-            raise InclustError(f"unknown config key preprocessing.{mod}.{bad[0]}", f"valid keys: {', '.join(sorted(_PREP_KEYS))}")
+    task = data.get("task", "custom")
+    task_defaults = TASK_DEFAULTS.get(task, {}) if isinstance(task, str) else {}
+    sections = {k: _build(cls, {**task_defaults.get(k, {}), **_table(data.pop(k, {}), k)}, f"{k}.") for k, cls in _SECTIONS.items()}
+    _table(data.get("preprocessing", {}), "preprocessing")
     cfg = Config(datasets=datasets, **data, **sections)
-    if cfg.task not in TASKS:
-        raise InclustError(f"unknown task {cfg.task!r}", f"choose one of {', '.join(TASKS)}")
-    bad = [v for v in cfg.loss.likelihoods() if v not in LIKELIHOODS]
-    if bad or not cfg.loss.likelihoods():
-        raise InclustError(f"unknown loss.likelihood {bad[0] if bad else '[]'!r}", f"choose from {', '.join(LIKELIHOODS)} (or a list of them)")
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: Config) -> None:
+    """Every key's type, range and choice (:mod:`.schema`), then the rules that relate keys.
+
+    Called again by ``inclust-train`` after its command-line overrides, before anything is written.
+    """
+    check_dataclass(cfg, "")
     if "bernoulli" in cfg.loss.likelihoods() and cfg.model.output_activation != "sigmoid":
         raise InclustError("loss.likelihood 'bernoulli' needs model.output_activation = 'sigmoid'",
                            "set the output activation to sigmoid or use the gaussian likelihood")
-    if cfg.training.workers < 0:
-        raise InclustError(f"training.workers is {cfg.training.workers}", "set 0 (one per core), 1 (sequential) or more")
-    if cfg.model.ensemble < 1:
-        raise InclustError(f"model.ensemble is {cfg.model.ensemble}", "set it to 1 (one network) or more (an ensemble)")
     names = [d.name for d in cfg.datasets]
     if len(set(names)) != len(names):
         raise InclustError("two datasets share a name", "give every [[datasets]] entry a unique name")
     for q in cfg.views.query:
         if q not in names:
             raise InclustError(f"views.query names unknown dataset {q!r}", f"datasets are: {', '.join(names)}")
-    return cfg
 
 
 def load_config(path: str | Path) -> Config:

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from inclust_plus import interrupt
+
 from .config import Config
 from .data import TrainingData
 from .module import InClustModule, ModuleConfig
@@ -106,6 +108,7 @@ def _train_in_workers(member, data, settings, workers: int, threads: int, progre
         bar = tqdm(total=k, desc=f"training {k} members on {workers} processes", unit="member", disable=not progress)
         try:
             while pending or running:
+                interrupt.check()  # Ctrl-C/SIGTERM: the finally below stops the workers
                 while pending and len(running) < workers:
                     i = pending.pop(0)
                     log = open(Path(tmp) / f"member{i}.log", "wb")
@@ -117,6 +120,7 @@ def _train_in_workers(member, data, settings, workers: int, threads: int, progre
                     log.close()
                     del running[i]
                     if proc.returncode != 0:
+                        interrupt.check()  # a worker ended by the same Ctrl-C is the stop, not a failure
                         lines = (Path(tmp) / f"member{i}.log").read_text(errors="replace").strip().splitlines()
                         raise RuntimeError(f"training ensemble member {i} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
                     bar.update()

@@ -145,8 +145,8 @@ class InClust:
         module, desc = load_checkpoint(path)
         return cls(module, desc)
 
-    def save(self, path: str | Path) -> Path:
-        return save_checkpoint(path, self.module, self.description)
+    def save(self, path: str | Path, force: bool = True) -> Path:
+        return save_checkpoint(path, self.module, self.description, force=force)
 
     # --- inference --------------------------------------------------------------------------------
     @property

@@ -19,6 +19,8 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from inclust_plus import interrupt
+
 from .config import LossConfig, TrainingConfig
 from .data import TrainingData
 from .module import InClustModule, LossWeights
@@ -142,6 +144,7 @@ def train(
         perm = torch.randperm(len(train_rows), generator=gen)
         sums = torch.zeros(len(TERMS), dtype=torch.float64)
         for s in range(steps_per_epoch):
+            interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
             idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
             terms = module.loss(*train_rows.batch(idx), weights, unsupervised)
             opt.zero_grad(set_to_none=True)

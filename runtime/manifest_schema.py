@@ -1,0 +1,227 @@
+"""The schema of ``manifest.json``: every field's type, range and relation, checked before use.
+
+A manifest is read from a folder someone copied, downloaded or edited, so nothing in it is
+trusted: a wrong type is a one-line error naming the field (never a traceback later), every file
+the runtime loads (each graph's ONNX file, its TorchScript twin) must carry a 64-hex sha256 (an
+empty or missing one would switch the integrity check off), and every path must stay inside the
+export folder (no absolute paths, no ``..``, no symbolic link pointing out of it).
+
+The rules are tables (:data:`TOP`, :data:`GRAPH`, ...): a new field is one line. Fields not named
+here are kept (in ``Manifest.raw``) and not checked, so a newer exporter's additions still load.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable
+
+from inclust_plus.errors import InclustError
+
+REEXPORT = "re-export the model with inclust-export"
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+Check = Callable[[Any], str | None]  # returns what is wrong, or None
+
+
+# --- value checks (each returns a problem or None) ------------------------------------------------
+def string(v) -> str | None:
+    return None if isinstance(v, str) and v != "" else "must be a non-empty string"
+
+
+def optional(check: Check) -> Check:
+    return lambda v: None if v is None else check(v)
+
+
+def integer(minimum: int) -> Check:
+    return lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= minimum else f"must be an integer >= {minimum}"
+
+
+def number(positive: bool = False) -> Check:
+    def check(v):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+        return None if ok else f"must be a {'positive ' if positive else ''}finite number"
+
+    return check
+
+
+def boolean(v) -> str | None:
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def sha256(v) -> str | None:
+    return None if isinstance(v, str) and HEX64.match(v) else "must be a sha256 (64 hexadecimal characters)"
+
+
+def safe_name(v) -> str | None:
+    return None if isinstance(v, str) and SAFE_NAME.match(v) else "must be a name of letters, digits and _.+-"
+
+
+def choice(*values: str) -> Check:
+    return lambda v: None if v in values else f"must be one of {', '.join(values)}"
+
+
+def list_of(check: Check, non_empty: bool = False, unique: bool = False) -> Check:
+    def run(v):
+        if not isinstance(v, list):
+            return "must be a list"
+        if non_empty and not v:
+            return "must not be empty"
+        for i, item in enumerate(v):
+            problem = check(item)
+            if problem:
+                return _nest(f"[{i}]", problem)
+        if unique and len({str(x) for x in v}) != len(v):
+            return "has duplicate entries"
+        return None
+
+    return run
+
+
+def category(v) -> str | None:
+    ok = isinstance(v, str) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    return None if ok else "must be a string or a number"
+
+
+def relative_path(v) -> str | None:
+    if not isinstance(v, str) or not v:
+        return "must be a file name inside the export folder"
+    if PurePosixPath(v).is_absolute() or PureWindowsPath(v).is_absolute() or PureWindowsPath(v).drive or v.startswith("\\"):
+        return f"is an absolute path ({v!r}); it must be a file name inside the export folder"
+    if ".." in PurePosixPath(v.replace("\\", "/")).parts:
+        return f"leaves the export folder ({v!r}); it must be a file name inside it"
+    return None
+
+
+def _nest(step: str, problem: str) -> str:
+    """Prefix a problem with where it is: ``.graphs[0].sha256 must be ...``."""
+    return f"{step}{problem}" if problem[0] in ".[" else f"{step} {problem}"
+
+
+def obj(fields: dict[str, tuple[bool, Check]]) -> Check:
+    """A JSON object whose ``fields`` are (required, check); the problem names the field."""
+
+    def run(v):
+        if not isinstance(v, dict):
+            return "must be an object"
+        for key, (required, check) in fields.items():
+            if key not in v:
+                if required:
+                    return f"has no field {key!r}"
+                continue
+            problem = check(v[key])
+            if problem:
+                return _nest(f".{key}", problem)
+        return None
+
+    return run
+
+
+def mapping(check: Check) -> Check:
+    """An object of free keys (modality names), each value checked."""
+
+    def run(v):
+        if not isinstance(v, dict):
+            return "must be an object"
+        for key, value in v.items():
+            problem = check(value)
+            if problem:
+                return _nest(f".{key}", problem)
+        return None
+
+    return run
+
+
+# --- the tables -----------------------------------------------------------------------------------
+REQUIRED, OPTIONAL = True, False
+STRINGS = list_of(string)
+TENSOR = obj({"name": (REQUIRED, string), "dtype": (REQUIRED, string), "shape": (REQUIRED, list_of(lambda d: None if d == "batch" or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or isinstance(d, str) else "must be 'batch' or a size"))})
+
+MODEL = {
+    "name": (OPTIONAL, optional(lambda v: None if isinstance(v, str) else "must be a string")),
+    "sha256": (OPTIONAL, sha256),
+    "latent_dim": (REQUIRED, integer(1)),
+}
+COVARIATE = {
+    "keys": (OPTIONAL, optional(STRINGS)),
+    "categories": (REQUIRED, list_of(category, non_empty=True, unique=True)),
+}
+LABELS = {
+    "key": (OPTIONAL, optional(string)),
+    "categories": (OPTIONAL, optional(list_of(category, unique=True))),
+}
+MODALITY = {"name": (REQUIRED, string), "features": (REQUIRED, list_of(string, non_empty=True, unique=True))}
+PREPROCESSING = {
+    "normalize_total": (OPTIONAL, optional(number(positive=True))),
+    "log1p": (OPTIONAL, optional(boolean)),
+    "scale": (OPTIONAL, optional(list_of(number()))),
+}
+FEATURE_SET = {"modalities": (OPTIONAL, STRINGS), "features": (OPTIONAL, list_of(integer(0)))}
+GRAPH = {
+    "name": (REQUIRED, safe_name),
+    "kind": (OPTIONAL, optional(choice("impute", "embed"))),
+    "file": (REQUIRED, relative_path),
+    "sha256": (REQUIRED, sha256),
+    "opset": (OPTIONAL, optional(integer(1))),
+    "torchscript": (OPTIONAL, optional(relative_path)),
+    "torchscript_sha256": (OPTIONAL, optional(sha256)),
+    "folded_preprocessing": (OPTIONAL, optional(boolean)),
+    "input_modalities": (REQUIRED, list_of(string, non_empty=True)),
+    "output_modalities": (OPTIONAL, optional(STRINGS)),
+    "input_features": (REQUIRED, list_of(string, non_empty=True, unique=True)),
+    "output_features": (OPTIONAL, optional(list_of(string, unique=True))),
+    "default_target_covariate": (OPTIONAL, optional(category)),
+    "default_covariate": (OPTIONAL, optional(category)),
+    "inputs": (OPTIONAL, optional(list_of(TENSOR))),
+    "outputs": (OPTIONAL, optional(list_of(TENSOR))),
+}
+TOP = {
+    "format_version": (REQUIRED, integer(1)),
+    "exporter_version": (OPTIONAL, optional(lambda v: None if isinstance(v, str) else "must be a string")),
+    "model": (REQUIRED, obj(MODEL)),
+    "covariate": (REQUIRED, obj(COVARIATE)),
+    "labels": (OPTIONAL, optional(obj(LABELS))),
+    "modalities": (OPTIONAL, optional(list_of(obj(MODALITY)))),
+    "preprocessing": (OPTIONAL, optional(mapping(optional(obj(PREPROCESSING))))),
+    "feature_sets": (OPTIONAL, optional(mapping(obj(FEATURE_SET)))),
+    "graphs": (REQUIRED, list_of(obj(GRAPH), non_empty=True)),
+}
+
+
+# --- relations between fields and the files on disk -----------------------------------------------
+def confined(folder: Path, name: str, what: str, manifest: Path) -> Path:
+    """``folder / name``, refused when it (or a symbolic link on the way) leads out of ``folder``."""
+    path = folder / name
+    inside = folder.resolve()
+    real = path.resolve()
+    if real != inside and not real.is_relative_to(inside):
+        raise InclustError(f"manifest {manifest}: {what} {name!r} leads out of the export folder (to {real})", f"{REEXPORT}; graph files must live in the export folder")
+    return path
+
+
+def validate(raw: Any, path: Path) -> None:
+    """Raise a one-line :class:`InclustError` for the first field of ``raw`` that breaks the schema."""
+    problem = obj(TOP)(raw)
+    if problem:
+        where = f"field {problem[1:]}" if problem[0] in ".[" else problem
+        raise InclustError(f"manifest {path}: {where}", REEXPORT)
+    categories = {str(c) for c in raw["covariate"]["categories"]}
+    names = set()
+    for i, g in enumerate(raw["graphs"]):
+        where = f"manifest {path}: graph {g['name']!r}"
+        if g["name"] in names:
+            raise InclustError(f"manifest {path}: two graphs are named {g['name']!r}", REEXPORT)
+        names.add(g["name"])
+        if g.get("torchscript") and not g.get("torchscript_sha256"):
+            raise InclustError(f"{where} has a TorchScript file but no torchscript_sha256", f"{REEXPORT} (every file the runtime loads is pinned by its sha256)")
+        if g.get("kind") == "impute" and not g.get("output_features"):
+            raise InclustError(f"{where} is an impute graph without output_features", REEXPORT)
+        for key in ("default_target_covariate", "default_covariate"):
+            value = g.get(key)
+            if value is not None and str(value) not in categories:
+                raise InclustError(f"{where}: {key} {value!r} is not a covariate category", REEXPORT)
+        for key in ("file", "torchscript"):
+            if g.get(key):
+                confined(path.parent, g[key], f"graph {g['name']!r} {key}", path)

@@ -1,0 +1,29 @@
+"""The before/after streaming comparison of issue 12 (``impute_e2e.py --compare-with``) still runs and
+renders: this checkout against itself, on the smoke size. Not a performance test: no timing is judged."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+
+def test_compare_with_a_checkout_runs_and_renders(tmp_path):
+    import impute_e2e
+    import report
+
+    result = impute_e2e.main(["--quick", "--cells", "3000", "--compare-with", str(ROOT), "--repeats", "1", "--out", str(tmp_path)])
+    assert (tmp_path / "impute_e2e_compare.json").is_file()
+    assert result["outputs_identical_first_10000_cells"] is True  # the same code gives the same cells
+    assert len(result["wall_s"]["this"]) == len(result["cpu_s"]["reference"]) == len(result["chunk_reader_cpu_s"]["this"]) == 1
+    assert result["ratio_this_to_reference"] > 0 and result["chunk_reader_rows"] > 0
+    text = "\n".join(report.compare_section(tmp_path))
+    assert "## Streaming throughput before/after issue 12" in text and "| reference |" in text
+    assert f"{result['ratio_this_to_reference']} (best wall)" in text and result["machine"]["cpu_model"] in text
