@@ -151,7 +151,15 @@ def output_var(output_features, modality_of, measured, input_var: pd.DataFrame |
     index = pd.Index([str(f) for f in output_features], dtype=object)
     if input_var is not None and len(input_var.columns):
         carried = input_var.drop(columns=[c for c in (MODALITY_COLUMN, IMPUTED_FLAG) if c in input_var.columns])
-        carried = carried[~carried.index.duplicated()]
+        carried = carried[~carried.index.duplicated()].copy()
+        for col in carried.columns:  # dtypes that stay writable by anndata once absent features get NaN
+            kind = carried[col].dtype
+            if pd.api.types.is_bool_dtype(kind):
+                carried[col] = carried[col].astype("boolean")
+            elif pd.api.types.is_integer_dtype(kind):
+                carried[col] = carried[col].astype("Int64")
+            elif not pd.api.types.is_float_dtype(kind) and not isinstance(kind, pd.CategoricalDtype):
+                carried[col] = pd.Categorical(carried[col].astype(str))
         var = carried.reindex(index)
         var.index = index
     else:

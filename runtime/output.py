@@ -16,6 +16,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from inclust_plus.results import IMPUTED_LAYER, MEASURED_LAYER
+
 try:  # anndata >= 0.11
     from anndata.io import read_elem, write_elem
 except ImportError:  # pragma: no cover - anndata 0.10
@@ -47,7 +49,12 @@ def _plain(value):
 
 
 class OutputWriter:
-    """An h5ad being written at ``path``: call :meth:`write` per chunk, then :meth:`finish`."""
+    """An h5ad being written at ``path``: call :meth:`write` per chunk, then :meth:`finish`.
+
+    With a :class:`~inclust_plus.runtime.layout.Layout` (impute/generate) the var table is the
+    layout's, X holds the measured values (or the model's with ``--imputed-into X``), the model's
+    values go to ``layers["inclust_imputed"]`` and the input's layers are carried over.
+    """
 
     def __init__(
         self,
@@ -57,16 +64,27 @@ class OutputWriter:
         features: list[str],
         latent_dim: int | None,
         label_categories: list[str],
+        layout=None,
     ):
         self.f = h5py.File(path, "w")
         f = self.f
         f.attrs["encoding-type"] = "anndata"
         f.attrs["encoding-version"] = "0.1.0"
         self._copy_obs(obs_source)
-        write_elem(f, "var", pd.DataFrame(index=pd.Index(list(features), dtype=object)))
+        self.layout = layout
+        write_elem(f, "var", layout.var if layout is not None else pd.DataFrame(index=pd.Index(list(features), dtype=object)))
         self.x = _array(f, "X", (n_obs, len(features)), np.float32) if features else None
         for key in ("obsm", "layers", "obsp", "varm", "varp"):
             write_elem(f, key, {})
+        self.layers: dict[str, h5py.Dataset] = {}
+        self.per_modality: dict[str, tuple[list[int], h5py.Dataset]] = {}
+        if layout is not None and features:
+            other = MEASURED_LAYER if layout.imputed_into == "X" else IMPUTED_LAYER
+            for name in (other, *layout.layers):
+                self.layers[name] = _array(f["layers"], name, (n_obs, len(features)), np.float32)
+            if layout.per_modality:
+                for m, cols in layout.modality_columns().items():
+                    self.per_modality[m] = (cols, _array(f["obsm"], f"inclust_{m}", (n_obs, len(cols)), np.float32))
         self.latent = _array(f["obsm"], LATENT_KEY, (n_obs, latent_dim), np.float32) if latent_dim else None
         self.codes = self.prob = None
         if label_categories:
@@ -96,7 +114,17 @@ class OutputWriter:
 
     def write(self, start: int, y: np.ndarray | None, latent: np.ndarray | None, probs: np.ndarray | None) -> None:
         """Store the results of the cells ``start .. start + len(chunk)``."""
-        if self.x is not None and y is not None:
+        if self.layout is not None and self.x is not None and y is not None:
+            values, measured, carried = self.layout.chunk(start, y)
+            rows = slice(start, start + len(y))
+            into_x = self.layout.imputed_into == "X"
+            self.x[rows] = values if into_x else measured
+            self.layers[MEASURED_LAYER if into_x else IMPUTED_LAYER][rows] = measured if into_x else values
+            for name, block in carried.items():
+                self.layers[name][rows] = block
+            for cols, ds in self.per_modality.values():
+                ds[rows] = values[:, cols]
+        elif self.x is not None and y is not None:
             self.x[start : start + len(y)] = y
         if self.latent is not None and latent is not None:
             self.latent[start : start + len(latent)] = latent

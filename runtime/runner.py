@@ -40,6 +40,7 @@ from .backend import Backend, OnnxBackend
 from .chunks import Cancelled, SparseReader, chunk_reader, ordered_chunks  # noqa: F401 (SparseReader: re-exported)
 from .covariates import resolve_covariates, resolve_target
 from .inputs import open_input
+from .layout import plan_layout, warn_if_not_counts
 from .manifest import GraphSpec, Manifest, load_manifest, select_graph
 from .output import OutputWriter
 from .preprocess import plan_preprocessing
@@ -75,6 +76,8 @@ class RunOptions:
     torchscript: bool = False
     quiet: bool = False
     value_budget: int = VALUE_BUDGET
+    output_scale: str = "model"  # impute/generate: model | log1p | counts (inclust_plus.results)
+    imputed_into: str = "layer"  # impute/generate: model values in layers["inclust_imputed"] (X keeps measured) | X
 
 
 def chunk_rows(values_per_row: float, batch_size: int, budget: int) -> int:
@@ -123,12 +126,15 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
         raise InclustError("the model has no label categories to annotate with", "use embed for the latent only")
     data = open_input(options.input, graph, options.layer, options.obsm, options.allow_missing)
     owns_backend = backend is None
+    layout = None
     try:
         covariates = resolve_covariates(manifest, data, options.covariate_key, options.covariate, graph)
         target, target_name = resolve_target(manifest, graph, options.target_covariate)
         steps = plan_preprocessing(manifest, graph)
         if steps:
             log.info("applying the model's preprocessing (%s) before the graph", ", ".join(s.modality for s in steps))
+        warn_if_not_counts(data, steps)
+        layout = plan_layout(options, manifest, graph, data) if decode else None
         if owns_backend:
             backend = default_backend(options)
         rows = chunk_rows(data.values_per_row(), options.batch_size, options.value_budget)
@@ -150,11 +156,14 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
             "preprocessing": "folded into the graph" if graph.folded_preprocessing else ("applied by the runtime" if steps else "none"),
             "missing_features": list(data.missing),
             "label_key": manifest.label_key,
+            **(layout.provenance() if layout is not None else {}),
         }
         with atomic_path(out_path, suffix=".h5ad") as tmp:
-            _stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers)
+            _stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers, layout)
     finally:
         data.close()
+        if layout is not None:
+            layout.close()
         if owns_backend and backend is not None:
             backend.close()
     return out_path
@@ -177,7 +186,7 @@ class _Buffers:
     out: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers) -> None:
+def _stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers, layout=None) -> None:
     from tqdm import tqdm
 
     n, bs = data.n_obs, options.batch_size
@@ -194,6 +203,7 @@ def _stream(options, manifest, graph, data, covariates, target, steps, backend, 
         list(graph.output_features) if write_x else [],
         manifest.latent_dim if write_latent else None,
         list(manifest.label_categories),
+        layout,
     )
     read = chunk_reader(data, steps, f"{data.path.name} {data.element}")
     stopping = threading.Event()
