@@ -211,6 +211,14 @@ def align_columns(matrix, names, features):
     return out, present
 
 
+def cells_obs(source, first: pd.DataFrame) -> pd.DataFrame:
+    """The obs of a result: a MuData's own obs joined with its first modality's columns, else ``first``."""
+    if not hasattr(source, "mod") or not source.obs.index.equals(first.index):
+        return first
+    extra = [c for c in first.columns if c not in source.obs.columns]
+    return source.obs.join(first[extra]) if extra else source.obs
+
+
 def view_sources(views, layer):
     """(matrix read, var names, var table, layers) of each AnnData a result was computed from."""
     return [(v.layers[layer] if layer else v.X, [str(n) for n in v.var_names], v.var, dict(v.layers)) for v, _ in views]
@@ -262,8 +270,7 @@ def decoded_anndata(source, views, layer, output_features, modality_of, values, 
         x, layers[MEASURED_LAYER] = values, x_measured
     else:
         x, layers[IMPUTED_LAYER] = x_measured, values
-    obs = views[0][0].obs if not hasattr(source, "mod") or not source.obs.index.equals(views[0][0].obs.index) else source.obs
-    obs = obs.copy()
+    obs = cells_obs(source, views[0][0].obs).copy()
     out = ad.AnnData(X=x, obs=obs, var=var, layers=layers)
     out.obsm[LATENT_KEY] = np.asarray(latent, dtype=np.float32)
     if label_categories:

@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from inclust_plus.errors import InclustError
+from inclust_plus.results import cells_obs
 
 from .inputs import _align, _names
 from .manifest import GraphSpec
@@ -31,11 +32,23 @@ class _Arrays(dict):
     name = "in-memory matrix"
 
 
+class _Copies:
+    """An array whose slices are copies, as h5py's are: the sparse reader preprocesses the values
+    it reads in place, which must never touch the caller's AnnData."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self.shape, self.dtype = array.shape, array.dtype
+
+    def __getitem__(self, key):
+        return np.array(self.array[key], copy=True)
+
+
 def matrix_rows(matrix) -> MatrixRows:
     """Row readers over an in-memory dense or sparse matrix (CSC/COO are converted to CSR once)."""
     if sp.issparse(matrix):
         csr = matrix if matrix.format == "csr" else matrix.tocsr()
-        return CsrRows(_Arrays(data=csr.data, indices=csr.indices, indptr=csr.indptr), csr.shape)
+        return CsrRows(_Arrays(data=_Copies(csr.data), indices=csr.indices, indptr=csr.indptr), csr.shape)
     if hasattr(matrix, "to_memory"):  # anndata backed arrays
         matrix = matrix.to_memory()
     array = np.asarray(matrix)
@@ -80,10 +93,7 @@ def modality_views(adata, graph: GraphSpec) -> list[tuple[object, str]]:
 
 def obs_table(adata, views) -> pd.DataFrame:
     """The obs to carry over: the MuData-wide obs when it matches the cells, else the first view's."""
-    obs = views[0][0].obs
-    if hasattr(adata, "mod") and adata.obs.index.equals(obs.index):
-        return adata.obs
-    return obs
+    return cells_obs(adata, views[0][0].obs)
 
 
 @dataclass

@@ -161,10 +161,7 @@ class AnnDataVerbs:
         return values, f"obs[{covariate_key!r}]"
 
     def _obs(self, adata, combo) -> pd.DataFrame:
-        views = self._views(adata, combo["inputs"])
-        if hasattr(adata, "mod") and adata.obs.index.equals(views[0][0].obs.index):
-            return adata.obs
-        return views[0][0].obs
+        return R.cells_obs(adata, self._views(adata, combo["inputs"])[0][0].obs)
 
     def _run(self, adata, decode, combination, layer, covariate_key, covariate, target_covariate, allow_missing, batch_size):
         if self.module is None:
