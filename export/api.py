@@ -82,8 +82,9 @@ def _check_description(module, desc: dict, combos: list[Combination]) -> None:
         raise InclustError(f"checkpoint description does not match its weights: {problems[0]}", "re-run inclust-train")
 
 
-def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torchscript: bool, fold_preprocessing: bool) -> tuple[dict, dict]:
-    """Write one graph (and its TorchScript twin), check parity, return its manifest entry and diffs."""
+def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torchscript: bool, fold_preprocessing: bool,
+                want_torch_export: bool = False) -> tuple[dict, dict]:
+    """Write one graph (and its TorchScript / torch.export twins), check parity, return its manifest entry and diffs."""
     plan = build_plan(desc, combo.inputs) if fold_preprocessing else IDENTITY
     weights = fold(module, combo, plan)
     data = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc["name"]))
@@ -106,6 +107,14 @@ def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torch
         latent_dim=weights.latent_dim,
         n_labels=weights.n_labels,
     )
+    if want_torch_export:  # manifests without the option keep exactly their old fields
+        from . import torch_export
+
+        pt2 = folder / f"{combo.name}.pt2"
+        torch_export.save(torch_export.export_program(weights, plan, combo, module.config.n_covariates), pt2)
+        diffs["torch.export"] = torch_export.check_parity(module, combo, plan if fold_preprocessing else None, pt2)
+        entry["torch_export"] = pt2.name
+        entry["torch_export_sha256"] = file_sha256(pt2)
     return entry, diffs
 
 
@@ -127,10 +136,12 @@ def export_model(
     force: bool = False,
     triton_dir: str | os.PathLike | None = None,
     report: dict | None = None,
+    torch_export: bool = False,
 ) -> Path:
     """Export ``checkpoint``; return the path of the written ``manifest.json``.
 
     ``report``, when given, receives the measured parity (max |diff|) per graph and runtime.
+    ``torch_export`` also writes a ``torch.export`` ExportedProgram (``<name>.pt2``) per graph.
     """
     ckpt = Path(checkpoint)
     out = Path(out_dir) if out_dir is not None else default_out_dir(ckpt)
@@ -150,7 +161,7 @@ def export_model(
     with atomic_dir(out, force=force) as tmp:
         graphs = []
         for combo in combos:
-            entry, diffs = _export_one(module, desc, combo, tmp, torchscript, fold_preprocessing)
+            entry, diffs = _export_one(module, desc, combo, tmp, torchscript, fold_preprocessing, torch_export)
             graphs.append(entry)
             if report is not None:
                 report[combo.name] = diffs
