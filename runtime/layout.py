@@ -136,8 +136,11 @@ def plan_layout(options, manifest: Manifest, graph: GraphSpec, data: InputData) 
         with _quiet():
             try:
                 layout.measured = open_input(options.input, outputs_as_inputs, options.layer, options.obsm, allow_missing=True)
-            except InclustError as err:  # e.g. an unnamed obsm array: no measured values to keep
+            except InclustError as err:
                 log.info("measured values are not kept (%s)", err.problem)
+            if layout.measured is not None and any(p.rows.names is None and options.obsm for p in layout.measured.parts):
+                layout.measured.close()  # an unnamed obsm array: its columns are not output features by name
+                layout.measured = None
             present = np.ones(len(features), dtype=bool)
             if layout.measured is not None:
                 missing = set(layout.measured.missing)

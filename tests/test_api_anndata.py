@@ -172,3 +172,17 @@ def test_info_lists_the_export(trained):
     (trained["export"] / "merfish_embed.onnx").write_bytes((trained["export"] / "merfish_embed.onnx").read_bytes())  # untouched copy
     bad = CliRunner().invoke(cli, ["info", str(trained["root"])])
     assert bad.exit_code == 2 and bad.output.startswith("error: no manifest")
+
+
+def test_setup_with_a_batch_key(tmp_path):
+    query = ad.read_h5ad(DATA / "merfish_query.h5ad")
+    query.obs["batch"] = np.where(np.arange(query.n_obs) % 2 == 0, "run1", "run2")
+    with pytest.raises(InclustError, match="unknown setting 'epochz'"):
+        InClust.setup(query, epochz=1)
+    model = InClust.setup({"panel": query}, batch_key="batch", epochs=1, latent_dim=4, encoder_hidden=[16, 8], decoder_hidden=[16]).train(progress=False)
+    assert model.description["covariate"] == {"keys": ["batch"], "categories": ["run1", "run2"]}
+    auto = model.get_latent_representation(query, inplace=False)  # the model's covariate column, found by name
+    explicit = model.get_latent_representation(query, covariate_key="batch", inplace=False)
+    np.testing.assert_array_equal(auto, explicit)
+    one = model.get_latent_representation(query, covariate="run1", inplace=False)
+    assert np.abs(one[1::2] - explicit[1::2]).max() > 1e-3 and np.abs(one[::2] - explicit[::2]).max() == 0

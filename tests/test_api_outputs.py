@@ -132,6 +132,29 @@ def test_generate_separates_modalities(toy, tmp_path):
         assert list(out.var["kind"]) == ["g"] * N_RNA + ["p"] * N_PROTEIN
 
 
+def test_generate_outputs_survive_a_scanpy_round_trip(toy, tmp_path):
+    sc = pytest.importorskip("scanpy")
+    for k, out in enumerate(_generate_both(toy, tmp_path, toy["cells"][:, RNA].copy(), "rna_to_protein")):
+        sc.pp.neighbors(out, use_rep="X_inclust", n_neighbors=5, random_state=0)
+        sc.tl.umap(out, random_state=0, maxiter=20)
+        out.write_h5ad(tmp_path / f"rt{k}.h5ad")
+        back = ad.read_h5ad(tmp_path / f"rt{k}.h5ad")
+        np.testing.assert_array_equal(back.layers["inclust_imputed"], out.layers["inclust_imputed"])
+        np.testing.assert_array_equal(back.obsm["inclust_protein"], out.obsm["inclust_protein"])
+        assert np.isfinite(back.obsm["X_umap"]).all() and list(back.var["modality"].astype(str)) == ["protein"] * N_PROTEIN
+
+
+def test_cli_imputed_into_x(toy, tmp_path):
+    res = _cli("impute", "--onnx", toy["export"], "--input", toy["path"], "--output", tmp_path / "x.h5ad", "--combination", "merfish_to_rna",
+               "--imputed-into", "X", "-q")
+    assert res.exit_code == 0, res.output
+    out = ad.read_h5ad(tmp_path / "x.h5ad")
+    api = Predictor(toy["export"]).impute(toy["cells"], combination="merfish_to_rna", imputed_into="X")
+    np.testing.assert_allclose(out.X, api.X, atol=1e-6)
+    np.testing.assert_array_equal(out.layers["inclust_measured"], np.asarray(api.layers["inclust_measured"].todense()))
+    assert "inclust_imputed" not in out.layers and out.uns["inclust"]["imputed_into"] == "X"
+
+
 def test_mudata_input_equals_one_anndata(toy):
     md = pytest.importorskip("mudata")
     cells = toy["cells"]
