@@ -175,7 +175,7 @@ def spot_check(out: Path, expected_y: np.ndarray) -> float:
     import h5py
 
     with h5py.File(out, "r") as f:
-        return float(np.abs(f["X"][: len(expected_y)] - expected_y).max())
+        return float(np.abs(f["layers"]["inclust_imputed"][: len(expected_y)] - expected_y).max())
 
 
 def main(argv: list[str] | None = None) -> dict:
