@@ -241,17 +241,17 @@ def _combine(aligned: list, presents: list):
     return total
 
 
-def decoded_anndata(source, views, layer, output_features, modality_of, values, latent, probs, label_categories,
-                    imputed_into: str, provenance: dict, per_modality: bool = False, sources=None):
+def decoded_anndata(obs: pd.DataFrame, sources, output_features, modality_of, values, latent, probs, label_categories,
+                    imputed_into: str, provenance: dict, per_modality: bool = False):
     """The AnnData of a decoded result (layout in the module docstring), built in memory.
 
-    ``views`` are (AnnData, label) pairs the model read (``source`` itself, or MuData modalities);
-    ``sources`` overrides them with :func:`view_sources`-style tuples.
+    ``obs`` is the cells' obs table (see :func:`cells_obs`), ``sources`` the
+    :func:`view_sources` tuples of the AnnData objects the model read.
     """
     import anndata as ad
 
     features = [str(f) for f in output_features]
-    srcs = sources if sources is not None else view_sources(views, layer)
+    srcs = sources
     measured, presents = [], []
     for matrix, names, _, _ in srcs:
         aligned, present = align_columns(matrix, names, features)
@@ -270,8 +270,7 @@ def decoded_anndata(source, views, layer, output_features, modality_of, values, 
         x, layers[MEASURED_LAYER] = values, x_measured
     else:
         x, layers[IMPUTED_LAYER] = x_measured, values
-    obs = cells_obs(source, views[0][0].obs).copy()
-    out = ad.AnnData(X=x, obs=obs, var=var, layers=layers)
+    out = ad.AnnData(X=x, obs=obs.copy(), var=var, layers=layers)
     out.obsm[LATENT_KEY] = np.asarray(latent, dtype=np.float32)
     if label_categories:
         best = probs.argmax(axis=1)

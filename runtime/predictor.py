@@ -23,7 +23,7 @@ from .backend import Backend, OnnxBackend
 from .chunks import chunk_reader
 from .covariates import resolve_covariates, resolve_target
 from .manifest import GraphSpec, load_manifest, select_graph
-from .memory import element, modality_views, obs_table, open_memory
+from .memory import element, modality_views, open_memory
 from .preprocess import plan_preprocessing
 from .runner import _check_outputs
 
@@ -127,15 +127,12 @@ class Predictor:
         """Most likely label and its probability per cell; also ``obs["inclust_label"(+"_probability")]``."""
         if not self.manifest.label_categories:
             raise InclustError("the model has no label categories to annotate with", "use get_latent_representation for the latent only")
-        _, _, _, out, _ = self._run(adata, False, combination, source, None, layer, covariate_key, covariate, None, allow_missing)
-        table = label_table(out["label_probs"], self.manifest.label_categories, obs_table(adata, modality_views(adata, self._embed(adata, combination, source))).index)
+        _, data, _, out, _ = self._run(adata, False, combination, source, None, layer, covariate_key, covariate, None, allow_missing)
+        table = label_table(out["label_probs"], self.manifest.label_categories, data.frame.index)
         if inplace:
             adata.obs[R.LABEL_COLUMN] = table[R.LABEL_COLUMN].to_numpy()
             adata.obs[R.PROBABILITY_COLUMN] = table[R.PROBABILITY_COLUMN].to_numpy()
         return table
-
-    def _embed(self, adata, combination, source):
-        return pick_graph(self.manifest, adata, False, combination, source)
 
     def impute(self, adata, combination=None, source=None, target=None, layer=None, covariate_key=None, covariate=None,
                target_covariate=None, allow_missing=False, output_scale: str = "model", imputed_into: str = "layer", command="impute"):
@@ -152,8 +149,8 @@ class Predictor:
         library = R.library_sizes(raw, graph.input_features, schema(m), converter.needs_library)
         values = converter.convert(out["y"], library)
         prov.update(command=command, output_scale=output_scale, scale=converter.description())
-        return R.decoded_anndata(adata, modality_views(adata, graph), layer, graph.output_features, converter.modality_of, values,
-                                 out["latent"], out["label_probs"], m.label_categories, imputed_into, prov, per_modality=command == "generate")
+        return R.decoded_anndata(data.frame, R.view_sources(modality_views(adata, graph), layer), graph.output_features, converter.modality_of,
+                                 values, out["latent"], out["label_probs"], m.label_categories, imputed_into, prov, per_modality=command == "generate")
 
     def generate(self, adata, combination=None, source=None, target=None, **kwargs):
         """:meth:`impute` for another modality: also one ``obsm["inclust_<modality>"]`` per output modality."""

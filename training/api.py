@@ -223,10 +223,9 @@ class AnnDataVerbs:
         values = converter.convert(np.ascontiguousarray(y[:, self.feature_set(combo["outputs"])]),
                                    R.library_sizes(raw, self._set_features(combo["inputs"]), self._schema(), converter.needs_library))
         prov.update(command=_command, output_scale=output_scale, scale=converter.description())
-        views = [(type("V", (), {"obs": obs})(), "")]
         labels = (self.description.get("labels") or {}).get("categories") or []
-        return R.decoded_anndata(adata, views, layer, out_features, converter.modality_of, values, latent, probs, labels,
-                                 imputed_into, prov, per_modality=_command == "generate", sources=sources)
+        return R.decoded_anndata(obs, sources, out_features, converter.modality_of, values, latent, probs, labels,
+                                 imputed_into, prov, per_modality=_command == "generate")
 
     def generate(self, adata, combination=None, **kwargs):
         """:meth:`impute` for another modality (e.g. RNA -> protein); also one ``obsm["inclust_<modality>"]`` per output modality."""
