@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from inclust_plus.results import IMPUTED_LAYER, MEASURED_LAYER
 
@@ -35,6 +36,40 @@ def _array(parent: h5py.Group, name: str, shape: tuple, dtype) -> h5py.Dataset:
     ds = parent.create_dataset(name, shape=shape, dtype=dtype)
     ds.attrs.update(ARRAY)
     return ds
+
+
+class _CsrRows:
+    """A CSR matrix (anndata's ``csr_matrix`` encoding) written row chunk by row chunk, in order.
+
+    Measured values and carried layers are mostly zeros (imputed features, sparse counts), so
+    they are stored sparse: a generate run whose outputs were all unmeasured writes an empty X
+    instead of cells x features zeros.
+    """
+
+    def __init__(self, parent: h5py.Group, name: str, shape: tuple[int, int]):
+        if name in parent:
+            del parent[name]
+        g = parent.create_group(name)
+        g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": np.asarray(shape, dtype=np.int64)})
+        self.data = g.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 16,))
+        self.indices = g.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 16,))
+        self.indptr = g.create_dataset("indptr", shape=(shape[0] + 1,), dtype=np.int64)
+        self.indptr[0] = 0
+        self.nnz, self.next_row = 0, 0
+
+    def __setitem__(self, rows: slice, block: np.ndarray) -> None:
+        if rows.start != self.next_row:
+            raise RuntimeError("sparse output rows must be written in order")  # pragma: no cover - the run loop writes in order
+        m = sp.csr_matrix(block, dtype=np.float32)
+        m.sort_indices()
+        end = self.nnz + m.nnz
+        if m.nnz:
+            self.data.resize((end,))
+            self.indices.resize((end,))
+            self.data[self.nnz : end] = m.data
+            self.indices[self.nnz : end] = m.indices
+        self.indptr[rows.start + 1 : rows.start + 1 + m.shape[0]] = m.indptr[1:].astype(np.int64) + self.nnz
+        self.nnz, self.next_row = end, rows.start + m.shape[0]
 
 
 def _plain(value):
@@ -73,15 +108,20 @@ class OutputWriter:
         self._copy_obs(obs_source)
         self.layout = layout
         write_elem(f, "var", layout.var if layout is not None else pd.DataFrame(index=pd.Index(list(features), dtype=object)))
-        self.x = _array(f, "X", (n_obs, len(features)), np.float32) if features else None
+        shape = (n_obs, len(features))
+        measured_in_x = layout is not None and layout.imputed_into != "X"
+        self.x = (_CsrRows(f, "X", shape) if measured_in_x else _array(f, "X", shape, np.float32)) if features else None
         for key in ("obsm", "layers", "obsp", "varm", "varp"):
             write_elem(f, key, {})
-        self.layers: dict[str, h5py.Dataset] = {}
+        self.layers: dict[str, h5py.Dataset | _CsrRows] = {}
         self.per_modality: dict[str, tuple[list[int], h5py.Dataset]] = {}
         if layout is not None and features:
-            other = MEASURED_LAYER if layout.imputed_into == "X" else IMPUTED_LAYER
-            for name in (other, *layout.layers):
-                self.layers[name] = _array(f["layers"], name, (n_obs, len(features)), np.float32)
+            if measured_in_x:
+                self.layers[IMPUTED_LAYER] = _array(f["layers"], IMPUTED_LAYER, shape, np.float32)
+            else:
+                self.layers[MEASURED_LAYER] = _CsrRows(f["layers"], MEASURED_LAYER, shape)
+            for name in layout.layers:
+                self.layers[name] = _CsrRows(f["layers"], name, shape)
             if layout.per_modality:
                 for m, cols in layout.modality_columns().items():
                     self.per_modality[m] = (cols, _array(f["obsm"], f"inclust_{m}", (n_obs, len(cols)), np.float32))

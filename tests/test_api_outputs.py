@@ -117,7 +117,9 @@ def _generate_both(toy, tmp_path, adata, combination):
 
 
 def test_generate_separates_modalities(toy, tmp_path):
-    for out in _generate_both(toy, tmp_path, toy["cells"][:, RNA].copy(), "rna_to_protein"):  # protein for RNA-only cells
+    api, cli_out = _generate_both(toy, tmp_path, toy["cells"][:, RNA].copy(), "rna_to_protein")
+    assert sp.issparse(cli_out.X) and cli_out.X.nnz == 0  # nothing measured: an empty sparse X, not cells x features zeros
+    for out in (api, cli_out):  # protein for RNA-only cells
         assert list(out.var_names) == PROTEIN and (out.var["modality"] == "protein").all() and out.var["inclust_imputed"].all()
         np.testing.assert_array_equal(out.obsm["inclust_protein"], out.layers["inclust_imputed"])
         assert (np.asarray(out.X.todense() if sp.issparse(out.X) else out.X) == 0).all()  # nothing measured to keep
@@ -151,7 +153,8 @@ def test_cli_imputed_into_x(toy, tmp_path):
     out = ad.read_h5ad(tmp_path / "x.h5ad")
     api = Predictor(toy["export"]).impute(toy["cells"], combination="merfish_to_rna", imputed_into="X")
     np.testing.assert_allclose(out.X, api.X, atol=1e-6)
-    np.testing.assert_array_equal(out.layers["inclust_measured"], np.asarray(api.layers["inclust_measured"].todense()))
+    np.testing.assert_array_equal(out.layers["inclust_measured"].toarray(), api.layers["inclust_measured"].toarray())
+    assert sp.issparse(out.layers["inclust_measured"]) and sp.issparse(out.layers["counts"]) if "counts" in out.layers else True
     assert "inclust_imputed" not in out.layers and out.uns["inclust"]["imputed_into"] == "X"
 
 
