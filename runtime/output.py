@@ -60,7 +60,7 @@ class _CsrRows:
     def __setitem__(self, rows: slice, block: np.ndarray) -> None:
         if rows.start != self.next_row:
             raise RuntimeError("sparse output rows must be written in order")  # pragma: no cover - the run loop writes in order
-        m = sp.csr_matrix(block, dtype=np.float32)
+        m = block if sp.isspmatrix_csr(block) else sp.csr_matrix(block, dtype=np.float32)
         m.sort_indices()
         end = self.nnz + m.nnz
         if m.nnz:
