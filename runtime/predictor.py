@@ -10,6 +10,7 @@ results equal ``inclust-run`` on the same export and cells. Result layout: :mod:
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 
@@ -28,6 +29,27 @@ from .preprocess import plan_preprocessing
 from .runner import _check_outputs
 
 log = logging.getLogger("inclust_plus.runtime")
+# The shared runtime code names its fixes as CLI flags; a notebook user passes keyword arguments.
+_FLAGS = (("--combination NAME", "combination=NAME"), ("--from/--to", "source=/target="), ("--covariate-key COL", "covariate_key=COL"),
+          ("--covariate NAME", "covariate=NAME"), ("--target-covariate", "target_covariate"), ("--covariate-key", "covariate_key"),
+          ("--covariate", "covariate"), ("--allow-missing", "allow_missing=True"), ("--layer", "layer="), ("--to", "target="))
+
+
+def _keywords(func):
+    """Re-raise the runtime's errors with keyword arguments in place of CLI flags."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except InclustError as err:
+            problem, fix = err.problem, err.fix
+            for flag, keyword in _FLAGS:
+                problem = problem.replace(flag, keyword)
+                fix = fix.replace(flag, keyword) if fix else fix
+            raise InclustError(problem, fix) from None
+
+    return wrapper
 
 
 def _var_names(adata) -> set[str]:
@@ -40,14 +62,19 @@ def pick_graph(manifest, adata, decode: bool, combination=None, source=None, tar
     """The graph named (or chosen by modalities), else the one whose inputs the AnnData covers best.
 
     Among graphs whose input features are all in ``var_names``, the one with the most inputs wins
-    (then the one returning the most features); when none is covered, :func:`select_graph` says why.
+    (then the one returning the most features); when none is covered, the one sharing the most
+    features, so that the alignment error lists what is missing.
     """
     if combination or source or target:
         return select_graph(manifest, decode, combination, tuple(source or ()), tuple(target or ()))
     names = _var_names(adata)
-    covered = [g for g in manifest.graphs if g.decodes == decode and set(g.input_features) <= names]
+    pool = [g for g in manifest.graphs if g.decodes == decode]
+    covered = [g for g in pool if set(g.input_features) <= names]
     if not covered:
-        return select_graph(manifest, decode)
+        if not pool:
+            return select_graph(manifest, decode)  # says what the model has instead
+        # the closest graph: opening the input for it names the features that are missing
+        return max(pool, key=lambda g: (len(set(g.input_features) & names), len(g.output_features)))
     best = max(covered, key=lambda g: (len(g.input_features), len(g.output_features)))
     return best
 
@@ -109,10 +136,11 @@ class Predictor:
         for view, label in modality_views(adata, graph):
             text = R.non_integer_warning(element(view, layer, label)[:1000], counts[0])
             if text:
-                warnings.warn(text, UserWarning, stacklevel=3)
+                warnings.warn(text, UserWarning, stacklevel=4)
                 return
 
     # --- verbs ----------------------------------------------------------------------------------
+    @_keywords
     def get_latent_representation(self, adata, combination=None, source=None, layer=None, covariate_key=None, covariate=None,
                                   allow_missing=False, inplace: bool = True) -> np.ndarray:
         """The batch-corrected latent [cells, latent_dim]; also ``adata.obsm["X_inclust"]`` when ``inplace``."""
@@ -122,6 +150,7 @@ class Predictor:
             adata.obsm["X_inclust"] = out["latent"]
         return out["latent"]
 
+    @_keywords
     def predict_labels(self, adata, combination=None, source=None, layer=None, covariate_key=None, covariate=None,
                        allow_missing=False, inplace: bool = True) -> pd.DataFrame:
         """Most likely label and its probability per cell; also ``obs["inclust_label"(+"_probability")]``."""
@@ -134,6 +163,7 @@ class Predictor:
             adata.obs[R.PROBABILITY_COLUMN] = table[R.PROBABILITY_COLUMN].to_numpy()
         return table
 
+    @_keywords
     def impute(self, adata, combination=None, source=None, target=None, layer=None, covariate_key=None, covariate=None,
                target_covariate=None, allow_missing=False, output_scale: str = "model", imputed_into: str = "layer", command="impute"):
         """A new AnnData over the graph's output features (measured values kept, imputed ones flagged).
@@ -152,6 +182,7 @@ class Predictor:
         return R.decoded_anndata(data.frame, R.view_sources(modality_views(adata, graph), layer), graph.output_features, converter.modality_of,
                                  values, out["latent"], out["label_probs"], m.label_categories, imputed_into, prov, per_modality=command == "generate")
 
+    @_keywords
     def generate(self, adata, combination=None, source=None, target=None, **kwargs):
         """:meth:`impute` for another modality: also one ``obsm["inclust_<modality>"]`` per output modality."""
         return self.impute(adata, combination, source, target, command="generate", **kwargs)

@@ -148,6 +148,11 @@ def test_bad_input_is_one_line(trained):
         p.get_latent_representation(query, covariate="nowhere")
     with pytest.raises(InclustError, match="unknown covariate category|does not know"):
         model.get_latent_representation(query, covariate="nowhere")
+    with pytest.raises(InclustError, match="lacks 22 of the 122 features graph 'merfish_to_rna'") as err:
+        p.impute(query[:, :100].copy())  # no combination covered: the closest one says what is missing
+    assert "--" not in str(err.value)  # keyword arguments, not CLI flags, in the fix
+    with pytest.raises(InclustError, match=r"covariate categories the model does not know: .*; or pass covariate=NAME$"):
+        p.get_latent_representation(query, covariate_key="cell_type")
     filled = p.impute(short, combination="merfish_to_rna", allow_missing=True)
     assert list(filled.uns["inclust"]["missing_features"]) == list(query.var_names[:5])
 

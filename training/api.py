@@ -59,6 +59,8 @@ class AnnDataVerbs:
                         raise InclustError(f"combination {combination!r} cannot {kind}", f"choose one of: {_names(c['name'] for c in combos)}")
                     return c
             raise InclustError(f"unknown combination {combination!r}", f"choose one of: {_names(c['name'] for c in combos)}")
+        if not combos:
+            raise InclustError(f"the model has no {kind} combination", "use the verbs its combinations allow (see repr(model))")
         have = {str(v) for v in _var_names(adata)}
         covered = [c for c in combos if set(self._set_features(c["inputs"])) <= have]
         if not covered:
