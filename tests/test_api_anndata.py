@@ -191,3 +191,12 @@ def test_setup_with_a_batch_key(tmp_path):
     np.testing.assert_array_equal(auto, explicit)
     one = model.get_latent_representation(query, covariate="run1", inplace=False)
     assert np.abs(one[1::2] - explicit[1::2]).max() > 1e-3 and np.abs(one[::2] - explicit[::2]).max() == 0
+
+
+def test_tensor_level_predict_takes_sparse_and_checks_width(trained):
+    model, query = trained["model"], trained["query"]
+    y_sparse = model.predict(sp.csr_matrix(query.X), "merfish", "merfish", "scrna")[0]
+    y_dense = model.predict(_dense(query.X), "merfish", "merfish", "scrna")[0]
+    np.testing.assert_array_equal(y_sparse, y_dense)
+    with pytest.raises(InclustError, match=r"x has shape \(2000, 5\) but feature set 'merfish' has 122 features"):
+        model.predict(query.X[:, :5], "merfish", "merfish")

@@ -260,8 +260,14 @@ class InClust(AnnDataVerbs):
         Returns full-width decoded features, the corrected latent and label probabilities.
         ``covariate``/``target_covariate`` are category names (one or one per cell).
         """
+        if self.module is None:
+            raise InclustError("the model is not trained yet", "call model.train() first")
         idx = self.feature_set(inputs)
-        x = np.asarray(x, dtype=np.float32)
+        if not sp.issparse(x):
+            x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != len(idx):
+            raise InclustError(f"x has shape {x.shape} but feature set {inputs!r} has {len(idx)} features",
+                               "pass cells x those features in the order of model.feature_set(inputs), or use model.impute(adata) which aligns by name")
         n = x.shape[0]
         cov = np.array(np.broadcast_to(self.covariate_index(covariate), (n,)))  # writable: torch.from_numpy wants that
         tgt = cov if target_covariate is None else np.array(np.broadcast_to(self.covariate_index(target_covariate), (n,)))
@@ -270,7 +276,8 @@ class InClust(AnnDataVerbs):
         ys, zs, ps = [], [], []
         for s in range(0, n, batch_size):
             full = torch.zeros(min(batch_size, n - s), self.n_features)
-            full[:, idx] = torch.from_numpy(x[s : s + batch_size])
+            block = x[s : s + batch_size]
+            full[:, idx] = torch.from_numpy(np.asarray(block.toarray() if sp.issparse(block) else block, dtype=np.float32))
             y, z, p = self.module.predict(full, mask, torch.from_numpy(np.ascontiguousarray(cov[s : s + batch_size])), torch.from_numpy(np.ascontiguousarray(tgt[s : s + batch_size])))
             ys.append(y.numpy()), zs.append(z.numpy()), ps.append(p.numpy())
         return np.concatenate(ys), np.concatenate(zs), np.concatenate(ps)
