@@ -19,7 +19,7 @@ def main() -> None:
     args = ap.parse_args()
     imp, truth = anndata.read_h5ad(args.imputed), anndata.read_h5ad(args.truth)
     genes = [g for g in truth.var_names if g in set(imp.var_names)]
-    pred = np.asarray(imp[truth.obs_names, genes].X, dtype=np.float64)
+    pred = np.asarray(imp[truth.obs_names, genes].layers["inclust_imputed"], dtype=np.float64)
     true = truth[:, genes].X
     true = np.asarray(true.toarray() if hasattr(true, "toarray") else true, dtype=np.float64)
     p, t = pred - pred.mean(0), true - true.mean(0)

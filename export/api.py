@@ -94,8 +94,8 @@ def _variants(combo: Combination, csr: bool, fp16: bool) -> list[tuple[str, str,
 
 
 def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torchscript: bool, fold_preprocessing: bool,
-                csr: bool = True, fp16: bool = False) -> tuple[dict, dict]:
-    """Write one graph (its TorchScript twin and its CSR / float16 flavours), check parity, return its manifest entry and diffs."""
+                csr: bool = True, fp16: bool = False, want_torch_export: bool = False) -> tuple[dict, dict]:
+    """Write one graph (its TorchScript / torch.export twins and its CSR / float16 flavours), check parity, return its manifest entry and diffs."""
     plan = build_plan(desc, combo.inputs) if fold_preprocessing else IDENTITY
     weights = fold(module, combo, plan)
     data = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc["name"]))
@@ -127,6 +127,14 @@ def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torch
         n_labels=weights.n_labels,
         variants=variants,
     )
+    if want_torch_export:  # manifests without the option keep exactly their old fields
+        from . import torch_export
+
+        pt2 = folder / f"{combo.name}.pt2"
+        torch_export.save(torch_export.export_program(weights, plan, combo, module.config.n_covariates), pt2)
+        diffs["torch.export"] = torch_export.check_parity(module, combo, plan if fold_preprocessing else None, pt2)
+        entry["torch_export"] = pt2.name
+        entry["torch_export_sha256"] = file_sha256(pt2)
     return entry, diffs
 
 
@@ -173,12 +181,14 @@ def export_model(
     report: dict | None = None,
     csr: bool = True,
     fp16: bool = False,
+    torch_export: bool = False,
 ) -> Path:
     """Export ``checkpoint``; return the path of the written ``manifest.json``.
 
     ``csr``: also write each combination's CSR-fed flavour; ``fp16``: also float16-weight graphs.
 
     ``report``, when given, receives the measured parity (max |diff|) per graph and runtime.
+    ``torch_export`` also writes a ``torch.export`` ExportedProgram (``<name>.pt2``) per graph.
     """
     ckpt = Path(checkpoint)
     out = Path(out_dir) if out_dir is not None else default_out_dir(ckpt)
@@ -203,7 +213,7 @@ def export_model(
         graphs = []
         for combo in combos:
             interrupt.check()  # Ctrl-C/SIGTERM between graphs: the temporary folder is removed
-            entry, diffs = _export_one(module, desc, combo, tmp, torchscript, fold_preprocessing, csr, fp16)
+            entry, diffs = _export_one(module, desc, combo, tmp, torchscript, fold_preprocessing, csr, fp16, torch_export)
             graphs.append(entry)
             if report is not None:
                 report[combo.name] = diffs

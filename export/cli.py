@@ -18,6 +18,9 @@ from inclust_plus.errors import report_errors
                    "including the embed graphs. An unknown name lists the valid ones.")
 @click.option("--torchscript/--no-torchscript", default=True, show_default=True,
               help="Also write a TorchScript module (<name>.ts) per combination, for libtorch serving.")
+@click.option("--torch-export", "torch_export", is_flag=True,
+              help="Also write a torch.export ExportedProgram (<name>.pt2) per combination (torch.export.load), "
+                   "the successor of TorchScript, checked against PyTorch like the other graphs.")
 @click.option("--fold-preprocessing", is_flag=True,
               help="Graphs take raw values and apply the checkpoint's normalisation, log1p and scaling themselves.")
 @click.option("--csr/--no-csr", default=True, show_default=True,
@@ -29,7 +32,7 @@ from inclust_plus.errors import report_errors
               help="Also write a Triton Inference Server model repository to this folder.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @report_errors
-def main(model: Path, out_dir: Path | None, combinations: tuple[str, ...], torchscript: bool,
+def main(model: Path, out_dir: Path | None, combinations: tuple[str, ...], torchscript: bool, torch_export: bool,
          fold_preprocessing: bool, csr: bool, fp16: bool, triton_dir: Path | None, force: bool) -> None:
     """Export MODEL (a model.pt written by inclust-train) to one mask-folded ONNX graph per modality
     combination, plus TorchScript twins and a manifest.json for the torch-free runtime.
@@ -42,7 +45,7 @@ def main(model: Path, out_dir: Path | None, combinations: tuple[str, ...], torch
     report: dict = {}
     manifest = export_model(model, out_dir, combinations=list(combinations) or None, torchscript=torchscript,
                             fold_preprocessing=fold_preprocessing, force=force, triton_dir=triton_dir, report=report,
-                            csr=csr, fp16=fp16)
+                            csr=csr, fp16=fp16, torch_export=torch_export)
     for name, diffs in report.items():
         parity = ", ".join(f"{rt} {d:.1e}" for rt, d in diffs.items())
         click.echo(f"{name}: max |diff| vs PyTorch: {parity}")

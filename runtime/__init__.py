@@ -7,13 +7,16 @@ on demand. Python use::
 
     from inclust_plus.runtime import RunOptions, run
     run(RunOptions("impute", onnx="export/", input="query.h5ad", output="imputed.h5ad"))
+    imputed = Predictor("export/").impute(adata)     # in memory, an AnnData in and out
 
 Modules: :mod:`.manifest` (manifest and graph choice), :mod:`.inputs` / :mod:`.matrices`
 (chunked reading and feature alignment), :mod:`.covariates`, :mod:`.preprocess`,
 :mod:`.backend` (Backend protocol, onnxruntime), :mod:`.output` (streamed h5ad writer),
-:mod:`.runner` (the loop), :mod:`.cli` (``inclust-run`` and its extension points).
+:mod:`.runner` (the loop), :mod:`.predictor` / :mod:`.memory` (in-memory AnnData),
+:mod:`.layout` (what decoded outputs hold), :mod:`.info`, :mod:`.cli` (``inclust-run`` and its extension points).
 """
 
+from .predictor import Predictor
 from .runner import RunOptions, run
 
-__all__ = ["RunOptions", "run"]
+__all__ = ["Predictor", "RunOptions", "run"]

@@ -5,10 +5,13 @@ Commands and what they write (all keep the input's obs names and obs columns):
 =========  ==================  ===============================================================
 command    graph               output
 =========  ==================  ===============================================================
-impute     decoding graph      X = a modality completed from a feature panel (merfish -> rna),
+impute     decoding graph      var = a modality completed from a feature panel (merfish -> rna);
+                               X = the measured values kept, layers["inclust_imputed"] = the
+                               model's values (--imputed-into X swaps them), var["inclust_imputed"]
+                               and var["modality"], uns["inclust"]["scale"] (--output-scale);
                                obsm["X_inclust"], obs["inclust_label"(+"_probability")]
-generate   decoding graph      X = another modality generated from this one (rna -> protein),
-                               plus the same latent and labels
+generate   decoding graph      the same for another modality (rna -> protein), plus one
+                               obsm["inclust_<modality>"] per output modality
 embed      embed graph         obsm["X_inclust"] and the labels; X has no columns
 annotate   embed graph         obs["inclust_label"] and its probability only
 =========  ==================  ===============================================================
@@ -44,7 +47,10 @@ import click
 from inclust_plus import __version__
 from inclust_plus.errors import report_errors
 
+from inclust_plus.results import IMPUTED_INTO, SCALES
+
 from .backend import DEVICES, PRECISIONS, Backend
+from .info import info_command
 from .runner import DECODING, INPUT_FORMATS, RunOptions, default_backend, run
 
 log = logging.getLogger("inclust_plus.runtime")
@@ -167,6 +173,17 @@ def _common_options(decoding: bool):
     return apply
 
 
+# Options of impute/generate about what the output holds (inclust_plus.results); read from **extra.
+OUTPUT_OPTIONS = [
+    click.Option(["--output-scale"], type=click.Choice(SCALES), default="model", show_default=True,
+                 help="Units of the model's values: model (what the network outputs), log1p (per-feature max undone) "
+                      "or counts (also expm1 and the cell's library size), where the preprocessing can be inverted."),
+    click.Option(["--imputed-into"], type=click.Choice(IMPUTED_INTO), default="layer", show_default=True,
+                 help="layer: X keeps the measured values, the model's go to layers['inclust_imputed']; "
+                      "X: the model's values in X, the measured ones in layers['inclust_measured']."),
+]
+
+
 def _make_command(name: str) -> click.Command:
     decoding = name in DECODING
 
@@ -184,6 +201,7 @@ def _make_command(name: str) -> click.Command:
             min_shared_fraction=min_shared_fraction,
             layer=layer, obsm=obsm, force=force, torchscript=torchscript, quiet=quiet,
             input_format=input_format, precision=precision, workers=workers,
+            output_scale=extra.pop("output_scale", "model"), imputed_into=extra.pop("imputed_into", "layer"),
         )
         backend = choose_backend(extra, options)  # Ctrl-C/SIGTERM: a stop flag (see report_errors)
         try:
@@ -193,6 +211,8 @@ def _make_command(name: str) -> click.Command:
         log.info("wrote %s", path)
 
     command.params.extend(REGISTRY.options)
+    if decoding:
+        command.params.extend(OUTPUT_OPTIONS)
     return command
 
 
@@ -211,6 +231,7 @@ for _name in ("impute", "generate", "embed", "annotate"):
     cli.add_command(_make_command(_name))
 for _command in REGISTRY.commands:
     cli.add_command(_command)
+cli.add_command(info_command)
 
 
 def main() -> None:  # console-script entry point

@@ -15,6 +15,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
+
+from inclust_plus.results import IMPUTED_LAYER, MEASURED_LAYER
 
 try:  # anndata >= 0.11
     from anndata.io import read_elem, write_elem
@@ -35,6 +38,40 @@ def _array(parent: h5py.Group, name: str, shape: tuple, dtype) -> h5py.Dataset:
     return ds
 
 
+class _CsrRows:
+    """A CSR matrix (anndata's ``csr_matrix`` encoding) written row chunk by row chunk, in order.
+
+    Measured values and carried layers are mostly zeros (imputed features, sparse counts), so
+    they are stored sparse: a generate run whose outputs were all unmeasured writes an empty X
+    instead of cells x features zeros.
+    """
+
+    def __init__(self, parent: h5py.Group, name: str, shape: tuple[int, int]):
+        if name in parent:
+            del parent[name]
+        g = parent.create_group(name)
+        g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": np.asarray(shape, dtype=np.int64)})
+        self.data = g.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 16,))
+        self.indices = g.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 16,))
+        self.indptr = g.create_dataset("indptr", shape=(shape[0] + 1,), dtype=np.int64)
+        self.indptr[0] = 0
+        self.nnz, self.next_row = 0, 0
+
+    def __setitem__(self, rows: slice, block: np.ndarray) -> None:
+        if rows.start != self.next_row:
+            raise RuntimeError("sparse output rows must be written in order")  # pragma: no cover - the run loop writes in order
+        m = block if sp.isspmatrix_csr(block) else sp.csr_matrix(block, dtype=np.float32)
+        m.sort_indices()
+        end = self.nnz + m.nnz
+        if m.nnz:
+            self.data.resize((end,))
+            self.indices.resize((end,))
+            self.data[self.nnz : end] = m.data
+            self.indices[self.nnz : end] = m.indices
+        self.indptr[rows.start + 1 : rows.start + 1 + m.shape[0]] = m.indptr[1:].astype(np.int64) + self.nnz
+        self.nnz, self.next_row = end, rows.start + m.shape[0]
+
+
 def _plain(value):
     """Provenance values as types anndata's writer accepts (no None, lists of str)."""
     if isinstance(value, dict):
@@ -47,7 +84,12 @@ def _plain(value):
 
 
 class OutputWriter:
-    """An h5ad being written at ``path``: call :meth:`write` per chunk, then :meth:`finish`."""
+    """An h5ad being written at ``path``: call :meth:`write` per chunk, then :meth:`finish`.
+
+    With a :class:`~inclust_plus.runtime.layout.Layout` (impute/generate) the var table is the
+    layout's, X holds the measured values (or the model's with ``--imputed-into X``), the model's
+    values go to ``layers["inclust_imputed"]`` and the input's layers are carried over.
+    """
 
     def __init__(
         self,
@@ -57,16 +99,32 @@ class OutputWriter:
         features: list[str],
         latent_dim: int | None,
         label_categories: list[str],
+        layout=None,
     ):
         self.f = h5py.File(path, "w")
         f = self.f
         f.attrs["encoding-type"] = "anndata"
         f.attrs["encoding-version"] = "0.1.0"
         self._copy_obs(obs_source)
-        write_elem(f, "var", pd.DataFrame(index=pd.Index(list(features), dtype=object)))
-        self.x = _array(f, "X", (n_obs, len(features)), np.float32) if features else None
+        self.layout = layout
+        write_elem(f, "var", layout.var if layout is not None else pd.DataFrame(index=pd.Index(list(features), dtype=object)))
+        shape = (n_obs, len(features))
+        measured_in_x = layout is not None and layout.imputed_into != "X"
+        self.x = (_CsrRows(f, "X", shape) if measured_in_x else _array(f, "X", shape, np.float32)) if features else None
         for key in ("obsm", "layers", "obsp", "varm", "varp"):
             write_elem(f, key, {})
+        self.layers: dict[str, h5py.Dataset | _CsrRows] = {}
+        self.per_modality: dict[str, tuple[list[int], h5py.Dataset]] = {}
+        if layout is not None and features:
+            if measured_in_x:
+                self.layers[IMPUTED_LAYER] = _array(f["layers"], IMPUTED_LAYER, shape, np.float32)
+            else:
+                self.layers[MEASURED_LAYER] = _CsrRows(f["layers"], MEASURED_LAYER, shape)
+            for name in layout.layers:
+                self.layers[name] = _CsrRows(f["layers"], name, shape)
+            if layout.per_modality:
+                for m, cols in layout.modality_columns().items():
+                    self.per_modality[m] = (cols, _array(f["obsm"], f"inclust_{m}", (n_obs, len(cols)), np.float32))
         self.latent = _array(f["obsm"], LATENT_KEY, (n_obs, latent_dim), np.float32) if latent_dim else None
         self.codes = self.prob = None
         if label_categories:
@@ -96,7 +154,17 @@ class OutputWriter:
 
     def write(self, start: int, y: np.ndarray | None, latent: np.ndarray | None, probs: np.ndarray | None) -> None:
         """Store the results of the cells ``start .. start + len(chunk)``."""
-        if self.x is not None and y is not None:
+        if self.layout is not None and self.x is not None and y is not None:
+            values, measured, carried = self.layout.chunk(start, y)
+            rows = slice(start, start + len(y))
+            into_x = self.layout.imputed_into == "X"
+            self.x[rows] = values if into_x else measured
+            self.layers[MEASURED_LAYER if into_x else IMPUTED_LAYER][rows] = measured if into_x else values
+            for name, block in carried.items():
+                self.layers[name][rows] = block
+            for cols, ds in self.per_modality.values():
+                ds[rows] = values[:, cols]
+        elif self.x is not None and y is not None:
             self.x[start : start + len(y)] = y
         if self.latent is not None and latent is not None:
             self.latent[start : start + len(latent)] = latent

@@ -37,6 +37,7 @@ from .backend import CUDA, Backend, OnnxBackend
 from .chunks import SparseReader, chunk_reader  # noqa: F401 (chunk_reader: re-exported for benchmarks)
 from .covariates import resolve_covariates, resolve_target
 from .inputs import open_input
+from .layout import plan_layout, warn_if_not_counts
 from .manifest import GraphSpec, Manifest, load_manifest, select_graph
 from .preprocess import plan_preprocessing
 from .stream import DECODING, stream
@@ -78,6 +79,8 @@ class RunOptions:
     precision: str = "fp32"
     workers: int | None = None  # concurrent inference calls (None: one per core on CPU)
     memory_budget: int = MEMORY_BUDGET
+    output_scale: str = "model"  # impute/generate: model | log1p | counts (inclust_plus.results)
+    imputed_into: str = "layer"  # impute/generate: model values in layers["inclust_imputed"] (X keeps measured) | X
 
 
 def chunk_rows(values_per_row: float, batch_size: int, budget: int) -> int:
@@ -150,12 +153,15 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
         raise InclustError("the model has no label categories to annotate with", "use embed for the latent only")
     data = open_input(options.input, graph, options.layer, options.obsm, options.allow_missing, options.min_shared_fraction)
     owns_backend = backend is None
+    layout = None
     try:
         covariates = resolve_covariates(manifest, data, options.covariate_key, options.covariate, graph)
         target, target_name = resolve_target(manifest, graph, options.target_covariate)
         steps = plan_preprocessing(manifest, graph)
         if steps:
             log.info("applying the model's preprocessing (%s) before the graph", ", ".join(s.modality for s in steps))
+        warn_if_not_counts(data, steps)
+        layout = plan_layout(options, manifest, graph, data) if decode else None
         if owns_backend:
             backend = default_backend(options)
         graph = choose_flavour(graph, backend, options)
@@ -178,11 +184,14 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
             "preprocessing": "folded into the graph" if graph.folded_preprocessing else ("applied by the runtime" if steps else "none"),
             "missing_features": list(data.missing),
             "label_key": manifest.label_key,
+            **(layout.provenance() if layout is not None else {}),
         }
         with atomic_path(out_path, suffix=".h5ad", force=options.force) as tmp:
-            stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers)
+            stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers, layout)
     finally:
         data.close()
+        if layout is not None:
+            layout.close()
         if owns_backend and backend is not None:
             backend.close()
     return out_path

@@ -70,7 +70,7 @@ def check_outputs(graph, manifest, result: dict, n: int) -> None:
             )
 
 
-def stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers) -> None:
+def stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers, layout=None) -> None:
     from tqdm import tqdm
 
     n, bs = data.n_obs, options.batch_size
@@ -86,7 +86,7 @@ def stream(options, manifest, graph, data, covariates, target, steps, backend, t
         pins.register([a for s in sets for a in (s.x, s.cov, s.tgt)])
     write_x = options.command in DECODING
     writer = OutputWriter(tmp, n, data.obs, list(graph.output_features) if write_x else [],
-                          manifest.latent_dim if options.command != "annotate" else None, list(manifest.label_categories))
+                          manifest.latent_dim if options.command != "annotate" else None, list(manifest.label_categories), layout)
     source = f"{data.path.name} {data.element}"
     read = csr_chunk_reader(data, steps, source) if csr else chunk_reader(data, steps, source)
     stopping = threading.Event()

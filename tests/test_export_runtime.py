@@ -53,5 +53,5 @@ def test_runtime_imputes_what_pytorch_predicts(tmp_path):
         assert result.returncode == 0, result.stderr
         got = ad.read_h5ad(tmp_path / f"out_{fold}.h5ad")
         assert list(got.var_names) == [f"gene{i:03d}" for i in range(12)]
-        diff = float(np.abs(np.asarray(got.X, dtype=np.float64) - want).max())
+        diff = float(np.abs(np.asarray(got.layers["inclust_imputed"], dtype=np.float64) - want).max())
         assert diff <= 1e-5, (fold, diff)

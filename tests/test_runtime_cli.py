@@ -67,7 +67,7 @@ def test_impute_equals_reference(toy, cells, tmp_path, sparse):
     # default target covariate of panel_to_rna is "a"
     ref = toy.reference("panel_to_rna", cells[:, cols(PANEL)], COV_IDX, np.zeros(N, int))
     assert list(out.var_names) == RNA
-    assert_close(out.X, ref["y"])
+    assert_close(out.layers["inclust_imputed"], ref["y"])
     assert_close(out.obsm["X_inclust"], ref["latent"])
     assert_labels(out, ref)
     assert list(out.obs_names) == [f"cell{i}" for i in range(N)]
@@ -89,9 +89,9 @@ def test_generate_with_target_covariate_and_from_to(toy, cells, tmp_path):
     same, to_c = ad.read_h5ad(tmp_path / "same.h5ad"), ad.read_h5ad(tmp_path / "c.h5ad")
     x = cells[:, cols(RNA)]
     assert list(same.var_names) == PROTEIN
-    assert_close(same.X, toy.reference("rna_to_protein", x, COV_IDX)["y"])  # no default: each cell's own
+    assert_close(same.layers["inclust_imputed"], toy.reference("rna_to_protein", x, COV_IDX)["y"])  # no default: each cell's own
     assert same.uns["inclust"]["target_covariate"] == "same as covariate"
-    assert_close(to_c.X, toy.reference("rna_to_protein", x, COV_IDX, np.full(N, 2))["y"])
+    assert_close(to_c.layers["inclust_imputed"], toy.reference("rna_to_protein", x, COV_IDX, np.full(N, 2))["y"])
     assert to_c.uns["inclust"]["target_covariate"] == "c"
 
 
@@ -117,7 +117,7 @@ def test_layer_obsm_and_allow_missing(toy, cells, tmp_path):
     invoke("impute", "--onnx", toy.folder, "--input", tmp_path / "obsm.h5ad", "--output", tmp_path / "o.h5ad", "--combination", "panel_to_rna", "--obsm", "features")
     ref = toy.reference("panel_to_rna", cells[:, cols(PANEL)], COV_IDX, np.zeros(N, int))
     for name in ("l.h5ad", "o.h5ad"):
-        assert_close(ad.read_h5ad(tmp_path / name).X, ref["y"])
+        assert_close(ad.read_h5ad(tmp_path / name).layers["inclust_imputed"], ref["y"])
     keep = [n for n in RNA + PROTEIN if n not in ("g2", "g4")]
     write_h5ad(tmp_path / "partial.h5ad", cells[:, cols(keep)], keep, COV)
     res = invoke("impute", "--onnx", toy.folder, "--input", tmp_path / "partial.h5ad", "--output", tmp_path / "m.h5ad", "--combination", "panel_to_rna", "--allow-missing")
@@ -125,7 +125,7 @@ def test_layer_obsm_and_allow_missing(toy, cells, tmp_path):
     x = cells[:, cols(PANEL)].copy()
     x[:, [2, 4]] = 0
     out = ad.read_h5ad(tmp_path / "m.h5ad")
-    assert_close(out.X, toy.reference("panel_to_rna", x, COV_IDX, np.zeros(N, int))["y"])
+    assert_close(out.layers["inclust_imputed"], toy.reference("panel_to_rna", x, COV_IDX, np.zeros(N, int))["y"])
     assert list(out.uns["inclust"]["missing_features"]) == ["g2", "g4"]
 
 
@@ -145,7 +145,7 @@ def test_h5mu_modalities(toy, cells, tmp_path):
     invoke("generate", "--onnx", toy.folder, "--input", tmp_path / "in.h5mu", "--output", tmp_path / "g.h5ad", "--from", "rna", "--to", "protein")
     e, g = ad.read_h5ad(tmp_path / "e.h5ad"), ad.read_h5ad(tmp_path / "g.h5ad")
     assert_close(e.obsm["X_inclust"], toy.reference("rna_protein_embed", cells, COV_IDX)["latent"])
-    assert_close(g.X, toy.reference("rna_to_protein", cells[:, cols(RNA)], COV_IDX)["y"])
+    assert_close(g.layers["inclust_imputed"], toy.reference("rna_to_protein", cells[:, cols(RNA)], COV_IDX)["y"])
     assert list(g.obs["dataset"].astype(str)) == COV
 
 
@@ -159,7 +159,7 @@ def test_preprocessing(tmp_path, cells, folded):
     invoke("impute", "--onnx", model.folder, "--input", src, "--output", tmp_path / "out.h5ad", "--combination", "panel_to_rna", "--target-covariate", "b")
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     # folded: the graph (here without preprocessing inside) receives raw values untouched
-    assert_close(out.X, model.reference("panel_to_rna", cells[:, cols(PANEL)], COV_IDX, np.ones(N, int))["y"])
+    assert_close(out.layers["inclust_imputed"], model.reference("panel_to_rna", cells[:, cols(PANEL)], COV_IDX, np.ones(N, int))["y"])
     assert out.uns["inclust"]["preprocessing"] == ("folded into the graph" if folded else "applied by the runtime")
 
 
@@ -184,12 +184,12 @@ def test_chunks_and_batches_do_not_change_results(toy, tmp_path):
         run(opts)
         outs[tag] = ad.read_h5ad(tmp_path / f"{tag}.h5ad")
     one, many, odd = outs["one"], outs["many"], outs["odd"]
-    np.testing.assert_array_equal(one.X, many.X)  # same batches, different chunks: identical
+    np.testing.assert_array_equal(one.layers["inclust_imputed"], many.layers["inclust_imputed"])  # same batches, different chunks: identical
     np.testing.assert_array_equal(one.obsm["X_inclust"], many.obsm["X_inclust"])
     np.testing.assert_array_equal(one.obs["inclust_label"], many.obs["inclust_label"])
-    assert np.abs(one.X - odd.X).max() <= 1e-6
+    assert np.abs(one.layers["inclust_imputed"] - odd.layers["inclust_imputed"]).max() <= 1e-6
     ref = toy.reference("panel_to_rna", x[:, :6], np.arange(n) % 3, np.zeros(n, int))
-    assert_close(many.X, ref["y"])
+    assert_close(many.layers["inclust_imputed"], ref["y"])
 
 
 def test_torchscript_backend(tmp_path, cells):
@@ -200,7 +200,7 @@ def test_torchscript_backend(tmp_path, cells):
     invoke("embed", "--onnx", model.folder, "--input", src, "--output", tmp_path / "tse.h5ad", "--combination", "panel_embed", "--torchscript")
     out = ad.read_h5ad(tmp_path / "ts.h5ad")
     ref = model.reference("panel_to_rna", cells[:, cols(PANEL)], COV_IDX, np.zeros(N, int))
-    assert_close(out.X, ref["y"])
+    assert_close(out.layers["inclust_imputed"], ref["y"])
     assert out.uns["inclust"]["backend"] == "torchscript"
     assert_close(ad.read_h5ad(tmp_path / "tse.h5ad").obsm["X_inclust"], model.reference("panel_embed", cells[:, cols(PANEL)], COV_IDX)["latent"])
 

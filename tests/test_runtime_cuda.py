@@ -71,4 +71,4 @@ def test_cuda_run_auto_is_csr_and_equals_cpu(folder, tmp_path):
     cpu, gpu = ad.read_h5ad(outs["cpu"]), ad.read_h5ad(outs["cuda"])
     assert gpu.uns["inclust"]["input_format"] == "csr" and gpu.uns["inclust"]["provider"] == "CUDAExecutionProvider"
     assert cpu.uns["inclust"]["input_format"] == "dense"
-    within({"y": gpu.X, "latent": gpu.obsm["X_inclust"]}, {"y": cpu.X.astype(np.float64), "latent": cpu.obsm["X_inclust"].astype(np.float64)})
+    within({"y": gpu.layers["inclust_imputed"], "latent": gpu.obsm["X_inclust"]}, {"y": cpu.layers["inclust_imputed"].astype(np.float64), "latent": cpu.obsm["X_inclust"].astype(np.float64)})

@@ -113,7 +113,7 @@ def test_every_exported_graph(toy_export):
         assert np.abs(result.obs["inclust_label_probability"].to_numpy() - probs.max(1)).max() <= TOL
         if decode:
             assert list(result.var_names) == g["output_features"]
-            assert np.abs(result.X - ref["y"]).max() <= TOL, g["name"]
+            assert np.abs(result.layers["inclust_imputed"] - ref["y"]).max() <= TOL, g["name"]
         assert result.uns["inclust"]["model_sha256"] == man["model"]["sha256"]
 
 
@@ -128,7 +128,7 @@ def test_torchscript_export_matches(toy_export):
         invoke("impute", "--onnx", folder, "--input", root / "ts.h5ad", "--output", root / f"ts{len(flag)}.h5ad", "--combination", g["name"], "--covariate", "cite", "--force", *flag)
     ref = reference(module, desc, g, raw[:, [names.index(f) for f in g["input_features"]]], np.full(50, 2), np.zeros(50, int))
     for k in (0, 1):
-        assert np.abs(ad.read_h5ad(root / f"ts{k}.h5ad").X - ref["y"]).max() <= TOL
+        assert np.abs(ad.read_h5ad(root / f"ts{k}.h5ad").layers["inclust_imputed"] - ref["y"]).max() <= TOL
 
 
 def _merfish_description(adata) -> dict:
@@ -169,7 +169,7 @@ def _merfish_parity(tmp_path, ckpt: Path):
     ref = reference(module, desc, g, x, np.full(len(x), cats.index("merfish")), np.full(len(x), cats.index("scrna")))
     out = ad.read_h5ad(tmp_path / "imputed.h5ad")
     assert out.n_obs == 9111 and list(out.obs_names) == list(query.obs_names)
-    diff = max(np.abs(out.X - ref["y"]).max(), np.abs(out.obsm["X_inclust"] - ref["latent"]).max())
+    diff = max(np.abs(out.layers["inclust_imputed"] - ref["y"]).max(), np.abs(out.obsm["X_inclust"] - ref["latent"]).max())
     assert diff <= TOL
     return out, split, diff
 
@@ -249,4 +249,4 @@ def test_panel_graph_defaults_to_its_datasets_covariate(tmp_path):
     assert out.uns["inclust"]["covariate"] == "merfish" and out.uns["inclust"]["target_covariate"] == "scrna"
     a, b = data.cell_ranges["merfish"]
     want = model.predict(np.asarray(data.x[a:b])[:, model.feature_set("merfish")], "merfish", "merfish", "scrna")[0]
-    np.testing.assert_allclose(out.X, want, atol=1e-5)
+    np.testing.assert_allclose(out.layers["inclust_imputed"], want, atol=1e-5)

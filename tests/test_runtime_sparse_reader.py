@@ -211,7 +211,7 @@ def test_whole_run_csr_equals_dense_file(toy, tmp_path):
                        covariate_key="dataset", batch_size=64, quiet=True, value_budget=2000), backend=backend)
         assert backend.run_threads == 1
         with h5py.File(out, "r") as f:
-            outs[kind, threads] = (f["X"][()], f["obsm"]["X_inclust"][()], f["obs"]["inclust_label"]["codes"][()])
+            outs[kind, threads] = (f["layers"]["inclust_imputed"][()], f["obsm"]["X_inclust"][()], f["obs"]["inclust_label"]["codes"][()])
             assert f["uns"]["inclust"]["concurrent_calls"][()] == threads
     for got, want in zip(outs["csr", 1], outs["csr", 2]):  # one thread or two: the same file
         np.testing.assert_array_equal(got, want)

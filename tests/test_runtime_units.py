@@ -96,7 +96,7 @@ def test_obsm_array_in_graph_order_and_numeric_covariate(toy, tmp_path):
     ok = CliRunner().invoke(cli, args + ["--output", str(tmp_path / "o.h5ad"), "--obsm", "X_panel"])
     assert ok.exit_code == 0, ok.output
     ref = toy.reference("panel_to_rna", x[:, :6], np.arange(20) % 2, np.zeros(20, int))
-    assert np.abs(ad.read_h5ad(tmp_path / "o.h5ad").X - ref["y"]).max() <= 1e-5
+    assert np.abs(ad.read_h5ad(tmp_path / "o.h5ad").layers["inclust_imputed"] - ref["y"]).max() <= 1e-5
     bad = CliRunner().invoke(cli, args + ["--output", str(tmp_path / "o2.h5ad"), "--obsm", "X_wrong"])
     assert bad.exit_code == 2 and "5 unnamed columns but the graph takes 6 features" in bad.stderr
     assert not (tmp_path / "o2.h5ad").exists()

@@ -223,6 +223,8 @@ def test_cli_with_triton_equals_local(server, toy, tmp_path, command, combinatio
     assert res.exit_code == 0, res.output
     a, b = ad.read_h5ad(tmp_path / "local.h5ad"), ad.read_h5ad(tmp_path / "triton.h5ad")
     assert np.abs(np.asarray(a.X) - np.asarray(b.X)).max() <= TOL if a.n_vars else b.n_vars == 0
+    if "inclust_imputed" in a.layers:
+        assert np.abs(a.layers["inclust_imputed"] - b.layers["inclust_imputed"]).max() <= TOL
     assert np.abs(a.obsm["X_inclust"] - b.obsm["X_inclust"]).max() <= TOL
     assert list(a.obs["inclust_label"]) == list(b.obs["inclust_label"])
     u = b.uns["inclust"]
@@ -249,7 +251,7 @@ def test_runner_with_http_backend_and_explicit_model(server, toy, tmp_path):
     out = ad.read_h5ad(tmp_path / "o.h5ad")
     want = local(toy, "rna_to_protein", {"x": x[:, : len(RNA)], "covariate": np.ones(50, np.int64), "target_covariate": np.ones(50, np.int64)})
     assert list(out.var_names) == PROTEIN
-    assert np.abs(np.asarray(out.X) - want["y"]).max() <= TOL
+    assert np.abs(np.asarray(out.layers["inclust_imputed"]) - want["y"]).max() <= TOL
 
 
 def test_models_to_load_and_environment_checks(tmp_path):

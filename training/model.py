@@ -7,6 +7,7 @@ saved checkpoint is self-describing.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,9 @@ import torch
 from inclust_plus import __version__
 from inclust_plus.errors import InclustError
 
+from .api import AnnDataVerbs
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config
+from .config import Config, LossConfig, ModelConfig, TrainingConfig, ViewsConfig, config_from_dict
 from .data import TrainingData, assemble
 from .ensemble import merge_members
 from .members import train_members
@@ -97,12 +99,96 @@ def describe(data: TrainingData, cfg: Config) -> dict:
     }
 
 
-class InClust:
-    """A trained inClust+ model with its description."""
+# setup()/train() keywords -> their config section (field names are unique across sections)
+_SECTION_OF = {f.name: section for section, cls in (("model", ModelConfig), ("loss", LossConfig), ("training", TrainingConfig), ("views", ViewsConfig))
+               for f in dataclasses.fields(cls)}
 
-    def __init__(self, module: InClustModule, description: dict):
-        self.module = module.eval()
-        self.description = description
+
+class InClust(AnnDataVerbs):
+    """An inClust+ model: trained (``module`` + ``description``) or set up and waiting for :meth:`train`.
+
+    ``InClust(module, description)`` wraps trained weights (what :meth:`load` returns);
+    ``InClust(config, objects)`` or :meth:`setup` prepares training on in-memory AnnData/MuData
+    objects (``objects`` maps dataset names to them). The AnnData verbs live in :mod:`.api`.
+    """
+
+    def __init__(self, module: "InClustModule | Config", description: dict | None = None, objects: dict | None = None):
+        self.config: Config | None = None
+        self.objects = dict(objects or {})
+        self.history: dict | None = None
+        if isinstance(module, Config):
+            self.config, self.module, self.description = module, None, description
+        else:
+            if description is None:
+                raise InclustError("InClust(module) needs the model description", "use InClust.load(path) or InClust(config).train()")
+            self.module, self.description = module.eval(), description
+
+    @classmethod
+    def setup(cls, datasets, *, modalities=None, label_key: str | dict | None = None, layer: str | None = None, batch_key=None,
+              query=None, task: str = "custom", name: str = "inclust_model", preprocessing: dict | None = None,
+              preprocessed: bool = False, **settings) -> "InClust":
+        """Set a model up on AnnData/MuData objects, scvi-tools style; then call :meth:`train`.
+
+        ``datasets`` maps a dataset name to its AnnData (one modality, ``modalities`` or ``["rna"]``)
+        or MuData (its modalities); one AnnData alone is named ``"data"``. ``label_key`` (an obs column,
+        or ``{dataset: column}`` so that a query's own labels stay out of training) is used where the
+        column exists, ``layer`` (e.g. ``"counts"``) and ``batch_key`` (obs column(s) of the
+        batch covariate; default: the dataset's name) apply to every dataset. ``query`` names the
+        datasets to impute for (``views.query``). Other keywords set [model]/[loss]/[training]/[views]
+        fields by name (``epochs=3``, ``ensemble=1``, ``latent_dim=10``); unknown ones are errors.
+        """
+        if not isinstance(datasets, dict):
+            datasets = {"data": datasets}
+        keys = [batch_key] if isinstance(batch_key, str) else list(batch_key or [])
+        entries = []
+        for ds_name, obj in datasets.items():
+            mods = list(obj.mod) if hasattr(obj, "mod") else list(modalities or ["rna"])
+            obs = obj.obs
+            entry = {"name": ds_name, "modalities": mods, "covariate_keys": keys, "preprocessed": preprocessed}
+            key = label_key.get(ds_name) if isinstance(label_key, dict) else label_key
+            if key is not None and (key in obs.columns or any(key in m.obs.columns for m in getattr(obj, "mod", {}).values())):
+                entry["label_key"] = key
+            if layer is not None:
+                entry["layer"] = layer
+            entries.append(entry)
+        doc = {"task": task, "name": name, "datasets": entries, "preprocessing": dict(preprocessing or {})}
+        if query:
+            settings["query"] = [query] if isinstance(query, str) else list(query)
+        for key, value in settings.items():
+            if key not in _SECTION_OF:
+                raise InclustError(f"unknown setting {key!r}", f"settings are fields of [model], [loss], [training] or [views]: {', '.join(sorted(_SECTION_OF))}")
+            doc.setdefault(_SECTION_OF[key], {})[key] = value
+        return cls(config_from_dict(doc), objects=datasets)
+
+    def train(self, epochs: int | None = None, progress: bool = True, **settings) -> "InClust":
+        """Train on the set-up datasets (``epochs`` and other settings override the config); returns self."""
+        if self.config is None:
+            raise InclustError("this model was not set up for training", "use InClust.setup(...) or InClust(config)")
+        if epochs is not None:
+            settings["epochs"] = epochs
+        for key, value in settings.items():
+            if key not in _SECTION_OF:
+                raise InclustError(f"unknown setting {key!r}", f"settings: {', '.join(sorted(_SECTION_OF))}")
+            setattr(getattr(self.config, _SECTION_OF[key]), key, value)
+        trained, _, result = type(self).fit(self.config, self.objects, progress=progress)
+        self.module, self.description, self.history = trained.module, trained.description, result.history
+        return self
+
+    def __repr__(self) -> str:
+        if self.module is None:
+            c = self.config
+            return (f"InClust(untrained {c.name!r}, task {c.task}: datasets {', '.join(d.name for d in c.datasets)}; "
+                    f"ensemble {c.model.ensemble}, {c.training.epochs} epochs; call .train())")
+        d = self.description
+        mods = ", ".join(f"{m['name']} {len(m['features'])}" for m in d["schema"]["modalities"])
+        labels = d.get("labels") or {}
+        k = self.module.config.members
+        combos = ", ".join(c["name"] for c in d.get("combinations", []))
+        epochs = (d.get("training") or {}).get("epochs")
+        return (f"InClust({d.get('name')!r}, task {d.get('task', 'custom')}: features {mods}; covariates {d['covariate']['categories']}; "
+                f"{len(labels.get('categories') or [])} labels ({labels.get('mode')}); latent {self.module.config.latent_dim}; "
+                f"{'an ensemble of ' + str(k) + ' networks' if k > 1 else 'one network'}{f', {epochs} epochs' if epochs is not None else ''}; "
+                f"combinations: {combos})")
 
     # --- construction -----------------------------------------------------------------------------
     @classmethod
@@ -174,17 +260,24 @@ class InClust:
         Returns full-width decoded features, the corrected latent and label probabilities.
         ``covariate``/``target_covariate`` are category names (one or one per cell).
         """
+        if self.module is None:
+            raise InclustError("the model is not trained yet", "call model.train() first")
         idx = self.feature_set(inputs)
-        x = np.asarray(x, dtype=np.float32)
+        if not sp.issparse(x):
+            x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != len(idx):
+            raise InclustError(f"x has shape {x.shape} but feature set {inputs!r} has {len(idx)} features",
+                               "pass cells x those features in the order of model.feature_set(inputs), or use model.impute(adata) which aligns by name")
         n = x.shape[0]
-        cov = np.broadcast_to(self.covariate_index(covariate), (n,))
-        tgt = cov if target_covariate is None else np.broadcast_to(self.covariate_index(target_covariate), (n,))
+        cov = np.array(np.broadcast_to(self.covariate_index(covariate), (n,)))  # writable: torch.from_numpy wants that
+        tgt = cov if target_covariate is None else np.array(np.broadcast_to(self.covariate_index(target_covariate), (n,)))
         mask = torch.zeros(1, self.n_features)
         mask[0, idx] = 1.0
         ys, zs, ps = [], [], []
         for s in range(0, n, batch_size):
             full = torch.zeros(min(batch_size, n - s), self.n_features)
-            full[:, idx] = torch.from_numpy(x[s : s + batch_size])
+            block = x[s : s + batch_size]
+            full[:, idx] = torch.from_numpy(np.asarray(block.toarray() if sp.issparse(block) else block, dtype=np.float32))
             y, z, p = self.module.predict(full, mask, torch.from_numpy(np.ascontiguousarray(cov[s : s + batch_size])), torch.from_numpy(np.ascontiguousarray(tgt[s : s + batch_size])))
             ys.append(y.numpy()), zs.append(z.numpy()), ps.append(p.numpy())
         return np.concatenate(ys), np.concatenate(zs), np.concatenate(ps)

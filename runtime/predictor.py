@@ -1,0 +1,200 @@
+"""``Predictor(export_dir)``: the exported graphs on an in-memory AnnData/MuData, without files or torch.
+
+For notebooks: the verbs of ``inclust-run`` (and of the training-side ``InClust``) on an object
+in memory. Everything that decides numbers is the file runtime's own code: the manifest and graph
+choice (:mod:`.manifest`), feature alignment and chunk reading (:mod:`.memory` over
+:mod:`.inputs` / :mod:`.matrices` / :mod:`.chunks`), covariates (:mod:`.covariates`),
+preprocessing (:mod:`.preprocess`) and the backend (:class:`.backend.OnnxBackend` by default), so
+results equal ``inclust-run`` on the same export and cells. Result layout: :mod:`inclust_plus.results`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from inclust_plus import results as R
+from inclust_plus.errors import InclustError
+
+from .backend import Backend, OnnxBackend
+from .chunks import chunk_reader
+from .covariates import resolve_covariates, resolve_target
+from .manifest import GraphSpec, load_manifest, select_graph
+from .memory import element, modality_views, open_memory
+from .preprocess import plan_preprocessing
+from .stream import check_outputs
+
+log = logging.getLogger("inclust_plus.runtime")
+# The shared runtime code names its fixes as CLI flags; a notebook user passes keyword arguments.
+_FLAGS = (("--combination NAME", "combination=NAME"), ("--from/--to", "source=/target="), ("--covariate-key COL", "covariate_key=COL"),
+          ("--covariate NAME", "covariate=NAME"), ("--target-covariate", "target_covariate"), ("--covariate-key", "covariate_key"),
+          ("--covariate", "covariate"), ("--allow-missing", "allow_missing=True"), ("--layer", "layer="), ("--to", "target="))
+
+
+def _keywords(func):
+    """Re-raise the runtime's errors with keyword arguments in place of CLI flags."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except InclustError as err:
+            problem, fix = err.problem, err.fix
+            for flag, keyword in _FLAGS:
+                problem = problem.replace(flag, keyword)
+                fix = fix.replace(flag, keyword) if fix else fix
+            raise InclustError(problem, fix) from None
+
+    return wrapper
+
+
+def _var_names(adata) -> set[str]:
+    if hasattr(adata, "mod"):
+        return {str(v) for m in adata.mod.values() for v in m.var_names}
+    return {str(v) for v in adata.var_names}
+
+
+def pick_graph(manifest, adata, decode: bool, combination=None, source=None, target=None) -> GraphSpec:
+    """The graph named (or chosen by modalities), else the one whose inputs the AnnData covers best.
+
+    Among graphs whose input features are all in ``var_names``, the one with the most inputs wins
+    (then the one returning the most features); when none is covered, the one sharing the most
+    features, so that the alignment error lists what is missing.
+    """
+    if combination or source or target:
+        return select_graph(manifest, decode, combination, tuple(source or ()), tuple(target or ()))
+    names = _var_names(adata)
+    pool = [g for g in manifest.graphs if g.decodes == decode]
+    covered = [g for g in pool if set(g.input_features) <= names]
+    if not covered:
+        if not pool:
+            return select_graph(manifest, decode)  # says what the model has instead
+        # the closest graph: opening the input for it names the features that are missing
+        return max(pool, key=lambda g: (len(set(g.input_features) & names), len(g.output_features)))
+    best = max(covered, key=lambda g: (len(g.input_features), len(g.output_features)))
+    return best
+
+
+class Predictor:
+    """An export folder ready to run on AnnData objects: ``Predictor("export/").impute(adata)``."""
+
+    def __init__(self, export_dir, device: str = "auto", backend: Backend | None = None, batch_size: int = 4096):
+        self.manifest = load_manifest(export_dir)
+        self.backend = backend if backend is not None else OnnxBackend(device)
+        if batch_size < 1:
+            raise InclustError(f"batch_size must be at least 1, not {batch_size}", "pass a positive batch size")
+        self.batch_size = batch_size
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        graphs = ", ".join(g.describe() for g in m.graphs)
+        return (f"Predictor(model {m.model_name!r}, latent {m.latent_dim}, covariates {list(m.covariate_categories)}, "
+                f"{len(m.label_categories)} labels, graphs: {graphs})")
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # --- the shared loop ----------------------------------------------------------------------
+    def _run(self, adata, decode, combination, source, target, layer, covariate_key, covariate, target_covariate, allow_missing):
+        m = self.manifest
+        graph = pick_graph(m, adata, decode, combination, source, target)
+        data = open_memory(adata, graph, layer, allow_missing)
+        covs = resolve_covariates(m, data, covariate_key, covariate, graph)
+        tgt, tgt_name = resolve_target(m, graph, target_covariate) if decode else (None, "none")
+        steps = plan_preprocessing(m, graph)
+        self.backend.prepare(graph)
+        n, bs = data.n_obs, self.batch_size
+        read = chunk_reader(data, steps, f"the AnnData {data.element}")
+        buf, cbuf = np.zeros((min(bs, n), data.n_inputs), np.float32), np.zeros(min(bs, n), np.int64)
+        tbuf = np.zeros(min(bs, n), np.int64)
+        raw = np.zeros((n, data.n_inputs), np.float32) if decode else None
+        out: dict[str, np.ndarray] = {}
+        for s in range(0, n, bs):
+            e = min(n, s + bs)
+            if raw is not None:
+                data.read(s, e, raw[s:e])
+            x = read(s, e, buf)
+            res = self.backend.run(graph, x, covs.take(s, e, cbuf), None if tgt is None else tgt.take(s, e, tbuf))
+            check_outputs(graph, m, res, e - s)
+            for k, v in res.items():
+                out.setdefault(k, np.empty((n, v.shape[1]), np.float32))[s:e] = v
+        prov = {"graph": graph.name, "graph_sha256": graph.sha256, "model_name": m.model_name, "model_sha256": m.model_sha256,
+                "input_element": data.element, "covariate": covs.description, "target_covariate": tgt_name,
+                "input_modalities": list(graph.input_modalities), "output_modalities": list(graph.output_modalities),
+                "missing_features": list(data.missing), "label_key": m.label_key, **self.backend.provenance()}
+        return graph, data, raw, out, prov
+
+    def _warn_non_integer(self, adata, graph, layer):
+        """Warn (once per call) when a counts model is given non-integer values, e.g. log-normalised X."""
+        counts = [mm for mm in R.counts_modalities(self.manifest.preprocessing) if mm in graph.input_modalities]
+        if not counts:
+            return
+        for view, label in modality_views(adata, graph):
+            text = R.non_integer_warning(element(view, layer, label)[:1000], counts[0])
+            if text:
+                warnings.warn(text, UserWarning, stacklevel=4)
+                return
+
+    # --- verbs ----------------------------------------------------------------------------------
+    @_keywords
+    def get_latent_representation(self, adata, combination=None, source=None, layer=None, covariate_key=None, covariate=None,
+                                  allow_missing=False, inplace: bool = True) -> np.ndarray:
+        """The batch-corrected latent [cells, latent_dim]; also ``adata.obsm["X_inclust"]`` when ``inplace``."""
+        self._warn_non_integer(adata, pick_graph(self.manifest, adata, False, combination, source), layer)
+        _, _, _, out, _ = self._run(adata, False, combination, source, None, layer, covariate_key, covariate, None, allow_missing)
+        if inplace:
+            adata.obsm["X_inclust"] = out["latent"]
+        return out["latent"]
+
+    @_keywords
+    def predict_labels(self, adata, combination=None, source=None, layer=None, covariate_key=None, covariate=None,
+                       allow_missing=False, inplace: bool = True) -> pd.DataFrame:
+        """Most likely label and its probability per cell; also ``obs["inclust_label"(+"_probability")]``."""
+        if not self.manifest.label_categories:
+            raise InclustError("the model has no label categories to annotate with", "use get_latent_representation for the latent only")
+        _, data, _, out, _ = self._run(adata, False, combination, source, None, layer, covariate_key, covariate, None, allow_missing)
+        table = label_table(out["label_probs"], self.manifest.label_categories, data.frame.index)
+        if inplace:
+            adata.obs[R.LABEL_COLUMN] = table[R.LABEL_COLUMN].to_numpy()
+            adata.obs[R.PROBABILITY_COLUMN] = table[R.PROBABILITY_COLUMN].to_numpy()
+        return table
+
+    @_keywords
+    def impute(self, adata, combination=None, source=None, target=None, layer=None, covariate_key=None, covariate=None,
+               target_covariate=None, allow_missing=False, output_scale: str = "model", imputed_into: str = "layer", command="impute"):
+        """A new AnnData over the graph's output features (measured values kept, imputed ones flagged).
+
+        See :mod:`inclust_plus.results` for the layout; ``output_scale`` is model, log1p or counts.
+        """
+        R.check_choice(imputed_into)
+        m = self.manifest
+        graph = pick_graph(m, adata, True, combination, source, target)
+        converter = R.ScaleConverter(graph.output_features, schema(m), m.preprocessing, output_scale, graph.input_modalities)
+        self._warn_non_integer(adata, graph, layer)
+        graph, data, raw, out, prov = self._run(adata, True, graph.name, None, None, layer, covariate_key, covariate, target_covariate, allow_missing)
+        library = R.library_sizes(raw, graph.input_features, schema(m), converter.needs_library)
+        values = converter.convert(out["y"], library)
+        prov.update(command=command, output_scale=output_scale, scale=converter.description())
+        return R.decoded_anndata(data.frame, R.view_sources(modality_views(adata, graph), layer), graph.output_features, converter.modality_of,
+                                 values, out["latent"], out["label_probs"], m.label_categories, imputed_into, prov, per_modality=command == "generate")
+
+    @_keywords
+    def generate(self, adata, combination=None, source=None, target=None, **kwargs):
+        """:meth:`impute` for another modality: also one ``obsm["inclust_<modality>"]`` per output modality."""
+        return self.impute(adata, combination, source, target, command="generate", **kwargs)
+
+
+def schema(manifest) -> list[dict]:
+    """``[{name, features}]`` of the manifest (its modalities list)."""
+    raw = manifest.raw
+    return list(raw.get("modalities") or (raw.get("schema") or {}).get("modalities") or [])
+
+
+def label_table(probs: np.ndarray, categories, index) -> pd.DataFrame:
+    best = probs.argmax(axis=1)
+    return pd.DataFrame({R.LABEL_COLUMN: pd.Categorical.from_codes(best, categories=list(categories)),
+                         R.PROBABILITY_COLUMN: probs[np.arange(len(best)), best].astype(np.float32)}, index=index)
