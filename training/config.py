@@ -88,7 +88,9 @@ class TrainingConfig:
     lr_schedule: str = "constant"  # "constant" | "cosine"
     kl_warmup_epochs: int = 0
     threads: int = 0  # 0: torch default
-    workers: int = 0  # processes training ensemble members side by side (0: one per core for big jobs, 1: one after another)
+    workers: int = 0  # processes training ensemble members (0 or 1: all members stacked in this process)
+    device: str = "auto"  # "auto" (CUDA when torch sees it) | "cpu" | "cuda"  (training/device.py)
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16": autocast of the forward pass
 
 
 @dataclass
@@ -165,6 +167,9 @@ def config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Conf
                            "set the output activation to sigmoid or use the gaussian likelihood")
     if cfg.training.workers < 0:
         raise InclustError(f"training.workers is {cfg.training.workers}", "set 0 (one per core), 1 (sequential) or more")
+    for key, allowed in (("device", ("auto", "cpu", "cuda")), ("precision", ("fp32", "bf16", "fp16"))):
+        if getattr(cfg.training, key) not in allowed:
+            raise InclustError(f"unknown training.{key} {getattr(cfg.training, key)!r}", f"choose one of {', '.join(allowed)}")
     if cfg.model.ensemble < 1:
         raise InclustError(f"model.ensemble is {cfg.model.ensemble}", "set it to 1 (one network) or more (an ensemble)")
     names = [d.name for d in cfg.datasets]

@@ -19,6 +19,7 @@ from inclust_plus.errors import InclustError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import TrainingData, assemble
+from .device import resolve_device
 from .ensemble import merge_members
 from .members import train_members
 from .loading import load_dataset
@@ -109,6 +110,7 @@ class InClust:
     def fit(cls, cfg: Config, objects: dict | None = None, progress: bool = True) -> tuple["InClust", TrainingData, TrainingResult]:
         """Load and validate the datasets of ``cfg`` (or the in-memory ``objects`` by dataset name), train."""
         objects = objects or {}
+        resolve_device(cfg.training.device)  # a GPU asked for and missing: say so before reading any data
         datasets = [load_dataset(d, objects.get(d.name)) for d in cfg.datasets]
         data = assemble(datasets, cfg)
         m = cfg.model
@@ -127,9 +129,9 @@ class InClust:
         # the single-network model.
         if "bernoulli" in cfg.loss.likelihoods()[: m.ensemble]:
             _check_unit_interval(data)
-        members, results = train_members(member, data, cfg, progress=progress)
+        members, results, wall = train_members(member, data, cfg, progress=progress)
         module = merge_members(members)
-        result = TrainingResult.combined(results)
+        result = TrainingResult.combined(results, wall=wall if len(results) > 1 else None)
         desc = describe(data, cfg)
         desc["training"] = {
             "epochs": result.epochs_run,
