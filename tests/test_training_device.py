@@ -108,9 +108,10 @@ def test_sparse_rows_are_densified_to_the_dense_rows():
     assert float(dense.batch(rows)[0].abs().sum()) > 0
 
 
-def test_bf16_autocast_trains_on_the_cpu_close_to_fp32():
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_autocast_trains_on_the_cpu_close_to_fp32(precision):
     fp32, _, r32 = _fit(1, 0, "gaussian", epochs=4)
-    bf16, _, r16 = _fit(1, 0, "gaussian", epochs=4, precision="bf16")
+    bf16, _, r16 = _fit(1, 0, "gaussian", epochs=4, precision=precision)
     assert all(p.dtype == torch.float32 for p in bf16.module.parameters())  # weights stay fp32
     assert np.isfinite(r16.history["total"]).all()
     assert r16.history["total"][-1] < r16.history["total"][0]  # it learns
@@ -149,3 +150,25 @@ def test_device_auto_trains_on_the_cpu_here(tmp_path):
 def test_unknown_device_or_precision_is_a_config_error(key, value):
     with pytest.raises(InclustError, match=f"unknown training.{key} '{value}'"):
         preset_config("imputation", {"training": {key: value}})
+
+
+def test_fused_adam_and_cosine_decay_equal_torch_optim():
+    from inclust_plus.training.optim import FusedAdam, cosine_lr
+
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(4, 3, generator=g)), torch.nn.Parameter(torch.randn(5, generator=g))]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt, ref_opt = FusedAdam(ours, 0.01), torch.optim.Adam(ref, lr=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=20)
+    for step in range(1, 21):
+        grads = [torch.randn(p.shape, generator=g) for p in ours]
+        for p, q, gr in zip(ours, ref, grads):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        opt.step()
+        ref_opt.step()
+        sched.step()
+        opt.lr = cosine_lr(0.01, step, 20)
+        assert opt.lr == pytest.approx(ref_opt.param_groups[0]["lr"], abs=1e-12)
+        for p, q in zip(ours, ref):
+            np.testing.assert_allclose(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
+    assert (ours[0].detach() - ref[0].detach()).abs().max() < 1e-6 and (ours[0].detach() != 0).all()

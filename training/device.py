@@ -39,7 +39,12 @@ def autocast(device: torch.device, precision: str):
 
 
 def grad_scaler(device: torch.device, precision: str):
-    """fp16 gradients underflow without loss scaling; bf16 and fp32 need none (None)."""
+    """fp16 gradients underflow without loss scaling; bf16 and fp32 need none (None).
+
+    The scale starts at 1, not torch's 65536: inClust+ losses are large (a reconstruction weight of
+    up to 1000 times a sum over features), so the default overflows fp16 for the first ~15 steps,
+    which a short run never recovers from. The scaler still grows it while no step overflows.
+    """
     if precision != "fp16":
         return None
-    return torch.amp.GradScaler(device.type)
+    return torch.amp.GradScaler(device.type, init_scale=1.0, growth_interval=200)

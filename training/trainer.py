@@ -28,6 +28,7 @@ from .config import LossConfig, TrainingConfig
 from .data import TrainingData
 from .device import autocast, grad_scaler
 from .module import InClustModule, LossWeights
+from .optim import adam, cosine_lr
 from .stacked import TERMS, StackedNetworks
 
 NOISE_SEED_OFFSET = 7919  # the noise generator's seed is the member's seed plus this (not the shuffle's stream)
@@ -65,14 +66,6 @@ def seed_everything(seed: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(seed)
     return gen
-
-
-def _adam(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """Fused Adam where this torch has it for the device (same update, about 4x less optimizer time)."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # older torch: no fused kernel for this device
-        return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
 def _shared_schedule(settings: list[tuple[TrainingConfig, LossConfig]]) -> None:
@@ -128,12 +121,10 @@ def train_stacked(
     weights = LossWeights(**{**vars(loss_cfg), "likelihood": "per member"})
     full_weights = dataclasses.replace(weights)
     unsupervised = data.label_mode == "unsupervised"
-    opt = _adam(list(net.parameters()), cfg.learning_rate, device)
     scaler = grad_scaler(device, precision)
+    opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    sched = None
-    if cfg.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
+    total_steps, step = max(1, cfg.epochs * steps_per_epoch), 0
     results = [TrainingResult(history={t: [] for t in TERMS}) for _ in range(k)]
     for r in results:
         if val_rows is not None:
@@ -158,17 +149,18 @@ def train_stacked(
                 noise[i].normal_(generator=g)
             with autocast(device, precision):
                 terms = net.loss(*rows.batch(step_rows), noise, weights, bernoulli, unsupervised)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
             if scaler is None:
                 loss.backward()
                 opt.step()
-            else:
+            else:  # fp16: one loss scale for all members (an overflow in one skips the step of all)
                 scaler.scale(loss).backward()
-                scaler.step(opt)
+                scaler.step(opt.optimizer)
                 scaler.update()
-            if sched is not None:
-                sched.step()
+            step += 1
+            if cfg.lr_schedule == "cosine":
+                opt.lr = cosine_lr(cfg.learning_rate, step, total_steps)
             sums += terms.detach().double() * n
         epoch_terms = (sums / n_train).tolist()  # the epoch's one read from the device
         val = _evaluate(net, rows, val_rows, full_weights, bernoulli, unsupervised, precision) if val_rows is not None else None
