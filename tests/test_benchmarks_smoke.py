@@ -86,3 +86,21 @@ def test_run_all_commands_name_existing_scripts(tmp_path):
         for quick in (True, False):
             cmd = run_all.command(name, quick, tmp_path)
             assert Path(cmd[1]).is_file(), cmd
+
+
+def test_training_wall_quick(results):
+    import training_wall
+
+    out = training_wall.main(["--quick", "--out", str(results)])
+    run = out["runs"]["this checkout"][0]
+    assert run["wall_s"] > run["loop_s"] > 0 and "2 epochs" in run["line"] and -1 <= run["mean_pearson"] <= 1
+    assert (results / "training_wall_quick.json").is_file()
+
+
+def test_training_device_quick(results):
+    import training_device
+
+    out = training_device.main(["--quick", "--out", str(results)])
+    assert [r["device"] for r in out["preset"]] == ["cpu"] and out["preset"][0]["members"] == 2
+    assert out["citeseq"][0]["cells"] == 1000 and out["citeseq"][0]["features"] == 520 and out["citeseq"][0]["rows_per_s"] > 0
+    assert (results / "training_device_quick.json").is_file()

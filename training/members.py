@@ -3,8 +3,10 @@
 Member k always starts from the weights of seed ``seed + k`` and trains with its own shuffle,
 noise and likelihood (training/trainer.py), so where it trains - stacked with the others in one
 process, or in a group of a fresh worker process - changes only floating-point rounding, never
-what it learns. One process is the default; worker processes (one group of members each, one
-torch thread each) are used only where they were measured faster (``worker_count``).
+what it learns. On a GPU all members train stacked in this process; on a CPU a big job uses one
+worker process per core (each training its share of the members stacked, one torch thread each),
+which benchmarks/ensemble_training.py measured faster on 2 cores than one stacked process
+(``worker_count``).
 """
 
 from __future__ import annotations
@@ -50,16 +52,16 @@ def initial_member(member: ModuleConfig, seed: int) -> InClustModule:
     return InClustModule(member)
 
 
-def default_threads(workers: int, members: int) -> int:
-    """torch threads per process when ``training.threads`` is 0.
+def default_threads(device: torch.device) -> int:
+    """torch threads per process when ``training.threads`` is 0: one on the CPU.
 
-    One network of inClust+'s size is too small to split across threads: on the 2-core machine of
-    BENCHMARKS.md a second thread made one network 2.8x slower when the other core was busy and no
-    faster when idle. A stack of members is wider, so it gets the cores its process owns.
+    A network of inClust+'s size is too small to split across threads, and the threads of one
+    op wait for each other: on the shared 2-core machine of BENCHMARKS.md a second thread made one
+    network 1.3-2.8x slower and 6 stacked members up to 8x slower whenever the other core was busy,
+    and gained at most 1.2x when it was idle. More cores are used by more processes instead
+    (``worker_count``), which never wait for each other.
     """
-    if members == 1:
-        return 1
-    return max(1, available_cores() // workers)
+    return 1 if device.type == "cpu" else 0
 
 
 def _train_group(member: ModuleConfig, data: TrainingData, settings, device, precision: str, threads: int, progress: bool, desc: str):
@@ -69,18 +71,23 @@ def _train_group(member: ModuleConfig, data: TrainingData, settings, device, pre
     return train_stacked(modules, data, settings, device, precision, progress, desc)
 
 
-# Below this many rows x epochs x members (a few seconds of training here), starting worker processes
-# (each imports torch) costs more than they could save.
-PARALLEL_MIN_ROW_EPOCHS = 5_000_000
+# Below this many rows x epochs x members (about 10 s of training here), starting worker processes
+# (each imports torch and reads the pickled data) costs more than the second core saves.
+PARALLEL_MIN_ROW_EPOCHS = 1_000_000
 
 
 def worker_count(cfg: Config, n_rows: int, device: torch.device) -> int:
-    """Processes for the members: ``training.workers``, or (0) one - the members stacked in this
-    process, measured faster than per-member processes on the 2-core machine of BENCHMARKS.md."""
+    """Processes for the members: ``training.workers``, or (0) one per core up to the member count
+    for a big job on the CPU, each training its share of the members stacked with one thread;
+    otherwise one (a GPU trains all members stacked in this process)."""
     k = cfg.model.ensemble
+    if device.type != "cpu":
+        return 1
     if cfg.training.workers:
-        return 1 if device.type != "cpu" else max(1, min(k, cfg.training.workers))
-    return 1
+        return max(1, min(k, cfg.training.workers))
+    if k == 1 or n_rows * cfg.training.epochs * k < PARALLEL_MIN_ROW_EPOCHS:
+        return 1
+    return max(1, min(k, available_cores()))
 
 
 def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progress: bool = True):
@@ -90,7 +97,7 @@ def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progres
     k, workers = cfg.model.ensemble, worker_count(cfg, len(data.row_cell), device)
     settings = [member_settings(cfg, i) for i in range(k)]
     t0 = time.perf_counter()
-    threads = cfg.training.threads or default_threads(workers, k if workers == 1 else -(-k // workers))
+    threads = cfg.training.threads or default_threads(device)
     if workers == 1:
         desc = "training" if k == 1 else f"training {k} members side by side"
         modules, results = _train_group(member, data, settings, device, cfg.training.precision, threads, progress, desc)
