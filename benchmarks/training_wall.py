@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--other", type=Path, default=None, help="another checkout to compare (e.g. a worktree of main)")
     parser.add_argument("--other-name", default="main")
+    parser.add_argument("--other-one-thread", action="store_true",
+                        help="also run the other checkout with OMP_NUM_THREADS=1 (separates its thread default from its code)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--preset", action="store_true", help="the 6-network imputation preset (200 epochs) instead of one network")
     parser.add_argument("--epochs", type=int, default=None, help="default: 50 (one network) or the preset's 200")
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.other is not None:
             links = package_links(args.other.resolve(), work / "other_pkg")
             contenders[args.other_name] = {**os.environ, "PYTHONPATH": os.pathsep.join([str(links), os.environ.get("PYTHONPATH", "")])}
+            if args.other_one_thread:
+                contenders[f"{args.other_name}, OMP_NUM_THREADS=1"] = {**contenders[args.other_name], "OMP_NUM_THREADS": "1"}
         runs: dict[str, list[dict]] = {name: [] for name in contenders}
         for i in range(args.runs):
             order = list(contenders) if i % 2 == 0 else list(reversed(contenders))

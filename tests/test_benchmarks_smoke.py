@@ -104,3 +104,11 @@ def test_training_device_quick(results):
     assert [r["device"] for r in out["preset"]] == ["cpu"] and out["preset"][0]["members"] == 2
     assert out["citeseq"][0]["cells"] == 1000 and out["citeseq"][0]["features"] == 520 and out["citeseq"][0]["rows_per_s"] > 0
     assert (results / "training_device_quick.json").is_file()
+
+
+def test_ensemble_training_quick(results):
+    import ensemble_training
+
+    out = ensemble_training.main(["--quick", "--out", str(results)])
+    assert set(out["median_wall_s"]) == {"stacked, 1 process", "2 worker processes"} and out["members"] == 2
+    assert all(r[0]["member_rows_per_s"] > 0 for r in out["runs"].values())

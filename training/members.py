@@ -65,10 +65,14 @@ def default_threads(device: torch.device) -> int:
 
 
 def _train_group(member: ModuleConfig, data: TrainingData, settings, device, precision: str, threads: int, progress: bool, desc: str):
+    before = torch.get_num_threads()
     if device.type == "cpu" and threads:
         torch.set_num_threads(threads)
-    modules = [initial_member(member, tr.seed) for tr, _ in settings]
-    return train_stacked(modules, data, settings, device, precision, progress, desc)
+    try:
+        modules = [initial_member(member, tr.seed) for tr, _ in settings]
+        return train_stacked(modules, data, settings, device, precision, progress, desc)
+    finally:  # a caller's Python session keeps its own setting
+        torch.set_num_threads(before)
 
 
 # Below this many rows x epochs x members (about 10 s of training here), starting worker processes
