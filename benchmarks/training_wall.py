@@ -94,6 +94,10 @@ def mean_pearson(model_path: Path, split) -> float:
     return round(float(np.nanmean(per_gene_correlation(pred, split.truth))), 4)
 
 
+def _name(args) -> str:
+    return "training_wall" + ("_preset" if args.preset else "") + ("_quick" if args.quick else "")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--other", type=Path, default=None, help="another checkout to compare (e.g. a worktree of main)")
@@ -132,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
                 r["mean_pearson"] = mean_pearson(out, split)
                 runs[name].append(r)
                 print(f"{name:>14} run {i + 1}: {r['wall_s']:.1f} s wall (loop {r['loop_s']} s), mean Pearson {r['mean_pearson']}", flush=True)
+                if args.out is not None or not args.quick:  # what was measured so far survives a run cut short
+                    write_result(_name(args) + "_partial", {"runs": runs}, *([args.out] if args.out else []))
 
     summary = {name: {"median_wall_s": statistics.median(r["wall_s"] for r in rs),
                       "median_mean_pearson": statistics.median(r["mean_pearson"] for r in rs)} for name, rs in runs.items()}
@@ -149,9 +155,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.other is not None:
         result["speedup_vs_" + args.other_name] = round(summary[args.other_name]["median_wall_s"] / summary["this checkout"]["median_wall_s"], 2)
         print(f"this checkout is {result['speedup_vs_' + args.other_name]}x {args.other_name} (median whole-process wall)")
-    name = "training_wall" + ("_preset" if args.preset else "") + ("_quick" if args.quick else "")
     if args.out is not None or not args.quick:
-        write_result(name, result, *([args.out] if args.out else []))
+        write_result(_name(args), result, *([args.out] if args.out else []))
+        partial = (args.out or ROOT / "benchmarks" / "results") / f"{_name(args)}_partial.json"
+        partial.unlink(missing_ok=True)
     return result
 
 

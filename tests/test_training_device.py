@@ -172,3 +172,23 @@ def test_fused_adam_and_cosine_decay_equal_torch_optim():
         for p, q in zip(ours, ref):
             np.testing.assert_allclose(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
     assert (ours[0].detach() - ref[0].detach()).abs().max() < 1e-6 and (ours[0].detach() != 0).all()
+
+
+def test_worker_processes_only_for_big_cpu_jobs_with_an_idle_core(monkeypatch):
+    from inclust_plus.training import members
+
+    cfg = preset_config("imputation")  # 6 members, 200 epochs
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(members, "available_cores", lambda: 2)
+    monkeypatch.setattr(members, "idle_cores", lambda: 1)
+    assert members.worker_count(cfg, 30_370, cpu) == 2  # the preset on the MERFISH split, a core free
+    assert members.worker_count(cfg, 100, cpu) == 1  # too small to repay starting processes
+    assert members.worker_count(cfg, 30_370, cuda) == 1  # a GPU trains all members stacked
+    monkeypatch.setattr(members, "idle_cores", lambda: 0)
+    assert members.worker_count(cfg, 30_370, cpu) == 1  # every core busy: stacked in this process
+    cfg.training.workers = 3
+    assert members.worker_count(cfg, 100, cpu) == 3  # asked for
+    cfg.model.ensemble = 1
+    cfg.training.workers = 0
+    monkeypatch.setattr(members, "idle_cores", lambda: 1)
+    assert members.worker_count(cfg, 30_370, cpu) == 1

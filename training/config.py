@@ -88,7 +88,7 @@ class TrainingConfig:
     lr_schedule: str = "constant"  # "constant" | "cosine"
     kl_warmup_epochs: int = 0
     threads: int = 0  # torch threads per training process (0: one on a CPU, see training/members.py)
-    workers: int = 0  # processes training ensemble members on a CPU (0: one per core for big jobs, 1: all stacked in this one)
+    workers: int = 0  # processes training ensemble members on a CPU (0: one plus one per idle core for big jobs, 1: all stacked in this one)
     device: str = "auto"  # "auto" (CUDA when torch sees it) | "cpu" | "cuda"  (training/device.py)
     precision: str = "fp32"  # "fp32" | "bf16" | "fp16": autocast of the forward pass
 

@@ -3,10 +3,9 @@
 Member k always starts from the weights of seed ``seed + k`` and trains with its own shuffle,
 noise and likelihood (training/trainer.py), so where it trains - stacked with the others in one
 process, or in a group of a fresh worker process - changes only floating-point rounding, never
-what it learns. On a GPU all members train stacked in this process; on a CPU a big job uses one
-worker process per core (each training its share of the members stacked, one torch thread each),
-which benchmarks/ensemble_training.py measured faster on 2 cores than one stacked process
-(``worker_count``).
+what it learns. On a GPU all members train stacked in this process; on a CPU a big job adds a
+worker process per idle core (each training its share of the members stacked, one torch thread
+each), and stays in one stacked process when the cores are busy (``worker_count``).
 """
 
 from __future__ import annotations
@@ -75,15 +74,31 @@ def _train_group(member: ModuleConfig, data: TrainingData, settings, device, pre
         torch.set_num_threads(before)
 
 
-# Below this many rows x epochs x members (about 10 s of training here), starting worker processes
-# (each imports torch and reads the pickled data) costs more than the second core saves.
-PARALLEL_MIN_ROW_EPOCHS = 1_000_000
+# Below this many rows x epochs x members (about 25 s of training here), starting worker processes
+# (each imports torch and reads the pickled data: ~13 s on the loaded 2-core machine) costs more than
+# a second core saves (benchmarks/ensemble_training.py: 3 epochs of 6 members, 11.5 s stacked vs 18.5 s).
+PARALLEL_MIN_ROW_EPOCHS = 1_500_000
+
+
+def idle_cores() -> int:
+    """Cores no other process is using now (1-minute load average; this process counts as one)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return 0
+    return max(0, int(available_cores() - max(load, 1.0) + 0.5))
 
 
 def worker_count(cfg: Config, n_rows: int, device: torch.device) -> int:
-    """Processes for the members: ``training.workers``, or (0) one per core up to the member count
-    for a big job on the CPU, each training its share of the members stacked with one thread;
-    otherwise one (a GPU trains all members stacked in this process)."""
+    """Processes for the members: ``training.workers``, or (0) this one plus one per idle core (up to
+    the member count) for a big job on the CPU, each training its share of the members stacked with
+    one thread; a GPU trains all members stacked in this process.
+
+    Extra processes pay only with a core to run on: on the shared 2-core machine at load ~7,
+    6 members trained 12 epochs in 51 s stacked in one process against 54-67 s in 2 processes
+    (benchmarks/ensemble_training.py), while on an idle machine 2 processes use twice the cores.
+    Which path runs changes only floating-point rounding, never what a member learns.
+    """
     k = cfg.model.ensemble
     if device.type != "cpu":
         return 1
@@ -91,7 +106,7 @@ def worker_count(cfg: Config, n_rows: int, device: torch.device) -> int:
         return max(1, min(k, cfg.training.workers))
     if k == 1 or n_rows * cfg.training.epochs * k < PARALLEL_MIN_ROW_EPOCHS:
         return 1
-    return max(1, min(k, available_cores()))
+    return max(1, min(k, available_cores(), 1 + idle_cores()))
 
 
 def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progress: bool = True):
