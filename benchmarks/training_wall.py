@@ -70,7 +70,8 @@ def write_split(folder: Path, data: Path | None, n_synthetic: int) -> object:
 
 
 def run_contender(name: str, env: dict, config: Path, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "inclust_plus.training.cli", str(config), "--out", str(out), "--force", "--quiet"]
+    extra = env.pop("_EXTRA_ARGS", "").split()
+    cmd = [sys.executable, "-m", "inclust_plus.training.cli", str(config), "--out", str(out), "--force", "--quiet", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=config.parent, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -95,7 +96,8 @@ def mean_pearson(model_path: Path, split) -> float:
 
 
 def _name(args) -> str:
-    return "training_wall" + ("_preset" if args.preset else "") + ("_quick" if args.quick else "")
+    precision = f"_{args.also_precision}" if args.also_precision and args.other is None else ""
+    return "training_wall" + ("_preset" if args.preset else "") + precision + ("_quick" if args.quick else "")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--other-name", default="main")
     parser.add_argument("--other-one-thread", action="store_true",
                         help="also run the other checkout with OMP_NUM_THREADS=1 (separates its thread default from its code)")
+    parser.add_argument("--also-precision", choices=["bf16", "fp16"], default=None,
+                        help="also run this checkout with --precision (its accuracy and time next to fp32)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--preset", action="store_true", help="the 6-network imputation preset (200 epochs) instead of one network")
     parser.add_argument("--epochs", type=int, default=None, help="default: 50 (one network) or the preset's 200")
@@ -127,12 +131,14 @@ def main(argv: list[str] | None = None) -> dict:
             contenders[args.other_name] = {**os.environ, "PYTHONPATH": os.pathsep.join([str(links), os.environ.get("PYTHONPATH", "")])}
             if args.other_one_thread:
                 contenders[f"{args.other_name}, OMP_NUM_THREADS=1"] = {**contenders[args.other_name], "OMP_NUM_THREADS": "1"}
+        if args.also_precision:
+            contenders[f"this checkout, {args.also_precision}"] = {**os.environ, "_EXTRA_ARGS": f"--precision {args.also_precision}"}
         runs: dict[str, list[dict]] = {name: [] for name in contenders}
         for i in range(args.runs):
             order = list(contenders) if i % 2 == 0 else list(reversed(contenders))
             for name in order:
                 out = work / f"{name.replace(' ', '_')}_{i}.pt"
-                r = run_contender(name, contenders[name], config, out)
+                r = run_contender(name, dict(contenders[name]), config, out)
                 r["mean_pearson"] = mean_pearson(out, split)
                 runs[name].append(r)
                 print(f"{name:>14} run {i + 1}: {r['wall_s']:.1f} s wall (loop {r['loop_s']} s), mean Pearson {r['mean_pearson']}", flush=True)
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         "summary": summary,
         "machine": machine(),
     }
-    if args.other is not None:
+    if args.other is not None and args.other_name in summary:
         result["speedup_vs_" + args.other_name] = round(summary[args.other_name]["median_wall_s"] / summary["this checkout"]["median_wall_s"], 2)
         print(f"this checkout is {result['speedup_vs_' + args.other_name]}x {args.other_name} (median whole-process wall)")
     if args.out is not None or not args.quick:
