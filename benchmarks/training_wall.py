@@ -97,7 +97,8 @@ def mean_pearson(model_path: Path, split) -> float:
 
 def _name(args) -> str:
     precision = f"_{args.also_precision}" if args.also_precision and args.other is None else ""
-    return "training_wall" + ("_preset" if args.preset else "") + precision + ("_quick" if args.quick else "")
+    one_thread = "_other_one_thread" if args.only_other_one_thread else ""
+    return "training_wall" + ("_preset" if args.preset else "") + precision + one_thread + ("_quick" if args.quick else "")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--other-name", default="main")
     parser.add_argument("--other-one-thread", action="store_true",
                         help="also run the other checkout with OMP_NUM_THREADS=1 (separates its thread default from its code)")
+    parser.add_argument("--only-other-one-thread", action="store_true",
+                        help="run the other checkout only with OMP_NUM_THREADS=1 (a short run of the code-only speedup)")
     parser.add_argument("--also-precision", choices=["bf16", "fp16"], default=None,
                         help="also run this checkout with --precision (its accuracy and time next to fp32)")
     parser.add_argument("--data", type=Path, default=DATA)
@@ -129,8 +132,11 @@ def main(argv: list[str] | None = None) -> dict:
         if args.other is not None:
             links = package_links(args.other.resolve(), work / "other_pkg")
             contenders[args.other_name] = {**os.environ, "PYTHONPATH": os.pathsep.join([str(links), os.environ.get("PYTHONPATH", "")])}
-            if args.other_one_thread:
+            if args.other_one_thread or args.only_other_one_thread:
                 contenders[f"{args.other_name}, OMP_NUM_THREADS=1"] = {**contenders[args.other_name], "OMP_NUM_THREADS": "1"}
+            if args.only_other_one_thread:
+                del contenders[args.other_name]
+                args.other_name = f"{args.other_name}, OMP_NUM_THREADS=1"
         if args.also_precision:
             contenders[f"this checkout, {args.also_precision}"] = {**os.environ, "_EXTRA_ARGS": f"--precision {args.also_precision}"}
         runs: dict[str, list[dict]] = {name: [] for name in contenders}
@@ -159,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine(),
     }
     if args.other is not None and args.other_name in summary:
-        result["speedup_vs_" + args.other_name] = round(summary[args.other_name]["median_wall_s"] / summary["this checkout"]["median_wall_s"], 2)
-        print(f"this checkout is {result['speedup_vs_' + args.other_name]}x {args.other_name} (median whole-process wall)")
+        result["speedup_vs_other"] = round(summary[args.other_name]["median_wall_s"] / summary["this checkout"]["median_wall_s"], 2)
+        print(f"this checkout is {result['speedup_vs_other']}x {args.other_name} (median whole-process wall)")
     if args.out is not None or not args.quick:
         write_result(_name(args), result, *([args.out] if args.out else []))
         partial = (args.out or ROOT / "benchmarks" / "results") / f"{_name(args)}_partial.json"
