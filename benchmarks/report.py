@@ -319,7 +319,8 @@ def training_issue13_section(results: Path) -> list[str]:
     if ens:
         lines += ["### Ensemble members: stacked in one process vs worker processes (benchmarks/ensemble_training.py)", "",
                   f"Measured {ens['date']} on {_machine_note(ens['machine'])}: {ens['members']} members, {ens['epochs']} epochs, "
-                  f"standard split, one torch thread per process. Median wall s: " +
+                  f"standard split, one torch thread per process, load average at the end "
+                  f"{ens['machine'].get('load_average_1_5_15')}. Median wall s: " +
                   ", ".join(f"{k} {v}" for k, v in ens["median_wall_s"].items()) + f"; faster: **{ens['faster']}**.", ""]
     if dev:
         lines += ["### CPU vs CUDA (benchmarks/training_device.py)", "",
