@@ -102,3 +102,27 @@ def test_gpu_quick_on_cpu(results):
     assert e2e["cells"] == 20_000 and e2e["cells_per_s"]["cpu_dense"] > 0 and e2e["cells_per_s"]["cpu_csr"] > 0
     assert all(v is not None for v in e2e["startup_s"].values())
     assert (results / "gpu_quick.json").is_file()
+def test_training_wall_quick(results):
+    import training_wall
+
+    out = training_wall.main(["--quick", "--out", str(results)])
+    run = out["runs"]["this checkout"][0]
+    assert run["wall_s"] > run["loop_s"] > 0 and "2 epochs" in run["line"] and -1 <= run["mean_pearson"] <= 1
+    assert (results / "training_wall_quick.json").is_file()
+
+
+def test_training_device_quick(results):
+    import training_device
+
+    out = training_device.main(["--quick", "--out", str(results)])
+    assert [r["device"] for r in out["preset"]] == ["cpu"] and out["preset"][0]["members"] == 2
+    assert out["citeseq"][0]["cells"] == 1000 and out["citeseq"][0]["features"] == 520 and out["citeseq"][0]["rows_per_s"] > 0
+    assert (results / "training_device_quick.json").is_file()
+
+
+def test_ensemble_training_quick(results):
+    import ensemble_training
+
+    out = ensemble_training.main(["--quick", "--out", str(results)])
+    assert set(out["median_wall_s"]) == {"stacked, 1 process", "2 worker processes"} and out["members"] == 2
+    assert all(r[0]["member_rows_per_s"] > 0 for r in out["runs"].values())

@@ -109,14 +109,14 @@ def test_runtime_signal_while_writing_keeps_the_existing_output(toy, tmp_path, m
 
 
 def test_training_stops_between_steps(tmp_path, monkeypatch):
-    from inclust_plus.training import module as module_mod
+    from inclust_plus.training import stacked as stacked_mod
     from inclust_plus.training.cli import main as train
 
     good_input(tmp_path / "ref.h5ad", n=200)
     cfg = tmp_path / "cfg.toml"
     cfg.write_text('[[datasets]]\nname = "ref"\npath = "ref.h5ad"\n[training]\nepochs = 50\nbatch_size = 20\n')
     (tmp_path / "model.pt").write_bytes(b"the previous model")
-    loss = module_mod.InClustModule.loss
+    loss = stacked_mod.StackedNetworks.loss  # the training loop's loss (members side by side)
     steps = []
 
     def loss_then_sigterm(self, *args, **kwargs):
@@ -125,7 +125,7 @@ def test_training_stops_between_steps(tmp_path, monkeypatch):
             _signal_self(signal.SIGTERM)
         return loss(self, *args, **kwargs)
 
-    monkeypatch.setattr(module_mod.InClustModule, "loss", loss_then_sigterm)
+    monkeypatch.setattr(stacked_mod.StackedNetworks, "loss", loss_then_sigterm)
     before = snapshot(tmp_path)
     result = CliRunner().invoke(train, [str(cfg), "--out", str(tmp_path / "model.pt"), "--force", "--quiet"])
     assert result.exit_code == 130, result.output

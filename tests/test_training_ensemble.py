@@ -102,4 +102,4 @@ def test_a_failing_worker_is_reported_with_its_last_line():
     settings = [member_settings(st.config, k) for k in range(2)]
     # torch refuses a negative thread count inside the worker: its error must reach the caller.
     with pytest.raises(RuntimeError, match="training ensemble member [01] failed: .*thread"):
-        _train_in_workers(member, data, settings, workers=2, threads=-3, progress=False)
+        _train_in_workers(member, data, settings, workers=2, threads=-3, precision="fp32", progress=False)

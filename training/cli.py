@@ -15,6 +15,7 @@ Examples:
   inclust-train examples/merfish_imputation.toml --out model.pt
   inclust-train my_config.toml --out runs/model.pt --epochs 10 --seed 1
   inclust-train examples/merfish_imputation.toml --ensemble 1   # one network: a quick first look
+  inclust-train examples/merfish_imputation.toml --device cuda  # train on the GPU
 
 The config names the datasets (AnnData .h5ad or MuData .h5mu), what each measured, its batch/
 technology covariate and optional cell-type column; see the README for one example per task.
@@ -30,12 +31,18 @@ loss-curve PNG next to it (model.loss.png).
 @click.option("--seed", type=int, default=None, help="Override training.seed (same seed, same weights).")
 @click.option("--ensemble", type=click.IntRange(min=1), default=None,
               help="Override model.ensemble: how many networks to train and merge (1 = one network, fastest).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Override training.device: where to train (auto = the GPU when torch sees one, else the CPU).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Override training.precision: bf16/fp16 run the network's matrix products in half precision.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
-def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble: int | None, force: bool, quiet: bool) -> None:
+def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble: int | None, device: str | None,
+         precision: str | None, force: bool, quiet: bool) -> None:
     """Train an inClust+ model from a TOML CONFIG and save it to --out."""
     from .config import check_config, load_config
+    from .device import resolve_device
 
     cfg = load_config(config)
     if epochs is not None:
@@ -44,6 +51,10 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
         cfg.training.seed = seed
     if ensemble is not None:
         cfg.model.ensemble = ensemble
+    if device is not None:
+        cfg.training.device = device
+    if precision is not None:
+        cfg.training.precision = precision
     check_config(cfg)  # the overrides too, before anything is written
     png = out.with_suffix(".loss.png")
     inputs = (config, *(d.path for d in cfg.datasets))  # an output must never replace an input of the run
@@ -65,7 +76,7 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     click.echo(
         f"trained {cfg.name}: {networks}{len(data.row_cell):,} rows from {len(data.dataset_names)} dataset(s), "
         f"{data.n_features} features, {result.epochs_run} epochs{' each' if k > 1 else ''} in {wall:.1f} s "
-        f"({result.rows_per_second:,.0f} rows/s{' per network' if k > 1 else ''}); final loss {result.history['total'][-1]:.4f}"
+        f"({result.rows_per_second:,.0f} rows/s{' over all networks' if k > 1 else ''}, {resolve_device(cfg.training.device).type}); final loss {result.history['total'][-1]:.4f}"
     )
     click.echo(f"wrote {out} and {png}; combinations: {combos}")
 

@@ -92,8 +92,10 @@ class TrainingConfig:
     patience: int = key(0, Int(min=0))  # epochs without validation improvement before stopping (0: never stop early)
     lr_schedule: str = key("constant", Choice("constant", "cosine"))
     kl_warmup_epochs: int = key(0, Int(min=0))
-    threads: int = key(0, Int(min=0))  # 0: torch default
-    workers: int = key(0, Int(min=0))  # processes training ensemble members side by side (0: one per core for big jobs, 1: one after another)
+    threads: int = key(0, Int(min=0))  # torch threads per training process (0: one on a CPU, see training/members.py)
+    workers: int = key(0, Int(min=0))  # processes training ensemble members on a CPU (0: one plus one per idle core for big jobs, 1: all stacked in this one)
+    device: str = key("auto", Choice("auto", "cpu", "cuda"))  # auto: CUDA when torch sees it (training/device.py)
+    precision: str = key("fp32", Choice("fp32", "bf16", "fp16"))  # autocast of the forward pass
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""Train the members of an ensemble: one after another, or side by side in fresh worker processes.
+"""Train the members of an ensemble: side by side in this process, or in groups in worker processes.
 
-A network of inClust+'s size keeps one CPU core busy and gains nothing from a second torch thread
-(200 epochs on the MERFISH-panel data take about as long with 2 threads as with 1), so K members
-train about ``min(K, cores)`` times faster in separate processes with one thread each than in
-sequence. Member k always trains with seed ``seed + k`` and its own likelihood, so which path ran
-changes only floating-point rounding, never what a member learns.
+Member k always starts from the weights of seed ``seed + k`` and trains with its own shuffle,
+noise and likelihood (training/trainer.py), so where it trains - stacked with the others in one
+process, or in a group of a fresh worker process - changes only floating-point rounding, never
+what it learns. On a GPU all members train stacked in this process; on a CPU a big job adds a
+worker process per idle core (each training its share of the members stacked, one torch thread
+each), and stays in one stacked process when the cores are busy (``worker_count``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from inclust_plus import interrupt
 
 from .config import Config
 from .data import TrainingData
+from .device import resolve_device
 from .module import InClustModule, ModuleConfig
-from .trainer import TrainingResult, seed_everything, train
+from .trainer import TrainingResult, seed_everything, train_stacked
 
 
 def available_cores() -> int:
@@ -45,85 +47,132 @@ def member_settings(cfg: Config, k: int):
     return training, loss
 
 
-def _train_one(member: ModuleConfig, data: TrainingData, training, loss, threads: int, progress: bool, desc: str):
-    if threads:
+def initial_member(member: ModuleConfig, seed: int) -> InClustModule:
+    """Member weights as a network of seed ``seed`` starts (the same wherever it then trains)."""
+    seed_everything(seed)
+    return InClustModule(member)
+
+
+def default_threads(device: torch.device) -> int:
+    """torch threads per process when ``training.threads`` is 0: one on the CPU.
+
+    A network of inClust+'s size is too small to split across threads, and the threads of one
+    op wait for each other: on the shared 2-core machine of BENCHMARKS.md a second thread made one
+    network 1.3-2.8x slower and 6 stacked members up to 8x slower whenever the other core was busy,
+    and gained at most 1.2x when it was idle. More cores are used by more processes instead
+    (``worker_count``), which never wait for each other.
+    """
+    return 1 if device.type == "cpu" else 0
+
+
+def _train_group(member: ModuleConfig, data: TrainingData, settings, device, precision: str, threads: int, progress: bool, desc: str):
+    before = torch.get_num_threads()
+    if device.type == "cpu" and threads:
         torch.set_num_threads(threads)
-    seed_everything(training.seed)
-    module = InClustModule(member)
-    result = train(module, data, training, loss, progress=progress, desc=desc)
-    return module, result
+    try:
+        modules = [initial_member(member, tr.seed) for tr, _ in settings]
+        return train_stacked(modules, data, settings, device, precision, progress, desc)
+    finally:  # a caller's Python session keeps its own setting
+        torch.set_num_threads(before)
 
 
-# Below this many rows x epochs (about 10 s of training for one network here), starting worker
-# processes (each imports torch) costs more than training the members one after another saves.
-PARALLEL_MIN_ROW_EPOCHS = 1_000_000
+# Below this many rows x epochs x members (about 25 s of training here), starting worker processes
+# (each imports torch and reads the pickled data: ~13 s on the loaded 2-core machine) costs more than
+# a second core saves (benchmarks/ensemble_training.py: 3 epochs of 6 members, 11.5 s stacked vs 18.5 s).
+PARALLEL_MIN_ROW_EPOCHS = 1_500_000
 
 
-def worker_count(cfg: Config, n_rows: int) -> int:
-    """Processes for the members: ``training.workers``, or (0) one per core up to the member count
-    when the job is big enough to repay starting them."""
+def idle_cores() -> int:
+    """Cores no other process is using now (1-minute load average; this process counts as one)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return 0
+    return max(0, int(available_cores() - max(load, 1.0) + 0.5))
+
+
+def worker_count(cfg: Config, n_rows: int, device: torch.device) -> int:
+    """Processes for the members: ``training.workers``, or (0) this one plus one per idle core (up to
+    the member count) for a big job on the CPU, each training its share of the members stacked with
+    one thread; a GPU trains all members stacked in this process.
+
+    Extra processes pay only with a core to run on: on the shared 2-core machine at load ~7,
+    6 members trained 12 epochs in 51 s stacked in one process against 54-67 s in 2 processes
+    (benchmarks/ensemble_training.py), while on an idle machine 2 processes use twice the cores.
+    Which path runs changes only floating-point rounding, never what a member learns.
+    """
     k = cfg.model.ensemble
+    if device.type != "cpu":
+        return 1
     if cfg.training.workers:
         return max(1, min(k, cfg.training.workers))
-    if n_rows * cfg.training.epochs < PARALLEL_MIN_ROW_EPOCHS:
+    if k == 1 or n_rows * cfg.training.epochs * k < PARALLEL_MIN_ROW_EPOCHS:
         return 1
-    return max(1, min(k, available_cores()))
+    return max(1, min(k, available_cores(), 1 + idle_cores()))
 
 
 def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progress: bool = True):
-    """The ``cfg.model.ensemble`` trained members of shape ``member`` and their training records."""
-    k, workers = cfg.model.ensemble, worker_count(cfg, len(data.row_cell))
+    """The ``cfg.model.ensemble`` trained members of shape ``member``, their training records and
+    the wall seconds the whole ensemble took."""
+    device = resolve_device(cfg.training.device)
+    k, workers = cfg.model.ensemble, worker_count(cfg, len(data.row_cell), device)
     settings = [member_settings(cfg, i) for i in range(k)]
+    t0 = time.perf_counter()
+    threads = cfg.training.threads or default_threads(device)
     if workers == 1:
-        runs = [
-            _train_one(member, data, tr, lo, cfg.training.threads, progress, "training" if k == 1 else f"member {i + 1}/{k}")
-            for i, (tr, lo) in enumerate(settings)
-        ]
-        return [m for m, _ in runs], [r for _, r in runs]
-    threads = max(1, (cfg.training.threads or available_cores()) // workers)
-    states, results = _train_in_workers(member, data, settings, workers, threads, progress)
+        desc = "training" if k == 1 else f"training {k} members side by side"
+        modules, results = _train_group(member, data, settings, device, cfg.training.precision, threads, progress, desc)
+        return modules, results, time.perf_counter() - t0
+    states, results = _train_in_workers(member, data, settings, workers, threads, cfg.training.precision, progress)
     modules = []
     for state in states:
         module = InClustModule(member)
         module.load_state_dict(state)
         modules.append(module.eval())
-    return modules, results
+    return modules, results, time.perf_counter() - t0
 
 
-def _train_in_workers(member, data, settings, workers: int, threads: int, progress: bool):
-    """Each member in a fresh ``python -m inclust_plus.training.members`` process, ``workers`` at a time.
+def _groups(k: int, workers: int) -> list[list[int]]:
+    """Members dealt round-robin into ``workers`` groups (sizes differ by at most one)."""
+    return [list(range(k))[w::workers] for w in range(workers)]
+
+
+def _train_in_workers(member, data, settings, workers: int, threads: int, precision: str, progress: bool):
+    """Each group of members stacked in a fresh ``python -m inclust_plus.training.members`` process.
 
     Fresh interpreters rather than multiprocessing: a spawned multiprocessing child re-imports the
     caller's main script (which breaks scripts read from stdin and re-runs scripts without a
     ``__main__`` guard), and a forked one inherits the parent's OpenMP thread pool.
     """
     k = len(settings)
+    groups = _groups(k, workers)
     with tempfile.TemporaryDirectory(prefix="inclust_members_") as tmp:
         job = Path(tmp) / "job.pkl"
         with open(job, "wb") as f:  # private to this run: written here, read by our own workers only
-            pickle.dump({"member": member, "data": data, "settings": settings, "threads": threads}, f, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump({"member": member, "data": data, "settings": settings, "threads": threads, "precision": precision,
+                         "groups": groups}, f, protocol=pickle.HIGHEST_PROTOCOL)
         # The workers import this package exactly as this process did (a script may have extended sys.path).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        pending, running = list(range(k)), {}
+        running = {}
         bar = tqdm(total=k, desc=f"training {k} members on {workers} processes", unit="member", disable=not progress)
         try:
-            while pending or running:
+            for g in range(len(groups)):
+                log = open(Path(tmp) / f"group{g}.log", "wb")
+                cmd = [sys.executable, "-m", "inclust_plus.training.members", str(job), str(g), tmp]
+                running[g] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+            while running:
                 interrupt.check()  # Ctrl-C/SIGTERM: the finally below stops the workers
-                while pending and len(running) < workers:
-                    i = pending.pop(0)
-                    log = open(Path(tmp) / f"member{i}.log", "wb")
-                    cmd = [sys.executable, "-m", "inclust_plus.training.members", str(job), str(i), tmp]
-                    running[i] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
-                for i, (proc, log) in list(running.items()):
+                for g, (proc, log) in list(running.items()):
                     if proc.poll() is None:
                         continue
                     log.close()
-                    del running[i]
+                    del running[g]
                     if proc.returncode != 0:
                         interrupt.check()  # a worker ended by the same Ctrl-C is the stop, not a failure
-                        lines = (Path(tmp) / f"member{i}.log").read_text(errors="replace").strip().splitlines()
-                        raise RuntimeError(f"training ensemble member {i} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
-                    bar.update()
+                        lines = (Path(tmp) / f"group{g}.log").read_text(errors="replace").strip().splitlines()
+                        which = ", ".join(map(str, groups[g]))
+                        raise RuntimeError(f"training ensemble member {which} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+                    bar.update(len(groups[g]))
                 time.sleep(0.05)
         finally:
             for proc, log in running.values():
@@ -136,15 +185,17 @@ def _train_in_workers(member, data, settings, workers: int, threads: int, progre
     return states, results
 
 
-def _worker_main(job: str, index: str, out: str) -> None:
-    """Train member ``index`` of the pickled job and write its weights and training record to ``out``."""
+def _worker_main(job: str, group: str, out: str) -> None:
+    """Train group ``group`` of the pickled job; write each member's weights and training record to ``out``."""
     with open(job, "rb") as f:
         spec = pickle.load(f)
-    i = int(index)
-    training, loss = spec["settings"][i]
-    module, result = _train_one(spec["member"], spec["data"], training, loss, spec["threads"], False, "")
-    torch.save(module.state_dict(), Path(out) / f"member{i}.pt")
-    (Path(out) / f"member{i}.json").write_text(json.dumps(dataclasses.asdict(result)))
+    members = spec["groups"][int(group)]
+    settings = [spec["settings"][i] for i in members]
+    modules, results = _train_group(spec["member"], spec["data"], settings, torch.device("cpu"), spec["precision"],
+                                    spec["threads"], False, "")
+    for i, module, result in zip(members, modules, results):
+        torch.save(module.state_dict(), Path(out) / f"member{i}.pt")
+        (Path(out) / f"member{i}.json").write_text(json.dumps(dataclasses.asdict(result)))
 
 
 if __name__ == "__main__":

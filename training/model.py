@@ -21,6 +21,7 @@ from .api import AnnDataVerbs
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, LossConfig, ModelConfig, TrainingConfig, ViewsConfig, config_from_dict
 from .data import TrainingData, assemble
+from .device import resolve_device
 from .ensemble import merge_members
 from .members import train_members
 from .loading import load_dataset
@@ -195,6 +196,7 @@ class InClust(AnnDataVerbs):
     def fit(cls, cfg: Config, objects: dict | None = None, progress: bool = True) -> tuple["InClust", TrainingData, TrainingResult]:
         """Load and validate the datasets of ``cfg`` (or the in-memory ``objects`` by dataset name), train."""
         objects = objects or {}
+        resolve_device(cfg.training.device)  # a GPU asked for and missing: say so before reading any data
         datasets = [load_dataset(d, objects.get(d.name)) for d in cfg.datasets]
         data = assemble(datasets, cfg)
         m = cfg.model
@@ -213,9 +215,9 @@ class InClust(AnnDataVerbs):
         # the single-network model.
         if "bernoulli" in cfg.loss.likelihoods()[: m.ensemble]:
             _check_unit_interval(data)
-        members, results = train_members(member, data, cfg, progress=progress)
+        members, results, wall = train_members(member, data, cfg, progress=progress)
         module = merge_members(members)
-        result = TrainingResult.combined(results)
+        result = TrainingResult.combined(results, wall=wall if len(results) > 1 else None)
         desc = describe(data, cfg)
         desc["training"] = {
             "epochs": result.epochs_run,

@@ -1,31 +1,39 @@
-"""The training loop: shuffled mini-batches of rows, Adam, optional validation-based early stopping.
+"""The training loop: K networks (K = 1 for a single model) trained side by side on one device.
 
-Rows are gathered straight from in-memory tensors (no DataLoader: a worker pool costs more than
-the whole step for a network of this size), which is what makes training several times faster
-than the official implementation on the same CPU. For the same reason the step avoids per-step
-fixed costs where it can: Adam runs fused (one kernel over all parameters instead of a dozen small
-ops per tensor), and the loss terms are summed as tensors and read once per epoch.
+Each member keeps everything it would have alone: its seed's initial weights (made by the
+caller), its own shuffle of the rows and its own reparameterisation noise (one generator each),
+its own validation split and early stopping, and its likelihood. The members share only the
+schedule (epochs, batch size, learning rate and its decay, KL warm-up), which a config sets for
+all of them. Stacked (training/stacked.py), they train in one forward and backward pass per step.
+
+The step avoids fixed costs where it can: rows are gathered on the device from tensors placed
+there once (training/batches.py), Adam runs fused (one kernel over all parameters), and the loss
+terms are summed on the device and read once per epoch - the only host-device exchange in the
+loop besides the epoch's shuffled order.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
 from inclust_plus import interrupt
 
+from .batches import DeviceRows
 from .config import LossConfig, TrainingConfig
 from .data import TrainingData
+from .device import autocast, grad_scaler
 from .module import InClustModule, LossWeights
+from .optim import adam, cosine_lr
+from .stacked import TERMS, StackedNetworks
 
-TERMS = ("total", "reconstruction", "kl", "categorical", "label")
+NOISE_SEED_OFFSET = 7919  # the noise generator's seed is the member's seed plus this (not the shuffle's stream)
 
 
 @dataclass
@@ -37,17 +45,19 @@ class TrainingResult:
     rows_per_second: float = 0.0
 
     @classmethod
-    def combined(cls, results: list["TrainingResult"]) -> "TrainingResult":
-        """One record for the members of an ensemble: per-epoch mean of their curves, summed time."""
-        if len(results) == 1:
+    def combined(cls, results: list["TrainingResult"], wall: float | None = None) -> "TrainingResult":
+        """One record for the members of an ensemble: per-epoch mean of their curves; ``wall`` (the
+        time the whole ensemble took, default: the members' summed time) and the rows all members
+        trained on per second of it."""
+        if len(results) == 1 and wall is None:
             return results[0]
         history = {}
         for term in results[0].history:
             curves = [r.history[term] for r in results]
             n = min(len(c) for c in curves)
             history[term] = [float(np.mean([c[i] for c in curves])) for i in range(n)]
-        seconds = sum(r.seconds for r in results)
         rows = sum(r.rows_per_second * r.seconds for r in results)
+        seconds = sum(r.seconds for r in results) if wall is None else wall
         return cls(history=history, best_epoch=round(float(np.mean([r.best_epoch for r in results]))),
                    epochs_run=max(r.epochs_run for r in results), seconds=seconds, rows_per_second=rows / max(seconds, 1e-9))
 
@@ -60,123 +70,144 @@ def seed_everything(seed: int) -> torch.Generator:
     return gen
 
 
-class _Rows:
-    """Tensors for fast row gathering."""
-
-    def __init__(self, data: TrainingData, rows: np.ndarray):
-        self.sparse = sp.issparse(data.x)
-        self.x = data.x if self.sparse else torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
-        self.cell = torch.from_numpy(data.row_cell[rows])
-        self.inp = torch.from_numpy(data.row_input[rows])
-        self.out = torch.from_numpy(data.row_output[rows])
-        self.cov = torch.from_numpy(data.covariate)[self.cell]
-        self.label = torch.from_numpy(data.labels)[self.cell]
-        self.masks = torch.from_numpy(data.mask_table.array())
-
-    def __len__(self) -> int:
-        return len(self.cell)
-
-    def batch(self, idx: torch.Tensor):
-        cells = self.cell[idx]
-        if self.sparse:
-            x = torch.from_numpy(self.x[cells.numpy()].toarray())
-        else:
-            x = self.x.index_select(0, cells)
-        return x, self.masks[self.inp[idx]], self.masks[self.out[idx]], self.cov[idx], self.label[idx]
+def _shared_schedule(settings: list[tuple[TrainingConfig, LossConfig]]) -> None:
+    """Members trained side by side may differ only in seed and likelihood."""
+    first_t, first_l = settings[0]
+    for t, lo in settings[1:]:
+        if dataclasses.replace(t, seed=first_t.seed) != first_t or dataclasses.replace(lo, likelihood=first_l.likelihood) != first_l:
+            raise ValueError("members trained side by side must share every setting but seed and likelihood")
 
 
-def _adam(params, lr: float) -> torch.optim.Optimizer:
-    """Fused Adam where this torch has it for CPU tensors (same update, about 4x less optimizer time)."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # older torch: no fused CPU kernel
-        return torch.optim.Adam(params, lr=lr, foreach=True)
-
-
-def _evaluate(module: InClustModule, rows: _Rows, weights: LossWeights, unsupervised: bool, batch_size: int) -> float:
-    module.eval()
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(rows)))
-            terms = module.loss(*rows.batch(idx), weights, unsupervised)
-            total += float(terms["total"]) * len(idx)
-            n += len(idx)
-    module.train()
-    return total / max(n, 1)
-
-
-def train(
-    module: InClustModule,
-    data: TrainingData,
-    cfg: TrainingConfig,
-    loss_cfg: LossConfig,
-    progress: bool = True,
-    desc: str = "training",
-) -> TrainingResult:
-    """Fit ``module`` on ``data`` in place; returns the per-epoch history."""
-    gen = seed_everything(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    n_rows = len(data.row_cell)
+def _split_rows(n_rows: int, cfg: TrainingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Member's (training, validation) rows: a validation share drawn with its seed, both sorted."""
     order = np.random.default_rng(cfg.seed).permutation(n_rows)
     n_val = int(round(cfg.validation_fraction * n_rows)) if cfg.validation_fraction > 0 else 0
-    train_rows = _Rows(data, np.sort(order[n_val:]))
-    val_rows = _Rows(data, np.sort(order[:n_val])) if n_val else None
-    weights = LossWeights(**vars(loss_cfg))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _evaluate(net: StackedNetworks, rows: DeviceRows, val: torch.Tensor, weights, bernoulli, unsupervised, precision, chunk=4096):
+    """Mean validation loss per member [K] (posterior mean, no noise), read once."""
+    net.eval()
+    total = torch.zeros(net.k, dtype=torch.float64, device=val.device)
+    with torch.no_grad(), autocast(val.device, precision):
+        for s in range(0, val.shape[1], chunk):
+            part = val[:, s : s + chunk]
+            total += net.loss(*rows.batch(part), None, weights, bernoulli, unsupervised)[0].double() * part.shape[1]
+    net.train()
+    return (total / max(val.shape[1], 1)).tolist()
+
+
+def train_stacked(
+    members: list[InClustModule],
+    data: TrainingData,
+    settings: list[tuple[TrainingConfig, LossConfig]],
+    device: torch.device,
+    precision: str = "fp32",
+    progress: bool = True,
+    desc: str = "training",
+) -> tuple[list[InClustModule], list[TrainingResult]]:
+    """Train ``members`` (initialised by the caller) side by side; member k with ``settings[k]``."""
+    _shared_schedule(settings)
+    cfg, loss_cfg = settings[0]
+    k = len(members)
+    net = StackedNetworks(members).to(device)
+    rows = DeviceRows(data, device)
+    splits = [_split_rows(len(data.row_cell), t) for t, _ in settings]
+    train_rows = torch.from_numpy(np.stack([s[0] for s in splits])).to(device)
+    val_rows = torch.from_numpy(np.stack([s[1] for s in splits])).to(device) if len(splits[0][1]) else None
+    n_train = train_rows.shape[1]
+    shuffles = [torch.Generator().manual_seed(t.seed) for t, _ in settings]
+    noises = [torch.Generator(device).manual_seed(t.seed + NOISE_SEED_OFFSET) for t, _ in settings]
+    likelihoods = [lo.likelihood for _, lo in settings]
+    bernoulli = likelihoods[0] == "bernoulli" if len(set(likelihoods)) == 1 else torch.tensor([v == "bernoulli" for v in likelihoods], device=device)
+    weights = LossWeights(**{**vars(loss_cfg), "likelihood": "per member"})
+    full_weights = dataclasses.replace(weights)
     unsupervised = data.label_mode == "unsupervised"
-    opt = _adam(list(module.parameters()), cfg.learning_rate)
-    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
-    sched = None
-    if cfg.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
-    result = TrainingResult(history={t: [] for t in TERMS})
-    if val_rows is not None:
-        result.history["validation"] = []
-    best, best_state, since_best = math.inf, None, 0
-    module.train()
+    scaler = grad_scaler(device, precision)
+    opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    total_steps, step = max(1, cfg.epochs * steps_per_epoch), 0
+    results = [TrainingResult(history={t: [] for t in TERMS}) for _ in range(k)]
+    for r in results:
+        if val_rows is not None:
+            r.history["validation"] = []
+    active = [True] * k
+    best, best_state, since_best = [math.inf] * k, [None] * k, [0] * k
+    latent = net.config.latent_dim
+    net.train()
     t0 = time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, dynamic_ncols=True)
-    kl_full = weights.kl
     for epoch in bar:
         if cfg.kl_warmup_epochs:
-            weights.kl = kl_full * min(1.0, (epoch + 1) / cfg.kl_warmup_epochs)
-        perm = torch.randperm(len(train_rows), generator=gen)
-        sums = torch.zeros(len(TERMS), dtype=torch.float64)
+            weights.kl = full_weights.kl * min(1.0, (epoch + 1) / cfg.kl_warmup_epochs)
+        perm = torch.stack([torch.randperm(n_train, generator=g) for g in shuffles]).to(device)
+        epoch_rows = train_rows.gather(1, perm)
+        sums = torch.zeros(len(TERMS), k, dtype=torch.float64, device=device)
         for s in range(steps_per_epoch):
             interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
-            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            terms = module.loss(*train_rows.batch(idx), weights, unsupervised)
-            opt.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            with torch.no_grad():  # summed as tensors: no per-step conversion to Python floats
-                sums += torch.stack([terms[t] for t in TERMS]).double() * len(idx)
-        for t, total in zip(TERMS, sums.tolist()):
-            result.history[t].append(total / len(train_rows))
-        shown = {"loss": f"{result.history['total'][-1]:.3f}", "rec": f"{result.history['reconstruction'][-1]:.3f}",
-                 "kl": f"{result.history['kl'][-1]:.2f}", "label": f"{result.history['label'][-1]:.3f}"}
-        result.epochs_run = epoch + 1
-        if val_rows is not None:
-            v = _evaluate(module, val_rows, LossWeights(**vars(loss_cfg)), unsupervised, 4096)
-            result.history["validation"].append(v)
-            shown["val"] = f"{v:.3f}"
-            if v < best:
-                best, best_state, since_best, result.best_epoch = v, copy.deepcopy(module.state_dict()), 0, epoch + 1
+            step_rows = epoch_rows[:, s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            n = step_rows.shape[1]
+            noise = torch.empty(k, n, latent, device=device)
+            for i, g in enumerate(noises):
+                noise[i].normal_(generator=g)
+            with autocast(device, precision):
+                terms = net.loss(*rows.batch(step_rows), noise, weights, bernoulli, unsupervised)
+            opt.zero_grad()
+            loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:  # fp16: one loss scale for all members (an overflow in one skips the step of all)
+                scaler.scale(loss).backward()
+                scaler.step(opt.optimizer)
+                scaler.update()
+            step += 1
+            if cfg.lr_schedule == "cosine":
+                opt.lr = cosine_lr(cfg.learning_rate, step, total_steps)
+            sums += terms.detach().double() * n
+        epoch_terms = (sums / n_train).tolist()  # the epoch's one read from the device
+        val = _evaluate(net, rows, val_rows, full_weights, bernoulli, unsupervised, precision) if val_rows is not None else None
+        for i in range(k):
+            if not active[i]:
+                continue  # stopped early: keeps training with the others, but its result is its best epoch
+            r = results[i]
+            for t, row in zip(TERMS, epoch_terms):
+                r.history[t].append(row[i])
+            r.epochs_run = epoch + 1
+            if val is None:
+                r.best_epoch = epoch + 1
+                continue
+            r.history["validation"].append(val[i])
+            if val[i] < best[i]:
+                best[i], since_best[i], r.best_epoch = val[i], 0, epoch + 1
+                best_state[i] = [p.detach()[i].clone() for p in net.parameters()]
             else:
-                since_best += 1
-            if cfg.patience and since_best >= cfg.patience:
-                bar.set_postfix(shown)
-                break
-        else:
-            result.best_epoch = epoch + 1
+                since_best[i] += 1
+            if cfg.patience and since_best[i] >= cfg.patience:
+                active[i] = False
+        shown = {name: f"{np.mean([results[i].history[name][-1] for i in range(k)]):.3f}" for name in ("total", "reconstruction", "kl")}
+        if val is not None:
+            shown["val"] = f"{np.mean(val):.3f}"
         bar.set_postfix(shown)
+        if not any(active):
+            break
     bar.close()
-    result.seconds = time.perf_counter() - t0
-    result.rows_per_second = len(train_rows) * result.epochs_run / max(result.seconds, 1e-9)
-    if best_state is not None:
-        module.load_state_dict(best_state)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        for i, state in enumerate(best_state):
+            if state is not None:
+                for p, v in zip(net.parameters(), state):
+                    p[i].copy_(v)
+    for r in results:
+        r.seconds = seconds
+        r.rows_per_second = n_train * r.epochs_run / max(seconds, 1e-9)
+    return net.members(), results
+
+
+def train(module: InClustModule, data: TrainingData, cfg: TrainingConfig, loss_cfg: LossConfig, progress: bool = True,
+          desc: str = "training", device: torch.device | None = None, precision: str = "fp32") -> TrainingResult:
+    """Fit one network ``module`` on ``data`` in place; returns its per-epoch history."""
+    trained, results = train_stacked([module], data, [(cfg, loss_cfg)], device or torch.device("cpu"), precision, progress, desc)
+    module.load_state_dict(trained[0].state_dict())
     module.eval()
-    return result
+    return results[0]

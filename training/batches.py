@@ -1,0 +1,65 @@
+"""Training rows as tensors on the training device, gathered per step by indexing (no DataLoader).
+
+Everything a step needs - the feature matrix, the mask table, each row's cell, masks, covariate
+and label - is moved to the device once. A step then gathers its batch with a few index
+operations on the device: no per-row Python objects, no host-to-device copy per step. A sparse
+matrix (too big to hold dense, see training/data.py DENSE_LIMIT) stays CSR on the device and only
+the batch's rows are densified, there.
+
+Batches are [K, n, ...]: member k of an ensemble trained side by side (training/stacked.py) gets
+its own rows in block k.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .data import TrainingData
+
+
+class DeviceRows:
+    """The training table of ``data`` on ``device``."""
+
+    def __init__(self, data: TrainingData, device: torch.device):
+        self.device = device
+        self.sparse = sp.issparse(data.x)
+        if self.sparse:
+            csr = data.x.tocsr()
+            self.crow = torch.from_numpy(csr.indptr.astype(np.int64)).to(device)
+            self.col = torch.from_numpy(csr.indices.astype(np.int64)).to(device)
+            self.val = torch.from_numpy(csr.data.astype(np.float32)).to(device)
+            self.n_features = csr.shape[1]
+        else:
+            self.x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32)).to(device)
+        self.row_cell = torch.from_numpy(data.row_cell).to(device)
+        self.row_input = torch.from_numpy(data.row_input).to(device)
+        self.row_output = torch.from_numpy(data.row_output).to(device)
+        self.cell_covariate = torch.from_numpy(data.covariate).to(device)
+        self.cell_label = torch.from_numpy(data.labels).to(device)
+        self.masks = torch.from_numpy(data.mask_table.array()).to(device)
+
+    def _dense_rows(self, cells: torch.Tensor) -> torch.Tensor:
+        """Rows ``cells`` (1-D) of the matrix, dense [len(cells), features]."""
+        if not self.sparse:
+            return self.x.index_select(0, cells)
+        starts, ends = self.crow[cells], self.crow[cells + 1]
+        lengths = ends - starts
+        total = int(lengths.sum())  # the one size the gather needs
+        row = torch.repeat_interleave(torch.arange(len(cells), device=self.device), lengths, output_size=total)
+        first = torch.cumsum(lengths, 0) - lengths
+        src = starts[row] + torch.arange(total, device=self.device) - first[row]
+        out = torch.zeros(len(cells), self.n_features, device=self.device)
+        out[row, self.col[src]] = self.val[src]
+        return out
+
+    def batch(self, rows: torch.Tensor):
+        """x, input mask, output mask [K, n, features], covariate and label [K, n] of ``rows`` [K, n]."""
+        k, n = rows.shape
+        flat = rows.reshape(-1)
+        cells = self.row_cell[flat]
+        x = self._dense_rows(cells).reshape(k, n, -1)
+        in_mask = self.masks[self.row_input[flat]].reshape(k, n, -1)
+        out_mask = self.masks[self.row_output[flat]].reshape(k, n, -1)
+        return x, in_mask, out_mask, self.cell_covariate[cells].reshape(k, n), self.cell_label[cells].reshape(k, n)
