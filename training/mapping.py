@@ -52,10 +52,14 @@ def _posteriors(module: InClustModule, cells: QueryCells, rows: np.ndarray) -> t
 def mapping_loss(module: InClustModule, mu: torch.Tensor, log_var: torch.Tensor, e: torch.Tensor, kl_weight: float,
                  cat_weight: float, unsupervised: bool) -> torch.Tensor:
     """The part of the training loss (training/module.py) that depends on the covariate row ``e`` [n, D]."""
-    log_q = torch.log_softmax(module.classify(mu - e), dim=-1)
+    z = mu - e
+    log_q = torch.log_softmax(module.classify(z), dim=-1)
     q = log_q.exp()
-    diff = mu[:, None, :] - module.prior_means[None] - e[:, None, :]
-    kl_k = -0.5 * (1 + log_var[:, None, :] - diff**2 - log_var.exp()[:, None, :]).sum(-1)
+    # KL(N(mu, s^2) || N(m_k + e, I)) = 0.5 ||z - m_k||^2 - 0.5 sum(1 + log s^2 - s^2), expanded so
+    # that the [cells, types] table is one matrix product instead of a [cells, types, latent] tensor.
+    m = module.prior_means
+    kl_k = 0.5 * ((z * z).sum(-1, keepdim=True) - 2 * z @ m.T + (m * m).sum(-1)[None]) \
+        - 0.5 * (1 + log_var - log_var.exp()).sum(-1, keepdim=True)
     loss = kl_weight * (q * kl_k).sum(-1).mean()
     if unsupervised:
         loss = loss + cat_weight * (q * log_q).sum(-1).mean()
