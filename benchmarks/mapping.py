@@ -25,13 +25,14 @@ the two trainings and the mapping run one after another in this one process, onc
 from __future__ import annotations
 
 import json
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 import numpy as np
+
+from bench_common import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -120,6 +121,12 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine_line(threads: int) -> str:
+    m = machine()
+    return (f"{m['cpu_model']}, {m['cores']} cores shared with other work (load average {m['load_average_1_5_15'][0]} at the end), "
+            f"{threads} torch thread(s) per process")
+
+
 @click.command(help=__doc__.split("\n\n")[0])
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DATA, show_default=True)
 @click.option("--quick", is_flag=True, help="10 epochs: a smoke run, not the benchmark.")
@@ -132,8 +139,7 @@ def main(data: Path, quick: bool, threads: int, out: Path) -> None:
 
     epochs = 10 if quick else preset_config("imputation").training.epochs
     r = run(anndata.read_h5ad(data), epochs, threads)
-    r.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), machine=f"{platform.processor() or platform.machine()}, "
-             f"{threads} torch thread(s) (2 cores shared with other work)", epochs=epochs, quick=quick, data=data.name)
+    r.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), machine=machine_line(threads), epochs=epochs, quick=quick, data=data.name)
     out.mkdir(parents=True, exist_ok=True)
     stem = "mapping_quick" if quick else "mapping"
     (out / f"{stem}.json").write_text(json.dumps(r, indent=1) + "\n")

@@ -286,6 +286,12 @@ def accuracy_section(results: Path) -> list[str]:
     return []
 
 
+def written_section(results: Path, stem: str) -> list[str]:
+    """The Markdown a benchmark wrote itself (``<stem>.md``, a ``## `` section), if it ran."""
+    md = results / f"{stem}.md"
+    return [md.read_text().strip(), ""] if md.is_file() else []
+
+
 def build(results: Path = RESULTS) -> str:
     inf = _load(results, "inference_throughput")
     e2e = _load(results, "impute_e2e")
@@ -312,6 +318,8 @@ def build(results: Path = RESULTS) -> str:
         *triton_section(results),
         *accuracy_section(results),
         *ensemble_section(results),
+        *written_section(results, "mapping"),  # issue 15
+        *written_section(results, "uncertainty"),  # issue 15
     ]
     if NOTES.is_file():
         lines += [NOTES.read_text().strip(), ""]

@@ -21,13 +21,14 @@ standard deviation (training/uncertainty.py). Scores, over every imputed value:
 from __future__ import annotations
 
 import json
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 import numpy as np
+
+from bench_common import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -105,6 +106,12 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine_line(threads: int) -> str:
+    m = machine()
+    return (f"{m['cpu_model']}, {m['cores']} cores shared with other work (load average {m['load_average_1_5_15'][0]} at the end), "
+            f"{threads} torch thread(s) per process")
+
+
 @click.command(help=__doc__.split("\n\n")[0])
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DATA, show_default=True)
 @click.option("--members", type=int, default=None, help="Override model.ensemble (default: the preset's).")
@@ -117,8 +124,7 @@ def main(data: Path, members: int | None, epochs: int | None, samples: int, thre
 
     r = run(anndata.read_h5ad(data), members, epochs, threads, samples)
     reduced = members is not None or epochs is not None
-    r.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), data=data.name, reduced=reduced,
-             machine=f"{platform.processor() or platform.machine()}, 2 cores shared with other work")
+    r.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), data=data.name, reduced=reduced, machine=machine_line(threads))
     out.mkdir(parents=True, exist_ok=True)
     stem = "uncertainty_reduced" if reduced else "uncertainty"
     (out / f"{stem}.json").write_text(json.dumps(r, indent=1) + "\n")
