@@ -286,10 +286,13 @@ def accuracy_section(results: Path) -> list[str]:
     return []
 
 
-def written_section(results: Path, stem: str) -> list[str]:
-    """The Markdown a benchmark wrote itself (``<stem>.md``, a ``## `` section), if it ran."""
-    md = results / f"{stem}.md"
-    return [md.read_text().strip(), ""] if md.is_file() else []
+def written_section(results: Path, *stems: str) -> list[str]:
+    """The Markdown a benchmark wrote itself (``<stem>.md``, a ``## `` section): the first of ``stems`` that ran."""
+    for stem in stems:
+        md = results / f"{stem}.md"
+        if md.is_file():
+            return [md.read_text().strip() + (" (reduced run)" if stem.endswith("_reduced") else ""), ""]
+    return []
 
 
 def build(results: Path = RESULTS) -> str:
@@ -319,7 +322,8 @@ def build(results: Path = RESULTS) -> str:
         *accuracy_section(results),
         *ensemble_section(results),
         *written_section(results, "mapping"),  # issue 15
-        *written_section(results, "uncertainty"),  # issue 15
+        *written_section(results, "uncertainty", "uncertainty_reduced"),  # issue 15
+        *written_section(results, "integration"),  # issue 15
     ]
     if NOTES.is_file():
         lines += [NOTES.read_text().strip(), ""]
