@@ -173,3 +173,20 @@ def test_cli_errors_are_one_line(trained, tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.output
     assert (tmp_path / "exists.pt").read_bytes() == b"keep"
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_mapping_an_ensemble_learns_each_members_block(trained):
+    """Two identical members merged: the new row's two blocks both equal the single network's mapped row
+    (the objective sums the members' blocks, and Adam's step ignores the factor 2), and the other weights stay."""
+    from inclust_plus.training.ensemble import merge_members
+
+    model, objs = trained
+    pair = InClust(merge_members([copy.deepcopy(model.module), copy.deepcopy(model.module)]), copy.deepcopy(model.description))
+    single = model.map_query(objs["batch2"], name="s2", progress=False).module.covariate_embedding.detach()[3]
+    mapped = pair.map_query(objs["batch2"], name="s2", progress=False)
+    row = mapped.module.covariate_embedding.detach()[3]
+    d = single.shape[0]
+    assert torch.allclose(row[:d], single, atol=1e-3) and torch.allclose(row[d:], single, atol=1e-3)
+    for key, value in pair.module.state_dict().items():
+        if key != "covariate_embedding":
+            assert torch.equal(mapped.module.state_dict()[key], value), key
