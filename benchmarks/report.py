@@ -380,6 +380,13 @@ def training_issue13_section(results: Path) -> list[str]:
                   "--devices cpu cuda` on a GPU machine records the preset's wall time and accuracy and the CITE-seq-sized "
                   "rows/s on both.", ""]
     return lines
+def written_section(results: Path, *stems: str) -> list[str]:
+    """The Markdown a benchmark wrote itself (``<stem>.md``, a ``## `` section): the first of ``stems`` that ran."""
+    for stem in stems:
+        md = results / f"{stem}.md"
+        if md.is_file():
+            return [md.read_text().strip() + (" (reduced run)" if stem.endswith("_reduced") else ""), ""]
+    return []
 
 
 def build(results: Path = RESULTS) -> str:
@@ -407,6 +414,9 @@ def build(results: Path = RESULTS) -> str:
         *triton_section(results),
         *accuracy_section(results),
         *ensemble_section(results),
+        *written_section(results, "mapping"),  # issue 15
+        *written_section(results, "uncertainty", "uncertainty_reduced"),  # issue 15
+        *written_section(results, "integration"),  # issue 15
     ]
     if NOTES.is_file():
         lines += [NOTES.read_text().strip(), ""]

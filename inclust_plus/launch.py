@@ -36,3 +36,7 @@ def inclust_export() -> None:
 
 def inclust_run() -> None:
     _launch("inclust_plus.runtime.cli")
+
+
+def inclust_map() -> None:
+    _launch("inclust_plus.training.map_cli")

@@ -253,7 +253,16 @@ class InClust(AnnDataVerbs):
         try:
             return np.array([lookup[str(n)] for n in np.atleast_1d(names)], dtype=np.int64)
         except KeyError as err:
-            raise InclustError(f"unknown covariate category {err.args[0]!r}", f"known: {', '.join(cats)}") from None
+            raise InclustError(f"unknown covariate category {err.args[0]!r}",
+                               f"known: {', '.join(cats)} (add a new batch with model.map_query or inclust-map)") from None
+
+    def map_query(self, data, name: str | None = None, covariate_key: str | None = None, **options) -> "InClust":
+        """A copy of this model that also knows the new covariate categories of ``data`` (AnnData or
+        MuData, no labels needed): one embedding row each, every other weight frozen.
+        See :func:`inclust_plus.training.mapping.map_query` for the options."""
+        from .mapping import map_query
+
+        return map_query(self, data, name=name, covariate_key=covariate_key, **options)
 
     @torch.no_grad()
     def predict(self, x: np.ndarray, inputs: str, covariate, target_covariate=None, batch_size: int = 8192):

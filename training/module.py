@@ -164,6 +164,10 @@ class InClustModule(nn.Module):
             y = y.unflatten(-1, (self.config.members, self.config.n_features)).mean(-2)
         return y
 
+    def decode_members(self, z: torch.Tensor) -> torch.Tensor:
+        """Every member's decoded features, [batch, members, n_features] (members = 1 for one network)."""
+        return self.output_activation(self.decode_logits(z)).unflatten(-1, (self.config.members, self.config.n_features))
+
     # --- inference (posterior mean, what the exporter folds) ---------------------------------------
     def predict(
         self,
@@ -171,14 +175,22 @@ class InClustModule(nn.Module):
         input_mask: torch.Tensor,
         covariate: torch.Tensor,
         target_covariate: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decoded features (in ``target_covariate``), corrected latent and label probabilities."""
+        return_std: bool = False,
+    ):
+        """Decoded features (in ``target_covariate``), corrected latent and label probabilities.
+
+        ``return_std`` adds a fourth output: the members' per-feature standard deviation of the
+        decoded features (population form, divided by K; all zero for one network), the spread
+        that the mean decode averages away (training/uncertainty.py)."""
         mu, _ = self.encode(x, input_mask)
         z_c = self.correct(mu, covariate)
         probs = torch.softmax(self.classify(z_c), dim=-1)
         target = covariate if target_covariate is None else target_covariate
-        x_hat = self.decode(z_c + self.covariate_embedding[target])
-        return x_hat, z_c, probs
+        z_t = z_c + self.covariate_embedding[target]
+        x_hat = self.decode(z_t)
+        if not return_std:
+            return x_hat, z_c, probs
+        return x_hat, z_c, probs, self.decode_members(z_t).std(dim=-2, correction=0)
 
     # --- training ---------------------------------------------------------------------------------
     def loss(

@@ -91,3 +91,41 @@ def batch_mixing(latent: np.ndarray, batch: np.ndarray, k: int = 30) -> float:
     other = (batch[idx] != batch[:, None]).mean(1)
     expected = np.array([(batch != b).mean() for b in batch])
     return float(np.mean(other / expected))
+
+
+def make_hard_cells(n_cells: int = 3000, n_types: int = 6, n_batches: int = 2, seed: int = 0, batch_effect: float = 1.5,
+                    nonlinear: float = 1.0, imbalance: float = 4.0, sizes: dict | None = None) -> SyntheticCells:
+    """Cells for judging integration: batch effects stronger and non-linear, cell types unbalanced across batches.
+
+    On top of :func:`make_cells`' story, batch b (i) bends the latent state before it is measured,
+    u_b = u + nonlinear * tanh(u @ R_b) with a random rotation-like R_b, so no single offset removes it
+    in feature space, (ii) adds feature offsets of scale ``batch_effect`` and scales library sizes by a
+    batch factor, and (iii) draws cell types with batch-specific proportions: type k is ``imbalance``
+    times more frequent in one batch than in another (every type keeps some cells in every batch, so
+    label transfer between batches is defined).
+    """
+    rng = np.random.default_rng(seed)
+    sizes = {**MODALITY_SIZES, **(sizes or {})}
+    dim = 8
+    centers = rng.normal(0, 2.0, (n_types, dim))
+    batches = np.arange(n_cells) % n_batches
+    # Batch-specific type proportions: log-weights spread linearly over [0, log(imbalance)], reversed per batch.
+    logw = np.stack([np.roll(np.linspace(0, np.log(imbalance), n_types), b * max(1, n_types // n_batches)) for b in range(n_batches)])
+    probs = np.exp(logw) / np.exp(logw).sum(1, keepdims=True)
+    types = np.array([rng.choice(n_types, p=probs[b]) for b in batches])
+    u = centers[types] + 0.5 * rng.normal(size=(n_cells, dim))
+    bend = rng.normal(0, 1.0 / np.sqrt(dim), (n_batches, dim, dim))
+    u_b = u + nonlinear * np.tanh(np.einsum("nd,nde->ne", u, bend[batches]))
+    w = {m: rng.normal(0, 0.6, (dim, n)) for m, n in sizes.items()}
+    beta = {m: rng.normal(0, batch_effect, (n_batches, n)) for m, n in sizes.items()}
+    logits = u_b @ w["rna"] + beta["rna"][batches]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    lib = rng.lognormal(np.log(2000), 0.3, n_cells) * np.exp(rng.normal(0, 0.3, n_batches))[batches]
+    counts = {
+        "rna": rng.poisson(p * lib[:, None]).astype(np.float32),
+        "protein": rng.poisson(np.exp(np.clip(u_b @ w["protein"] * 0.5 + beta["protein"][batches], -5, 5)) * 20).astype(np.float32),
+        "atac": (rng.random((n_cells, sizes["atac"])) < 1 / (1 + np.exp(-(u_b @ w["atac"] + beta["atac"][batches] - 1)))).astype(np.float32),
+    }
+    return SyntheticCells(counts=counts, cell_type=np.array([f"type{k}" for k in types]),
+                          batch=np.array([f"batch{b}" for b in batches]), latent=u)

@@ -1,0 +1,46 @@
+"""The integration scores (training/integration_metrics.py) on embeddings whose answer is known,
+and the harder synthetic generator (training/synthetic.py make_hard_cells)."""
+
+import numpy as np
+
+from inclust_plus.training.integration_metrics import integration_scores, same_batch_fraction
+from inclust_plus.training.synthetic import make_hard_cells
+
+
+def _blobs(shift_batch: float, seed: int = 0):
+    """Three well-separated types, two batches; batch 1 displaced by ``shift_batch``."""
+    rng = np.random.default_rng(seed)
+    types = np.repeat(np.arange(3), 100)
+    batch = np.tile([0, 1], 150)
+    z = np.eye(3)[types] * 20 + rng.normal(size=(300, 3)) + shift_batch * batch[:, None] * np.array([0, 0, 1.0])
+    return z, batch.astype(str), types.astype(str)
+
+
+def test_separated_batches_score_as_separated_and_mixed_as_mixed():
+    z, batch, types = _blobs(shift_batch=10.0)
+    sep = integration_scores(z, batch, types, "0")
+    assert sep["same_batch_fraction"] == 1.0 and abs(sep["same_batch_chance"] - 149 / 299) < 1e-4
+    z, batch, types = _blobs(shift_batch=0.0)
+    mixed = integration_scores(z, batch, types, "0")
+    assert abs(mixed["same_batch_fraction"] - mixed["same_batch_chance"]) < 0.06
+    assert mixed["batch_asw"] > 0.9 > 0.5 > sep["batch_asw"]
+    for s in (sep, mixed):  # types stay apart either way
+        assert s["ari"] == 1.0 and s["nmi"] == 1.0 and s["label_asw"] > 0.8
+    assert mixed["label_transfer"] == 1.0
+
+
+def test_chance_level_of_unbalanced_batches():
+    batch = np.array(["a"] * 30 + ["b"] * 10)
+    z = np.random.default_rng(0).normal(size=(40, 2))
+    _, chance = same_batch_fraction(z, batch, k=5)
+    assert abs(chance - (30 * 29 + 10 * 9) / 39 / 40) < 1e-12
+
+
+def test_hard_cells_are_unbalanced_and_batch_shifted():
+    cells = make_hard_cells(n_cells=3000, seed=0)
+    share = {b: np.unique(cells.cell_type[cells.batch == b], return_counts=True)[1] / (cells.batch == b).sum() for b in ("batch0", "batch1")}
+    assert all(len(v) == 6 for v in share.values())  # every type in every batch
+    assert (share["batch0"].max() / share["batch0"].min()) > 3  # ~4x apart within a batch
+    assert np.abs(share["batch0"] - share["batch1"]).max() > 0.1  # and the proportions differ between batches
+    again = make_hard_cells(n_cells=3000, seed=0)
+    assert np.array_equal(again.counts["rna"], cells.counts["rna"])  # seeded

@@ -1,0 +1,69 @@
+"""``inclust-map model.pt --data NEW.h5ad --out mapped.pt``: add a new batch to a trained model without retraining."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from inclust_plus.atomic import check_output_path
+from inclust_plus.errors import InclustError, report_errors
+
+EPILOG = """\b
+Examples:
+  inclust-map model.pt --data section2.h5ad --out mapped.pt                 # one new batch, named section2
+  inclust-map model.pt --data section2.h5ad --name slide7 --out mapped.pt   # ... named slide7
+  inclust-map model.pt --data new_runs.h5mu --covariate-key batch --out mapped.pt   # one new batch per value
+  inclust-export mapped.pt --out exported/ && inclust-run impute exported/ section2.h5ad --covariate section2 ...
+
+The new cells need no cell-type labels. Only the covariate embedding rows of the new batches are
+learned (seconds); every other weight stays exactly as trained, so the reference is unchanged.
+The written model holds the extended covariate table and exports like any other.
+"""
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", "data", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The new cells: an AnnData (.h5ad) or MuData (.h5mu) with the model's feature names.")
+@click.option("--name", default=None, help="Name of the new batch (all cells); default: the data file's name without extension.")
+@click.option("--covariate-key", default=None, help="obs column holding each cell's batch (instead of --name).")
+@click.option("--layer", default=None, help="Read the values from this layer instead of X.")
+@click.option("--preprocessed", is_flag=True, help="Values are already normalised/log-transformed like the training data.")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True, help="Optimisation steps.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same result).")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the mapped model.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@report_errors
+def main(model: Path, data: Path, name: str | None, covariate_key: str | None, layer: str | None, preprocessed: bool,
+         steps: int, seed: int, out: Path, force: bool, quiet: bool) -> None:
+    """Learn the new batches of --data into MODEL (a model.pt from inclust-train) and write --out."""
+    from inclust_plus.hashing import file_sha256
+
+    from .mapping import map_query
+    from .model import InClust
+    from .query_data import read_cells
+
+    if name is not None and covariate_key is not None:
+        raise InclustError("--name and --covariate-key are exclusive", "pass one of them")
+    check_output_path(out, force, inputs=(model, data))
+    trained = InClust.load(model)
+    cells = read_cells(data)
+    if covariate_key is None and name is None:
+        name = data.stem
+    started = time.perf_counter()
+    mapped = map_query(trained, cells, name=name, covariate_key=covariate_key, layer=layer, preprocessed=preprocessed,
+                       steps=steps, seed=seed, progress=not quiet, source=f"{data.name} sha256:{file_sha256(data)}")
+    mapped.save(out)
+    info = mapped.description["mapping"][-1]
+    cats = ", ".join(f"{c} ({n:,} cells)" for c, n in info["cells"].items())
+    skipped = f"; {info['skipped_known_cells']:,} cells of known batches left out" if info["skipped_known_cells"] else ""
+    click.echo(f"mapped {cats} onto {trained.description.get('name', model.stem)} in {time.perf_counter() - started:.1f} s "
+               f"(loss {info['initial_loss']:.4f} -> {info['final_loss']:.4f}, feature set {info['feature_set']}){skipped}")
+    click.echo(f"wrote {out}; covariate categories: {', '.join(mapped.description['covariate']['categories'])}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
