@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from inclust_plus import interrupt
-from inclust_plus.atomic import atomic_dir, check_not_inside, check_output_path
+from inclust_plus.atomic import atomic_dir, check_not_inside, check_output_path, refuse_foreign_entries
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
 
@@ -141,24 +141,19 @@ def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torch
 def written_by_export(folder: Path) -> None:
     """Refuse to replace (``--force``) a folder holding anything but a previous export's files.
 
-    The files an export writes are the ones its manifest lists; anything else (a model.pt, a
-    user's notes) would be deleted with the old folder, so it is an error instead.
+    The files an export writes are the ones its manifest lists (each graph's file, its CSR/fp16
+    flavours, TorchScript and torch.export twins); anything else (a model.pt, a user's notes) would be
+    deleted with the old folder, so it is an error instead.
     """
-    entries = sorted(os.listdir(folder))
-    if not entries:
-        return
-    owned = {"manifest.json"}
+    owned: set[str] | None = {"manifest.json"}
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         for g in manifest.get("graphs") or []:
-            owned.update(str(g[k]) for k in ("file", "torchscript") if g.get(k))
-    except (OSError, ValueError, AttributeError, TypeError):
-        owned = set()
-    foreign = [e for e in entries if e not in owned]
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise InclustError(f"output folder {folder} holds files inclust-export did not write ({shown}); --force replaces only a previous export",
-                           "choose another --out folder or move those files out first")
+            owned.update(str(g[k]) for k in ("file", "torchscript", "torch_export") if g.get(k))
+            owned.update(str(v["file"]) for v in g.get("variants") or [] if v.get("file"))
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        owned = None
+    refuse_foreign_entries(folder, owned, "output folder", "export", "--out")
 
 
 def _triton_writer():

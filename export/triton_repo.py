@@ -26,7 +26,7 @@ import os
 import shutil
 from pathlib import Path
 
-from inclust_plus.atomic import atomic_dir
+from inclust_plus.atomic import atomic_dir, refuse_foreign_entries
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
 
@@ -205,19 +205,12 @@ def _read_manifest(manifest_path: str | os.PathLike) -> tuple[Path, dict]:
 
 def written_by_triton_export(folder: Path) -> None:
     """Refuse to replace (``--force``) a folder holding anything but a repository this module wrote."""
-    entries = sorted(os.listdir(folder))
-    if not entries:
-        return
-    owned = {INDEX_FILE}
+    owned: set[str] | None = {INDEX_FILE}
     try:
         owned.update(str(m["name"]) for m in json.loads((folder / INDEX_FILE).read_text()).get("models") or [])
     except (OSError, ValueError, AttributeError, TypeError, KeyError):
-        owned = set()
-    foreign = [e for e in entries if e not in owned]
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise InclustError(f"Triton folder {folder} holds files inclust-export did not write ({shown}); --force replaces only a previous repository",
-                           "choose another --triton folder or move those files out first")
+        owned = None
+    refuse_foreign_entries(folder, owned, "Triton folder", "repository", "--triton")
 
 
 def _labels_text(manifest: dict) -> str | None:

@@ -159,6 +159,19 @@ def commit_file(tmp: Path, target: Path, force: bool) -> None:
     tmp.unlink()  # a crash right here leaves a complete target and a stale temp the next run removes
 
 
+def refuse_foreign_entries(folder: Path, owned: set[str] | None, what: str, previous: str, option: str) -> None:
+    """Raise unless every entry of ``folder`` is in ``owned`` (the files a previous run listed as its own).
+
+    ``owned`` None means the previous run's index could not be read: then only an empty folder may be
+    replaced. Used by the ``replaceable`` checks of :func:`atomic_dir`, so ``--force`` never deletes a
+    file this program did not write (a model.pt, a user's notes)."""
+    foreign = [e for e in sorted(os.listdir(folder)) if owned is None or e not in owned]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InclustError(f"{what} {folder} holds files inclust-export did not write ({shown}); --force replaces only a previous {previous}",
+                           f"choose another {option} folder or move those files out first")
+
+
 def commit_dir(tmp: Path, target: Path, force: bool, replaceable: Callable[[Path], None] | None = None) -> None:
     """Move the complete folder ``tmp`` onto ``target``; an existing one only with ``force``."""
     interrupt.check()

@@ -163,3 +163,14 @@ def test_parity_tolerance_is_absolute_plus_float32_relative():
     assert not within_tolerance({"latent": want["latent"] + np.array([[2.5e-5, 0.0, 0.0]], dtype=np.float32)}, want)
     assert not within_tolerance({"latent": want["latent"] + np.array([[0.0, 0.0, 1.2e-5]], dtype=np.float32)}, want)
     assert not within_tolerance({"latent": want["latent"][:, :2]}, want)
+
+
+def test_force_replaces_a_previous_export_with_every_flavour(ckpt, tmp_path):
+    """--force recognises every file an export wrote (CSR and fp16 flavours, TorchScript, torch.export)."""
+    out = tmp_path / "out"
+    first = run(ckpt, "--out", out, "--fp16", "--torch-export", "--combination", "merfish_embed")
+    assert first.exit_code == 0, first.output
+    assert {"merfish_embed.csr.onnx", "merfish_embed.fp16.onnx", "merfish_embed.pt2", "merfish_embed.ts"} <= {p.name for p in out.iterdir()}
+    again = run(ckpt, "--out", out, "--force", "--no-torchscript", "--combination", "merfish_embed")
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "merfish_embed.csr.onnx", "merfish_embed.onnx"]
