@@ -268,3 +268,10 @@ def write_sparse_counts_h5ad(
         for key in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
             f.create_group(key).attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
     return nnz
+
+
+def machine_line(threads: int) -> str:
+    """One line naming the machine and its load, for a result measured with ``threads`` torch threads."""
+    m = machine()
+    return (f"{m['cpu_model']}, {m['cores']} cores shared with other work (load average {m['load_average_1_5_15'][0]} at the end), "
+            f"{threads} torch thread(s) per process")

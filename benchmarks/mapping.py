@@ -32,7 +32,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench_common import machine
+from bench_common import machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -125,12 +125,6 @@ def markdown(r: dict) -> str:
                      "scores like half A's row. That a learned row recovers a real batch offset is tested on synthetic data "
                      "(tests/test_mapping.py: within 25% of the trained row, measured 17%).")
     return "\n".join(lines) + "\n"
-
-
-def machine_line(threads: int) -> str:
-    m = machine()
-    return (f"{m['cpu_model']}, {m['cores']} cores shared with other work (load average {m['load_average_1_5_15'][0]} at the end), "
-            f"{threads} torch thread(s) per process")
 
 
 @click.command(help=__doc__.split("\n\n")[0])

@@ -28,7 +28,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench_common import machine
+from bench_common import machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -104,12 +104,6 @@ def markdown(r: dict) -> str:
               f"(pooled ratio {e['pooled_ratio']:.3f}). The pooled ratio is helped by genes that are mostly zero (low spread and low "
               "error together); the within-gene ratio is the stricter reading."]
     return "\n".join(lines) + "\n"
-
-
-def machine_line(threads: int) -> str:
-    m = machine()
-    return (f"{m['cpu_model']}, {m['cores']} cores shared with other work (load average {m['load_average_1_5_15'][0]} at the end), "
-            f"{threads} torch thread(s) per process")
 
 
 @click.command(help=__doc__.split("\n\n")[0])

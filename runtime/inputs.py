@@ -57,18 +57,12 @@ class Part:
     dst: np.ndarray  # column positions in the graph input
 
 
-@dataclass
-class InputData:
-    """An opened input: cell count, the obs group to copy, and a chunk filler."""
+class AlignedParts:
+    """Chunk filling over ``parts`` (row readers with their source -> graph column maps) and
+    ``missing`` features, shared by file inputs and in-memory ones (:mod:`.memory`)."""
 
-    path: Path
-    file: h5py.File
-    n_obs: int
-    obs: h5py.Group
-    element: str
-    parts: list[Part]
-    n_inputs: int
-    missing: list[str] = field(default_factory=list)
+    parts: list
+    missing: list
 
     def values_per_row(self) -> float:
         return sum(p.rows.values_per_row() for p in self.parts) or 1.0
@@ -81,6 +75,21 @@ class InputData:
         for p in self.parts:
             p.rows.fill(start, stop, p.src, p.dst, view)
         return view
+
+
+@dataclass
+class InputData(AlignedParts):
+    """An opened input: cell count, the obs group to copy, and a chunk filler."""
+
+    path: Path
+    file: h5py.File
+    n_obs: int
+    obs: h5py.Group
+    element: str
+    parts: list[Part]
+    n_inputs: int
+    missing: list[str] = field(default_factory=list)
+
 
     def covariate_column(self, key: str) -> pd.Categorical:
         """The obs column ``key`` as categories (values as strings)."""

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from inclust_plus.errors import InclustError
 from inclust_plus.results import cells_obs
 
-from .inputs import _align, _names
+from .inputs import AlignedParts, _align, _names
 from .manifest import GraphSpec
 from .matrices import CsrRows, DenseRows, MatrixRows
 
@@ -97,7 +97,7 @@ def obs_table(adata, views) -> pd.DataFrame:
 
 
 @dataclass
-class MemoryInput:
+class MemoryInput(AlignedParts):
     """An opened in-memory input (the :class:`~inclust_plus.runtime.inputs.InputData` interface)."""
 
     n_obs: int
@@ -111,17 +111,6 @@ class MemoryInput:
     @property
     def obs(self) -> _ObsColumns:
         return _ObsColumns(self.frame)
-
-    def values_per_row(self) -> float:
-        return sum(p.rows.values_per_row() for p in self.parts) or 1.0
-
-    def read(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
-        view = out[: stop - start]
-        if self.missing:
-            view[:] = 0
-        for p in self.parts:
-            p.rows.fill(start, stop, p.src, p.dst, view)
-        return view
 
     def covariate_column(self, key: str) -> pd.Categorical:
         if key not in self.frame.columns:

@@ -35,12 +35,14 @@ class LoadedDataset:
         return len(self.obs_names)
 
 
-def _read(cfg: DatasetConfig):
-    if cfg.path is None:
-        raise InclustError(f"dataset {cfg.name!r} has no path", "set path = \"file.h5ad\" in its [[datasets]] entry")
-    p = Path(cfg.path)
+def read_cells(path: str | Path, label: str = ""):
+    """An AnnData (.h5ad) or MuData (.h5mu) from disk, with a one-line error for anything else.
+
+    ``label`` starts each error (e.g. "dataset 'ref': "); the fix names where the path came from."""
+    p = Path(path)
     if not p.is_file():
-        raise InclustError(f"dataset {cfg.name!r}: file {p} does not exist", "check the path in the config")
+        fix = "check the path in the config" if label else "pass the path of an .h5ad or .h5mu file"
+        raise InclustError(f"{label}{'file' if label else 'data file'} {p} does not exist", fix)
     try:
         if p.suffix == ".h5mu":
             import mudata
@@ -51,7 +53,13 @@ def _read(cfg: DatasetConfig):
 
         return anndata.read_h5ad(p)
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise InclustError(f"dataset {cfg.name!r}: cannot read {p} ({type(err).__name__})", "pass a valid .h5ad or .h5mu file") from None
+        raise InclustError(f"{label}cannot read {p} ({type(err).__name__})", "pass a valid .h5ad or .h5mu file") from None
+
+
+def _read(cfg: DatasetConfig):
+    if cfg.path is None:
+        raise InclustError(f"dataset {cfg.name!r} has no path", "set path = \"file.h5ad\" in its [[datasets]] entry")
+    return read_cells(cfg.path, f"dataset {cfg.name!r}: ")
 
 
 def _matrix(adata, cfg: DatasetConfig, modality: str) -> tuple[sp.csr_matrix, list[str]]:

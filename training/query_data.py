@@ -10,7 +10,6 @@ over the measured features of the modality, log1p, the stored per-feature scale)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +18,7 @@ import scipy.sparse as sp
 from inclust_plus.errors import InclustError
 
 from .preprocessing import Preprocessing, transform
+from .loading import read_cells  # noqa: F401 - the one reader of cell files, re-exported for map_cli
 
 
 @dataclass
@@ -37,24 +37,6 @@ class QueryCells:
 
     def dense(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self.x[start:stop].toarray(), dtype=np.float32)
-
-
-def read_cells(path: str | Path):
-    """An AnnData (.h5ad) or MuData (.h5mu) from disk, with a one-line error for anything else."""
-    p = Path(path)
-    if not p.is_file():
-        raise InclustError(f"data file {p} does not exist", "pass the path of an .h5ad or .h5mu file")
-    try:
-        if p.suffix == ".h5mu":
-            import mudata
-
-            with mudata.set_options(pull_on_update=False):
-                return mudata.read_h5mu(p)
-        import anndata
-
-        return anndata.read_h5ad(p)
-    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise InclustError(f"cannot read {p} ({type(err).__name__})", "pass a valid .h5ad or .h5mu file") from None
 
 
 def _modality_tables(description: dict) -> tuple[dict[str, dict[str, int]], list[str]]:
