@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from inclust_plus import MANIFEST_FORMAT_VERSION, __version__
+from inclust_plus import COVARIATE_JOIN, MANIFEST_FORMAT_VERSION, __version__
 
 from .combinations import Combination
 
@@ -76,6 +76,7 @@ def build_manifest(description: dict, model_sha256: str, graphs: list[dict]) -> 
         "covariate": {
             "keys": list(description["covariate"]["keys"]),
             "categories": list(description["covariate"]["categories"]),
+            "join": COVARIATE_JOIN,  # with several keys a category is the cell's values joined by this
         },
         "labels": {"key": labels.get("key"), "categories": list(labels.get("categories") or [])},
         "modalities": [{"name": m["name"], "features": list(m["features"])} for m in description["schema"]["modalities"]],

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from inclust_plus.errors import InclustError
 
@@ -44,6 +45,32 @@ def _index(manifest: Manifest, name: str, flag: str) -> int:
     return manifest.covariate_categories.index(name)
 
 
+def _columns(data) -> list[str]:
+    return [c.decode() if isinstance(c, bytes) else str(c) for c in data.obs.attrs.get("column-order", [])]
+
+
+def joined_column(data, keys: list[str], join: str) -> pd.Categorical:
+    """Several obs columns as one covariate, each cell's values joined as training joined them
+    (``batch|technology``); a cell empty in any of them is empty (code -1)."""
+    cols = [data.covariate_column(k) for k in keys]
+    codes = [np.asarray(c.codes, dtype=np.int64) for c in cols]
+    dims = [max(1, len(c.categories)) for c in cols]
+    empty = np.any([c < 0 for c in codes], axis=0)
+    flat = np.ravel_multi_index([np.where(empty, 0, c) for c in codes], dims)
+    combos, inverse = np.unique(flat, return_inverse=True)
+    names = [join.join(str(col.categories[i]) for col, i in zip(cols, idx)) for idx in zip(*np.unravel_index(combos, dims))]
+    return pd.Categorical.from_codes(np.where(empty, -1, inverse.reshape(-1)), categories=names)
+
+
+def _column(data, key: str, manifest: Manifest) -> pd.Categorical:
+    """The obs column ``key``, or, for a model with several covariate keys, the join of the columns
+    ``key`` names (``a|b``) when the input has no column of that very name."""
+    join = manifest.covariate_join
+    if join in key and key not in _columns(data):
+        return joined_column(data, key.split(join), join)
+    return data.covariate_column(key)
+
+
 def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, name: str | None, graph: GraphSpec | None = None) -> Covariates:
     """The covariate of every cell, from an obs column, a fixed name, or the model's default.
 
@@ -57,10 +84,12 @@ def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, nam
         return Covariates(description=name, constant=_index(manifest, name, "--covariate"))
     if not key:
         cats = manifest.covariate_categories
-        columns = [c.decode() if isinstance(c, bytes) else str(c) for c in data.obs.attrs.get("column-order", [])]
-        if len(manifest.covariate_keys) == 1 and manifest.covariate_keys[0] in columns:
-            key = manifest.covariate_keys[0]
-            log.info("covariate taken from obs column %r (the model's covariate key)", key)
+        columns = _columns(data)
+        keys = list(manifest.covariate_keys)
+        if keys and all(k in columns for k in keys):
+            key = manifest.covariate_join.join(keys)
+            log.info("covariate taken from obs %s %s (the model's covariate key%s)", "columns" if len(keys) > 1 else "column",
+                     ", ".join(map(repr, keys)), "s, joined" if len(keys) > 1 else "")
         elif len(cats) == 1:
             return Covariates(description=cats[0], constant=0)
         elif graph is not None and graph.default_covariate in cats:
@@ -71,7 +100,7 @@ def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, nam
                 "the model was trained with several covariate categories and the input does not say which one its cells belong to",
                 f"pass --covariate-key COL or --covariate NAME (known: {_names(list(cats))})",
             )
-    column = data.covariate_column(key)
+    column = _column(data, key, manifest)
     codes = np.asarray(column.codes)
     if (codes < 0).any():
         raise InclustError(f"obs column {key!r} is empty for {(codes < 0).sum()} cells", "fill it or pass --covariate NAME")

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inclust_plus import MANIFEST_FORMAT_VERSION
+from inclust_plus import COVARIATE_JOIN, MANIFEST_FORMAT_VERSION
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
 
@@ -91,6 +91,7 @@ class Manifest:
     label_categories: tuple[str, ...]
     preprocessing: dict
     graphs: tuple[GraphSpec, ...] = field(default=())
+    covariate_join: str = COVARIATE_JOIN  # several covariate keys: a category is a cell's values of those obs columns joined by this
 
     @property
     def modalities(self) -> list[str]:
@@ -179,6 +180,7 @@ def load_manifest(location: str | os.PathLike) -> Manifest:
         label_categories=tuple(str(c) for c in labels.get("categories") or ()),
         preprocessing=dict(raw.get("preprocessing") or {}),
         graphs=graphs,
+        covariate_join=str(covariate.get("join") or COVARIATE_JOIN),
     )
 
 

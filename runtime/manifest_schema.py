@@ -147,6 +147,7 @@ MODEL = {
 COVARIATE = {
     "keys": (OPTIONAL, optional(STRINGS)),
     "categories": (REQUIRED, list_of(category, non_empty=True, unique=True)),
+    "join": (OPTIONAL, string),
 }
 LABELS = {
     "key": (OPTIONAL, optional(string)),

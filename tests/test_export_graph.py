@@ -141,7 +141,7 @@ def test_manifest_follows_the_architecture_contract(toy):
     assert m["modalities"] == desc["schema"]["modalities"]
     assert m["format_version"] == 1 and m["exporter_version"] == "0.1.0"
     assert m["model"] == {"name": "toy", "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "latent_dim": 4}
-    assert m["covariate"] == {"keys": ["dataset"], "categories": ["scrna", "merfish", "cite"]}
+    assert m["covariate"] == {"keys": ["dataset"], "categories": ["scrna", "merfish", "cite"], "join": "|"}
     assert m["labels"] == {"key": "cell_type", "categories": ["B", "T", "NK"]}
     assert m["preprocessing"] == desc["preprocessing"]
     assert [g["name"] for g in m["graphs"]] == [c["name"] for c in COMBINATIONS]

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from inclust_plus import COVARIATE_JOIN
 from inclust_plus.errors import InclustError
 
 from .config import DatasetConfig
@@ -101,7 +102,7 @@ def _covariate(obs: pd.DataFrame, cfg: DatasetConfig, n: int) -> np.ndarray:
                 "fill them (e.g. with 'unknown') or drop those cells",
             )
         parts.append(col.astype(str).to_numpy())
-    return np.array(["|".join(vals) for vals in zip(*parts)], dtype=object)
+    return np.array([COVARIATE_JOIN.join(vals) for vals in zip(*parts)], dtype=object)
 
 
 def _labels(obs: pd.DataFrame, cfg: DatasetConfig) -> np.ndarray | None:
