@@ -165,3 +165,16 @@ def test_one_network_writes_no_inclust_std(single, tmp_path):
     assert STD_LAYER not in out.layers and "std_layer" not in out.uns["inclust"]
     assert STD_LAYER not in Predictor(export).impute(adata, combination=COMBO, covariate_key="dataset").layers
     assert STD_LAYER not in InClust.load(ckpt).impute(adata, combination=COMBO, covariate_key="dataset").layers
+
+
+def test_triton_configs_serve_y_std_of_an_ensemble(tmp_path):
+    from inclust_plus.export.triton_repo import parse_model_config
+
+    pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="Triton's ModelConfig protobuf comes with tritonclient[grpc]")
+    ckpt = make_toy_checkpoint(tmp_path / "model.pt", seed=3, members=3)
+    export_model(ckpt, tmp_path / "export", combinations=[COMBO, "merfish_embed"], torchscript=False, triton_dir=tmp_path / "triton")
+    for suffix in ("", "_csr", "_python", "_csr_python"):
+        outputs = [t.name for t in parse_model_config((tmp_path / "triton" / f"{COMBO}{suffix}" / "config.pbtxt").read_text()).output]
+        assert outputs == ["y", "latent", "label_probs", "y_std"], suffix
+        embed = [t.name for t in parse_model_config((tmp_path / "triton" / f"merfish_embed{suffix}" / "config.pbtxt").read_text()).output]
+        assert embed == ["latent", "label_probs"]
