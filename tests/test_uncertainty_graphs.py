@@ -144,6 +144,9 @@ def test_cli_predictor_and_api_write_the_same_inclust_std(ensemble, tmp_path):
     assert out.uns["inclust"]["std_layer"] == STD_LAYER and api.uns["inclust"]["std_layer"] == STD_LAYER
     mem = Predictor(export).impute(adata, combination=COMBO, covariate_key="dataset")
     np.testing.assert_allclose(mem.layers[STD_LAYER], out.layers[STD_LAYER], rtol=0, atol=1e-6)  # Predictor equals CLI
+    for flags in (("--input-format", "csr"), ("--torchscript",)):  # the CSR graph and the TorchScript twin write it too
+        other = _run(export, tmp_path / "cells.h5ad", tmp_path / f"{flags[-1]}.h5ad", *flags)
+        _close(other.layers[STD_LAYER], api.layers[STD_LAYER])
     # log1p scale: the spread times the per-feature max, as the values are
     scale = np.asarray(toy_description(seed=3)["preprocessing"]["rna"]["scale"], np.float32)
     logged = _run(export, tmp_path / "cells.h5ad", tmp_path / "log.h5ad", "--output-scale", "log1p")
