@@ -39,6 +39,9 @@ _TARGET = TensorSpec("target_covariate", "int64", None)
 _Y = TensorSpec("y", "float32", "n_outputs")
 _LATENT = TensorSpec("latent", "float32", "latent_dim")
 _PROBS = TensorSpec("label_probs", "float32", "n_labels")
+# An ensemble's decoding graphs also return the members' per-feature standard deviation (population
+# form, divided by K: training.module.predict(return_std=True)); one network's graphs do not.
+_Y_STD = TensorSpec("y_std", "float32", "n_outputs")
 
 GRAPH_SPECS: dict[str, GraphSpec] = {
     "impute": GraphSpec(inputs=(_X, _COV, _TARGET), outputs=(_Y, _LATENT, _PROBS)),
@@ -71,14 +74,18 @@ class Combination:
     output_features: tuple[str, ...]
     default_target_covariate: str | None
     default_covariate: str | None = None
+    members: int = 1  # networks of the ensemble (> 1: decoding graphs add the output y_std)
 
     @property
     def spec(self) -> GraphSpec:
-        return GRAPH_SPECS[self.kind]
+        return self.spec_for("dense")
 
     def spec_for(self, input_format: str) -> GraphSpec:
-        """The dense spec (``x``) or the CSR one (``values``, ``indices``, ``rows``)."""
-        return CSR_GRAPH_SPECS[self.kind] if input_format == "csr" else GRAPH_SPECS[self.kind]
+        """The dense spec (``x``) or the CSR one (``values``, ``indices``, ``rows``); ``y_std`` last for an ensemble's decoding graph."""
+        spec = CSR_GRAPH_SPECS[self.kind] if input_format == "csr" else GRAPH_SPECS[self.kind]
+        if self.members > 1 and spec.decodes:
+            spec = GraphSpec(spec.inputs, (*spec.outputs, _Y_STD))
+        return spec
 
     def widths(self, latent_dim: int, n_labels: int) -> dict[str, int]:
         """Concrete sizes for the symbolic widths of :data:`GRAPH_SPECS`."""
@@ -149,6 +156,7 @@ def all_combinations(description: dict) -> list[Combination]:
                     output_features=tuple(names[i] for i in outputs),
                     default_target_covariate=entry.get("default_target_covariate") if outputs else None,
                     default_covariate=entry.get("default_covariate"),
+                    members=int((description.get("module") or {}).get("members", 1)),
                 )
             )
     except (KeyError, TypeError) as err:

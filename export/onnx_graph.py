@@ -134,6 +134,21 @@ def _preprocessing(b: _Builder, x: str, plan: PreprocessPlan) -> str:
     return _log1p(b, joined, "x.preprocessed") if all_log else joined
 
 
+def _members_std(b: _Builder, members: str, half: bool) -> str:
+    """``y_std``: the members' per-feature standard deviation, sqrt(mean_k (y_k - mean)^2), float32.
+
+    The population form (divided by K), as ``InClustModule.predict(return_std=True)``; folded like
+    the mean (one Reduce over the member axis of the [batch, K, n_outputs] block, no member loop).
+    A float16 graph casts the members' values to float32 first: squared deviations of ~1e-3 are
+    below float16's normal range.
+    """
+    z = b.op("Cast", [members], "y.members.fp32", to=TensorProto.FLOAT) if half else members
+    mean = b.op("ReduceMean", [z], "y_std.mean", axes=[1], keepdims=1)
+    dev = b.op("Sub", [z, mean], "y_std.deviation")
+    var = b.op("ReduceMean", [b.op("Mul", [dev, dev], "y_std.squared")], "y_std.variance", axes=[1], keepdims=0)
+    return b.op("Sqrt", [var], "y_std")
+
+
 def _value_info(t, width: int | None) -> onnx.ValueInfoProto:
     shape = [t.axis] if width is None else [t.axis, width]
     return helper.make_tensor_value_info(t.name, _DTYPES[t.dtype], shape)
@@ -183,9 +198,11 @@ def build_model(
             shape = b.const("members.shape", np.asarray([0, weights.members, weights.n_outputs], dtype=np.int64))
             z = b.op("Reshape", [z, shape], "y.members")
             b.op("ReduceMean", [z], name("y"), axes=[1], keepdims=0)
+            _members_std(b, z, half)
     if half:
         for t in spec.outputs:
-            b.op("Cast", [name(t.name)], t.name, to=TensorProto.FLOAT)
+            if t.name != "y_std":  # computed in float32 already
+                b.op("Cast", [name(t.name)], t.name, to=TensorProto.FLOAT)
 
     widths = combination.widths(weights.latent_dim, weights.n_labels)
     graph = helper.make_graph(

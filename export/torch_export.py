@@ -20,7 +20,7 @@ from inclust_plus.errors import InclustError
 from .combinations import Combination
 from .folding import FoldedWeights
 from .preprocess import PreprocessPlan
-from .torchscript import EmbedGraph, ImputeGraph
+from .torchscript import graph_module
 from .validate import ATOL, RTOL, max_abs_diff, random_feeds, reference, run_torchscript, within_tolerance
 
 EXAMPLE_BATCH = 3  # not 0 or 1, which torch.export would specialise the batch axis on
@@ -29,7 +29,7 @@ EXAMPLE_BATCH = 3  # not 0 or 1, which torch.export would specialise the batch a
 def export_program(weights: FoldedWeights, plan: PreprocessPlan, combination: Combination, n_covariates: int) -> torch.export.ExportedProgram:
     """The ExportedProgram of one combination: x [batch, n_inputs], covariate [batch] (+ target_covariate)."""
     decodes = combination.spec.decodes
-    module = (ImputeGraph(weights, plan) if decodes else EmbedGraph(weights, plan)).eval()
+    module = graph_module(weights, plan, decodes).eval()
     if module.input_scale.numel() == 0:  # an empty buffer cannot be saved in a .pt2; it is only tested for emptiness
         del module._buffers["input_scale"]
         module.input_scale = torch.ones(0)

@@ -150,8 +150,25 @@ class ImputeGraph(_Encoder):
         return y, latent, probs
 
 
+class EnsembleImputeGraph(ImputeGraph):
+    """(x, covariate, target_covariate) -> (y, latent, label_probs, y_std): an ensemble's graph with
+    the members' per-feature standard deviation (population form, as the ONNX graph's ``y_std``)."""
+
+    def forward(self, x: Tensor, covariate: Tensor, target_covariate: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        latent, probs = self.embed(x, covariate)
+        y = self.decoder(latent + self.covariate_embedding[target_covariate]).view(-1, self.members, self.n_out)
+        return y.mean(1), latent, probs, y.std(1, correction=0)
+
+
+def graph_module(weights: FoldedWeights, plan: PreprocessPlan, decodes: bool) -> nn.Module:
+    """The module of one graph: embed, impute, or an ensemble's impute (which also returns ``y_std``)."""
+    if not decodes:
+        return EmbedGraph(weights, plan)
+    return EnsembleImputeGraph(weights, plan) if weights.members > 1 else ImputeGraph(weights, plan)
+
+
 def script(weights: FoldedWeights, plan: PreprocessPlan, decodes: bool) -> torch.jit.ScriptModule:
-    module = ImputeGraph(weights, plan) if decodes else EmbedGraph(weights, plan)
+    module = graph_module(weights, plan, decodes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.script(module.eval())

@@ -64,9 +64,13 @@ def reference(module, combination: Combination, feeds: dict[str, np.ndarray], pl
     mask[cols] = 1.0
     cov = torch.from_numpy(feeds["covariate"])
     target = torch.from_numpy(feeds["target_covariate"]) if "target_covariate" in feeds else None
+    names = [t.name for t in combination.spec.outputs]
     with torch.no_grad():
-        y, latent, probs = module.predict(x_full, mask, cov, target)
-    out = {"y": y[:, list(combination.outputs)].numpy(), "latent": latent.numpy(), "label_probs": probs.numpy()}
+        y, latent, probs, *std = module.predict(x_full, mask, cov, target, return_std="y_std" in names)
+    rows = list(combination.outputs)
+    out = {"y": y[:, rows].numpy(), "latent": latent.numpy(), "label_probs": probs.numpy()}
+    if std:  # an ensemble: the members' spread, checked with the same bound as y
+        out["y_std"] = std[0][:, rows].numpy()
     return {t.name: out[t.name] for t in combination.spec.outputs}
 
 

@@ -8,7 +8,11 @@ One layout for every decoded result (docs/ARCHITECTURE.md, "Results"):
 * ``X`` = the measured values as given (zero for imputed features), ``layers["inclust_imputed"]``
   = the model's values for every output feature (``imputed_into="X"`` swaps them: model values in
   X, measured ones in ``layers["inclust_measured"]``);
-* ``uns["inclust"]["output_scale"]`` and ``["scale"]`` say what the model's numbers are.
+* ``uns["inclust"]["output_scale"]`` and ``["scale"]`` say what the model's numbers are;
+* an ensemble's graphs also give ``layers["inclust_std"]``: the members' per-feature standard
+  deviation of the model's values, in the same output scale (the conversion is linear for model and
+  log1p scales; through expm1 it is not, so ``counts`` of a log1p modality leave it out, said in
+  ``uns["inclust"]["std_layer"]``).
 
 The model works on preprocessed values (x / library * total, log1p, / per-feature max); its output
 is on that scale. :class:`ScaleConverter` undoes the steps that can be undone: ``log1p`` multiplies
@@ -27,6 +31,7 @@ SCALES = ("model", "log1p", "counts")
 IMPUTED_INTO = ("layer", "X")
 IMPUTED_LAYER = "inclust_imputed"
 MEASURED_LAYER = "inclust_measured"
+STD_LAYER = "inclust_std"
 IMPUTED_FLAG = "inclust_imputed"
 MODALITY_COLUMN = "modality"
 
@@ -115,6 +120,25 @@ class ScaleConverter:
             else:
                 parts.append(f"{m} = counts" + (" (library size of the cell's measured input features)" if spec.get("normalize_total") else ""))
         return f"{self.scale} scale: " + "; ".join(parts)
+
+    @property
+    def spread_reason(self) -> str | None:
+        """Why a spread cannot be given in this scale (None: it can, see :meth:`convert_spread`).
+
+        A standard deviation converts exactly under the positive linear steps (per-feature max,
+        library size) but not through expm1: the spread of counts is not the converted spread.
+        """
+        if self.scale == "counts":
+            logged = [m for m, _, spec in self.blocks if spec.get("log1p")]
+            if logged:
+                return f"the members' spread has no counts form for log1p modality {logged[0]!r}; use output scale model or log1p"
+        return None
+
+    def convert_spread(self, sd: np.ndarray, library: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """A standard deviation of model-scale values in the chosen units (only when :attr:`spread_reason` is None)."""
+        if self.spread_reason is not None:
+            raise InclustError(self.spread_reason.split("; ")[0], "use output scale model or log1p")
+        return self.convert(sd, library)  # every remaining step is a positive per-feature or per-cell factor
 
     def convert(self, y: np.ndarray, library: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """``y`` [cells, output features] in the chosen units (float32, a new array unless ``model``)."""
@@ -242,11 +266,12 @@ def _combine(aligned: list, presents: list):
 
 
 def decoded_anndata(obs: pd.DataFrame, sources, output_features, modality_of, values, latent, probs, label_categories,
-                    imputed_into: str, provenance: dict, per_modality: bool = False):
+                    imputed_into: str, provenance: dict, per_modality: bool = False, spread=None):
     """The AnnData of a decoded result (layout in the module docstring), built in memory.
 
     ``obs`` is the cells' obs table (see :func:`cells_obs`), ``sources`` the
-    :func:`view_sources` tuples of the AnnData objects the model read.
+    :func:`view_sources` tuples of the AnnData objects the model read; ``spread`` (an
+    ensemble's members' std, already in the output scale) becomes ``layers["inclust_std"]``.
     """
     import anndata as ad
 
@@ -262,7 +287,7 @@ def decoded_anndata(obs: pd.DataFrame, sources, output_features, modality_of, va
     input_var = pd.concat([v for _, _, v, _ in srcs]) if len(srcs) > 1 else srcs[0][2]
     var = output_var(features, modality_of, present, input_var)
     layers = {}
-    for name in dict.fromkeys(k for _, _, _, ls in srcs for k in ls):
+    for name in dict.fromkeys(k for _, _, _, ls in srcs for k in ls if k != STD_LAYER):  # never a previous result's spread
         got = [(align_columns(ls[name], names, features)) for _, names, _, ls in srcs if name in ls]
         layers[name] = _combine([g[0] for g in got], [g[1] for g in got])
     values = np.asarray(values, dtype=np.float32)
@@ -270,6 +295,8 @@ def decoded_anndata(obs: pd.DataFrame, sources, output_features, modality_of, va
         x, layers[MEASURED_LAYER] = values, x_measured
     else:
         x, layers[IMPUTED_LAYER] = x_measured, values
+    if spread is not None:
+        layers[STD_LAYER] = np.asarray(spread, dtype=np.float32)
     out = ad.AnnData(X=x, obs=obs.copy(), var=var, layers=layers)
     out.obsm[LATENT_KEY] = np.asarray(latent, dtype=np.float32)
     if label_categories:
@@ -286,3 +313,13 @@ def decoded_anndata(obs: pd.DataFrame, sources, output_features, modality_of, va
             info["obsm_features"][m] = [features[j] for j in cols]
     out.uns["inclust"] = info
     return out
+
+
+def spread_provenance(converter: ScaleConverter, has_spread: bool) -> dict:
+    """``uns["inclust"]`` entries about ``layers["inclust_std"]``: written (and what it is) or why not; empty for one network."""
+    if not has_spread:
+        return {}
+    reason = converter.spread_reason
+    if reason is not None:
+        return {"std_layer": f"not written: {reason}"}
+    return {"std_layer": STD_LAYER, "std": f"per-feature standard deviation over the ensemble's members (divided by K), {converter.scale} scale"}

@@ -91,8 +91,14 @@ class Layout:
     library: InputData | None = None
     _colmaps: dict = field(default_factory=dict)
 
+    @property
+    def writes_spread(self) -> bool:
+        """An ensemble's graph whose spread converts into the output scale: ``layers["inclust_std"]``."""
+        return self.graph.has_spread and self.converter.spread_reason is None
+
     def provenance(self) -> dict:
-        info = {"output_scale": self.converter.scale, "scale": self.converter.description(), "imputed_into": self.imputed_into}
+        info = {"output_scale": self.converter.scale, "scale": self.converter.description(), "imputed_into": self.imputed_into,
+                **R.spread_provenance(self.converter, self.graph.has_spread)}
         if self.per_modality:
             info["obsm_features"] = {m: [self.features[j] for j in cols] for m, cols in self.modality_columns().items()}
         return info
@@ -136,13 +142,20 @@ class Layout:
             return sp.csr_matrix((n, width), dtype=np.float32)
         return pieces[0] if len(pieces) == 1 else sp.csr_matrix(sum(pieces[1:], pieces[0]), dtype=np.float32)
 
+    def _library(self, start: int, stop: int) -> dict:
+        if self.library is None:
+            return {}
+        raw = self._read(self.library, start, stop, self.library.n_inputs)
+        return R.library_sizes(raw, self.graph.input_features, self.modalities, self.converter.needs_library)
+
+    def spread(self, start: int, sd: np.ndarray) -> np.ndarray:
+        """The members' std of cells ``start..start+len(sd)`` in the output scale (only when :attr:`writes_spread`)."""
+        return self.converter.convert_spread(sd, self._library(start, start + len(sd)) if self.converter.needs_library else None)
+
     def chunk(self, start: int, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """(model values in the output scale, measured values and carried layers as CSR) of cells ``start..start+len(y)``."""
         stop = start + len(y)
-        lib = {}
-        if self.library is not None:
-            raw = self._read(self.library, start, stop, self.library.n_inputs)
-            lib = R.library_sizes(raw, self.graph.input_features, self.modalities, self.converter.needs_library)
+        lib = self._library(start, stop)
         values = self.converter.convert(y, lib)
         width = len(self.features)
         measured = self._sparse(self.measured, start, stop) if self.measured is not None else sp.csr_matrix((len(y), width), dtype=np.float32)
@@ -161,6 +174,8 @@ def plan_layout(options, manifest: Manifest, graph: GraphSpec, data: InputData) 
     modalities = schema(manifest)
     features = list(graph.output_features)
     converter = R.ScaleConverter(features, modalities, manifest.preprocessing, options.output_scale, graph.input_modalities)
+    if graph.has_spread and converter.spread_reason is not None:
+        log.warning("layers['%s'] is not written: %s", R.STD_LAYER, converter.spread_reason)
     mods = tuple(dict.fromkeys((*graph.input_modalities, *graph.output_modalities)))
     outputs_as_inputs = dataclasses.replace(graph, input_features=tuple(features), input_modalities=mods)
     layout = Layout(var=pd.DataFrame(), converter=converter, imputed_into=imputed_into, per_modality=options.command == "generate",
@@ -186,7 +201,7 @@ def plan_layout(options, manifest: Manifest, graph: GraphSpec, data: InputData) 
             layout.var = R.output_var(features, converter.modality_of, present, input_var)
             names = list(dict.fromkeys(k for g in groups if "layers" in g for k in g["layers"].keys()))
             for name in names:
-                if name in (R.IMPUTED_LAYER, R.MEASURED_LAYER):
+                if name in (R.IMPUTED_LAYER, R.MEASURED_LAYER, R.STD_LAYER):
                     continue
                 try:
                     layout.layers[name] = open_input(options.input, outputs_as_inputs, name, None, allow_missing=True)

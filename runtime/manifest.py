@@ -71,6 +71,11 @@ class GraphSpec:
     def output_names(self) -> tuple[str, ...]:
         return tuple(o["name"] for o in self.outputs) or (("y", "latent", "label_probs") if self.decodes else ("latent", "label_probs"))
 
+    @property
+    def has_spread(self) -> bool:
+        """Whether the graph returns ``y_std`` (an ensemble's members' per-feature std)."""
+        return self.decodes and "y_std" in self.output_names
+
     def describe(self) -> str:
         to = "+".join(self.output_modalities) if self.output_modalities else "latent"
         return f"{self.name} ({'+'.join(self.input_modalities)} -> {to})"

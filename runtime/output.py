@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from inclust_plus.results import IMPUTED_LAYER, MEASURED_LAYER
+from inclust_plus.results import IMPUTED_LAYER, MEASURED_LAYER, STD_LAYER
 
 try:  # anndata >= 0.11
     from anndata.io import read_elem, write_elem
@@ -122,6 +122,8 @@ class OutputWriter:
                 self.layers[MEASURED_LAYER] = _CsrRows(f["layers"], MEASURED_LAYER, shape)
             for name in layout.layers:
                 self.layers[name] = _CsrRows(f["layers"], name, shape)
+            if layout.writes_spread:
+                self.layers[STD_LAYER] = _array(f["layers"], STD_LAYER, shape, np.float32)
             if layout.per_modality:
                 for m, cols in layout.modality_columns().items():
                     self.per_modality[m] = (cols, _array(f["obsm"], f"inclust_{m}", (n_obs, len(cols)), np.float32))
@@ -152,10 +154,13 @@ class OutputWriter:
         order = [c for c in order if c not in (LABEL_KEY, PROBABILITY_KEY)] + [LABEL_KEY, PROBABILITY_KEY]
         obs.attrs["column-order"] = np.asarray(order, dtype=h5py.string_dtype())
 
-    def write(self, start: int, y: np.ndarray | None, latent: np.ndarray | None, probs: np.ndarray | None) -> None:
-        """Store the results of the cells ``start .. start + len(chunk)``."""
+    def write(self, start: int, y: np.ndarray | None, latent: np.ndarray | None, probs: np.ndarray | None,
+              y_std: np.ndarray | None = None) -> None:
+        """Store the results of the cells ``start .. start + len(chunk)`` (``y_std``: an ensemble's spread)."""
         if self.layout is not None and self.x is not None and y is not None:
             values, measured, carried = self.layout.chunk(start, y)
+            if STD_LAYER in self.layers and y_std is not None:
+                self.layers[STD_LAYER][start : start + len(y)] = self.layout.spread(start, y_std)
             rows = slice(start, start + len(y))
             into_x = self.layout.imputed_into == "X"
             self.x[rows] = values if into_x else measured

@@ -178,9 +178,15 @@ class Predictor:
         graph, data, raw, out, prov = self._run(adata, True, graph.name, None, None, layer, covariate_key, covariate, target_covariate, allow_missing)
         library = R.library_sizes(raw, graph.input_features, schema(m), converter.needs_library)
         values = converter.convert(out["y"], library)
-        prov.update(command=command, output_scale=output_scale, scale=converter.description())
+        prov.update(command=command, output_scale=output_scale, scale=converter.description(), **R.spread_provenance(converter, graph.has_spread))
+        spread = None
+        if graph.has_spread and converter.spread_reason is None:
+            spread = converter.convert_spread(out["y_std"], library)
+        elif graph.has_spread:
+            warnings.warn(f"layers['{R.STD_LAYER}'] is not written: {converter.spread_reason}", UserWarning, stacklevel=3)
         return R.decoded_anndata(data.frame, R.view_sources(modality_views(adata, graph), layer), graph.output_features, converter.modality_of,
-                                 values, out["latent"], out["label_probs"], m.label_categories, imputed_into, prov, per_modality=command == "generate")
+                                 values, out["latent"], out["label_probs"], m.label_categories, imputed_into, prov, per_modality=command == "generate",
+                                 spread=spread)
 
     @_keywords
     def generate(self, adata, combination=None, source=None, target=None, **kwargs):

@@ -102,7 +102,9 @@ def plan_chunks(data, graph: GraphSpec, manifest: Manifest, options: RunOptions,
     plus the graph's dense intermediates of a call on that many cells, measured: without them a CSR
     run with 16 workers peaked at 1.1 GB for 0.56 GB dense)."""
     vpr = data.values_per_row()
-    out_width = (len(graph.output_features) if options.command in DECODING else 0) + manifest.latent_dim + len(manifest.label_categories)
+    spread = getattr(graph, "has_spread", False)  # y_std of an ensemble (plain stand-ins of a graph have none)
+    decoded = len(graph.output_features) * (2 if spread else 1) if options.command in DECODING else 0
+    out_width = decoded + manifest.latent_dim + len(manifest.label_categories)
     dense_in = graph.input_format != "csr" or not SparseReader.applies(data)
     per_row = (4 * out_width + 16 + (4 * data.n_inputs if dense_in else 0) + (28 * vpr if graph.input_format == "csr" or not dense_in else 12 * vpr)
                + GRAPH_COPIES * 4 * data.n_inputs)  # the graph's own dense intermediates of a call (batches never exceed a chunk)

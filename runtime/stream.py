@@ -31,7 +31,7 @@ from .output import OutputWriter
 from .pinned import host_registry
 
 log = logging.getLogger("inclust_plus.runtime")
-OUTPUTS = ("y", "latent", "label_probs")
+OUTPUTS = ("y", "latent", "label_probs", "y_std")  # y_std: only an ensemble's decoding graphs
 DECODING = ("impute", "generate")
 
 
@@ -59,6 +59,8 @@ def check_outputs(graph, manifest, result: dict, n: int) -> None:
     want = {"latent": manifest.latent_dim, "label_probs": len(manifest.label_categories)}
     if graph.decodes:
         want["y"] = len(graph.output_features)
+    if graph.has_spread:
+        want["y_std"] = len(graph.output_features)
     for name, width in want.items():
         if width == 0:
             continue
@@ -146,7 +148,7 @@ def stream(options, manifest, graph, data, covariates, target, steps, backend, t
         with tqdm(total=n, unit="cells", unit_scale=True, desc=graph.name, file=sys.stderr, disable=options.quiet or not sys.stderr.isatty()) as bar:
             for start, stop, views in results:
                 interrupt.check()
-                writer.write(start, views["y"], views["latent"], views["label_probs"])
+                writer.write(start, views["y"], views["latent"], views["label_probs"], views["y_std"])
                 bar.update(stop - start)
         seconds = time.perf_counter() - started
         provenance.update(backend.provenance())

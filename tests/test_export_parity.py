@@ -86,9 +86,12 @@ def torch_reference(module, desc: dict, graph: dict, feeds: dict, raw: bool) -> 
     mask = torch.zeros(len(names))
     mask[inputs] = 1
     target = torch.from_numpy(feeds["target_covariate"]) if "target_covariate" in feeds else None
+    spread = any(o["name"] == "y_std" for o in graph["outputs"])  # an ensemble's members' std (tests/test_uncertainty_graphs.py)
     with torch.no_grad():
-        y, latent, probs = module.predict(x_full, mask, torch.from_numpy(feeds["covariate"]), target)
+        y, latent, probs, *std = module.predict(x_full, mask, torch.from_numpy(feeds["covariate"]), target, return_std=spread)
     out = {"y": y[:, outputs].numpy(), "latent": latent.numpy(), "label_probs": probs.numpy()}
+    if std:
+        out["y_std"] = std[0][:, outputs].numpy()
     return {o["name"]: out[o["name"]] for o in graph["outputs"]}
 
 

@@ -176,19 +176,24 @@ class AnnDataVerbs:
         if not decode and target_covariate:
             raise InclustError("target_covariate only applies to impute/generate", "drop it for the latent and labels")
         y, latent, probs = self.predict(x, combo["inputs"], cov, tgt_name if decode else None, batch_size=batch_size)
+        spread = None
+        if decode and self.module.config.members > 1:  # an ensemble: its members' spread (training/uncertainty.py)
+            from .uncertainty import predict_with_std
+
+            spread = predict_with_std(self, x, combo["inputs"], cov, tgt_name, batch_size=batch_size)[1]
         prov = {"graph": combo["name"], "model_name": self.description.get("name"), "package_version": __version__, "backend": "pytorch",
                 "input_element": f"layers/{layer}" if layer else "X", "covariate": cov_desc,
                 "target_covariate": (tgt_name or "same as covariate") if decode else "none", "missing_features": missing,
                 "input_modalities": self._set_modalities(combo["inputs"]),
                 "output_modalities": self._set_modalities(combo["outputs"]) if decode else [],
                 "label_key": (self.description.get("labels") or {}).get("key")}
-        return combo, raw, y, latent, probs, sources, obs, prov
+        return combo, raw, y, latent, probs, sources, obs, prov, spread
 
     # --- verbs ----------------------------------------------------------------------------------
     def get_latent_representation(self, adata, combination=None, layer=None, covariate_key=None, covariate=None,
                                   allow_missing=False, inplace: bool = True, batch_size: int = 8192) -> np.ndarray:
         """The covariate-corrected latent [cells, latent_dim]; also ``adata.obsm["X_inclust"]`` when ``inplace``."""
-        _, _, _, latent, _, _, _, _ = self._run(adata, False, combination, layer, covariate_key, covariate, None, allow_missing, batch_size)
+        _, _, _, latent, _, _, _, _, _ = self._run(adata, False, combination, layer, covariate_key, covariate, None, allow_missing, batch_size)
         if inplace:
             adata.obsm[R.LATENT_KEY] = latent
         return latent
@@ -199,7 +204,7 @@ class AnnDataVerbs:
         cats = (self.description.get("labels") or {}).get("categories") or []
         if not cats:
             raise InclustError("the model has no label categories to annotate with", "use get_latent_representation for the latent only")
-        _, _, _, _, probs, _, obs, _ = self._run(adata, False, combination, layer, covariate_key, covariate, None, allow_missing, batch_size)
+        _, _, _, _, probs, _, obs, _, _ = self._run(adata, False, combination, layer, covariate_key, covariate, None, allow_missing, batch_size)
         best = probs.argmax(axis=1)
         table = pd.DataFrame({R.LABEL_COLUMN: pd.Categorical.from_codes(best, categories=cats),
                               R.PROBABILITY_COLUMN: probs[np.arange(len(best)), best].astype(np.float32)}, index=obs.index)
@@ -220,14 +225,20 @@ class AnnDataVerbs:
         out_features = self._set_features(combo["outputs"])
         converter = R.ScaleConverter(out_features, self._schema(), self.description.get("preprocessing") or {}, output_scale,
                                      self._set_modalities(combo["inputs"]))
-        combo, raw, y, latent, probs, sources, obs, prov = self._run(adata, True, combo["name"], layer, covariate_key, covariate,
-                                                                      target_covariate, allow_missing, batch_size)
-        values = converter.convert(np.ascontiguousarray(y[:, self.feature_set(combo["outputs"])]),
-                                   R.library_sizes(raw, self._set_features(combo["inputs"]), self._schema(), converter.needs_library))
-        prov.update(command=_command, output_scale=output_scale, scale=converter.description())
+        combo, raw, y, latent, probs, sources, obs, prov, spread = self._run(adata, True, combo["name"], layer, covariate_key, covariate,
+                                                                              target_covariate, allow_missing, batch_size)
+        out_idx = self.feature_set(combo["outputs"])
+        library = R.library_sizes(raw, self._set_features(combo["inputs"]), self._schema(), converter.needs_library)
+        values = converter.convert(np.ascontiguousarray(y[:, out_idx]), library)
+        prov.update(command=_command, output_scale=output_scale, scale=converter.description(), **R.spread_provenance(converter, spread is not None))
+        if spread is not None and converter.spread_reason is not None:
+            warnings.warn(f"layers['{R.STD_LAYER}'] is not written: {converter.spread_reason}", UserWarning, stacklevel=2)
+            spread = None
+        elif spread is not None:
+            spread = converter.convert_spread(np.ascontiguousarray(spread[:, out_idx]), library)
         labels = (self.description.get("labels") or {}).get("categories") or []
         return R.decoded_anndata(obs, sources, out_features, converter.modality_of, values, latent, probs, labels,
-                                 imputed_into, prov, per_modality=_command == "generate")
+                                 imputed_into, prov, per_modality=_command == "generate", spread=spread)
 
     def generate(self, adata, combination=None, **kwargs):
         """:meth:`impute` for another modality (e.g. RNA -> protein); also one ``obsm["inclust_<modality>"]`` per output modality."""

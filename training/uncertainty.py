@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 from inclust_plus.errors import InclustError
+from inclust_plus.results import STD_LAYER  # the one name of the layer, shared with the runtime and the training API
 
 from .query_data import align_cells, covariate_values
-
-STD_LAYER = "inclust_std"
 
 
 @torch.no_grad()
