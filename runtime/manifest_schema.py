@@ -160,6 +160,14 @@ PREPROCESSING = {
     "scale": (OPTIONAL, optional(list_of(number()))),
 }
 FEATURE_SET = {"modalities": (OPTIONAL, STRINGS), "features": (OPTIONAL, list_of(integer(0)))}
+VARIANT = {  # another flavour of a graph (issue 11): its own file, pinned by its own sha256
+    "input_format": (REQUIRED, choice("dense", "csr")),
+    "precision": (OPTIONAL, optional(choice("fp32", "fp16"))),
+    "file": (REQUIRED, relative_path),
+    "sha256": (REQUIRED, sha256),
+    "inputs": (OPTIONAL, optional(list_of(TENSOR))),
+    "outputs": (OPTIONAL, optional(list_of(TENSOR))),
+}
 GRAPH = {
     "name": (REQUIRED, safe_name),
     "kind": (OPTIONAL, optional(choice("impute", "embed"))),
@@ -177,6 +185,11 @@ GRAPH = {
     "default_covariate": (OPTIONAL, optional(category)),
     "inputs": (OPTIONAL, optional(list_of(TENSOR))),
     "outputs": (OPTIONAL, optional(list_of(TENSOR))),
+    "input_format": (OPTIONAL, optional(choice("dense", "csr"))),
+    "precision": (OPTIONAL, optional(choice("fp32", "fp16"))),
+    "variants": (OPTIONAL, optional(list_of(obj(VARIANT)))),
+    "torch_export": (OPTIONAL, optional(relative_path)),
+    "torch_export_sha256": (OPTIONAL, optional(sha256)),
 }
 TOP = {
     "format_version": (REQUIRED, integer(1)),
@@ -215,14 +228,17 @@ def validate(raw: Any, path: Path) -> None:
         if g["name"] in names:
             raise InclustError(f"manifest {path}: two graphs are named {g['name']!r}", REEXPORT)
         names.add(g["name"])
-        if g.get("torchscript") and not g.get("torchscript_sha256"):
-            raise InclustError(f"{where} has a TorchScript file but no torchscript_sha256", f"{REEXPORT} (every file the runtime loads is pinned by its sha256)")
+        for key, what in (("torchscript", "a TorchScript file"), ("torch_export", "a torch.export program")):
+            if g.get(key) and not g.get(f"{key}_sha256"):
+                raise InclustError(f"{where} has {what} but no {key}_sha256", f"{REEXPORT} (every file the runtime loads is pinned by its sha256)")
         if g.get("kind") == "impute" and not g.get("output_features"):
             raise InclustError(f"{where} is an impute graph without output_features", REEXPORT)
         for key in ("default_target_covariate", "default_covariate"):
             value = g.get(key)
             if value is not None and str(value) not in categories:
                 raise InclustError(f"{where}: {key} {value!r} is not a covariate category", REEXPORT)
-        for key in ("file", "torchscript"):
+        for key in ("file", "torchscript", "torch_export"):
             if g.get(key):
                 confined(path.parent, g[key], f"graph {g['name']!r} {key}", path)
+        for v in g.get("variants") or ():
+            confined(path.parent, v["file"], f"graph {g['name']!r} {v['input_format']} flavour file", path)

@@ -80,6 +80,18 @@ CASES = [  # id, change, words of the one-line error
     ("model sha256", _set("model", "sha256", value=""), ("model.sha256", "64 hexadecimal")),
     ("format_version", _set("format_version", value="1"), ("format_version must be an integer",)),
     ("not an object", lambda raw: raw.clear() or raw.update({"x": 1}), ("has no field 'format_version'",)),
+    # the CSR / float16 flavours and torch.export programs are pinned and confined like the graph itself
+    ("flavour without sha256", _set("graph:panel_to_rna", "variants", value=[{"input_format": "csr", "file": "p.csr.onnx"}]),
+     ("graphs[0].variants[0] has no field 'sha256'",)),
+    ("flavour short sha256", _set("graph:panel_to_rna", "variants", value=[{"input_format": "csr", "file": "p.csr.onnx", "sha256": "ab"}]),
+     ("variants[0].sha256", "64 hexadecimal")),
+    ("flavour outside", _set("graph:panel_to_rna", "variants", value=[{"input_format": "csr", "file": "../p.csr.onnx", "sha256": "a" * 64}]),
+     ("variants[0].file leaves the export folder",)),
+    ("flavour format", _set("graph:panel_to_rna", "variants", value=[{"input_format": "coo", "file": "p.onnx", "sha256": "a" * 64}]),
+     ("variants[0].input_format",)),
+    ("graph precision", _set("graph:panel_to_rna", "precision", value="fp8"), ("graphs[0].precision",)),
+    ("torch_export without sha256", _set("graph:panel_to_rna", "torch_export", value="panel_to_rna.pt2"),
+     ("has a torch.export program but no torch_export_sha256",)),
 ]
 
 
