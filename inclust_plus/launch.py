@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import importlib
 import signal
+import sys
 
 from . import interrupt
 
 
-def _launch(module: str, attribute: str = "main") -> None:
+def _launch(module: str, attribute: str = "main", prog_name: str | None = None) -> None:
     interrupt.install()
     try:
-        getattr(importlib.import_module(module), attribute)()
+        command = getattr(importlib.import_module(module), attribute)
+        sys.exit(_run_click(command, prog_name))
     finally:
         # The command is over (its output committed or cleaned up): a signal during interpreter
         # shutdown, where Python resets the handlers, would only turn its exit code into -SIGINT.
@@ -26,17 +28,46 @@ def _launch(module: str, attribute: str = "main") -> None:
             signal.signal(s, signal.SIG_IGN)
 
 
+def _run_click(command, prog_name: str | None = None) -> int:
+    """Run a click command; a bad flag or argument is one line ``error: ...; ...`` and exit 2 like every
+    other bad input, not click's usage block (``--help`` and the commands' own errors are unchanged)."""
+    import click
+
+    try:
+        code = command.main(prog_name=prog_name, standalone_mode=False)
+    except click.UsageError as err:
+        where = err.ctx.command_path if err.ctx is not None else command.name
+        print(f"error: {err.format_message().rstrip('.')}; see {where} --help", file=sys.stderr)
+        return 2
+    except click.ClickException as err:  # e.g. a file click itself could not open
+        print(f"error: {err.format_message().rstrip('.')}; check the path and try again", file=sys.stderr)
+        return err.exit_code
+    except click.exceptions.Abort:
+        print("error: aborted; run the command again", file=sys.stderr)
+        return 1
+    return code if isinstance(code, int) else 0
+
+
 def inclust_train() -> None:
-    _launch("inclust_plus.training.cli")
+    _launch("inclust_plus.training.cli", prog_name="inclust-train")
 
 
 def inclust_export() -> None:
-    _launch("inclust_plus.export.cli")
+    _launch("inclust_plus.export.cli", prog_name="inclust-export")
 
 
 def inclust_run() -> None:
-    _launch("inclust_plus.runtime.cli")
+    _launch("inclust_plus.runtime.cli", "cli", prog_name="inclust-run")
 
 
 def inclust_map() -> None:
-    _launch("inclust_plus.training.map_cli")
+    _launch("inclust_plus.training.map_cli", prog_name="inclust-map")
+
+
+COMMANDS = {"train": inclust_train, "export": inclust_export, "run": inclust_run, "map": inclust_map}
+
+if __name__ == "__main__":  # python -m inclust_plus.launch train|export|run|map ...: the console scripts without installing them
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(f"error: name a command; one of {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    COMMANDS[sys.argv.pop(1)]()

@@ -155,3 +155,21 @@ def test_export_stops_between_graphs(tmp_path, monkeypatch):
     assert result.exit_code == 130, result.output
     assert "interrupted by SIGINT" in result.stderr and len(graphs) == 1
     assert snapshot(tmp_path) == before and temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-m", "inclust_plus.launch", "run", "impute", "--batch-size", "abc"], ("'--batch-size': 'abc' is not a valid integer", "inclust-run impute --help")),
+    (["-m", "inclust_plus.launch", "export", "MODEL", "--out", "FILE"], ("'--out'", "is a file", "--help")),
+    (["-m", "inclust_plus.launch", "train", "--bogus"], ("No such option '--bogus'", "--help")),
+])
+def test_a_bad_flag_is_one_line_from_the_console_scripts(tmp_path, argv, words):
+    """click's usage errors, through the console-script launcher: one line and exit 2, like every bad input."""
+    import subprocess
+    import sys
+
+    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "MODEL").write_text("x")
+    res = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "; " in lines[0], res.stderr
+    assert all(w in lines[0] for w in words), lines[0]
