@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 ort = pytest.importorskip("onnxruntime")
 if "CUDAExecutionProvider" not in ort.get_available_providers():
-    pytest.skip("onnxruntime has no CUDA provider here", allow_module_level=True)
+    pytest.skip("depends on the hardware: onnxruntime has no CUDA provider here", allow_module_level=True)  # see conftest
 export = pytest.importorskip("inclust_plus.export")
 export_toys = pytest.importorskip("export_toys")
 

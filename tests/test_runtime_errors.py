@@ -149,7 +149,7 @@ def test_device_cuda_without_cuda(toy, tmp_path, good):
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("this onnxruntime has CUDA")
+        pytest.skip("depends on the hardware: this onnxruntime has CUDA")
     fails(toy, "--input", good, "--device", "cuda", match="no CUDA provider", out=tmp_path / "o.h5ad")
 
 

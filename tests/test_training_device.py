@@ -23,7 +23,7 @@ from inclust_plus.training.module import InClustModule, LossWeights, ModuleConfi
 from inclust_plus.training.presets import preset_config, synthetic_task
 from inclust_plus.training.stacked import TERMS, StackedNetworks
 
-no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="depends on the hardware: this machine has a CUDA GPU")
 
 
 def _fit(ensemble: int, seed: int, likelihood, **training):
