@@ -44,3 +44,15 @@ def test_hard_cells_are_unbalanced_and_batch_shifted():
     assert np.abs(share["batch0"] - share["batch1"]).max() > 0.1  # and the proportions differ between batches
     again = make_hard_cells(n_cells=3000, seed=0)
     assert np.array_equal(again.counts["rna"], cells.counts["rna"])  # seeded
+
+
+def test_chance_within_types_on_a_tiny_case():
+    from inclust_plus.training.integration_metrics import same_batch_chance_within_types
+
+    # type x: 3 cells of a, 1 of b; type y: 2 of a, 2 of b
+    batch = np.array(["a", "a", "a", "b", "a", "a", "b", "b"])
+    types = np.array(["x"] * 4 + ["y"] * 4)
+    want = ((3 * 2 + 0) / 3 + (2 * 1 + 2 * 1) / 3) / 8
+    assert abs(same_batch_chance_within_types(batch, types) - want) < 1e-12
+    cells = make_hard_cells(n_cells=3000, seed=0)  # the types' 4x imbalance puts the type-preserving floor above 0.5
+    assert 0.56 < same_batch_chance_within_types(cells.batch, cells.cell_type) < 0.59
