@@ -44,3 +44,34 @@ def test_hard_cells_are_unbalanced_and_batch_shifted():
     assert np.abs(share["batch0"] - share["batch1"]).max() > 0.1  # and the proportions differ between batches
     again = make_hard_cells(n_cells=3000, seed=0)
     assert np.array_equal(again.counts["rna"], cells.counts["rna"])  # seeded
+
+
+def test_chance_within_types_on_a_tiny_case():
+    from inclust_plus.training.integration_metrics import same_batch_chance_within_types
+
+    # type x: 3 cells of a, 1 of b; type y: 2 of a, 2 of b
+    batch = np.array(["a", "a", "a", "b", "a", "a", "b", "b"])
+    types = np.array(["x"] * 4 + ["y"] * 4)
+    want = ((3 * 2 + 0) / 3 + (2 * 1 + 2 * 1) / 3) / 8
+    assert abs(same_batch_chance_within_types(batch, types) - want) < 1e-12
+    cells = make_hard_cells(n_cells=3000, seed=0)  # the types' 4x imbalance puts the type-preserving floor above 0.5
+    assert 0.56 < same_batch_chance_within_types(cells.batch, cells.cell_type) < 0.59
+
+
+def test_mixing_penalty_is_zero_for_mixed_batches_and_grows_with_a_batch_shift():
+    import torch
+
+    from inclust_plus.training.mixing import mixing_penalty
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(40, 3, generator=g)
+    cov = torch.arange(40) % 2
+    resp = torch.nn.functional.one_hot(torch.arange(40) // 20, 2).float()  # two types, both batches in each
+    same = torch.cat([z[:20:2].repeat_interleave(2, 0), z[20::2].repeat_interleave(2, 0)])  # batch 1 = a copy of batch 0
+    assert float(mixing_penalty(same, cov, resp, 2)) < 1e-6
+    shifted = [float(mixing_penalty(z + s * cov[:, None].float(), cov, resp, 2)) for s in (0.0, 1.0, 3.0)]
+    assert 0 < shifted[0] < shifted[1] < shifted[2]
+    # Moving a whole type far away (both batches) costs nothing, unlike a batch shift 5x smaller.
+    types_apart = float(mixing_penalty(z + 5.0 * resp[:, 1:], cov, resp, 2))
+    assert types_apart <= shifted[0] < shifted[1]
+    assert float(mixing_penalty(z, torch.zeros(40, dtype=torch.long), resp, 2)) < 1e-6  # one batch: nothing to mix

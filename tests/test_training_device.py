@@ -75,10 +75,11 @@ def test_stacked_loss_is_the_module_loss(likelihood, unsupervised):
     out_mask = (torch.rand(3, 7, 12, generator=g) > 0.2).float()
     cov = torch.randint(0, 2, (3, 7), generator=g)
     label = torch.randint(-1, 4, (3, 7), generator=g)
-    w = LossWeights(reconstruction=3.0, kl=0.7, categorical=1.5, label=20.0, likelihood=likelihood)
+    w = LossWeights(reconstruction=3.0, kl=0.7, categorical=1.5, label=20.0, mixing=2.0, likelihood=likelihood)
     stacked = StackedNetworks(members).eval()
     got = stacked.loss(x, in_mask, out_mask, cov, label, None, w, likelihood == "bernoulli", unsupervised)
     assert got.shape == (len(TERMS), 3)
+    assert (got[TERMS.index("mixing")] > 0).all()  # the optional batch-mixing term is on and compared too
     for k, m in enumerate(members):
         want = m.loss(x[k], in_mask[k], out_mask[k], cov[k], label[k], w, unsupervised)
         np.testing.assert_allclose(got[:, k].detach(), [float(want[t].detach()) for t in TERMS], rtol=1e-5, atol=1e-5)

@@ -39,6 +39,11 @@ TASK_DEFAULTS: dict[str, dict[str, dict]] = {
         "loss": {"reconstruction": 1000.0, "likelihood": ["gaussian", "bernoulli"]},
         "training": {"epochs": 200, "lr_schedule": "cosine"},
     },
+    # Tuned on make_hard_cells (benchmarks/results/integration_experiments.md): a light KL term (at 1 the
+    # per-type prior keeps batch-specific places in z - e_b) and the per-type mixing penalty
+    # (training/mixing.py): same-batch neighbour fraction 0.79 -> 0.63 (type-preserving floor 0.57),
+    # label transfer to an unlabelled batch 0.99.
+    "integration": {"loss": {"kl": 0.05, "mixing": 10.0}},
 }
 
 
@@ -64,6 +69,7 @@ class ModelConfig:
     activation: str = key("relu", Choice(*ACTIVATIONS))
     output_activation: str = key("sigmoid", Choice(*ACTIVATIONS))
     input_normalization: str = key("none", Choice("none", "l2"))  # "l2": per-cell unit length of the encoder input
+    covariate_init_std: float = key(0.1, Float(min=0))  # spread of the initial covariate embedding rows e_b
     n_clusters: int = key(10, Int(min=1))  # used only when no dataset has labels (unsupervised)
     ensemble: int = key(1, Int(min=1))  # >1: train this many networks (seeds seed, seed+1, ...) and merge them into one (mean decode)
 
@@ -74,6 +80,7 @@ class LossConfig:
     kl: float = key(1.0, Float(min=0))
     categorical: float = key(1.0, Float(min=0))
     label: float = key(50.0, Float(min=0))
+    mixing: float = key(0.0, Float(min=0))  # >0: per-type batch-mixing penalty on z - e_b (training/mixing.py)
     # "gaussian" (squared error, the paper's) or "bernoulli" (cross-entropy; sigmoid output, features in [0, 1]);
     # a list is cycled through the members of an ensemble (member k uses entry k mod its length).
     likelihood: str | list[str] = key("gaussian", OneOrList(Choice(*LIKELIHOODS)))

@@ -3,7 +3,9 @@
 What scIB-style benchmarks report, computed with scikit-learn only:
 
 - same-batch neighbour fraction: of each cell's k nearest neighbours, the share from its own batch
-  (perfect mixing: the chance level sum_b p_b^2, reported next to it);
+  (perfect mixing: the chance level sum_b p_b^2, reported next to it; and the chance level within
+  cell types, the best an embedding that keeps types apart can reach when the batches hold the
+  types in different proportions);
 - batch ASW: per cell type, 1 - |silhouette| of the batch labels, averaged over types (1 = mixed);
 - label ASW: (silhouette of the type labels + 1) / 2 (1 = types well apart);
 - ARI / NMI of k-means clusters (as many as there are types, seeded) against the true types;
@@ -26,6 +28,19 @@ def same_batch_fraction(z: np.ndarray, batch: np.ndarray, k: int = 30) -> tuple[
     # A neighbour is another cell drawn at random: (n_b - 1) / (n - 1) for a cell of batch b.
     chance = float(sum(c * (c - 1) / (n - 1) for c in counts) / n)
     return observed, chance
+
+
+def same_batch_chance_within_types(batch: np.ndarray, types: np.ndarray) -> float:
+    """Same-batch share of neighbours drawn at random from the cell's own type (perfect mixing that keeps types apart)."""
+    total = 0.0
+    for t in np.unique(types):
+        sel = types == t
+        n_t = int(sel.sum())
+        if n_t < 2:
+            continue
+        _, counts = np.unique(batch[sel], return_counts=True)
+        total += float(sum(c * (c - 1) for c in counts)) / (n_t - 1)
+    return total / len(batch)
 
 
 def batch_asw(z: np.ndarray, batch: np.ndarray, types: np.ndarray) -> float:
@@ -65,6 +80,7 @@ def label_transfer(z: np.ndarray, batch: np.ndarray, types: np.ndarray, source, 
 def integration_scores(z: np.ndarray, batch: np.ndarray, types: np.ndarray, source) -> dict:
     same, chance = same_batch_fraction(z, batch)
     ari, nmi = cluster_agreement(z, types)
-    return {"same_batch_fraction": round(same, 4), "same_batch_chance": round(chance, 4), "batch_asw": round(batch_asw(z, batch, types), 4),
+    return {"same_batch_fraction": round(same, 4), "same_batch_chance": round(chance, 4),
+            "same_batch_chance_within_types": round(same_batch_chance_within_types(batch, types), 4), "batch_asw": round(batch_asw(z, batch, types), 4),
             "label_asw": round(label_asw(z, types), 4), "ari": round(ari, 4), "nmi": round(nmi, 4),
             "label_transfer": round(label_transfer(z, batch, types, source), 4)}

@@ -210,6 +210,7 @@ class InClust(AnnDataVerbs):
             activation=m.activation,
             output_activation=m.output_activation,
             input_normalization=m.input_normalization,
+            covariate_init_std=m.covariate_init_std,
         )
         # Member k trains with seed + k and the k-th likelihood of loss.likelihood; member 0 alone is
         # the single-network model.

@@ -15,6 +15,7 @@ Notation (BMC Bioinformatics 25:41, 2024):
             or w_rec * sum_f out_mask * BCE(x, x_hat) with the Bernoulli likelihood for [0, 1] data)
           + w_kl  * sum_k q(k|x) KL(N(mu, s^2) || N(m_k + e_b, I))
           + w_cat * sum_k q log q   (unsupervised cells)   + w_label * CE(label, q)
+          + w_mix * per-type MMD between batches of z_c (optional, default 0: training/mixing.py)
 Training decodes a reparameterised sample z; inference uses the posterior mean mu.
 """
 
@@ -24,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+from .mixing import mixing_penalty
 
 INPUT_NORMALIZATIONS = ("none", "l2")
 L2_EPS = 1e-6  # an all-zero cell stays all zero
@@ -43,6 +46,7 @@ class ModuleConfig:
     activation: str = "relu"
     output_activation: str = "sigmoid"
     input_normalization: str = "none"  # "none" | "l2": the masked input is scaled to unit length per cell
+    covariate_init_std: float = 0.1  # initial spread of the embedding rows e_b (a far-apart start lets the decoder tell batches apart)
     members: int = 1  # >1: K networks merged into one, later layers grouped (training/ensemble.py); widths are the merged ones
 
     def to_dict(self) -> dict:
@@ -57,6 +61,7 @@ class LossWeights:
     kl: float = 1.0
     categorical: float = 1.0
     label: float = 50.0
+    mixing: float = 0.0  # per-type batch-mixing penalty on the corrected latent (training/mixing.py); 0: off
     likelihood: str = "gaussian"  # "gaussian" (squared error, the paper's) | "bernoulli" (cross-entropy, sigmoid output)
 
 
@@ -119,7 +124,7 @@ class InClustModule(nn.Module):
         self.z_mean = _linear(width, c.latent_dim, heads)
         self.z_log_var = _linear(width, c.latent_dim, heads)
         self.covariate_embedding = nn.Parameter(torch.zeros(c.n_covariates, c.latent_dim))
-        nn.init.normal_(self.covariate_embedding, std=0.1)
+        nn.init.normal_(self.covariate_embedding, std=c.covariate_init_std)
         self.classifier = nn.Linear(c.latent_dim, c.n_labels)
         self.prior_means = nn.Parameter(torch.zeros(c.n_labels, c.latent_dim))
         self.decoder = _mlp([c.latent_dim, *c.decoder_hidden], c.activation, k)
@@ -234,11 +239,13 @@ class InClustModule(nn.Module):
             "kl": kl.mean(),
             "categorical": cat,
             "label": ce,
+            "mixing": mixing_penalty(mu - e_b, covariate, resp, self.config.n_covariates) if weights.mixing else zero,
         }
         terms["total"] = (
             weights.reconstruction * terms["reconstruction"]
             + weights.kl * terms["kl"]
             + weights.categorical * terms["categorical"]
             + weights.label * terms["label"]
+            + weights.mixing * terms["mixing"]
         )
         return terms

@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .mixing import mixing_penalty
 from .module import ACTIVATIONS, L2_EPS, InClustModule, ModuleConfig
 
-TERMS = ("total", "reconstruction", "kl", "categorical", "label")
+TERMS = ("total", "reconstruction", "kl", "categorical", "label", "mixing")
 
 
 def _linears(module: InClustModule) -> list[nn.Linear]:
@@ -118,8 +119,9 @@ class StackedNetworks(nn.Module):
         cat = (q * log_q).sum(-1).mean(-1) if unsupervised else x.new_zeros(k)
         ce = -(log_q.gather(-1, safe_label[..., None]).squeeze(-1) * labeled).sum(-1) / n
         rec, kl = rec.mean(-1), kl.mean(-1)
-        total = weights.reconstruction * rec + weights.kl * kl + weights.categorical * cat + weights.label * ce
-        return torch.stack([total, rec, kl, cat, ce])
+        mix = mixing_penalty(c, covariate, resp, self.config.n_covariates) if weights.mixing else x.new_zeros(k)
+        total = weights.reconstruction * rec + weights.kl * kl + weights.categorical * cat + weights.label * ce + weights.mixing * mix
+        return torch.stack([total, rec, kl, cat, ce, mix])
 
     def _reconstruction(self, logits, x, output_mask, bernoulli) -> torch.Tensor:
         """Per row: Gaussian 0.5 * sum (x - x_hat)^2 or Bernoulli cross-entropy, over the output mask."""
