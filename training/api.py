@@ -175,12 +175,10 @@ class AnnDataVerbs:
         tgt_name = target_covariate or combo.get("default_target_covariate")
         if not decode and target_covariate:
             raise InclustError("target_covariate only applies to impute/generate", "drop it for the latent and labels")
-        y, latent, probs = self.predict(x, combo["inputs"], cov, tgt_name if decode else None, batch_size=batch_size)
-        spread = None
-        if decode and self.module.config.members > 1:  # an ensemble: its members' spread (training/uncertainty.py)
-            from .uncertainty import predict_with_std
-
-            spread = predict_with_std(self, x, combo["inputs"], cov, tgt_name, batch_size=batch_size)[1]
+        with_spread = decode and self.module.config.members > 1  # an ensemble: its members' spread, same pass
+        y, latent, probs, *rest = self.predict(x, combo["inputs"], cov, tgt_name if decode else None, batch_size=batch_size,
+                                               return_std=with_spread)
+        spread = rest[0] if with_spread else None
         prov = {"graph": combo["name"], "model_name": self.description.get("name"), "package_version": __version__, "backend": "pytorch",
                 "input_element": f"layers/{layer}" if layer else "X", "covariate": cov_desc,
                 "target_covariate": (tgt_name or "same as covariate") if decode else "none", "missing_features": missing,

@@ -39,6 +39,9 @@ def predict_with_std(model, x: np.ndarray, inputs: str, covariate, target_covari
         raise InclustError(f"samples is {samples}", "pass 0 (the ensemble's spread) or a number of posterior samples")
     if samples == 0 and module.config.members == 1:
         raise InclustError("a single network has no ensemble spread", "pass samples=K (e.g. 20) to use K posterior samples instead")
+    if samples == 0:  # the members' spread comes out of the ordinary masked prediction
+        y, _, _, sd = model.predict(x, inputs, covariate, target_covariate, batch_size=batch_size, return_std=True)
+        return y, sd
     idx = model.feature_set(inputs)
     x = np.asarray(x, dtype=np.float32)
     n = x.shape[0]
@@ -53,14 +56,11 @@ def predict_with_std(model, x: np.ndarray, inputs: str, covariate, target_covari
         full[:, idx] = torch.from_numpy(x[s : s + batch_size])
         c = torch.from_numpy(np.array(cov[s : s + batch_size]))
         t = torch.from_numpy(np.array(tgt[s : s + batch_size]))
-        if samples == 0:
-            y, _, _, sd = module.predict(full, mask, c, t, return_std=True)
-        else:
-            mu, log_var = module.encode(full, mask)
-            shift = module.covariate_embedding[t] - module.covariate_embedding[c]
-            sd_z = torch.exp(0.5 * log_var)
-            draws = torch.stack([module.decode(mu + sd_z * torch.randn(mu.shape, generator=gen) + shift) for _ in range(samples)])
-            y, sd = draws.mean(0), draws.std(0, correction=0)
+        mu, log_var = module.encode(full, mask)
+        shift = module.covariate_embedding[t] - module.covariate_embedding[c]
+        sd_z = torch.exp(0.5 * log_var)
+        draws = torch.stack([module.decode(mu + sd_z * torch.randn(mu.shape, generator=gen) + shift) for _ in range(samples)])
+        y, sd = draws.mean(0), draws.std(0, correction=0)
         means.append(y.numpy()), stds.append(sd.numpy())
     return np.concatenate(means), np.concatenate(stds)
 
