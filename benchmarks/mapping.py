@@ -24,7 +24,6 @@ the two trainings and the mapping run one after another in this one process, onc
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench_common import machine_line
+from bench_common import machine_line, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -140,9 +139,8 @@ def main(data: Path, quick: bool, threads: int, out: Path) -> None:
     epochs = 10 if quick else preset_config("imputation").training.epochs
     r = run(anndata.read_h5ad(data), epochs, threads)
     r.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), machine=machine_line(threads), epochs=epochs, quick=quick, data=data.name)
-    out.mkdir(parents=True, exist_ok=True)
     stem = "mapping_quick" if quick else "mapping"
-    (out / f"{stem}.json").write_text(json.dumps(r, indent=1) + "\n")
+    write_result(stem, r, out)
     (out / f"{stem}.md").write_text(markdown(r))
     print(markdown(r))
 

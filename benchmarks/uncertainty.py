@@ -20,7 +20,6 @@ standard deviation (training/uncertainty.py). Scores, over every imputed value:
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench_common import machine_line
+from bench_common import machine_line, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -119,9 +118,8 @@ def main(data: Path, members: int | None, epochs: int | None, samples: int, thre
     r = run(anndata.read_h5ad(data), members, epochs, threads, samples)
     reduced = members is not None or epochs is not None
     r.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), data=data.name, reduced=reduced, machine=machine_line(threads))
-    out.mkdir(parents=True, exist_ok=True)
     stem = "uncertainty_reduced" if reduced else "uncertainty"
-    (out / f"{stem}.json").write_text(json.dumps(r, indent=1) + "\n")
+    write_result(stem, r, out)
     (out / f"{stem}.md").write_text(markdown(r))
     print(markdown(r))
 
