@@ -5,7 +5,7 @@ What it does, all on this machine and on loopback only:
 1. Export a model with ``--triton`` (Python-backend flavour): ``--checkpoint`` if given, else a
    model of the demo's size (153 genes, 122 in the MERFISH panel, 2 covariates, 13 cell types,
    the paper's layer sizes) with seeded random weights; the impute graph merfish_to_rna is served.
-2. Start the PyPI tritonserver (:mod:`inclust_plus.runtime.serve`), send ``--requests`` gRPC
+2. Start the PyPI tritonserver (:mod:`inclust_plus.triton.server`), send ``--requests`` gRPC
    requests of ``--rows`` cells with ``--concurrency`` in flight (``async_infer``), and record
    each request's latency, every failure, and the server's own statistics (mean dynamic batch).
    Every response to the first pass over the input pool is compared with local onnxruntime.
@@ -13,7 +13,7 @@ What it does, all on this machine and on loopback only:
 
 Inputs are real cells (``/work/shared/data`` or ``--data``) when available, else random values
 in [0, 1]. Results go to ``--out`` (JSON). Needs torch (for the export), tritonclient[grpc] and
-a server environment (see runtime/serve.py)::
+a server environment (see inclust_plus/triton/server_env.py)::
 
     INCLUST_TRITON_ENV=/path/to/server-venv python benchmarks/triton_load.py
 """
@@ -181,7 +181,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from inclust_plus.export import export_model
-    from inclust_plus.runtime.serve import find_server_env, triton_server
+    from inclust_plus.triton.server import triton_server
+    from inclust_plus.triton.server_env import find_server_env
 
     with tempfile.TemporaryDirectory(prefix="inclust-triton-load-") as tmp:
         tmp = Path(tmp)

@@ -159,7 +159,7 @@ def written_by_export(folder: Path) -> None:
 def _triton_writer():
     """The Triton repository writer, imported only when asked for (it is optional)."""
     try:
-        from inclust_plus.export.triton_repo import write_triton_repository
+        from inclust_plus.triton.repository import write_triton_repository
     except ImportError as err:
         raise InclustError(f"--triton is unavailable in this install ({err})", "export without --triton") from None
     return write_triton_repository

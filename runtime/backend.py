@@ -2,7 +2,7 @@
 
 The pipeline only talks to the :class:`Backend` protocol, so other engines plug in without
 touching it: the TorchScript backend (``--torchscript``, :mod:`.torchscript_backend`) and a
-Triton client (``--triton URL``, registered from :mod:`.triton_client`, see :mod:`.cli`).
+Triton client (``--triton URL``, :mod:`inclust_plus.triton.client`, chosen in :mod:`.cli`).
 
 The onnxruntime session is built for throughput on one node: an ordered provider list (CUDA
 first when present and allowed, CPU as the fallback), intra-op threads = usable cores,

@@ -16,84 +16,29 @@ embed      embed graph         obsm["X_inclust"] and the labels; X has no column
 annotate   embed graph         obs["inclust_label"] and its probability only
 =========  ==================  ===============================================================
 
-Extension points (for ``runtime/triton_client.py`` and ``runtime/serve.py``)
-----------------------------------------------------------------------------
-When the CLI is imported it imports the optional modules named in :data:`EXTENSIONS` if they
-exist and calls their ``register_cli(registry)`` with the :class:`CliRegistry` :data:`REGISTRY`.
-An extension can:
-
-* ``registry.add_option(click.Option(["--triton"], metavar="URL", help=...))``: the option is added
-  to every run command (impute/generate/embed/annotate); its value reaches the resolvers;
-* ``registry.add_backend_resolver(fn)`` with ``fn(extra: dict, options: RunOptions) -> Backend | None``:
-  ``extra`` holds the values of the added options by parameter name (e.g. ``{"triton": URL,
-  "model": NAME}``); return a :class:`~inclust_plus.runtime.backend.Backend` to use it, or None to
-  fall through to the next resolver and finally to onnxruntime (or TorchScript with ``--torchscript``);
-* ``registry.add_command(click_command)``: e.g. a ``serve`` subcommand of ``inclust-run``.
-
-Extensions must import their third-party packages (tritonclient, ...) lazily, inside functions;
-an extension whose module-level imports fail is skipped, leaving the CLI working without it.
-Nothing here may import torch: ``--torchscript`` loads :mod:`.torchscript_backend` on demand.
+Triton (``--triton URL`` on every run command, and the ``serve`` command) comes from
+:mod:`inclust_plus.triton.cli`, imported like any other module; it imports tritonclient only when a
+Triton option is used. Nothing here may import torch: ``--torchscript`` loads
+:mod:`.torchscript_backend` on demand.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-from dataclasses import dataclass, field
-from typing import Callable
 
 import click
 
 from inclust_plus import __version__
 from inclust_plus.errors import report_errors
-
 from inclust_plus.results import IMPUTED_INTO, SCALES
+from inclust_plus.triton.cli import RUN_OPTIONS as TRITON_OPTIONS
+from inclust_plus.triton.cli import serve_command, triton_backend
 
 from .backend import DEVICES, PRECISIONS, Backend
 from .info import info_command
 from .runner import DECODING, INPUT_FORMATS, RunOptions, default_backend, run
 
 log = logging.getLogger("inclust_plus.runtime")
-EXTENSIONS = ("triton_client", "serve")
-
-Resolver = Callable[[dict, RunOptions], "Backend | None"]
-
-
-@dataclass
-class CliRegistry:
-    """Options, backend resolvers and subcommands contributed by extensions."""
-
-    options: list[click.Option] = field(default_factory=list)
-    resolvers: list[Resolver] = field(default_factory=list)
-    commands: list[click.Command] = field(default_factory=list)
-
-    def add_option(self, option: click.Option) -> None:
-        self.options.append(option)
-
-    def add_backend_resolver(self, resolver: Resolver) -> None:
-        self.resolvers.append(resolver)
-
-    def add_command(self, command: click.Command) -> None:
-        self.commands.append(command)
-
-
-REGISTRY = CliRegistry()
-
-
-def _load_extensions(registry: CliRegistry) -> None:
-    for name in EXTENSIONS:
-        full = f"{__package__}.{name}"
-        try:
-            module = importlib.import_module(full)
-        except ImportError as err:
-            missing = getattr(err, "name", None) or ""
-            if missing == full or not missing.startswith("inclust_plus"):
-                log.debug("runtime extension %s not available (%s)", name, err)
-                continue
-            raise
-        hook = getattr(module, "register_cli", None)
-        if hook is not None:
-            hook(registry)
 
 
 class _EchoHandler(logging.Handler):
@@ -112,12 +57,9 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def choose_backend(extra: dict, options: RunOptions) -> Backend:
-    """The first extension backend that claims the run, else the local default."""
-    for resolver in REGISTRY.resolvers:
-        backend = resolver(extra, options)
-        if backend is not None:
-            return backend
-    return default_backend(options)
+    """Triton when ``--triton URL`` was given (``extra``: the Triton options' values), else the local default."""
+    backend = triton_backend(extra, options)
+    return backend if backend is not None else default_backend(options)
 
 
 HELP = {
@@ -210,7 +152,7 @@ def _make_command(name: str) -> click.Command:
             backend.close()
         log.info("wrote %s", path)
 
-    command.params.extend(REGISTRY.options)
+    command.params.extend(TRITON_OPTIONS)
     if decoding:
         command.params.extend(OUTPUT_OPTIONS)
     return command
@@ -226,11 +168,9 @@ def cli():
     """
 
 
-_load_extensions(REGISTRY)
 for _name in ("impute", "generate", "embed", "annotate"):
     cli.add_command(_make_command(_name))
-for _command in REGISTRY.commands:
-    cli.add_command(_command)
+cli.add_command(serve_command)
 cli.add_command(info_command)
 
 

@@ -113,9 +113,9 @@ def _fake_triton(monkeypatch, fail: bool):
             raise InclustError("fake Triton writer failed")
         out_dir.mkdir()
 
-    fake = types.ModuleType("inclust_plus.export.triton_repo")
+    fake = types.ModuleType("inclust_plus.triton.repository")
     fake.write_triton_repository = write_triton_repository
-    monkeypatch.setitem(sys.modules, "inclust_plus.export.triton_repo", fake)
+    monkeypatch.setitem(sys.modules, "inclust_plus.triton.repository", fake)
     return calls
 
 

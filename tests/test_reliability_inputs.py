@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from inclust_plus.errors import InclustError
 from inclust_plus.runtime.cli import cli
-from inclust_plus.runtime.triton_client import parse_url
+from inclust_plus.triton.client import parse_url
 from reliability_helpers import one_error
 from runtime_fixtures import COVARIATES, RNA, make_cells, make_toy_export, write_h5ad
 

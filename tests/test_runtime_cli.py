@@ -205,8 +205,8 @@ def test_torchscript_backend(tmp_path, cells):
     assert_close(ad.read_h5ad(tmp_path / "tse.h5ad").obsm["X_inclust"], model.reference("panel_embed", cells[:, cols(PANEL)], COV_IDX)["latent"])
 
 
-def test_extension_backend_is_used(toy, cells, tmp_path, monkeypatch):
-    """A resolver registered by an extension (as the Triton client will) replaces onnxruntime."""
+def test_chosen_backend_is_used(toy, cells, tmp_path, monkeypatch):
+    """The backend choose_backend returns (Triton's with --triton) replaces onnxruntime, and sees the extra options."""
     import click
 
     from inclust_plus.runtime import cli as cli_mod
@@ -224,11 +224,11 @@ def test_extension_backend_is_used(toy, cells, tmp_path, monkeypatch):
 
     seen = {}
 
-    def resolver(extra, options):
+    def choose(extra, options):
         seen.update(extra)
-        return Recording("cpu") if extra.get("fake") else None
+        return Recording("cpu") if extra.get("fake") else cli_mod.default_backend(options)
 
-    monkeypatch.setattr(cli_mod.REGISTRY, "resolvers", [resolver])
+    monkeypatch.setattr(cli_mod, "choose_backend", choose)
     command = cli_mod._make_command("impute")
     command.params.append(click.Option(["--fake"], is_flag=True))
     src = write_input(tmp_path / "in.h5ad", cells)

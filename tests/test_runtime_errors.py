@@ -182,7 +182,7 @@ def test_interrupted_in_process(toy, tmp_path, good, monkeypatch):
                 raise KeyboardInterrupt
             return super().run(*args)
 
-    monkeypatch.setattr(cli_mod.REGISTRY, "resolvers", [lambda extra, options: Interrupting("cpu")])
+    monkeypatch.setattr(cli_mod, "choose_backend", lambda extra, options: Interrupting("cpu"))
     msg = fails(toy, "--input", good, "--batch-size", "4", match="interrupted", out=tmp_path / "o.h5ad", code=130)
     assert Interrupting.calls == 3 and "no output" in msg
 

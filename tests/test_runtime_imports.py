@@ -1,4 +1,5 @@
-"""The runtime never imports torch, training or export: every module imports with them blocked."""
+"""The runtime (and the Triton package it uses) never imports torch, training or export: every module
+imports with them blocked, and the base install (no tritonclient) imports them all."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import textwrap
 from pathlib import Path
 
 import inclust_plus.runtime as runtime
+import inclust_plus.triton as triton
 
-RUNTIME_MODULES = sorted(f"inclust_plus.runtime.{m.name}" for m in pkgutil.iter_modules(runtime.__path__))
+RUNTIME_MODULES = sorted(f"inclust_plus.runtime.{m.name}" for m in pkgutil.iter_modules(runtime.__path__)) + sorted(
+    f"inclust_plus.triton.{m.name}" for m in pkgutil.iter_modules(triton.__path__))
 
 
 def test_every_runtime_module_imports_without_torch():
     assert "inclust_plus.runtime.cli" in RUNTIME_MODULES and "inclust_plus.runtime.torchscript_backend" in RUNTIME_MODULES
+    assert "inclust_plus.triton.repository" in RUNTIME_MODULES and "inclust_plus.triton.cli" in RUNTIME_MODULES
     code = textwrap.dedent(
         f"""
         import sys, importlib
-        for blocked in ("torch", "inclust_plus.training", "inclust_plus.export", "mudata"):
+        for blocked in ("torch", "inclust_plus.training", "inclust_plus.export", "mudata", "onnx", "tritonclient", "google.protobuf"):
             sys.modules[blocked] = None  # any import of these raises ImportError
         for name in {RUNTIME_MODULES!r}:
             importlib.import_module(name)

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("torch")
 export = pytest.importorskip("inclust_plus.export")
 export_toys = pytest.importorskip("export_toys")
-from inclust_plus.export import triton_repo  # noqa: E402
+from inclust_plus.triton import model_config, repository  # noqa: E402
 
 
 class FakeTensor:
@@ -49,10 +49,10 @@ def fake_pb_utils():
 def test_csr_requests_batched_equal_alone(tmp_path, monkeypatch):
     ckpt = export_toys.make_toy_checkpoint(tmp_path / "model.pt", seed=2)
     manifest = export.export_model(ckpt, tmp_path / "export", torchscript=False, combinations=["merfish_to_rna"])
-    repo = triton_repo.write_triton_repository(manifest, tmp_path / "repo", flavour="python")
+    repo = repository.write_triton_repository(manifest, tmp_path / "repo", flavour="python")
     folder = repo / "merfish_to_rna_csr_python"
     assert (folder / "1" / "model.onnx").is_file()
-    cfg = triton_repo.parse_model_config((folder / "config.pbtxt").read_text()) if importlib.util.find_spec("tritonclient") else None
+    cfg = model_config.parse_model_config((folder / "config.pbtxt").read_text()) if importlib.util.find_spec("tritonclient") else None
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils())
     spec = importlib.util.spec_from_file_location("csr_model", folder / "1" / "model.py")
     model_py = importlib.util.module_from_spec(spec)

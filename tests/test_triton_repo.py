@@ -16,13 +16,13 @@ import pytest
 from runtime_fixtures import COVARIATES, GRAPHS, LABELS, LATENT, PANEL, RNA, make_toy_export
 
 pytest.importorskip("onnx", reason="the toy export is built with onnx")
-triton_repo = pytest.importorskip("inclust_plus.export.triton_repo", reason="inclust_plus.export is not importable here (it needs torch)")
-
 from inclust_plus.errors import InclustError  # noqa: E402
+from inclust_plus.triton.model_config import parse_model_config  # noqa: E402
+from inclust_plus.triton.repository import write_triton_repository  # noqa: E402
 
 NO_PB2 = "Triton's ModelConfig protobuf comes with tritonclient[grpc], not installed here (pip install 'tritonclient[grpc,http]')"
 
-write = triton_repo.write_triton_repository
+write = write_triton_repository
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def pb2():
 
 def configs(folder: Path) -> dict:
     pytest.importorskip("tritonclient.grpc.model_config_pb2", reason=NO_PB2)
-    return {p.parent.name: triton_repo.parse_model_config(p.read_text()) for p in sorted(folder.glob("*/config.pbtxt"))}
+    return {p.parent.name: parse_model_config(p.read_text()) for p in sorted(folder.glob("*/config.pbtxt"))}
 
 
 def test_layout_one_model_per_graph_and_flavour(repo, toy):
@@ -170,11 +170,22 @@ def test_bad_manifests(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(InclustError, match="not valid JSON"):
         write(bad, tmp_path / "r")
-    bad.write_text(json.dumps({"graphs": []}))
-    with pytest.raises(InclustError, match="lists no graphs"):
-        write(bad, tmp_path / "r")
+    toy = make_toy_export(tmp_path / "exp")
     with pytest.raises(InclustError, match="does not exist"):
-        write(make_toy_export(tmp_path / "exp").manifest, tmp_path / "missing" / "r")
+        write(toy.manifest, tmp_path / "missing" / "r")
+    # read by the runtime's manifest reader: what it refuses, the writer refuses with the same words
+    raw = json.loads(toy.manifest.read_text())
+    bad.write_text(json.dumps({**raw, "graphs": []}))
+    with pytest.raises(InclustError, match="graphs must not be empty|lists no graphs"):
+        write(bad, tmp_path / "r")
+    bad.write_text(json.dumps({"graphs": raw["graphs"]}))
+    with pytest.raises(InclustError, match="format_version"):
+        write(bad, tmp_path / "r")
+    raw["graphs"][0]["file"] = "../outside.onnx"
+    bad.write_text(json.dumps(raw))
+    with pytest.raises(InclustError, match="outside"):
+        write(bad, tmp_path / "r")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp", "manifest.json"]
 
 
 def test_real_export_with_triton_folder(tmp_path):

@@ -3,7 +3,7 @@ a toy export: parity with local onnxruntime, metadata, malformed requests, ``--t
 
 One server for the whole module (started in a fixture, stopped in its ``finally``). The server's
 Python environment is this interpreter's or ``$INCLUST_TRITON_ENV`` (numpy<2, onnxruntime,
-nvidia-pytriton); see runtime/serve.py.
+nvidia-pytriton); see inclust_plus/triton/server_env.py.
 """
 
 from __future__ import annotations
@@ -25,14 +25,16 @@ pytest.importorskip("onnx", reason="the toy export is built with onnx")
 ort = pytest.importorskip("onnxruntime")
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc,http] is not installed")
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[grpc,http] is not installed")
-triton_repo = pytest.importorskip("inclust_plus.export.triton_repo", reason="inclust_plus.export is not importable here (it needs torch)")
 
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from inclust_plus.errors import InclustError  # noqa: E402
 from inclust_plus.runtime import RunOptions, run  # noqa: E402
-from inclust_plus.runtime.serve import find_server_env, models_to_load, triton_server  # noqa: E402
-from inclust_plus.runtime.triton_client import TritonBackend, parse_url  # noqa: E402
+from inclust_plus.triton.client import TritonBackend, parse_url  # noqa: E402
+from inclust_plus.triton.repository import write_triton_repository  # noqa: E402
+from inclust_plus.triton.server import triton_server  # noqa: E402
+from inclust_plus.triton.server_env import find_server_env  # noqa: E402
+from inclust_plus.triton.staging import models_to_load  # noqa: E402
 
 TOL = 1e-5
 
@@ -53,7 +55,7 @@ def toy(tmp_path_factory):
 def server(toy, tmp_path_factory):
     _server_env_or_skip()
     # "both": the PyPI build loads the *_python models and skips the onnxruntime-backend ones
-    repo = triton_repo.write_triton_repository(toy.manifest, tmp_path_factory.mktemp("t") / "repo", max_batch_size=256, preferred_batch_sizes=(64, 256))
+    repo = write_triton_repository(toy.manifest, tmp_path_factory.mktemp("t") / "repo", max_batch_size=256, preferred_batch_sizes=(64, 256))
     srv = None
     try:
         with triton_server(repo, ready_timeout=180) as srv:
@@ -255,7 +257,7 @@ def test_runner_with_http_backend_and_explicit_model(server, toy, tmp_path):
 
 
 def test_models_to_load_and_environment_checks(tmp_path):
-    repo = triton_repo.write_triton_repository(make_toy_export(tmp_path / "e").manifest, tmp_path / "r", flavour="onnxruntime")
+    repo = write_triton_repository(make_toy_export(tmp_path / "e").manifest, tmp_path / "r", flavour="onnxruntime")
     with pytest.raises(InclustError, match="no model .* uses a backend this server has"):
         models_to_load(repo, {"python"})
     assert models_to_load(repo, {"python", "onnxruntime"}) == (None, [])
@@ -273,7 +275,7 @@ def test_serve_command_runs_until_interrupted(toy, tmp_path):
     import urllib.request
 
     _server_env_or_skip()
-    repo = triton_repo.write_triton_repository(toy.manifest, tmp_path / "r", flavour="python")
+    repo = write_triton_repository(toy.manifest, tmp_path / "r", flavour="python")
     cmd = [sys.executable, "-c", "from inclust_plus.runtime.cli import main; main()", "serve", str(repo), "--http-port", "0", "--grpc-port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -171,7 +171,7 @@ def test_one_network_writes_no_inclust_std(single, tmp_path):
 
 
 def test_triton_configs_serve_y_std_of_an_ensemble(tmp_path):
-    from inclust_plus.export.triton_repo import parse_model_config
+    from inclust_plus.triton.model_config import parse_model_config
 
     pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="Triton's ModelConfig protobuf comes with tritonclient[grpc]")
     ckpt = make_toy_checkpoint(tmp_path / "model.pt", seed=3, members=3)

@@ -1,6 +1,6 @@
 """``model.py`` of the Python-backend Triton models: one exported ONNX graph run by onnxruntime.
 
-:func:`inclust_plus.export.triton_repo.write_triton_repository` copies this file to
+:func:`inclust_plus.triton.repository.write_triton_repository` copies this file to
 ``<graph>_python/1/model.py``; Triton's Python backend stub imports it. It must therefore stay
 self-contained: only the standard library, numpy, onnxruntime and Triton's
 ``triton_python_backend_utils``; nothing from inclust_plus (the server's Python need not have it).

@@ -1,5 +1,7 @@
 """Run graphs on a Triton Inference Server: ``inclust-run impute|generate|embed|annotate --triton URL``.
 
+The ``--triton`` options themselves are in :mod:`.cli`.
+
 :class:`TritonBackend` implements the runtime's :class:`~inclust_plus.runtime.backend.Backend`
 protocol, so reading, preprocessing, covariates and the output file are exactly the local
 pipeline's; only the graph runs remotely. Each batch the pipeline hands over is cut into requests
@@ -9,7 +11,7 @@ server's dynamic batcher and instances are kept busy; results are put back in ro
 
 Before the first batch, :meth:`TritonBackend.prepare` checks that the server is reachable, the
 model is ready, and that the model's ``inclust.manifest_graph`` parameter (written by
-:mod:`inclust_plus.export.triton_repo`) has the same ONNX sha256 as the local manifest, so the
+:mod:`.repository`) has the same ONNX sha256 as the local manifest, so the
 server never silently runs another export than the one whose feature names label the output.
 
 tritonclient is optional (``pip install 'inclust-plus[triton]'``) and imported only when used.
@@ -30,9 +32,10 @@ import numpy as np
 
 from inclust_plus.errors import InclustError
 
+from .layout import PYTHON_SUFFIX
+
 log = logging.getLogger("inclust_plus.runtime")
 PROTOCOLS = ("grpc", "http")
-PYTHON_SUFFIX = "_python"
 INSTALL_HINT = "pip install 'tritonclient[grpc,http]' (or inclust-plus[triton])"
 _DTYPES = {"TYPE_FP32": ("FP32", np.float32), "TYPE_INT64": ("INT64", np.int64)}
 
@@ -317,29 +320,3 @@ class TritonBackend:
 def _message(err) -> str:
     text = err.message() if hasattr(err, "message") and callable(err.message) else str(err)
     return " ".join(str(text).split())[:300]
-
-
-def register_cli(registry) -> None:
-    """Hook for :mod:`inclust_plus.runtime.cli`: ``--triton URL``, ``--model``, protocol and concurrency."""
-    import click
-
-    registry.add_option(click.Option(["--triton"], metavar="URL", default=None,
-                                     help="Run the graph on this Triton server (HOST:PORT for gRPC, or grpc://... / http://...) instead of locally."))
-    registry.add_option(click.Option(["--model", "triton_model"], metavar="NAME", default=None,
-                                     help="Triton model name (default: the graph's name, else <graph>_python)."))
-    registry.add_option(click.Option(["--triton-protocol"], type=click.Choice(PROTOCOLS), default=None,
-                                     help="Protocol when the URL has no scheme (default grpc)."))
-    registry.add_option(click.Option(["--triton-concurrency"], type=int, default=4, show_default=True,
-                                     help="Requests in flight at once with --triton."))
-
-    def resolve(extra: dict, options):
-        url = extra.get("triton")
-        if not url:
-            if extra.get("triton_model") or extra.get("triton_protocol"):
-                raise InclustError("--model and --triton-protocol only apply with --triton URL", "add --triton or drop them")
-            return None
-        if getattr(options, "torchscript", False):
-            raise InclustError("--triton and --torchscript are exclusive", "pass one of them")
-        return TritonBackend(url, extra.get("triton_model"), extra.get("triton_protocol"), extra.get("triton_concurrency") or 4)
-
-    registry.add_backend_resolver(resolve)
