@@ -208,3 +208,24 @@ def test_real_export_with_triton_folder(tmp_path):
         assert [(t.name, list(t.dims)) for t in csr.output] == [(o["name"], [-1, o["shape"][1]]) for o in g["outputs"]]
         cfg = parsed[g["name"] + "_python"]
         assert [(t.name, list(t.dims)) for t in cfg.output] == [(o["name"], [o["shape"][1]]) for o in g["outputs"]]
+
+
+def test_committed_demo_repository_is_what_the_writer_writes(tmp_path):
+    """triton_models/merfish_imputation, written again from itself (scripts/rewrite_triton_models.py),
+    is byte for byte the committed folder: regenerate it after changing the writer."""
+    pytest.importorskip("tritonclient.grpc.model_config_pb2", reason=NO_PB2)
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("rewrite_triton_models", root / "scripts" / "rewrite_triton_models.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    committed = root / "triton_models" / "merfish_imputation"
+    (tmp_path / "export").mkdir()
+    manifest = script.rebuild_export(committed, tmp_path / "export")
+    flavour = json.loads((committed / "inclust_triton.json").read_text())["flavour"]
+    again = write(manifest, tmp_path / "again", flavour=flavour)
+    files = sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for f in files:
+        assert (committed / f).read_bytes() == (again / f).read_bytes(), f

@@ -1,6 +1,6 @@
 """``model.py`` of the Python-backend Triton models: one exported ONNX graph run by onnxruntime.
 
-:func:`inclust_plus.export.triton_repo.write_triton_repository` copies this file to
+:func:`inclust_plus.triton.repository.write_triton_repository` copies this file to
 ``<graph>_python/1/model.py``; Triton's Python backend stub imports it. It must therefore stay
 self-contained: only the standard library, numpy, onnxruntime and Triton's
 ``triton_python_backend_utils``; nothing from inclust_plus (the server's Python need not have it).
@@ -9,6 +9,10 @@ Dynamic batching hands :meth:`TritonPythonModel.execute` several requests at onc
 concatenated into one onnxruntime call and split again, which is where batching pays off. A bad
 request (covariate index out of range, mismatched row counts) gets its own error response while
 the other requests in the same batch are answered normally.
+
+CSR models (inputs ``values``, ``indices``, ``rows``: one request is one CSR batch of
+``len(covariate)`` cells) are concatenated the same way, each request's ``rows`` shifted by the cells
+of the requests before it; a request's cell count is the length of its ``covariate``.
 """
 
 import json
@@ -24,6 +28,7 @@ except ImportError:  # imported outside Triton (documentation, linters): nothing
     pb_utils = None
 
 COVARIATE_INPUTS = ("covariate", "target_covariate")
+CSR_INPUTS = ("values", "indices", "rows")
 
 
 def _providers(args):
@@ -105,9 +110,13 @@ class TritonPythonModel:
             if tensor is None:
                 return None, f"input {name!r} is missing"
             feed[name] = _array(tensor)
-        rows = {len(a) for a in feed.values()}
-        if len(rows) != 1:
-            return None, "inputs have different numbers of rows"
+        csr = "rows" in feed
+        rows = {len(a) for k, a in feed.items() if (k not in CSR_INPUTS) or not csr}
+        entries = {len(feed[k]) for k in CSR_INPUTS if k in feed} if csr else set()
+        if len(rows) != 1 or len(entries) > 1:
+            return None, "inputs have different numbers of rows" if len(rows) != 1 else "values, indices and rows differ in length"
+        if csr and feed["rows"].size and (int(feed["rows"].min()) < 0 or int(feed["rows"].max()) >= len(feed["covariate"])):
+            return None, "rows index out of range of the request's cells"
         for name in COVARIATE_INPUTS:
             values = feed.get(name)
             if values is None or self.n_covariates is None or values.size == 0:
@@ -126,6 +135,9 @@ class TritonPythonModel:
         good = [f for f in feeds if f is not None]
         results = None
         if good:
+            if "rows" in self.inputs:  # CSR: shift each request's cell ids past the cells before it
+                offsets = np.cumsum([0] + [len(f["covariate"]) for f in good[:-1]])
+                good = [{**f, "rows": (f["rows"] + np.int32(o)).astype(np.int32)} for f, o in zip(good, offsets)]
             batch = {name: np.concatenate([f[name] for f in good]) for name in self.inputs}
             try:
                 values = self.session.run(self.outputs, batch)
@@ -138,7 +150,7 @@ class TritonPythonModel:
             if error is not None:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(error)))
                 continue
-            stop = start + len(feed[self.inputs[0]])
+            stop = start + len(feed["covariate"])
             tensors = [_tensor(name, results[name][start:stop]) for name in self.outputs]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = stop
