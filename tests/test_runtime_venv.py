@@ -61,6 +61,9 @@ def test_base_install_runs_without_torch(tmp_path):
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout.lower()
     assert "torch" not in freeze and "onnxruntime" in freeze
+    assert "tritonclient" not in freeze  # the Triton package imports it only when --triton / serve run
+    serve_help = subprocess.run([str(venv / "bin" / "inclust-run"), "serve", "--help"], capture_output=True, text=True)
+    assert serve_help.returncode == 0 and "--python-env" in serve_help.stdout, serve_help.stderr
 
     exported, ckpt = _export(tmp_path)
     exe = venv / "bin" / "inclust-run"
