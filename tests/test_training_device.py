@@ -19,7 +19,8 @@ from inclust_plus.training.device import resolve_device
 from inclust_plus.training.ensemble import merge_members
 from inclust_plus.training.loading import load_dataset
 from inclust_plus.training.model import InClust
-from inclust_plus.training.module import InClustModule, LossWeights, ModuleConfig
+from inclust_plus.training.config import LossConfig
+from inclust_plus.training.module import InClustModule, ModuleConfig
 from inclust_plus.training.presets import preset_config, synthetic_task
 from inclust_plus.training.stacked import TERMS, StackedNetworks
 
@@ -75,7 +76,7 @@ def test_stacked_loss_is_the_module_loss(likelihood, unsupervised):
     out_mask = (torch.rand(3, 7, 12, generator=g) > 0.2).float()
     cov = torch.randint(0, 2, (3, 7), generator=g)
     label = torch.randint(-1, 4, (3, 7), generator=g)
-    w = LossWeights(reconstruction=3.0, kl=0.7, categorical=1.5, label=20.0, mixing=2.0, likelihood=likelihood)
+    w = LossConfig(reconstruction=3.0, kl=0.7, categorical=1.5, label=20.0, mixing=2.0, likelihood=likelihood)
     stacked = StackedNetworks(members).eval()
     got = stacked.loss(x, in_mask, out_mask, cov, label, None, w, likelihood == "bernoulli", unsupervised)
     assert got.shape == (len(TERMS), 3)

@@ -6,7 +6,8 @@ import torch
 
 from inclust_plus.training.checkpoint import load_checkpoint, save_checkpoint
 from inclust_plus.training.model import InClust
-from inclust_plus.training.module import InClustModule, LossWeights, ModuleConfig
+from inclust_plus.training.config import LossConfig
+from inclust_plus.training.module import InClustModule, ModuleConfig
 from inclust_plus.training.presets import synthetic_task
 
 
@@ -41,7 +42,7 @@ def test_masked_output_feature_does_not_enter_loss():
     out_mask[:, [1, 4]] = 0
     cov = torch.zeros(9, dtype=torch.long)
     label = torch.tensor([0, 1, 2, 3, -1, -1, 0, 1, 2])
-    w = LossWeights()
+    w = LossConfig()
     base = m.loss(x, in_mask, out_mask, cov, label, w, unsupervised=False)
     x2 = x.clone()
     x2[:, [1, 4]] = 50.0  # only the (masked) targets differ; the input mask hides nothing, so zero them in input too
@@ -66,7 +67,7 @@ def test_reconstruction_loss_exact_value():
     x[0, 0] = 1.0
     out_mask = torch.zeros(2, 12)
     out_mask[:, 0] = 1.0
-    terms = m.loss(x, torch.ones(2, 12), out_mask, torch.zeros(2, dtype=torch.long), torch.tensor([0, 0]), LossWeights(), False)
+    terms = m.loss(x, torch.ones(2, 12), out_mask, torch.zeros(2, dtype=torch.long), torch.tensor([0, 0]), LossConfig(), False)
     # all-zero weights: sigmoid(0) = 0.5 everywhere -> cell 0: 0.5*(1-0.5)^2, cell 1: 0.5*(0-0.5)^2
     assert terms["reconstruction"].item() == pytest.approx(0.125)
     # KL of N(0, 1) against N(0, I) is 0; label CE is log(4) with uniform logits.
@@ -82,7 +83,7 @@ def test_bernoulli_reconstruction_exact_value():
     x = torch.tensor([[1.0] + [0.0] * 11, [0.25] + [0.0] * 11])
     out_mask = torch.zeros(2, 12)
     out_mask[:, 0] = 1.0
-    w = LossWeights(likelihood="bernoulli")
+    w = LossConfig(likelihood="bernoulli")
     terms = m.loss(x, torch.ones(2, 12), out_mask, torch.zeros(2, dtype=torch.long), torch.tensor([0, 0]), w, False)
     # logits 0: -x log 0.5 - (1 - x) log 0.5 = log 2 whatever x is.
     assert terms["reconstruction"].item() == pytest.approx(np.log(2), rel=1e-6)
@@ -156,3 +157,24 @@ def test_l2_input_normalization_sees_profiles_not_depth():
     assert torch.allclose(m.predict(x2, mask, cov)[1], a, atol=1e-6)
     zero = m.predict(torch.zeros(1, 12), mask, cov[:1])[1]
     assert torch.isfinite(zero).all()
+
+
+def test_one_definition_of_the_architecture_keys_and_the_checkpoint_description():
+    """The [model] section and the module's config share NetworkShape (one set of keys and defaults);
+    the module's description, the checkpoint's "module" that export reads, keeps its keys and values."""
+    import dataclasses
+
+    from inclust_plus.training.config import ModelConfig, NetworkShape
+
+    cfg = ModuleConfig(n_features=12, n_covariates=2, n_labels=3)
+    assert cfg.to_dict() == {"n_features": 12, "n_covariates": 2, "n_labels": 3, "encoder_hidden": [200, 50], "latent_dim": 50,
+                             "decoder_hidden": [200], "activation": "relu", "output_activation": "sigmoid",
+                             "input_normalization": "none", "covariate_init_std": 0.1, "members": 1}
+    assert ModuleConfig(**cfg.to_dict()) == cfg
+    shape = {f.name for f in dataclasses.fields(NetworkShape)}
+    assert {f.name for f in dataclasses.fields(ModelConfig)} - shape == {"n_clusters", "ensemble"}
+    assert {f.name for f in dataclasses.fields(ModuleConfig)} - shape == {"n_features", "n_covariates", "n_labels", "members"}
+    model = ModelConfig(encoder_hidden=[8, 6], latent_dim=4, input_normalization="l2", covariate_init_std=0.5, ensemble=3)
+    member = ModuleConfig(n_features=12, n_covariates=2, n_labels=3, **model.shape())
+    assert (member.encoder_hidden, member.latent_dim, member.input_normalization, member.covariate_init_std, member.members) == ([8, 6], 4, "l2", 0.5, 1)
+    assert member.encoder_hidden is not model.encoder_hidden  # copied: merging an ensemble never edits the config

@@ -8,6 +8,7 @@ config file, so an example folder can be moved as a whole.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from .schema import Bool, Choice, Float, Int, ListOf, OneOrList, Optional, Str, 
 LIKELIHOODS = ("gaussian", "bernoulli")
 TASKS = ("imputation", "integration", "triple", "generation", "custom")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")  # training.module.ACTIVATIONS (a test keeps them equal)
+INPUT_NORMALIZATIONS = ("none", "l2")
 
 # Defaults a task brings to the [model], [loss] and [training] sections (a config's own values win).
 TASK_DEFAULTS: dict[str, dict[str, dict]] = {
@@ -61,21 +63,37 @@ class DatasetConfig:
     preprocessed: bool = key(False, Bool())  # True: values are already normalised (skip the modality preprocessing)
 
 
-@dataclass
-class ModelConfig:
+@dataclass(kw_only=True)
+class NetworkShape:
+    """The network's architecture: the one definition of these keys, for the ``[model]`` section
+    (:class:`ModelConfig`) and the torch module's config (``training.module.ModuleConfig``), which
+    both extend it; :meth:`shape` hands them from the one to the other."""
+
     encoder_hidden: list[int] = key(rule=ListOf(Int(min=1), non_empty=True), factory=lambda: [200, 50])
     latent_dim: int = key(50, Int(min=1))
     decoder_hidden: list[int] = key(rule=ListOf(Int(min=1)), factory=lambda: [200])
     activation: str = key("relu", Choice(*ACTIVATIONS))
     output_activation: str = key("sigmoid", Choice(*ACTIVATIONS))
-    input_normalization: str = key("none", Choice("none", "l2"))  # "l2": per-cell unit length of the encoder input
-    covariate_init_std: float = key(0.1, Float(min=0))  # spread of the initial covariate embedding rows e_b
+    input_normalization: str = key("none", Choice(*INPUT_NORMALIZATIONS))  # "l2": per-cell unit length of the encoder input
+    covariate_init_std: float = key(0.1, Float(min=0))  # spread of the initial covariate embedding rows e_b (a far-apart start lets the decoder tell batches apart)
+
+    def shape(self) -> dict:
+        """The architecture keys and their values (lists copied), e.g. ``ModuleConfig(n_features=..., **cfg.shape())``."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(NetworkShape)}
+
+
+@dataclass(kw_only=True)
+class ModelConfig(NetworkShape):
+    """The ``[model]`` section: the architecture plus what only training decides."""
+
     n_clusters: int = key(10, Int(min=1))  # used only when no dataset has labels (unsupervised)
     ensemble: int = key(1, Int(min=1))  # >1: train this many networks (seeds seed, seed+1, ...) and merge them into one (mean decode)
 
 
 @dataclass
 class LossConfig:
+    """The ``[loss]`` section, and the weights ``InClustModule.loss`` takes (one likelihood per member there)."""
+
     reconstruction: float = key(5.0, Float(min=0))
     kl: float = key(1.0, Float(min=0))
     categorical: float = key(1.0, Float(min=0))

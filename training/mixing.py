@@ -3,7 +3,7 @@
 inClust+ removes a covariate by vector arithmetic only: a batch is one offset e_b in the latent
 space. When the batch effect is non-linear, the decoder of z_c + e_b cannot undo it with a shift,
 so the encoder keeps some batch information in z_c and cells still sit next to their own batch.
-This term (weight ``LossWeights.mixing``, 0 = the paper's loss, so off by default) asks that,
+This term (weight ``LossConfig.mixing``, 0 = the paper's loss, so off by default) asks that,
 within each cell type, every batch's cells in a training batch are distributed in z_c like the
 type's cells of all batches: a kernel two-sample distance (MMD, Gaussian kernel with the median
 distance and two smaller ones as its widths) per (type, batch). Types come from the prior responsibilities (the label

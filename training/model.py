@@ -200,18 +200,8 @@ class InClust(AnnDataVerbs):
         datasets = [load_dataset(d, objects.get(d.name)) for d in cfg.datasets]
         data = assemble(datasets, cfg)
         m = cfg.model
-        member = ModuleConfig(
-            n_features=data.n_features,
-            n_covariates=len(data.covariate_categories),
-            n_labels=len(data.label_categories),
-            encoder_hidden=list(m.encoder_hidden),
-            latent_dim=m.latent_dim,
-            decoder_hidden=list(m.decoder_hidden),
-            activation=m.activation,
-            output_activation=m.output_activation,
-            input_normalization=m.input_normalization,
-            covariate_init_std=m.covariate_init_std,
-        )
+        member = ModuleConfig(n_features=data.n_features, n_covariates=len(data.covariate_categories),
+                              n_labels=len(data.label_categories), **m.shape())
         # Member k trains with seed + k and the k-th likelihood of loss.likelihood; member 0 alone is
         # the single-network model.
         if "bernoulli" in cfg.loss.likelihoods()[: m.ensemble]:

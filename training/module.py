@@ -21,48 +21,31 @@ Training decodes a reparameterised sample z; inference uses the posterior mean m
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from .config import INPUT_NORMALIZATIONS, LossConfig, NetworkShape
 from .mixing import mixing_penalty
 
-INPUT_NORMALIZATIONS = ("none", "l2")
 L2_EPS = 1e-6  # an all-zero cell stays all zero
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
 
-@dataclass
-class ModuleConfig:
-    """Architecture hyper-parameters (paper defaults)."""
+@dataclass(kw_only=True)
+class ModuleConfig(NetworkShape):
+    """The module's config: the architecture (:class:`~.config.NetworkShape`, paper defaults) plus the
+    sizes the data decides. ``to_dict`` is the checkpoint's ``module`` description, read back with
+    ``ModuleConfig(**desc["module"])``."""
 
     n_features: int
     n_covariates: int
     n_labels: int
-    encoder_hidden: list[int] = field(default_factory=lambda: [200, 50])
-    latent_dim: int = 50
-    decoder_hidden: list[int] = field(default_factory=lambda: [200])
-    activation: str = "relu"
-    output_activation: str = "sigmoid"
-    input_normalization: str = "none"  # "none" | "l2": the masked input is scaled to unit length per cell
-    covariate_init_std: float = 0.1  # initial spread of the embedding rows e_b (a far-apart start lets the decoder tell batches apart)
     members: int = 1  # >1: K networks merged into one, later layers grouped (training/ensemble.py); widths are the merged ones
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class LossWeights:
-    """Weights of the loss terms (paper defaults: 5, 1, 1 (unsupervised only), 50)."""
-
-    reconstruction: float = 5.0
-    kl: float = 1.0
-    categorical: float = 1.0
-    label: float = 50.0
-    mixing: float = 0.0  # per-type batch-mixing penalty on the corrected latent (training/mixing.py); 0: off
-    likelihood: str = "gaussian"  # "gaussian" (squared error, the paper's) | "bernoulli" (cross-entropy, sigmoid output)
 
 
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -205,7 +188,7 @@ class InClustModule(nn.Module):
         output_mask: torch.Tensor,
         covariate: torch.Tensor,
         label: torch.Tensor,
-        weights: LossWeights,
+        weights: LossConfig,
         unsupervised: bool,
     ) -> dict[str, torch.Tensor]:
         """Loss terms averaged over the batch; ``label`` is -1 for unlabeled cells."""

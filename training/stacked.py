@@ -84,7 +84,7 @@ class StackedNetworks(nn.Module):
         """Loss terms [len(TERMS), K], each averaged over member k's batch.
 
         ``x`` and the masks are [K, n, features], ``covariate``/``label`` [K, n] (label -1: unlabeled),
-        ``noise`` [K, n, latent] (None: decode the posterior mean), ``weights`` a LossWeights,
+        ``noise`` [K, n, latent] (None: decode the posterior mean), ``weights`` a LossConfig,
         ``bernoulli`` a [K] bool tensor (member k's likelihood) or a Python bool shared by all.
         """
         k, n = x.shape[0], x.shape[1]

@@ -29,7 +29,7 @@ from .batches import DeviceRows
 from .config import LossConfig, TrainingConfig
 from .data import TrainingData
 from .device import autocast, grad_scaler
-from .module import InClustModule, LossWeights
+from .module import InClustModule
 from .optim import adam, cosine_lr
 from .stacked import TERMS, StackedNetworks
 
@@ -120,7 +120,7 @@ def train_stacked(
     noises = [torch.Generator(device).manual_seed(t.seed + NOISE_SEED_OFFSET) for t, _ in settings]
     likelihoods = [lo.likelihood for _, lo in settings]
     bernoulli = likelihoods[0] == "bernoulli" if len(set(likelihoods)) == 1 else torch.tensor([v == "bernoulli" for v in likelihoods], device=device)
-    weights = LossWeights(**{**vars(loss_cfg), "likelihood": "per member"})
+    weights = dataclasses.replace(loss_cfg, likelihood="per member")
     full_weights = dataclasses.replace(weights)
     unsupervised = data.label_mode == "unsupervised"
     scaler = grad_scaler(device, precision)
