@@ -162,6 +162,9 @@ def _triton_writer():
         from inclust_plus.triton.repository import write_triton_repository
     except ImportError as err:
         raise InclustError(f"--triton is unavailable in this install ({err})", "export without --triton") from None
+    from inclust_plus.triton.model_config import require_protobuf
+
+    require_protobuf()  # no tritonclient[grpc]: said before anything is exported
     return write_triton_repository
 
 

@@ -9,18 +9,18 @@ command has returned, further signals are ignored while the interpreter shuts do
 
 from __future__ import annotations
 
-import importlib
 import signal
 import sys
+from typing import Callable
 
 from . import interrupt
 
 
-def _launch(module: str, attribute: str = "main", prog_name: str | None = None) -> None:
+def _launch(load: Callable, prog_name: str | None = None) -> None:
+    """Install the stop handler, then ``load()`` (a plain import of the command) and run it."""
     interrupt.install()
     try:
-        command = getattr(importlib.import_module(module), attribute)
-        sys.exit(_run_click(command, prog_name))
+        sys.exit(_run_click(load(), prog_name))
     finally:
         # The command is over (its output committed or cleaned up): a signal during interpreter
         # shutdown, where Python resets the handlers, would only turn its exit code into -SIGINT.
@@ -49,19 +49,39 @@ def _run_click(command, prog_name: str | None = None) -> int:
 
 
 def inclust_train() -> None:
-    _launch("inclust_plus.training.cli", prog_name="inclust-train")
+    def load():
+        from inclust_plus.training.cli import main
+
+        return main
+
+    _launch(load, prog_name="inclust-train")
 
 
 def inclust_export() -> None:
-    _launch("inclust_plus.export.cli", prog_name="inclust-export")
+    def load():
+        from inclust_plus.export.cli import main
+
+        return main
+
+    _launch(load, prog_name="inclust-export")
 
 
 def inclust_run() -> None:
-    _launch("inclust_plus.runtime.cli", "cli", prog_name="inclust-run")
+    def load():
+        from inclust_plus.runtime.cli import cli  # the run commands, info and Triton's serve
+
+        return cli
+
+    _launch(load, prog_name="inclust-run")
 
 
 def inclust_map() -> None:
-    _launch("inclust_plus.training.map_cli", prog_name="inclust-map")
+    def load():
+        from inclust_plus.training.map_cli import main
+
+        return main
+
+    _launch(load, prog_name="inclust-map")
 
 
 COMMANDS = {"train": inclust_train, "export": inclust_export, "run": inclust_run, "map": inclust_map}

@@ -24,7 +24,7 @@ REEXPORT = "re-export the model with inclust-export"
 _TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 
 
-def _protobuf():
+def require_protobuf():
     """``(text_format, model_config_pb2)``, or a one-line error naming what to install."""
     try:
         from google.protobuf import text_format
@@ -36,13 +36,13 @@ def _protobuf():
 
 def parse_model_config(text: str):
     """A ``ModelConfig`` message from ``config.pbtxt`` text (raises protobuf's ParseError on bad text)."""
-    text_format, pb2 = _protobuf()
+    text_format, pb2 = require_protobuf()
     return text_format.Parse(text, pb2.ModelConfig())
 
 
 def read_model_config(path: str | Path):
     """The ``ModelConfig`` of a ``config.pbtxt`` file, or None when it cannot be read or parsed."""
-    text_format, pb2 = _protobuf()
+    text_format, pb2 = require_protobuf()
     try:
         return text_format.Parse(Path(path).read_text(encoding="utf-8", errors="replace"), pb2.ModelConfig())
     except (OSError, text_format.ParseError):
@@ -60,7 +60,7 @@ def _tensor(entry, tensor: dict, label_file: bool, batching: bool) -> None:
     """Fill one input/output: ``[batch, n]`` tensors keep dims ``[n]``, ``[batch]`` vectors get ``[1]``
     reshaped to ``[]`` (what the graph was exported with). Without batching (CSR models) the dims are
     the whole shape, axis 0 variable: ``[-1]`` or ``[-1, n]``."""
-    _, pb2 = _protobuf()
+    _, pb2 = require_protobuf()
     shape = list(tensor.get("shape") or [])
     dtype = tensor.get("dtype")
     if dtype not in _TYPES or not shape or len(shape) > 2:
@@ -113,7 +113,7 @@ def model_config(
 ):
     """The ``ModelConfig`` of one model serving ``graph`` (a manifest graph entry, or a CSR variant
     merged into one) with ``backend``. ``KIND_AUTO`` instances: one file works on CPU and GPU servers."""
-    _, pb2 = _protobuf()
+    _, pb2 = require_protobuf()
     has_labels = bool((manifest.get("labels") or {}).get("categories"))
     batching = graph.get("input_format", "dense") != "csr"
     config = pb2.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size if batching else 0)
@@ -133,6 +133,6 @@ def model_config(
 
 def config_text(config, graph_name: str) -> str:
     """``config.pbtxt`` text: a comment naming who wrote it, then text_format (non-ASCII octal-escaped)."""
-    text_format, _ = _protobuf()
+    text_format, _ = require_protobuf()
     header = f"# Triton model config written by inclust-export for graph {graph_name!r} ({config.backend} backend).\n"
     return header + text_format.MessageToString(config, as_utf8=False)
