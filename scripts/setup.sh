@@ -22,7 +22,7 @@ fi
 "$TRITON_ENV/bin/python" -m pip install --quiet "numpy<2" onnxruntime "nvidia-pytriton==0.7.0"
 "$VENV/bin/python" - <<'PY'
 import importlib, torch
-for mod in ("anndata", "mudata", "onnx", "onnxruntime", "sklearn", "matplotlib", "pytest", "inclust_plus.training", "inclust_plus.export", "inclust_plus.runtime"):
+for mod in ("anndata", "mudata", "onnx", "onnxruntime", "sklearn", "matplotlib", "pytest", "inclust_plus.training", "inclust_plus.export", "inclust_plus.runtime", "inclust_plus.triton.repository"):
     importlib.import_module(mod)
 print(f"setup ok: torch {torch.__version__}, venv {__import__('sys').prefix}")
 PY
