@@ -192,6 +192,33 @@ def write_result(name: str, result: dict, out_dir: Path = RESULTS) -> Path:
     return path
 
 
+# Run by a fresh interpreter: ru_maxrss of a process counts its life before exec too, and a child
+# forked straight from a torch-laden benchmark process would start with that process's RSS.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+cmd, log = json.loads(sys.argv[1]), sys.argv[2]
+with open(log, "w") as err:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss, "wall": wall,
+                  "cpu": usage.ru_utime + usage.ru_stime}))
+"""
+
+
+def run_measured(cmd: list[str], log: Path) -> dict:
+    """``wait4``'s account of ``cmd`` run from a small fresh launcher: rc, maxrss_kib (KiB on Linux),
+    wall and cpu (user + system) seconds; a failing command stops the benchmark with its stderr tail."""
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _LAUNCHER, json.dumps(cmd), str(log)], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout)
+    if res["rc"] != 0:
+        raise SystemExit(f"{Path(cmd[0]).name} failed ({res['rc']}): {Path(log).read_text()[-2000:]}")
+    return res
+
+
 def set_threads(n: int) -> None:
     """torch intra-op threads (the onnxruntime sessions get theirs through SessionOptions)."""
     import torch

@@ -43,22 +43,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ModelShape, best_time, machine, make_export, now, write_result, write_sparse_counts_h5ad  # noqa: E402
+from bench_common import ModelShape, best_time, machine, make_export, now, run_measured, write_result, write_sparse_counts_h5ad  # noqa: E402
 
 RSS_LIMIT_MB = 1536
 BATCH = 4096  # inclust-run's default --batch-size
 
-_LAUNCHER = """
-import json, os, subprocess, sys, time
-cmd, log = json.loads(sys.argv[1]), sys.argv[2]
-with open(log, "w") as err:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss, "wall": wall,
-                  "cpu": usage.ru_utime + usage.ru_stime}))
-"""
 
 
 _RUN_TREE = (
@@ -185,11 +174,7 @@ def run_cli(cmd: list[str], log: Path) -> tuple[float, float]:
 
 def run_cli_usage(cmd: list[str], log: Path) -> dict:
     """``wait4``'s account of ``cmd``: rc, maxrss_kib, wall and cpu (user + system) seconds."""
-    out = subprocess.run([sys.executable, "-c", _LAUNCHER, json.dumps(cmd), str(log)], capture_output=True, text=True, check=True)
-    res = json.loads(out.stdout)
-    if res["rc"] != 0:
-        raise SystemExit(f"inclust-run failed ({res['rc']}): {log.read_text()[-2000:]}")
-    return res
+    return run_measured(cmd, log)
 
 
 class Pipeline:

@@ -4,7 +4,7 @@ Steps: export an (untrained) model shaped like the MERFISH task (153 genes, 122-
 encoder 200-50, latent 50, decoder 200, 13 labels) with ``inclust_plus.export``; write a CSR
 h5ad of N cells x the 122 panel genes chunk by chunk with h5py (so generating it needs little
 memory either); run ``inclust-run impute`` in a subprocess and read its peak RSS from
-``os.wait4`` on that process (started from a small launcher, see :data:`_LAUNCHER`); spot-check the first
+``os.wait4`` on that process (started from a small launcher, see :func:`bench_common.run_measured`); spot-check the first
 cells of the output against onnxruntime called directly; append the numbers to
 ``benchmarks/results/runtime_memory.json``.
 
@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import write_sparse_counts_h5ad  # noqa: E402
+from bench_common import run_measured, write_sparse_counts_h5ad  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "runtime_memory.json"
@@ -96,26 +96,11 @@ def spot_check(manifest: Path, src: Path, out: Path, n: int = 2048, n_panel: int
         return float(max(np.abs(imputed[:n] - y).max(), np.abs(f["obsm"]["X_inclust"][:n] - latent).max()))
 
 
-# Run by a fresh interpreter: ru_maxrss of a process counts its life before exec too, and a child
-# forked straight from this (torch-laden) process would start with this process's RSS.
-_LAUNCHER = """
-import json, os, subprocess, sys, time
-cmd, log = json.loads(sys.argv[1]), sys.argv[2]
-with open(log, "w") as err:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss, "wall": wall}))
-"""
 
 
 def measure(cmd: list[str], log: Path) -> tuple[float, float]:
     """Peak RSS (MiB) and wall time of ``cmd``, from ``wait4`` in a small launcher process."""
-    out = subprocess.run([sys.executable, "-c", _LAUNCHER, json.dumps(cmd), str(log)], capture_output=True, text=True, check=True)
-    res = json.loads(out.stdout)
-    if res["rc"] != 0:
-        raise SystemExit(f"inclust-run failed ({res['rc']}): {log.read_text()}")
+    res = run_measured(cmd, log)
     return res["maxrss_kib"] / 1024, res["wall"]  # Linux: ru_maxrss is in KiB
 
 
