@@ -10,5 +10,5 @@ __version__ = "0.1.0"
 
 CHECKPOINT_FORMAT = "inclust-plus-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
-MANIFEST_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 2  # 2: modalities, kind, inputs, outputs and a preprocessing plan per graph are required
 COVARIATE_JOIN = "|"  # a model with several covariate keys: a cell's category is its values of those obs columns joined by this
