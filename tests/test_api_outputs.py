@@ -52,7 +52,7 @@ def test_counts_scale_inverts_the_preprocessing(toy):
     graph = m.graph("rna_protein")
     x = toy["counts"].copy()
     apply_preprocessing(x, graph.runtime_plan)
-    modalities = m.raw["modalities"]
+    modalities = m.schema()
     conv = ScaleConverter(graph.input_features, modalities, m.preprocessing, "counts", graph.input_modalities)
     lib = {"rna": toy["counts"][:, :N_RNA].sum(1)}
     np.testing.assert_allclose(conv.convert(x, lib), toy["counts"], rtol=2e-5, atol=2e-4)
