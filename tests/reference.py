@@ -16,7 +16,7 @@ def feature_names(desc: dict) -> list[str]:
 
 
 def preprocess_by_hand(raw: np.ndarray, desc: dict, inputs: list[int]) -> np.ndarray:
-    """Per modality x/sum*total (sum over its present columns; 0 -> 1), log1p, /scale; float64."""
+    """Per modality x/sum*total (sum over its present columns; 0 -> 1), log1p, /scale (0 -> 1); float64."""
     x = np.asarray(raw, dtype=np.float64).copy()
     start = 0
     for mod in desc["schema"]["modalities"]:
@@ -31,7 +31,8 @@ def preprocess_by_hand(raw: np.ndarray, desc: dict, inputs: list[int]) -> np.nda
             if prep.get("log1p"):
                 part = np.log1p(part)
             if prep.get("scale") is not None:
-                part = part / np.asarray([prep["scale"][inputs[c] - start] for c in cols])
+                scale = np.asarray([prep["scale"][inputs[c] - start] for c in cols], dtype=np.float64)
+                part = part / np.where(scale == 0, 1.0, scale)
             x[:, cols] = part
         start += n
     return x

@@ -53,23 +53,14 @@ class ToyModel:
         return next(g for g in GRAPHS if g[0] == name)
 
     def preprocess(self, name: str, x: np.ndarray) -> np.ndarray:
-        """The manifest preprocessing of graph ``name``'s inputs, in float64 (rna only here)."""
-        x = np.asarray(x, np.float64).copy()
-        spec = self.preprocessing.get("rna")
-        if not spec or self.folded:
-            return x
-        cols = [i for i, f in enumerate(self.graph(name)[4]) if f in RNA]
-        block = x[:, cols]
-        if spec.get("normalize_total"):
-            total = block.sum(1, keepdims=True)
-            block = np.divide(block * spec["normalize_total"], total, out=np.zeros_like(block), where=total > 0)
-        if spec.get("log1p"):
-            block = np.log1p(block)
-        if spec.get("scale") is not None:
-            scale = np.asarray(spec["scale"])[[RNA.index(self.graph(name)[4][c]) for c in cols]]
-            block = block / np.where(scale == 0, 1, scale)
-        x[:, cols] = block
-        return x
+        """The manifest preprocessing of graph ``name``'s inputs, by hand in float64 (tests/reference.py)."""
+        from reference import preprocess_by_hand
+
+        if self.folded:
+            return np.asarray(x, np.float64).copy()
+        desc = {"schema": {"modalities": [{"name": "rna", "features": RNA}, {"name": "protein", "features": PROTEIN}]},
+                "preprocessing": self.preprocessing}
+        return preprocess_by_hand(x, desc, [self.features.index(f) for f in self.graph(name)[4]])
 
     def reference(self, name: str, x_raw: np.ndarray, cov: np.ndarray, tgt: np.ndarray | None = None) -> dict:
         """Outputs of graph ``name`` by the reference semantics (float64)."""
