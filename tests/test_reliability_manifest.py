@@ -107,6 +107,8 @@ CASES = [  # id, change, words of the one-line error
      ("input feature 'g0' is not a feature of 'protein'",)),
     ("plan unknown modality", _set("graph:panel_to_rna", "preprocessing_plan", value=[{"modality": "atac", "runs": [[0, 6]]}]),
      ("names modality 'atac' that the manifest does not list",)),
+    ("inputs not the table's", _set("graph:panel_to_rna", "inputs", value=[{"name": "x", "dtype": "float32", "shape": ["batch", 6]}]),
+     ("its dense inputs are ['x'], an impute graph takes ['x', 'covariate', 'target_covariate']",)),
     ("plan scale length", _set("graph:panel_to_rna", "preprocessing_plan", value=[{"modality": "rna", "runs": [[0, 6]], "scale": [1.0]}]),
      ("the preprocessing scale of 'rna' has 1 values for 6 columns",)),
 ]

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 from inclust_plus.errors import InclustError
 
+from .graphs import graph_io
+
 REEXPORT = "re-export the model with inclust-export"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -246,6 +248,7 @@ def validate(raw: Any, path: Path) -> None:
             if value is not None and str(value) not in categories:
                 raise InclustError(f"{where}: {key} {value!r} is not a covariate category", REEXPORT)
         _check_plan(g, features, where)
+        _check_io(g, where)
         for key in ("file", "torchscript", "torch_export"):
             if g.get(key):
                 confined(path.parent, g[key], f"graph {g['name']!r} {key}", path)
@@ -276,3 +279,17 @@ def _check_plan(g: dict, features: dict[str, set], where: str) -> None:
             raise InclustError(f"{where}: the preprocessing scale of {m!r} has {len(group['scale'])} values for {count} columns", REEXPORT)
     if None in owner:
         raise InclustError(f"{where}: input column {owner.index(None)} is in no preprocessing run", REEXPORT)
+
+
+def _check_io(g: dict, where: str) -> None:
+    """Each flavour's inputs are the graph table's for its kind and input format, in that order; its outputs too
+    (an ensemble's decoding graph adds ``y_std``)."""
+    flavours = [(g.get("input_format") or "dense", g["inputs"], g["outputs"])]
+    flavours += [(v["input_format"], v.get("inputs") or [], v.get("outputs") or g["outputs"]) for v in g.get("variants") or ()]
+    for fmt, inputs, outputs in flavours:
+        spec = graph_io(g["kind"], fmt, members=2 if any(t["name"] == "y_std" for t in outputs) else 1)
+        want_in, want_out = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
+        if inputs and [t["name"] for t in inputs] != want_in:
+            raise InclustError(f"{where}: its {fmt} inputs are {[t['name'] for t in inputs]}, an {g['kind']} graph takes {want_in}", REEXPORT)
+        if [t["name"] for t in outputs] != want_out:
+            raise InclustError(f"{where}: its {fmt} outputs are {[t['name'] for t in outputs]}, an {g['kind']} graph returns {want_out}", REEXPORT)
