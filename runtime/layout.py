@@ -145,7 +145,7 @@ class Layout:
         if self.library is None:
             return {}
         raw = self._read(self.library, start, stop, self.library.n_inputs)
-        return R.library_sizes(raw, self.graph.input_features, self.modalities, self.converter.needs_library)
+        return R.library_sizes(raw, self.graph.preprocessing_plan.columns_by_modality(), self.converter.needs_library)
 
     def spread(self, start: int, sd: np.ndarray) -> np.ndarray:
         """The members' std of cells ``start..start+len(sd)`` in the output scale (only when :attr:`writes_spread`)."""

@@ -174,7 +174,7 @@ class Predictor:
         converter = R.ScaleConverter(graph.output_features, m.schema(), m.preprocessing, output_scale, graph.input_modalities)
         self._warn_non_integer(adata, graph, layer)
         graph, data, raw, out, prov = self._run(adata, True, graph.name, None, None, layer, covariate_key, covariate, target_covariate, allow_missing)
-        library = R.library_sizes(raw, graph.input_features, m.schema(), converter.needs_library)
+        library = R.library_sizes(raw, graph.preprocessing_plan.columns_by_modality(), converter.needs_library)
         values = converter.convert(out["y"], library)
         prov.update(command=command, output_scale=output_scale, scale=converter.description(), **R.spread_provenance(converter, graph.has_spread))
         spread = None

@@ -95,6 +95,10 @@ class PreprocessPlan:
         """The groups that change values (what the runtime applies)."""
         return tuple(g for g in self.groups if g.does_something)
 
+    def columns_by_modality(self) -> dict[str, np.ndarray]:
+        """Each modality's input columns (what a library size sums over)."""
+        return {g.name: g.columns for g in self.groups}
+
     @property
     def scale(self) -> np.ndarray | None:
         """float64 divisor per input column (1 outside scaled modalities), None when none scales."""
