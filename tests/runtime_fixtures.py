@@ -5,6 +5,8 @@ exporter: the graphs here are built node by node with ``onnx.helper`` from rando
 small inClust+ network, folded the way the exporter folds them (first encoder weight restricted
 to the input columns, output layer to the output rows), and :meth:`ToyModel.reference` computes
 the reference semantics (full-width zero-filled input, mask, predict, slice) in float64 numpy.
+The manifest is built as contract dataclasses and written by the contract's one writer
+(:func:`inclust_plus.contract.write_manifest`), so it has exactly the exporter's shape.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from inclust_plus.errors import InclustError
 
 from .manifest import Covariate, GraphEntry, Labels, Manifest, Modality, ModelInfo, TensorEntry, Variant
 from .plan import ModalityPlan, PreprocessPlan
-from .schema import REEXPORT, confined, validate
+from .schema import REEXPORT, validate
 
 # Version 2 added what the runtime used to guess: the modalities list, each graph's kind, inputs,
 # outputs and preprocessing plan are required. Older manifests are refused with a re-export hint.
@@ -39,7 +39,8 @@ def plan_to_json(plan: PreprocessPlan) -> list[dict]:
     ]
 
 
-def _graph(g: GraphEntry) -> dict:
+def graph_to_json(g: GraphEntry) -> dict:
+    """One graph entry as written in the manifest (also what the Triton config carries)."""
     return {
         "name": g.name, "kind": g.kind, "file": g.file, "sha256": g.sha256, "opset": g.opset,
         "input_format": g.input_format, "precision": g.precision,
@@ -69,7 +70,7 @@ def to_json(m: Manifest) -> dict:
         "labels": {"key": m.labels.key, "categories": list(m.labels.categories)},
         "modalities": [{"name": x.name, "features": list(x.features)} for x in m.modalities],
         "preprocessing": m.preprocessing,
-        "graphs": [_graph(g) for g in m.graphs],
+        "graphs": [graph_to_json(g) for g in m.graphs],
     }
 
 
