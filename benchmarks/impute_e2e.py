@@ -22,6 +22,7 @@ Before/after a change (``--compare-with DIR``, DIR another checkout such as ``gi
 --detach /tmp/main-ref main``): the same ``inclust-run impute`` of this tree and of DIR, run
 alternately ``--repeats`` times each on the same input so that load affects both alike; both are
 imported the same way (``python -S`` with the package folders of their checkout first on the path),
+each reads the checkpoint exported by its own exporter (manifest formats may differ),
 and the best wall time of each gives the ratio (results/impute_e2e_compare.json).
 
     python benchmarks/impute_e2e.py --cells 100000 --compare-with /tmp/main-ref --repeats 4
@@ -63,13 +64,17 @@ import numpy as np
 from inclust_plus.runtime.chunks import chunk_reader
 from inclust_plus.runtime.inputs import open_input
 from inclust_plus.runtime.manifest import load_manifest
-from inclust_plus.runtime.preprocess import plan_preprocessing
 from inclust_plus.runtime.runner import VALUE_BUDGET, chunk_rows
 manifest = load_manifest(sys.argv[3])
 graph = manifest.graph(sys.argv[5])
 data = open_input(sys.argv[4], graph)
 rows = chunk_rows(data.values_per_row(), int(sys.argv[6]), VALUE_BUDGET)
-read = chunk_reader(data, plan_preprocessing(manifest, graph), "bench")
+try:  # a tree before the manifest carried the plan (side-by-side runs against an older checkout)
+    from inclust_plus.runtime.preprocess import plan_preprocessing
+    plan = plan_preprocessing(manifest, graph)
+except ImportError:
+    plan = graph.runtime_plan
+read = chunk_reader(data, plan, "bench")
 buf = np.zeros((rows, data.n_inputs), np.float32)
 best = []
 for start in range(0, min(data.n_obs, 4 * rows), rows):
@@ -101,6 +106,19 @@ def package_tree(checkout: Path, dest: Path) -> Path:
     return dest
 
 
+_EXPORT_TREE = (
+    "import sys; sys.path[:0] = sys.argv[1:3]; from inclust_plus.export import export_model; "
+    "print(export_model(sys.argv[3], sys.argv[4], combinations=[sys.argv[5]], torchscript=False, force=True))"
+)
+
+
+def export_with(tree: Path, site: str, checkpoint: Path, out: Path, combination: str) -> Path:
+    """The same checkpoint exported by ``tree``'s own exporter (each tree reads its own manifest format)."""
+    done = subprocess.run([sys.executable, "-S", "-c", _EXPORT_TREE, str(tree), site, str(checkpoint), str(out), combination],
+                          capture_output=True, text=True, check=True)
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
 def compare(args, work: Path, manifest: Path, src: Path, combination: str) -> dict:
     """This tree's ``inclust-run impute`` against ``args.compare_with``'s, alternately, best of ``args.repeats``."""
     import sysconfig
@@ -108,12 +126,14 @@ def compare(args, work: Path, manifest: Path, src: Path, combination: str) -> di
     site = sysconfig.get_paths()["purelib"]
     trees = {"this": package_tree(Path(__file__).resolve().parents[1], work / "tree_this"),
              "reference": package_tree(args.compare_with, work / "tree_reference")}
+    manifests = {"this": manifest,
+                 "reference": export_with(trees["reference"], site, manifest.parent.parent / "model.pt", work / "export_reference", combination)}
     walls: dict[str, list[float]] = {k: [] for k in trees}
     cpus: dict[str, list[float]] = {k: [] for k in trees}
     for r in range(args.repeats):
         for name in (("this", "reference") if r % 2 == 0 else ("reference", "this")):
             out = work / f"imputed_{name}.h5ad"
-            cmd = [sys.executable, "-S", "-c", _RUN_TREE, str(trees[name]), site, "impute", "--onnx", str(manifest), "--input", str(src),
+            cmd = [sys.executable, "-S", "-c", _RUN_TREE, str(trees[name]), site, "impute", "--onnx", str(manifests[name]), "--input", str(src),
                    "--output", str(out), "--combination", combination, "--batch-size", str(args.batch_size), "--quiet", "--force"]
             usage = run_cli_usage(cmd, work / f"stderr_{name}.txt")
             walls[name].append(round(usage["wall"], 3))
@@ -125,7 +145,7 @@ def compare(args, work: Path, manifest: Path, src: Path, combination: str) -> di
     reads: dict[str, list[float]] = {k: [] for k in trees}  # the hot path alone, where load matters least
     for r in range(args.repeats):
         for name in (("this", "reference") if r % 2 == 0 else ("reference", "this")):
-            stage = read_stage(trees[name], site, manifest, src, combination, args.batch_size)
+            stage = read_stage(trees[name], site, manifests[name], src, combination, args.batch_size)
             reads[name].append(round(stage["cpu_s"], 4))
     read_ratio = min(reads["reference"]) / min(reads["this"])
     print(f"impute_e2e: chunk reader over {stage['chunks']} chunks of {stage['rows']:,} cells: this {min(reads['this']):.3f} s, "
@@ -184,12 +204,10 @@ class Pipeline:
         from inclust_plus.runtime.backend import OnnxBackend
         from inclust_plus.runtime.inputs import open_input
         from inclust_plus.runtime.manifest import load_manifest
-        from inclust_plus.runtime.preprocess import plan_preprocessing
-
         self.manifest = load_manifest(manifest_path)
         self.graph = self.manifest.graph(combination)
         self.data = open_input(src, self.graph)
-        self.steps = plan_preprocessing(self.manifest, self.graph)
+        self.steps = self.graph.runtime_plan
         self.backend = OnnxBackend("cpu")
         self.backend.prepare(self.graph)
         self.session = self.backend.sessions[str(self.graph.path)][0]

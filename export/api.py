@@ -16,6 +16,7 @@ from pathlib import Path
 
 from inclust_plus import interrupt
 from inclust_plus.atomic import atomic_dir, check_not_inside, check_output_path, refuse_foreign_entries
+from inclust_plus.contract import GraphEntry
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
 
@@ -94,9 +95,10 @@ def _variants(combo: Combination, csr: bool, fp16: bool) -> list[tuple[str, str,
 
 
 def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torchscript: bool, fold_preprocessing: bool,
-                csr: bool = True, fp16: bool = False, want_torch_export: bool = False) -> tuple[dict, dict]:
+                csr: bool = True, fp16: bool = False, want_torch_export: bool = False) -> tuple[GraphEntry, dict]:
     """Write one graph (its TorchScript / torch.export twins and its CSR / float16 flavours), check parity, return its manifest entry and diffs."""
-    plan = build_plan(desc, combo.inputs) if fold_preprocessing else IDENTITY
+    full_plan = build_plan(desc, combo.inputs)  # written into the manifest either way
+    plan = full_plan if fold_preprocessing else IDENTITY
     weights = fold(module, combo, plan)
     data = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc["name"]))
     onnx_file = f"{combo.name}.onnx"
@@ -115,6 +117,13 @@ def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torch
                                       dense_bytes=data if precision == "fp32" else None)
         diffs[f"{input_format}/{precision}"] = vdiffs["onnxruntime"]
         variants.append(variant_entry(combo, input_format, precision, file, hashlib.sha256(vdata).hexdigest(), weights.latent_dim, weights.n_labels))
+    pt2 = None
+    if want_torch_export:  # manifests without the option keep exactly their old fields
+        from . import torch_export
+
+        pt2 = folder / f"{combo.name}.pt2"
+        torch_export.save(torch_export.export_program(weights, plan, combo, module.config.n_covariates), pt2)
+        diffs["torch.export"] = torch_export.check_parity(module, combo, plan if fold_preprocessing else None, pt2)
     entry = graph_entry(
         combo,
         file=onnx_file,
@@ -125,16 +134,11 @@ def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torch
         folded_preprocessing=fold_preprocessing,
         latent_dim=weights.latent_dim,
         n_labels=weights.n_labels,
+        plan=full_plan,
         variants=variants,
+        torch_export=pt2.name if pt2 else None,
+        torch_export_sha256=file_sha256(pt2) if pt2 else None,
     )
-    if want_torch_export:  # manifests without the option keep exactly their old fields
-        from . import torch_export
-
-        pt2 = folder / f"{combo.name}.pt2"
-        torch_export.save(torch_export.export_program(weights, plan, combo, module.config.n_covariates), pt2)
-        diffs["torch.export"] = torch_export.check_parity(module, combo, plan if fold_preprocessing else None, pt2)
-        entry["torch_export"] = pt2.name
-        entry["torch_export_sha256"] = file_sha256(pt2)
     return entry, diffs
 
 

@@ -1,63 +1,16 @@
-"""Which graphs to export: the graph-kind table and the combinations named in a checkpoint.
+"""Which graphs to export: the combinations named in a checkpoint.
 
-Every graph kind's inputs and outputs are declared once here (:data:`GRAPH_SPECS`); the ONNX
-builder, the TorchScript wrapper, the parity check and the manifest all read this table, so the
-four can never disagree about names, dtypes or order.
+Each graph kind's inputs and outputs come from the contract's graph table
+(:data:`inclust_plus.contract.graphs.GRAPH_SPECS`), which the ONNX builder, the TorchScript
+wrapper, the parity check, the manifest and the runtime all read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from inclust_plus.contract.graphs import GraphIO, graph_io
 from inclust_plus.errors import InclustError
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output; ``width`` names the size of axis 1 (None: a [batch] vector)."""
-
-    name: str
-    dtype: str
-    width: str | None
-    axis: str = "batch"  # the symbolic size of axis 0: "batch" (cells) or "nnz" (stored entries of a CSR batch)
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-    @property
-    def decodes(self) -> bool:
-        """Whether the graph needs the decoder (it returns reconstructed features ``y``)."""
-        return any(t.name == "y" for t in self.outputs)
-
-
-_X = TensorSpec("x", "float32", "n_inputs")
-_COV = TensorSpec("covariate", "int64", None)
-_TARGET = TensorSpec("target_covariate", "int64", None)
-_Y = TensorSpec("y", "float32", "n_outputs")
-_LATENT = TensorSpec("latent", "float32", "latent_dim")
-_PROBS = TensorSpec("label_probs", "float32", "n_labels")
-# An ensemble's decoding graphs also return the members' per-feature standard deviation (population
-# form, divided by K: training.module.predict(return_std=True)); one network's graphs do not.
-_Y_STD = TensorSpec("y_std", "float32", "n_outputs")
-
-GRAPH_SPECS: dict[str, GraphSpec] = {
-    "impute": GraphSpec(inputs=(_X, _COV, _TARGET), outputs=(_Y, _LATENT, _PROBS)),
-    "embed": GraphSpec(inputs=(_X, _COV), outputs=(_LATENT, _PROBS)),
-}
-
-# CSR flavour (export/csr_graph.py): a batch's stored entries instead of x. ``indices`` are graph
-# input columns, ``rows`` the cell (0..batch-1) of each entry; the batch size is len(covariate).
-_VALUES = TensorSpec("values", "float32", None, "nnz")
-_INDICES = TensorSpec("indices", "int32", None, "nnz")
-_ROWS = TensorSpec("rows", "int32", None, "nnz")
-CSR_GRAPH_SPECS: dict[str, GraphSpec] = {
-    "impute": GraphSpec(inputs=(_VALUES, _INDICES, _ROWS, _COV, _TARGET), outputs=(_Y, _LATENT, _PROBS)),
-    "embed": GraphSpec(inputs=(_VALUES, _INDICES, _ROWS, _COV), outputs=(_LATENT, _PROBS)),
-}
-INPUT_FORMATS = ("dense", "csr")
 
 
 @dataclass(frozen=True)
@@ -77,18 +30,15 @@ class Combination:
     members: int = 1  # networks of the ensemble (> 1: decoding graphs add the output y_std)
 
     @property
-    def spec(self) -> GraphSpec:
+    def spec(self) -> GraphIO:
         return self.spec_for("dense")
 
-    def spec_for(self, input_format: str) -> GraphSpec:
+    def spec_for(self, input_format: str) -> GraphIO:
         """The dense spec (``x``) or the CSR one (``values``, ``indices``, ``rows``); ``y_std`` last for an ensemble's decoding graph."""
-        spec = CSR_GRAPH_SPECS[self.kind] if input_format == "csr" else GRAPH_SPECS[self.kind]
-        if self.members > 1 and spec.decodes:
-            spec = GraphSpec(spec.inputs, (*spec.outputs, _Y_STD))
-        return spec
+        return graph_io(self.kind, input_format, self.members)
 
     def widths(self, latent_dim: int, n_labels: int) -> dict[str, int]:
-        """Concrete sizes for the symbolic widths of :data:`GRAPH_SPECS`."""
+        """Concrete sizes for the symbolic widths of the graph table."""
         return {
             "n_inputs": len(self.inputs),
             "n_outputs": len(self.outputs),

@@ -1,30 +1,31 @@
-"""``manifest.json``: everything the torch-free runtime needs, exactly as in docs/ARCHITECTURE.md.
+"""The export's manifest: contract dataclasses built from a checkpoint description and its graphs.
 
-Written with sorted keys and fixed indentation so that identical exports give identical bytes.
+Written by the contract's one writer (:func:`inclust_plus.contract.write_manifest`: sorted keys,
+fixed indentation, so identical exports give identical bytes); docs/ARCHITECTURE.md, "Manifest".
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from inclust_plus import COVARIATE_JOIN, MANIFEST_FORMAT_VERSION, __version__
+from inclust_plus.contract import Covariate, GraphEntry, Labels, Manifest, Modality, ModelInfo, PreprocessPlan, TensorEntry, Variant, write_manifest
 
 from .combinations import Combination
 
 EXPORTER_VERSION = __version__
 
+__all__ = ["EXPORTER_VERSION", "build_manifest", "graph_entry", "io_entries", "variant_entry", "write_manifest"]
 
-def io_entries(combination: Combination, latent_dim: int, n_labels: int, input_format: str = "dense") -> tuple[list[dict], list[dict]]:
-    """Manifest ``inputs`` and ``outputs`` of one graph, from its :class:`GraphSpec`."""
+
+def io_entries(combination: Combination, latent_dim: int, n_labels: int, input_format: str = "dense") -> tuple[tuple[TensorEntry, ...], tuple[TensorEntry, ...]]:
+    """Manifest ``inputs`` and ``outputs`` of one graph: the graph table's entry with concrete widths."""
     widths = combination.widths(latent_dim, n_labels)
 
-    def entry(t) -> dict:
-        shape = [t.axis] if t.width is None else [t.axis, widths[t.width]]
-        return {"name": t.name, "dtype": t.dtype, "shape": shape}
+    def entry(t) -> TensorEntry:
+        shape = (t.axis,) if t.width is None else (t.axis, widths[t.width])
+        return TensorEntry(t.name, t.dtype, shape)
 
     spec = combination.spec_for(input_format)
-    return [entry(t) for t in spec.inputs], [entry(t) for t in spec.outputs]
+    return tuple(entry(t) for t in spec.inputs), tuple(entry(t) for t in spec.outputs)
 
 
 def graph_entry(
@@ -37,60 +38,55 @@ def graph_entry(
     folded_preprocessing: bool,
     latent_dim: int,
     n_labels: int,
-    variants: list[dict] | None = None,
-) -> dict:
+    plan: PreprocessPlan,
+    variants: list[Variant] | None = None,
+    torch_export: str | None = None,
+    torch_export_sha256: str | None = None,
+) -> GraphEntry:
     inputs, outputs = io_entries(combination, latent_dim, n_labels)
-    return {
-        "input_format": "dense",
-        "precision": "fp32",
-        "variants": list(variants or []),
-        "name": combination.name,
-        "kind": combination.kind,
-        "file": file,
-        "sha256": sha256,
-        "opset": opset,
-        "torchscript": torchscript,
-        "torchscript_sha256": torchscript_sha256,
-        "folded_preprocessing": folded_preprocessing,
-        "input_modalities": list(combination.input_modalities),
-        "output_modalities": list(combination.output_modalities),
-        "input_features": list(combination.input_features),
-        "output_features": list(combination.output_features),
-        "default_target_covariate": combination.default_target_covariate,
-        "default_covariate": combination.default_covariate,
-        "inputs": inputs,
-        "outputs": outputs,
-    }
+    return GraphEntry(
+        name=combination.name,
+        kind=combination.kind,
+        file=file,
+        sha256=sha256,
+        input_modalities=tuple(combination.input_modalities),
+        output_modalities=tuple(combination.output_modalities),
+        input_features=tuple(combination.input_features),
+        output_features=tuple(combination.output_features),
+        inputs=inputs,
+        outputs=outputs,
+        preprocessing_plan=plan,
+        folded_preprocessing=folded_preprocessing,
+        default_target_covariate=combination.default_target_covariate,
+        default_covariate=combination.default_covariate,
+        opset=opset,
+        torchscript_file=torchscript,
+        torchscript_sha256=torchscript_sha256,
+        torch_export_file=torch_export,
+        torch_export_sha256=torch_export_sha256,
+        variants=tuple(variants or ()),
+    )
 
 
-def build_manifest(description: dict, model_sha256: str, graphs: list[dict]) -> dict:
-    labels = description.get("labels") or {}
-    return {
-        "format_version": MANIFEST_FORMAT_VERSION,
-        "exporter_version": EXPORTER_VERSION,
-        "model": {
-            "name": description["name"],
-            "sha256": model_sha256,
-            "latent_dim": int(description["module"]["latent_dim"]),
-        },
-        "covariate": {
-            "keys": list(description["covariate"]["keys"]),
-            "categories": list(description["covariate"]["categories"]),
-            "join": COVARIATE_JOIN,  # with several keys a category is the cell's values joined by this
-        },
-        "labels": {"key": labels.get("key"), "categories": list(labels.get("categories") or [])},
-        "modalities": [{"name": m["name"], "features": list(m["features"])} for m in description["schema"]["modalities"]],
-        "preprocessing": description.get("preprocessing") or {},
-        "graphs": graphs,
-    }
-
-
-def write_manifest(manifest: dict, path: Path) -> Path:
-    path.write_text(json.dumps(manifest, sort_keys=True, indent=2) + "\n", encoding="utf-8")
-    return path
-
-
-def variant_entry(combination: Combination, input_format: str, precision: str, file: str, sha256: str, latent_dim: int, n_labels: int) -> dict:
+def variant_entry(combination: Combination, input_format: str, precision: str, file: str, sha256: str, latent_dim: int, n_labels: int) -> Variant:
     """One more flavour of a graph (CSR input and/or float16 weights): same function, other file and inputs."""
     inputs, outputs = io_entries(combination, latent_dim, n_labels, input_format)
-    return {"input_format": input_format, "precision": precision, "file": file, "sha256": sha256, "inputs": inputs, "outputs": outputs}
+    return Variant(input_format, precision, file, sha256, inputs, outputs)
+
+
+def build_manifest(description: dict, model_sha256: str, graphs: list[GraphEntry]) -> Manifest:
+    labels = description.get("labels") or {}
+    return Manifest(
+        format_version=MANIFEST_FORMAT_VERSION,
+        exporter_version=EXPORTER_VERSION,
+        model=ModelInfo(str(description["name"]), model_sha256, int(description["module"]["latent_dim"])),
+        covariate=Covariate(
+            keys=tuple(description["covariate"]["keys"]),
+            categories=tuple(str(c) for c in description["covariate"]["categories"]),
+            join=COVARIATE_JOIN,  # with several keys a category is the cell's values joined by this
+        ),
+        labels=Labels(labels.get("key"), tuple(str(c) for c in labels.get("categories") or ())),
+        modalities=tuple(Modality(m["name"], tuple(m["features"])) for m in description["schema"]["modalities"]),
+        preprocessing=dict(description.get("preprocessing") or {}),
+        graphs=tuple(graphs),
+    )

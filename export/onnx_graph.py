@@ -162,7 +162,7 @@ def build_model(
     input_format: str = "dense",
     precision: str = "fp32",
 ) -> onnx.ModelProto:
-    """The folded graph of ``combination``; inputs and outputs follow its :class:`GraphSpec`.
+    """The folded graph of ``combination``; inputs and outputs follow the graph table (:func:`inclust_plus.contract.graphs.graph_io`).
 
     ``input_format="csr"``: the graph takes a batch's stored entries (export/csr_graph.py).
     ``precision="fp16"``: float16 weights and arithmetic from the first layer on (preprocessing and

@@ -1,7 +1,7 @@
 """TorchScript twins of the ONNX graphs, for users who serve with libtorch.
 
 Each scripted module holds exactly the folded weights of its ONNX graph and has the same inputs
-and outputs (see :data:`inclust_plus.export.combinations.GRAPH_SPECS`). ``torch.jit.save`` stamps
+and outputs (see :data:`inclust_plus.contract.graphs.GRAPH_SPECS`). ``torch.jit.save`` stamps
 a random ``serialization_id`` into the archive; :func:`save` replaces it with a digest of the
 archive so that identical checkpoints give identical files.
 """

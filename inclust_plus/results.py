@@ -160,12 +160,23 @@ class ScaleConverter:
         return out
 
 
-def library_sizes(raw: np.ndarray, input_features, modalities: list[dict], wanted) -> dict[str, np.ndarray]:
-    """Per-cell sums of the raw input columns of each modality in ``wanted`` (what normalisation divided by)."""
+def modality_columns(input_features, modalities: list[dict]) -> dict[str, list[int]]:
+    """Input column positions of each modality, by feature name (the training side, which has no
+    manifest; the runtime takes them from the graph's preprocessing plan instead)."""
     owner = {f: m["name"] for m in modalities for f in m["features"]}
+    out: dict[str, list[int]] = {}
+    for i, f in enumerate(input_features):
+        if f in owner:
+            out.setdefault(owner[f], []).append(i)
+    return out
+
+
+def library_sizes(raw: np.ndarray, columns: dict, wanted) -> dict[str, np.ndarray]:
+    """Per-cell sums of the raw input columns of each modality in ``wanted`` (what normalisation divided by);
+    ``columns`` maps a modality to its input columns."""
     out = {}
     for m in wanted:
-        cols = [i for i, f in enumerate(input_features) if owner.get(f) == m]
+        cols = list(columns.get(m, ()))
         out[m] = np.asarray(raw[:, cols].sum(axis=1, dtype=np.float64)).ravel()
     return out
 

@@ -9,7 +9,8 @@ on demand. Python use::
     run(RunOptions("impute", onnx="export/", input="query.h5ad", output="imputed.h5ad"))
     imputed = Predictor("export/").impute(adata)     # in memory, an AnnData in and out
 
-Modules: :mod:`.manifest` (manifest and graph choice), :mod:`.inputs` / :mod:`.matrices`
+The manifest's dataclasses, reader and preprocessing plan are the contract
+(:mod:`inclust_plus.contract`). Modules: :mod:`.manifest` (graph choice, checked file reads), :mod:`.inputs` / :mod:`.matrices`
 (chunked reading and feature alignment), :mod:`.covariates`, :mod:`.preprocess`,
 :mod:`.backend` (Backend protocol, onnxruntime), :mod:`.output` (streamed h5ad writer),
 :mod:`.runner` (the loop), :mod:`.predictor` / :mod:`.memory` (in-memory AnnData),

@@ -24,7 +24,7 @@ import numpy as np
 
 from inclust_plus.errors import InclustError
 
-from .manifest import GraphSpec, read_verified
+from .manifest import GraphEntry, read_verified
 
 log = logging.getLogger("inclust_plus.runtime")
 CUDA = "CUDAExecutionProvider"
@@ -45,9 +45,9 @@ class Backend(Protocol):
     ``provenance`` is merged into ``uns["inclust"]`` (at least ``backend`` and ``provider``).
     """
 
-    def prepare(self, graph: GraphSpec) -> None: ...
+    def prepare(self, graph: GraphEntry) -> None: ...
 
-    def run(self, graph: GraphSpec, x: np.ndarray, covariate: np.ndarray, target_covariate: np.ndarray | None) -> dict[str, np.ndarray]: ...
+    def run(self, graph: GraphEntry, x: np.ndarray, covariate: np.ndarray, target_covariate: np.ndarray | None) -> dict[str, np.ndarray]: ...
 
     def provenance(self) -> dict: ...
 
@@ -151,7 +151,7 @@ class OnnxBackend:
         """A session on the verified bytes (never the path: the file could change after the check)."""
         return self.ort.InferenceSession(model, sess_options=self._options(), providers=provider_list(self.providers, self.precision))
 
-    def prepare(self, graph: GraphSpec) -> None:
+    def prepare(self, graph: GraphEntry) -> None:
         key = str(graph.path)
         if key in self.sessions:
             return

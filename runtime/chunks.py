@@ -17,9 +17,11 @@ from typing import Callable, Iterator
 import numpy as np
 import scipy.sparse as sp
 
+from inclust_plus.contract.plan import PreprocessPlan
+
 from .inputs import InputData
 from .matrices import CsrRows, check_indices
-from .preprocess import Step, apply_preprocessing, check_values
+from .preprocess import apply_preprocessing, check_values
 
 
 def fast_log1p(v: np.ndarray) -> np.ndarray:
@@ -51,7 +53,7 @@ def _row_sums(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
 class SparseReader:
     """CSR input read, checked and preprocessed on its stored values only, then scattered once.
 
-    Gives what ``data.read`` + ``check_values`` + ``apply_preprocessing`` give (the same float32
+    Gives what ``data.read`` + ``check_values`` + the plan's ``apply`` give (the same float32
     operations in the same order, library sizes summed in float64 as there; only log1p is
     :func:`fast_log1p`, within 4 ulp), but its work grows with the non-zeros instead of cells x
     features: on 10%-dense counts a chunk takes about a tenth of the time. A chunk it cannot take this way goes through that dense path instead:
@@ -60,7 +62,7 @@ class SparseReader:
     Indices outside the matrix are an error (checked on each row's first and last index).
     """
 
-    def __init__(self, data: InputData, steps: list[Step]):
+    def __init__(self, data: InputData, plan: PreprocessPlan):
         self.parts = []
         for p in data.parts:
             colmap = np.full(p.rows.n_cols, -1, dtype=np.int64)
@@ -68,15 +70,16 @@ class SparseReader:
             identity = p.rows.n_cols == data.n_inputs and np.array_equal(colmap, np.arange(data.n_inputs))
             self.parts.append((p.rows, colmap, identity))
         self.n_inputs = data.n_inputs
-        self.steps = steps
+        # The numbers come from the graph's plan (the same object the dense path applies).
+        self.steps = plan.active
         self.step_of = np.full(data.n_inputs, -1, dtype=np.int64)
         scale = np.ones(data.n_inputs, dtype=np.float32)
-        for i, step in enumerate(steps):
+        for i, step in enumerate(self.steps):
             self.step_of[step.columns] = i
             if step.scale is not None:
-                scale[step.columns] = step.scale
-        self.scale = scale if any(step.scale is not None for step in steps) else None
-        self.one_step = len(steps) == 1 and bool((self.step_of == 0).all())
+                scale[step.columns] = step.divisor()
+        self.scale = scale if any(step.scale is not None for step in self.steps) else None
+        self.one_step = len(self.steps) == 1 and bool((self.step_of == 0).all())
 
     @staticmethod
     def applies(data: InputData) -> bool:
@@ -178,9 +181,9 @@ class SparseReader:
         return view
 
 
-def chunk_reader(data: InputData, steps: list[Step], source: str) -> Callable[[int, int, np.ndarray], np.ndarray]:
-    """``read(start, stop, buffer)``: the chunk's graph input, checked and preprocessed."""
-    sparse = SparseReader(data, steps) if SparseReader.applies(data) else None
+def chunk_reader(data: InputData, plan: PreprocessPlan, source: str) -> Callable[[int, int, np.ndarray], np.ndarray]:
+    """``read(start, stop, buffer)``: the chunk's graph input, checked and preprocessed by ``plan``."""
+    sparse = SparseReader(data, plan) if SparseReader.applies(data) else None
 
     def read(start: int, stop: int, buf: np.ndarray) -> np.ndarray:
         if sparse is not None:
@@ -189,7 +192,7 @@ def chunk_reader(data: InputData, steps: list[Step], source: str) -> Callable[[i
                 return x
         x = data.read(start, stop, buf)
         check_values(x, start, source)
-        apply_preprocessing(x, steps)
+        apply_preprocessing(x, plan)
         return x
 
     return read

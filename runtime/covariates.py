@@ -16,7 +16,7 @@ import pandas as pd
 from inclust_plus.errors import InclustError
 
 from .inputs import InputData, _names
-from .manifest import GraphSpec, Manifest
+from .manifest import GraphEntry, Manifest
 
 log = logging.getLogger("inclust_plus.runtime")
 
@@ -71,7 +71,7 @@ def _column(data, key: str, manifest: Manifest) -> pd.Categorical:
     return data.covariate_column(key)
 
 
-def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, name: str | None, graph: GraphSpec | None = None) -> Covariates:
+def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, name: str | None, graph: GraphEntry | None = None) -> Covariates:
     """The covariate of every cell, from an obs column, a fixed name, or the model's default.
 
     The default is the model's covariate column when the input has it, else the covariate of the
@@ -116,7 +116,7 @@ def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, nam
     return Covariates(description=f"obs[{key!r}]", codes=codes, lut=lut)
 
 
-def resolve_target(manifest: Manifest, graph: GraphSpec, name: str | None) -> tuple[Covariates | None, str]:
+def resolve_target(manifest: Manifest, graph: GraphEntry, name: str | None) -> tuple[Covariates | None, str]:
     """Target covariate for decoding: the flag, else the graph's default, else each cell's own."""
     if not graph.decodes:
         if name:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .chunks import SparseReader
 from .inputs import InputData
-from .preprocess import Step, apply_preprocessing, check_values
+from .preprocess import PreprocessPlan, apply_preprocessing, check_values
 
 
 @dataclass
@@ -77,9 +77,9 @@ def dense_to_csr(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.bincount(r, minlength=x.shape[0]), c, x[r, c]
 
 
-def csr_chunk_reader(data: InputData, steps: list[Step], source: str) -> Callable[[int, int, CsrBuffers], CsrChunk]:
+def csr_chunk_reader(data: InputData, plan: PreprocessPlan, source: str) -> Callable[[int, int, CsrBuffers], CsrChunk]:
     """``read(start, stop, bufs)``: the chunk's checked and preprocessed entries as a :class:`CsrChunk`."""
-    sparse = SparseReader(data, steps) if SparseReader.applies(data) else None
+    sparse = SparseReader(data, plan) if SparseReader.applies(data) else None
 
     def read(start: int, stop: int, bufs: CsrBuffers) -> CsrChunk:
         if sparse is not None:
@@ -90,7 +90,7 @@ def csr_chunk_reader(data: InputData, steps: list[Step], source: str) -> Callabl
             bufs.dense = np.zeros((stop - start, data.n_inputs), np.float32)
         x = data.read(start, stop, bufs.dense)
         check_values(x, start, source)
-        apply_preprocessing(x, steps)
+        apply_preprocessing(x, plan)
         return _fill(bufs, *dense_to_csr(x))
 
     return read

@@ -31,34 +31,35 @@ def _check(path: Path | None, sha: str | None) -> str:
 def summary(location) -> dict:
     """The facts ``info`` prints, as plain JSON-able data."""
     m = load_manifest(location)
-    raw = m.raw
-    mods = raw.get("modalities") or (raw.get("schema") or {}).get("modalities") or []
     graphs = []
-    for g, entry in zip(m.graphs, raw["graphs"]):
+    for g in m.graphs:
         files = [{"kind": "onnx", "file": g.path.name, "sha256": g.sha256, "check": _check(g.path, g.sha256)}]
         if g.torchscript is not None:
             files.append({"kind": "torchscript", "file": g.torchscript.name, "sha256": g.torchscript_sha256,
                           "check": _check(g.torchscript, g.torchscript_sha256)})
-        if entry.get("torch_export"):
-            p = m.path.parent / entry["torch_export"]
-            files.append({"kind": "torch.export", "file": p.name, "sha256": entry.get("torch_export_sha256"),
-                          "check": _check(p, entry.get("torch_export_sha256"))})
+        if g.torch_export is not None:
+            files.append({"kind": "torch.export", "file": g.torch_export.name, "sha256": g.torch_export_sha256,
+                          "check": _check(g.torch_export, g.torch_export_sha256)})
         graphs.append({
             "name": g.name, "kind": g.kind, "input_modalities": list(g.input_modalities), "n_inputs": len(g.input_features),
             "output_modalities": list(g.output_modalities), "n_outputs": len(g.output_features),
             "default_covariate": g.default_covariate, "default_target_covariate": g.default_target_covariate,
             "folded_preprocessing": g.folded_preprocessing, "opset": g.opset,
-            "inputs": [dict(i) for i in g.inputs], "outputs": [dict(o) for o in g.outputs], "files": files,
+            "inputs": [_tensor(t) for t in g.inputs], "outputs": [_tensor(t) for t in g.outputs], "files": files,
         })
     return {
-        "manifest": str(m.path), "format_version": raw.get("format_version"), "exporter_version": raw.get("exporter_version"),
+        "manifest": str(m.path), "format_version": m.format_version, "exporter_version": m.exporter_version,
         "model": {"name": m.model_name, "sha256": m.model_sha256, "latent_dim": m.latent_dim},
         "covariate": {"keys": list(m.covariate_keys), "categories": list(m.covariate_categories)},
         "labels": {"key": m.label_key, "categories": list(m.label_categories)},
-        "modalities": [{"name": x["name"], "n_features": len(x["features"])} for x in mods],
+        "modalities": [{"name": x.name, "n_features": len(x.features)} for x in m.modalities],
         "preprocessing": {k: describe_preprocessing(v) for k, v in m.preprocessing.items()},
         "graphs": graphs,
     }
+
+
+def _tensor(t) -> dict:
+    return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
 
 
 def _shape(io: list[dict]) -> str:

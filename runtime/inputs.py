@@ -19,7 +19,7 @@ import pandas as pd
 
 from inclust_plus.errors import InclustError
 
-from .manifest import GraphSpec
+from .manifest import GraphEntry
 from .matrices import MatrixRows, matrix_rows
 
 try:  # anndata >= 0.11
@@ -142,7 +142,7 @@ def _open_group(group: h5py.Group, label: str, layer, obsm) -> tuple[MatrixRows,
     return rows, names, n_obs, where
 
 
-def _check_shared(graph: GraphSpec, n_present: int, min_fraction: float) -> None:
+def _check_shared(graph: GraphEntry, n_present: int, min_fraction: float) -> None:
     """With --allow-missing: at least one input feature, and at least ``min_fraction`` of them, must be present.
 
     A graph fed only zeros gives every cell the same output, which looks like a result but is none.
@@ -157,7 +157,7 @@ def _check_shared(graph: GraphSpec, n_present: int, min_fraction: float) -> None
         )
 
 
-def _align(graph: GraphSpec, sources: list[tuple[MatrixRows, list[str], str]], allow_missing: bool,
+def _align(graph: GraphEntry, sources: list[tuple[MatrixRows, list[str], str]], allow_missing: bool,
            min_fraction: float = 0.0) -> tuple[list[Part], list[str]]:
     wanted = list(graph.input_features)
     taken: dict[int, tuple[int, int]] = {}  # graph column -> (source, matrix column)
@@ -201,7 +201,7 @@ def _align(graph: GraphSpec, sources: list[tuple[MatrixRows, list[str], str]], a
     return parts, missing
 
 
-def open_input(path: str | Path, graph: GraphSpec, layer: str | None = None, obsm: str | None = None, allow_missing: bool = False,
+def open_input(path: str | Path, graph: GraphEntry, layer: str | None = None, obsm: str | None = None, allow_missing: bool = False,
                min_shared_fraction: float = 0.0) -> InputData:
     """Open ``path`` (h5ad or h5mu) for ``graph``; errors for anything unreadable, empty or misaligned."""
     p = Path(path)
@@ -222,7 +222,7 @@ def open_input(path: str | Path, graph: GraphSpec, layer: str | None = None, obs
     return data
 
 
-def _open(f: h5py.File, p: Path, graph: GraphSpec, layer, obsm, allow_missing, min_fraction: float = 0.0) -> InputData:
+def _open(f: h5py.File, p: Path, graph: GraphEntry, layer, obsm, allow_missing, min_fraction: float = 0.0) -> InputData:
     if "mod" in f and isinstance(f["mod"], h5py.Group):
         mods = list(f["mod"].keys())
         use = [m for m in graph.input_modalities if m in mods] or (mods if len(mods) == 1 else [])

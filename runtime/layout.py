@@ -25,9 +25,9 @@ from inclust_plus import results as R
 from inclust_plus.errors import InclustError
 
 from .inputs import InputData, open_input
-from .manifest import GraphSpec, Manifest
+from .manifest import GraphEntry, Manifest
 from .matrices import CsrRows
-from .preprocess import Step
+from .preprocess import PreprocessPlan
 
 try:  # anndata >= 0.11
     from anndata.io import read_elem
@@ -50,19 +50,18 @@ def _quiet():
 
 
 def schema(manifest: Manifest) -> list[dict]:
-    raw = manifest.raw
-    return list(raw.get("modalities") or (raw.get("schema") or {}).get("modalities") or [])
+    return manifest.schema()
 
 
-def warn_if_not_counts(data, steps: list[Step]) -> None:
+def warn_if_not_counts(data, plan: PreprocessPlan) -> None:
     """Warn when a model that normalises counts itself is given non-integer values (log-normalised X?)."""
-    counting = [s for s in steps if s.normalize_total is not None or s.log1p]
+    counting = [g for g in plan.active if g.has_ops]
     if not counting:
         return
     n = min(CHECKED_ROWS, data.n_obs)
     x = data.read(0, n, np.zeros((n, data.n_inputs), np.float32))
     for step in counting:
-        text = R.non_integer_warning(x[:, step.columns], step.modality)
+        text = R.non_integer_warning(x[:, step.columns], step.name)
         if text:
             log.warning(text.replace("layer='counts' / ", ""))
             return
@@ -84,7 +83,7 @@ class Layout:
     imputed_into: str
     per_modality: bool
     features: list[str]
-    graph: GraphSpec
+    graph: GraphEntry
     modalities: list[dict]
     measured: InputData | None = None
     layers: dict[str, InputData] = field(default_factory=dict)
@@ -146,7 +145,7 @@ class Layout:
         if self.library is None:
             return {}
         raw = self._read(self.library, start, stop, self.library.n_inputs)
-        return R.library_sizes(raw, self.graph.input_features, self.modalities, self.converter.needs_library)
+        return R.library_sizes(raw, self.graph.preprocessing_plan.columns_by_modality(), self.converter.needs_library)
 
     def spread(self, start: int, sd: np.ndarray) -> np.ndarray:
         """The members' std of cells ``start..start+len(sd)`` in the output scale (only when :attr:`writes_spread`)."""
@@ -168,7 +167,7 @@ class Layout:
                 src.close()
 
 
-def plan_layout(options, manifest: Manifest, graph: GraphSpec, data: InputData) -> Layout:
+def plan_layout(options, manifest: Manifest, graph: GraphEntry, data: InputData) -> Layout:
     """Check the output options and open the readers of measured values and layers."""
     imputed_into = R.check_choice(options.imputed_into)
     modalities = schema(manifest)

@@ -22,7 +22,7 @@ from inclust_plus.errors import InclustError
 from inclust_plus.results import cells_obs
 
 from .inputs import AlignedParts, _align, _names
-from .manifest import GraphSpec
+from .manifest import GraphEntry
 from .matrices import CsrRows, DenseRows, MatrixRows
 
 
@@ -75,7 +75,7 @@ def element(adata, layer: str | None, label: str):
     return adata.X
 
 
-def modality_views(adata, graph: GraphSpec) -> list[tuple[object, str]]:
+def modality_views(adata, graph: GraphEntry) -> list[tuple[object, str]]:
     """(AnnData, label) per modality the graph reads: the AnnData itself, or MuData modalities."""
     if not hasattr(adata, "mod"):
         return [(adata, "the AnnData")]
@@ -125,7 +125,7 @@ class MemoryInput(AlignedParts):
         pass
 
 
-def open_memory(adata, graph: GraphSpec, layer: str | None = None, allow_missing: bool = False, features=None) -> MemoryInput:
+def open_memory(adata, graph: GraphEntry, layer: str | None = None, allow_missing: bool = False, features=None) -> MemoryInput:
     """Align ``adata`` (AnnData or MuData) to ``graph``'s inputs, or to ``features`` when given."""
     target = graph if features is None else dataclasses.replace(graph, input_features=tuple(features))
     views = modality_views(adata, graph)

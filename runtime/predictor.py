@@ -23,9 +23,8 @@ from inclust_plus.errors import InclustError
 from .backend import Backend, OnnxBackend
 from .chunks import chunk_reader
 from .covariates import resolve_covariates, resolve_target
-from .manifest import GraphSpec, load_manifest, select_graph
+from .manifest import GraphEntry, load_manifest, select_graph
 from .memory import element, modality_views, open_memory
-from .preprocess import plan_preprocessing
 from .stream import check_outputs
 
 log = logging.getLogger("inclust_plus.runtime")
@@ -58,7 +57,7 @@ def _var_names(adata) -> set[str]:
     return {str(v) for v in adata.var_names}
 
 
-def pick_graph(manifest, adata, decode: bool, combination=None, source=None, target=None) -> GraphSpec:
+def pick_graph(manifest, adata, decode: bool, combination=None, source=None, target=None) -> GraphEntry:
     """The graph named (or chosen by modalities), else the one whose inputs the AnnData covers best.
 
     Among graphs whose input features are all in ``var_names``, the one with the most inputs wins
@@ -105,10 +104,9 @@ class Predictor:
         data = open_memory(adata, graph, layer, allow_missing)
         covs = resolve_covariates(m, data, covariate_key, covariate, graph)
         tgt, tgt_name = resolve_target(m, graph, target_covariate) if decode else (None, "none")
-        steps = plan_preprocessing(m, graph)
         self.backend.prepare(graph)
         n, bs = data.n_obs, self.batch_size
-        read = chunk_reader(data, steps, f"the AnnData {data.element}")
+        read = chunk_reader(data, graph.runtime_plan, f"the AnnData {data.element}")
         buf, cbuf = np.zeros((min(bs, n), data.n_inputs), np.float32), np.zeros(min(bs, n), np.int64)
         tbuf = np.zeros(min(bs, n), np.int64)
         raw = np.zeros((n, data.n_inputs), np.float32) if decode else None
@@ -173,10 +171,10 @@ class Predictor:
         R.check_choice(imputed_into)
         m = self.manifest
         graph = pick_graph(m, adata, True, combination, source, target)
-        converter = R.ScaleConverter(graph.output_features, schema(m), m.preprocessing, output_scale, graph.input_modalities)
+        converter = R.ScaleConverter(graph.output_features, m.schema(), m.preprocessing, output_scale, graph.input_modalities)
         self._warn_non_integer(adata, graph, layer)
         graph, data, raw, out, prov = self._run(adata, True, graph.name, None, None, layer, covariate_key, covariate, target_covariate, allow_missing)
-        library = R.library_sizes(raw, graph.input_features, schema(m), converter.needs_library)
+        library = R.library_sizes(raw, graph.preprocessing_plan.columns_by_modality(), converter.needs_library)
         values = converter.convert(out["y"], library)
         prov.update(command=command, output_scale=output_scale, scale=converter.description(), **R.spread_provenance(converter, graph.has_spread))
         spread = None
@@ -192,12 +190,6 @@ class Predictor:
     def generate(self, adata, combination=None, source=None, target=None, **kwargs):
         """:meth:`impute` for another modality: also one ``obsm["inclust_<modality>"]`` per output modality."""
         return self.impute(adata, combination, source, target, command="generate", **kwargs)
-
-
-def schema(manifest) -> list[dict]:
-    """``[{name, features}]`` of the manifest (its modalities list)."""
-    raw = manifest.raw
-    return list(raw.get("modalities") or (raw.get("schema") or {}).get("modalities") or [])
 
 
 def label_table(probs: np.ndarray, categories, index) -> pd.DataFrame:

@@ -38,8 +38,7 @@ from .chunks import SparseReader, chunk_reader  # noqa: F401 (chunk_reader: re-e
 from .covariates import resolve_covariates, resolve_target
 from .inputs import open_input
 from .layout import plan_layout, warn_if_not_counts
-from .manifest import GraphSpec, Manifest, load_manifest, select_graph
-from .preprocess import plan_preprocessing
+from .manifest import GraphEntry, Manifest, load_manifest, select_graph
 from .stream import DECODING, stream
 
 log = logging.getLogger("inclust_plus.runtime")
@@ -96,7 +95,7 @@ def default_backend(options: RunOptions) -> Backend:
     return OnnxBackend(options.device, precision=options.precision, workers=options.workers)
 
 
-def plan_chunks(data, graph: GraphSpec, manifest: Manifest, options: RunOptions, workers: int) -> int:
+def plan_chunks(data, graph: GraphEntry, manifest: Manifest, options: RunOptions, workers: int) -> int:
     """Rows per chunk: within ``value_budget`` stored values, and all ``workers + 1`` buffer sets
     together within ``memory_budget`` bytes (input, outputs, covariates; CSR entries 12 bytes each,
     plus the graph's dense intermediates of a call on that many cells, measured: without them a CSR
@@ -112,7 +111,7 @@ def plan_chunks(data, graph: GraphSpec, manifest: Manifest, options: RunOptions,
     return chunk_rows(vpr, options.batch_size, int(min(options.value_budget, cap * vpr)))
 
 
-def choose_flavour(graph: GraphSpec, backend: Backend, options: RunOptions) -> GraphSpec:
+def choose_flavour(graph: GraphEntry, backend: Backend, options: RunOptions) -> GraphEntry:
     """The graph flavour for ``--input-format`` and ``--precision`` (one-line errors when the export lacks it)."""
     if options.input_format not in INPUT_FORMATS:
         raise InclustError(f"unknown input format {options.input_format!r}", f"choose one of {', '.join(INPUT_FORMATS)}")
@@ -159,10 +158,10 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
     try:
         covariates = resolve_covariates(manifest, data, options.covariate_key, options.covariate, graph)
         target, target_name = resolve_target(manifest, graph, options.target_covariate)
-        steps = plan_preprocessing(manifest, graph)
-        if steps:
-            log.info("applying the model's preprocessing (%s) before the graph", ", ".join(s.modality for s in steps))
-        warn_if_not_counts(data, steps)
+        plan = graph.runtime_plan
+        if plan.active:
+            log.info("applying the model's preprocessing (%s) before the graph", ", ".join(g.name for g in plan.active))
+        warn_if_not_counts(data, plan)
         layout = plan_layout(options, manifest, graph, data) if decode else None
         if owns_backend:
             backend = default_backend(options)
@@ -183,13 +182,13 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
             "input_element": data.element,
             "covariate": covariates.description,
             "target_covariate": target_name,
-            "preprocessing": "folded into the graph" if graph.folded_preprocessing else ("applied by the runtime" if steps else "none"),
+            "preprocessing": "folded into the graph" if graph.folded_preprocessing else ("applied by the runtime" if plan.active else "none"),
             "missing_features": list(data.missing),
             "label_key": manifest.label_key,
             **(layout.provenance() if layout is not None else {}),
         }
         with atomic_path(out_path, suffix=".h5ad", force=options.force) as tmp:
-            stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers, layout)
+            stream(options, manifest, graph, data, covariates, target, plan, backend, tmp, provenance, rows, workers, layout)
     finally:
         data.close()
         if layout is not None:

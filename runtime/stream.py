@@ -72,7 +72,7 @@ def check_outputs(graph, manifest, result: dict, n: int) -> None:
             )
 
 
-def stream(options, manifest, graph, data, covariates, target, steps, backend, tmp, provenance, rows, workers, layout=None) -> None:
+def stream(options, manifest, graph, data, covariates, target, plan, backend, tmp, provenance, rows, workers, layout=None) -> None:
     from tqdm import tqdm
 
     n, bs = data.n_obs, options.batch_size
@@ -90,7 +90,7 @@ def stream(options, manifest, graph, data, covariates, target, steps, backend, t
     writer = OutputWriter(tmp, n, data.obs, list(graph.output_features) if write_x else [],
                           manifest.latent_dim if options.command != "annotate" else None, list(manifest.label_categories), layout)
     source = f"{data.path.name} {data.element}"
-    read = csr_chunk_reader(data, steps, source) if csr else chunk_reader(data, steps, source)
+    read = csr_chunk_reader(data, plan, source) if csr else chunk_reader(data, plan, source)
     stopping = threading.Event()
 
     def call(chunk, b, e, cov, tgt, bufs):

@@ -16,7 +16,7 @@ import numpy as np
 from inclust_plus.errors import InclustError
 
 from .backend import DEVICES, usable_cores
-from .manifest import GraphSpec, verify_file
+from .manifest import GraphEntry, verify_file
 
 log = logging.getLogger("inclust_plus.runtime")
 
@@ -41,7 +41,7 @@ class TorchScriptBackend:
         torch.set_num_threads(threads or usable_cores())
         self.modules: dict[str, object] = {}
 
-    def prepare(self, graph: GraphSpec) -> None:
+    def prepare(self, graph: GraphEntry) -> None:
         if graph.name in self.modules:
             return
         if graph.torchscript is None:

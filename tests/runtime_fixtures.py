@@ -5,12 +5,13 @@ exporter: the graphs here are built node by node with ``onnx.helper`` from rando
 small inClust+ network, folded the way the exporter folds them (first encoder weight restricted
 to the input columns, output layer to the output rows), and :meth:`ToyModel.reference` computes
 the reference semantics (full-width zero-filled input, mask, predict, slice) in float64 numpy.
+The manifest is built as contract dataclasses and written by the contract's one writer
+(:func:`inclust_plus.contract.write_manifest`), so it has exactly the exporter's shape.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,23 +55,14 @@ class ToyModel:
         return next(g for g in GRAPHS if g[0] == name)
 
     def preprocess(self, name: str, x: np.ndarray) -> np.ndarray:
-        """The manifest preprocessing of graph ``name``'s inputs, in float64 (rna only here)."""
-        x = np.asarray(x, np.float64).copy()
-        spec = self.preprocessing.get("rna")
-        if not spec or self.folded:
-            return x
-        cols = [i for i, f in enumerate(self.graph(name)[4]) if f in RNA]
-        block = x[:, cols]
-        if spec.get("normalize_total"):
-            total = block.sum(1, keepdims=True)
-            block = np.divide(block * spec["normalize_total"], total, out=np.zeros_like(block), where=total > 0)
-        if spec.get("log1p"):
-            block = np.log1p(block)
-        if spec.get("scale") is not None:
-            scale = np.asarray(spec["scale"])[[RNA.index(self.graph(name)[4][c]) for c in cols]]
-            block = block / np.where(scale == 0, 1, scale)
-        x[:, cols] = block
-        return x
+        """The manifest preprocessing of graph ``name``'s inputs, by hand in float64 (tests/reference.py)."""
+        from reference import preprocess_by_hand
+
+        if self.folded:
+            return np.asarray(x, np.float64).copy()
+        desc = {"schema": {"modalities": [{"name": "rna", "features": RNA}, {"name": "protein", "features": PROTEIN}]},
+                "preprocessing": self.preprocessing}
+        return preprocess_by_hand(x, desc, [self.features.index(f) for f in self.graph(name)[4]])
 
     def reference(self, name: str, x_raw: np.ndarray, cov: np.ndarray, tgt: np.ndarray | None = None) -> dict:
         """Outputs of graph ``name`` by the reference semantics (float64)."""
@@ -155,21 +147,50 @@ def _onnx_graph(model: ToyModel, name: str):
     return proto, inputs, outputs
 
 
-def _io(values) -> list[dict]:
+def _io(values) -> tuple:
     from onnx import TensorProto
+
+    from inclust_plus.contract import TensorEntry
 
     out = []
     for v in values:
         t = v.type.tensor_type
-        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-        out.append({"name": v.name, "dtype": "float32" if t.elem_type == TensorProto.FLOAT else "int64", "shape": dims})
-    return out
+        dims = tuple(d.dim_param or d.dim_value for d in t.shape.dim)
+        out.append(TensorEntry(v.name, "float32" if t.elem_type == TensorProto.FLOAT else "int64", dims))
+    return tuple(out)
+
+
+def toy_plan(features: list[str], preprocessing: dict):
+    """The graph's preprocessing plan, as export writes it: runs of each modality's columns, its steps."""
+    from inclust_plus.contract import ModalityPlan, PreprocessPlan
+
+    groups = []
+    for mod, names in (("rna", RNA), ("protein", PROTEIN)):
+        cols = [i for i, f in enumerate(features) if f in names]
+        if not cols:
+            continue
+        runs = []
+        for c in cols:
+            if runs and runs[-1][1] == c:
+                runs[-1][1] = c + 1
+            else:
+                runs.append([c, c + 1])
+        spec = preprocessing.get(mod) or {}
+        scale = spec.get("scale")
+        groups.append(ModalityPlan(
+            mod, tuple((s, e) for s, e in runs),
+            float(spec["normalize_total"]) if spec.get("normalize_total") else None, bool(spec.get("log1p")),
+            None if scale is None else tuple(float(scale[names.index(features[c])]) for c in cols),
+        ))
+    return PreprocessPlan(tuple(groups))
 
 
 def make_toy_export(folder: str | Path, seed: int = 0, preprocessing: dict | None = None, folded: bool = False,
-                    list_modalities: bool = False, torchscript: bool = False, labels: bool = True) -> ToyModel:
-    """Write ``<graph>.onnx`` files and ``manifest.json`` into ``folder``; return the reference model."""
+                    torchscript: bool = False, labels: bool = True) -> ToyModel:
+    """Write ``<graph>.onnx`` files and ``manifest.json`` (through the contract's writer) into ``folder``."""
     import onnx
+
+    from inclust_plus.contract import Covariate, GraphEntry, Labels, Manifest, Modality, ModelInfo, write_manifest
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -183,25 +204,23 @@ def make_toy_export(folder: str | Path, seed: int = 0, preprocessing: dict | Non
         if torchscript:
             ts = f"{name}.ts"
             _torchscript(model, name, folder / ts)
-        entries.append({
-            "name": name, "kind": kind, "file": path.name, "sha256": sha256(path), "opset": 17,
-            "torchscript": ts, "torchscript_sha256": sha256(folder / ts) if ts else None,
-            "folded_preprocessing": folded, "input_modalities": ins,
-            "output_modalities": outs, "input_features": fin, "output_features": fout,
-            "default_target_covariate": default, "inputs": _io(inputs), "outputs": _io(outputs),
-        })
-    manifest = {
-        "format_version": 1,
-        "exporter_version": "0.1.0",
-        "model": {"name": "toy", "sha256": "0" * 64, "latent_dim": LATENT},
-        "covariate": {"keys": ["dataset"], "categories": COVARIATES},
-        "labels": {"key": "cell_type" if labels else None, "categories": LABELS if labels else []},
-        "preprocessing": model.preprocessing,
-        "graphs": entries,
-    }
-    if list_modalities:
-        manifest["modalities"] = [{"name": "rna", "features": RNA}, {"name": "protein", "features": PROTEIN}]
-    model.manifest.write_text(json.dumps(manifest, indent=1))
+        entries.append(GraphEntry(
+            name=name, kind=kind, file=path.name, sha256=sha256(path), opset=17,
+            torchscript_file=ts, torchscript_sha256=sha256(folder / ts) if ts else None,
+            folded_preprocessing=folded, preprocessing_plan=toy_plan(fin, model.preprocessing),
+            input_modalities=tuple(ins), output_modalities=tuple(outs), input_features=tuple(fin), output_features=tuple(fout),
+            default_target_covariate=default, inputs=_io(inputs), outputs=_io(outputs),
+        ))
+    manifest = Manifest(
+        exporter_version="0.1.0",
+        model=ModelInfo("toy", "0" * 64, LATENT),
+        covariate=Covariate(("dataset",), tuple(COVARIATES)),
+        labels=Labels("cell_type", tuple(LABELS)) if labels else Labels(),
+        modalities=(Modality("rna", tuple(RNA)), Modality("protein", tuple(PROTEIN))),
+        preprocessing=model.preprocessing,
+        graphs=tuple(entries),
+    )
+    write_manifest(manifest, model.manifest)
     return model
 
 

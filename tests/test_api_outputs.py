@@ -19,7 +19,7 @@ from inclust_plus.results import ScaleConverter
 from inclust_plus.runtime import Predictor
 from inclust_plus.runtime.cli import cli
 from inclust_plus.runtime.manifest import load_manifest
-from inclust_plus.runtime.preprocess import apply_preprocessing, plan_preprocessing
+from inclust_plus.runtime.preprocess import apply_preprocessing
 from inclust_plus.training.model import InClust
 
 ad = pytest.importorskip("anndata")
@@ -51,8 +51,8 @@ def test_counts_scale_inverts_the_preprocessing(toy):
     m = load_manifest(toy["export"])
     graph = m.graph("rna_protein")
     x = toy["counts"].copy()
-    apply_preprocessing(x, plan_preprocessing(m, graph))
-    modalities = m.raw["modalities"]
+    apply_preprocessing(x, graph.runtime_plan)
+    modalities = m.schema()
     conv = ScaleConverter(graph.input_features, modalities, m.preprocessing, "counts", graph.input_modalities)
     lib = {"rna": toy["counts"][:, :N_RNA].sum(1)}
     np.testing.assert_allclose(conv.convert(x, lib), toy["counts"], rtol=2e-5, atol=2e-4)

@@ -16,6 +16,8 @@ import pytest
 from onnx import numpy_helper
 
 from export_toys import COMBINATIONS, make_toy_checkpoint, toy_module
+from inclust_plus import MANIFEST_FORMAT_VERSION
+from inclust_plus.contract import dumps, read_manifest, write_manifest
 from inclust_plus.export import export_model
 from inclust_plus.export.combinations import all_combinations
 from inclust_plus.export.folding import fold
@@ -139,7 +141,7 @@ def test_manifest_follows_the_architecture_contract(toy):
     m = json.loads(manifest_path.read_text())
     assert set(m) == {"format_version", "exporter_version", "model", "covariate", "labels", "modalities", "preprocessing", "graphs"}
     assert m["modalities"] == desc["schema"]["modalities"]
-    assert m["format_version"] == 1 and m["exporter_version"] == "0.1.0"
+    assert m["format_version"] == MANIFEST_FORMAT_VERSION == 2 and m["exporter_version"] == "0.1.0"
     assert m["model"] == {"name": "toy", "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "latent_dim": 4}
     assert m["covariate"] == {"keys": ["dataset"], "categories": ["scrna", "merfish", "cite"], "join": "|"}
     assert m["labels"] == {"key": "cell_type", "categories": ["B", "T", "NK"]}
@@ -147,7 +149,7 @@ def test_manifest_follows_the_architecture_contract(toy):
     assert [g["name"] for g in m["graphs"]] == [c["name"] for c in COMBINATIONS]
     keys = {"name", "kind", "file", "sha256", "opset", "torchscript", "torchscript_sha256", "folded_preprocessing", "input_modalities",
             "output_modalities", "input_features", "output_features", "default_target_covariate", "default_covariate", "inputs", "outputs",
-            "input_format", "precision", "variants"}
+            "input_format", "precision", "variants", "preprocessing_plan"}
     by_name = {g["name"]: g for g in m["graphs"]}
     for g in m["graphs"]:
         assert set(g) == keys
@@ -177,9 +179,25 @@ def test_manifest_follows_the_architecture_contract(toy):
     g = by_name["mixed_to_merfish"]
     assert g["input_features"] == ["gene001", "prot000", "prot001", "gene004", "gene000", "prot002"]
     assert g["input_modalities"] == ["rna", "protein"]
+    rna_scale = desc["preprocessing"]["rna"]["scale"]
+    assert g["preprocessing_plan"] == [  # each input column's modality and that modality's steps, restricted to the graph
+        {"modality": "rna", "runs": [[0, 1], [3, 5]], "normalize_total": 1e4, "log1p": True, "scale": [rna_scale[1], rna_scale[4], rna_scale[0]]},
+        {"modality": "protein", "runs": [[1, 3], [5, 6]], "normalize_total": None, "log1p": True, "scale": None},
+    ]
     g = by_name["merfish_embed"]
     assert g["kind"] == "embed" and g["output_features"] == [] and g["output_modalities"] == []
     assert g["default_target_covariate"] is None and [o["name"] for o in g["outputs"]] == ["latent", "label_probs"]
+
+
+def test_the_manifest_round_trips_through_the_contract(toy, tmp_path):
+    """read(write(m)) == m, and the reader's manifest written again is the exporter's file byte for byte."""
+    _, manifest_path, folded, _, _ = toy
+    for path in (manifest_path, folded):
+        m = read_manifest(path)
+        assert dumps(m) == path.read_text()
+        again = write_manifest(m, tmp_path / f"{path.parent.name}.json")
+        assert read_manifest(again) == m and again.read_bytes() == path.read_bytes()
+    assert read_manifest(folded).graphs[0].folded_preprocessing and read_manifest(folded).graphs[0].runtime_plan.groups == ()
 
 
 def test_exporting_twice_gives_identical_bytes_even_in_another_process(toy, tmp_path):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from export_toys import make_toy_checkpoint
+from reference import graph_reference, preprocess_by_hand
 from inclust_plus.export import export_model
 from inclust_plus.training.checkpoint import load_checkpoint
 
@@ -42,28 +43,6 @@ def exported(request, tmp_path_factory):
     return json.loads(manifest.read_text()), manifest.parent, module, desc, fold
 
 
-def preprocess_by_hand(raw: np.ndarray, desc: dict, inputs: list[int]) -> np.ndarray:
-    """docs/ARCHITECTURE.md: per modality x/sum*total (sum over its present columns; 0 -> 1), log1p, /scale."""
-    x = raw.astype(np.float64).copy()
-    start = 0
-    for mod in desc["schema"]["modalities"]:
-        n = len(mod["features"])
-        prep = desc["preprocessing"][mod["name"]]
-        cols = [c for c, f in enumerate(inputs) if start <= f < start + n]
-        if cols:
-            part = x[:, cols]
-            if prep["normalize_total"] is not None:
-                lib = part.sum(1, keepdims=True)
-                part = part / np.where(lib == 0, 1.0, lib) * prep["normalize_total"]
-            if prep["log1p"]:
-                part = np.log1p(part)
-            if prep["scale"] is not None:
-                part = part / np.asarray([prep["scale"][inputs[c] - start] for c in cols])
-            x[:, cols] = part
-        start += n
-    return x.astype(np.float32)
-
-
 def make_feeds(graph: dict, n_cov: int, batch: int, raw: bool) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(batch)
     n = graph["inputs"][0]["shape"][1]
@@ -77,22 +56,8 @@ def make_feeds(graph: dict, n_cov: int, batch: int, raw: bool) -> dict[str, np.n
 
 
 def torch_reference(module, desc: dict, graph: dict, feeds: dict, raw: bool) -> dict[str, np.ndarray]:
-    names = [f for m in desc["schema"]["modalities"] for f in m["features"]]
-    inputs = [names.index(f) for f in graph["input_features"]]
-    outputs = [names.index(f) for f in graph["output_features"]]
-    x = preprocess_by_hand(feeds["x"], desc, inputs) if raw else feeds["x"]
-    x_full = torch.zeros(x.shape[0], len(names))
-    x_full[:, inputs] = torch.from_numpy(x)
-    mask = torch.zeros(len(names))
-    mask[inputs] = 1
-    target = torch.from_numpy(feeds["target_covariate"]) if "target_covariate" in feeds else None
-    spread = any(o["name"] == "y_std" for o in graph["outputs"])  # an ensemble's members' std (tests/test_uncertainty_graphs.py)
-    with torch.no_grad():
-        y, latent, probs, *std = module.predict(x_full, mask, torch.from_numpy(feeds["covariate"]), target, return_std=spread)
-    out = {"y": y[:, outputs].numpy(), "latent": latent.numpy(), "label_probs": probs.numpy()}
-    if std:
-        out["y_std"] = std[0][:, outputs].numpy()
-    return {o["name"]: out[o["name"]] for o in graph["outputs"]}
+    """The tests' one reference predictor (tests/reference.py) on a batch of graph feeds."""
+    return graph_reference(module, desc, graph, feeds["x"], feeds["covariate"], feeds.get("target_covariate"), raw=raw)
 
 
 def test_every_graph_matches_pytorch_at_every_batch_size(exported):

@@ -11,12 +11,11 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from export_toys import MERFISH, make_toy_checkpoint
 from inclust_plus.export import export_model
 from inclust_plus.training.checkpoint import load_checkpoint
-from test_export_parity import preprocess_by_hand
+from reference import predict_masked, preprocess_by_hand
 
 ad = pytest.importorskip("anndata")
 pd = pytest.importorskip("pandas")
@@ -38,13 +37,8 @@ def test_runtime_imputes_what_pytorch_predicts(tmp_path):
                        var=pd.DataFrame(index=genes))
     cells.write_h5ad(tmp_path / "merfish.h5ad")
 
-    x_full = torch.zeros(40, module.config.n_features)
-    x_full[:, MERFISH] = torch.from_numpy(preprocess_by_hand(counts, desc, MERFISH))
-    mask = torch.zeros(module.config.n_features)
-    mask[MERFISH] = 1
-    cov = torch.full((40,), 1, dtype=torch.long)  # merfish
-    with torch.no_grad():
-        want = module.predict(x_full, mask, cov, torch.zeros(40, dtype=torch.long))[0][:, :12].numpy()  # -> scrna
+    x = preprocess_by_hand(counts, desc, MERFISH).astype(np.float32)
+    want = predict_masked(module, MERFISH, list(range(12)), x, np.full(40, 1), np.zeros(40, np.int64))["y"]  # merfish -> scrna
 
     for fold in (False, True):
         out = export_model(ckpt, tmp_path / f"export_{fold}", combinations=["merfish_to_rna"], fold_preprocessing=fold).parent

@@ -92,6 +92,25 @@ CASES = [  # id, change, words of the one-line error
     ("graph precision", _set("graph:panel_to_rna", "precision", value="fp8"), ("graphs[0].precision",)),
     ("torch_export without sha256", _set("graph:panel_to_rna", "torch_export", value="panel_to_rna.pt2"),
      ("has a torch.export program but no torch_export_sha256",)),
+    # format 2: what the runtime used to guess is required, and the per-graph plan must fit the graph
+    ("format 1", _set("format_version", value=1), ("format_version 1, written before", "re-export")),
+    ("no plan", lambda raw: _graph(raw).pop("preprocessing_plan"), ("graphs[0] has no field 'preprocessing_plan'",)),
+    ("no modalities", lambda raw: raw.pop("modalities"), ("has no field 'modalities'",)),
+    ("no inputs", lambda raw: _graph(raw).pop("inputs"), ("graphs[0] has no field 'inputs'",)),
+    ("plan run backwards", _set("graph:panel_to_rna", "preprocessing_plan", value=[{"modality": "rna", "runs": [[6, 0]]}]),
+     ("preprocessing_plan[0].runs[0] must be [start, end]",)),
+    ("plan misses a column", _set("graph:panel_to_rna", "preprocessing_plan", value=[{"modality": "rna", "runs": [[0, 5]]}]),
+     ("input column 5 is in no preprocessing run",)),
+    ("plan past the inputs", _set("graph:panel_to_rna", "preprocessing_plan", value=[{"modality": "rna", "runs": [[0, 7]]}]),
+     ("a preprocessing run of 'rna' ends at 7, past its 6 input columns",)),
+    ("plan wrong modality", _set("graph:panel_to_rna", "preprocessing_plan", value=[{"modality": "protein", "runs": [[0, 6]]}]),
+     ("input feature 'g0' is not a feature of 'protein'",)),
+    ("plan unknown modality", _set("graph:panel_to_rna", "preprocessing_plan", value=[{"modality": "atac", "runs": [[0, 6]]}]),
+     ("names modality 'atac' that the manifest does not list",)),
+    ("inputs not the table's", _set("graph:panel_to_rna", "inputs", value=[{"name": "x", "dtype": "float32", "shape": ["batch", 6]}]),
+     ("its dense inputs are ['x'], an impute graph takes ['x', 'covariate', 'target_covariate']",)),
+    ("plan scale length", _set("graph:panel_to_rna", "preprocessing_plan", value=[{"modality": "rna", "runs": [[0, 6]], "scale": [1.0]}]),
+     ("the preprocessing scale of 'rna' has 1 values for 6 columns",)),
 ]
 
 

@@ -165,7 +165,7 @@ def test_preprocessing(tmp_path, cells, folded):
 
 def test_preprocessing_with_listed_modalities(tmp_path, cells):
     pre = {"rna": {"normalize_total": 10.0, "log1p": True, "scale": list(np.linspace(1, 3, len(RNA)))}}
-    model = make_toy_export(tmp_path / "m", seed=4, preprocessing=pre, list_modalities=True)
+    model = make_toy_export(tmp_path / "m", seed=4, preprocessing=pre)
     src = write_input(tmp_path / "in.h5ad", cells)
     invoke("embed", "--onnx", model.folder, "--input", src, "--output", tmp_path / "out.h5ad", "--combination", "rna_protein_embed")
     ref = model.reference("rna_protein_embed", cells, COV_IDX)

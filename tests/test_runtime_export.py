@@ -25,6 +25,7 @@ export_toys = pytest.importorskip("export_toys")
 
 from inclust_plus.runtime.cli import cli  # noqa: E402
 from inclust_plus.training.checkpoint import load_checkpoint  # noqa: E402
+from reference import graph_reference  # noqa: E402
 
 TOL = 1e-5
 MERFISH_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "merfish_scrna_reference.h5ad"  # ../shared beside the checkout
@@ -36,41 +37,9 @@ def invoke(*args):
     return result
 
 
-def preprocess(raw: np.ndarray, desc: dict, inputs: list[int]) -> np.ndarray:
-    """ARCHITECTURE.md preprocessing, by hand: per modality x/sum*total over its present columns, log1p, /scale."""
-    x = raw.astype(np.float64).copy()
-    start = 0
-    for mod in desc["schema"]["modalities"]:
-        n = len(mod["features"])
-        prep = (desc.get("preprocessing") or {}).get(mod["name"]) or {}
-        cols = [c for c, f in enumerate(inputs) if start <= f < start + n]
-        if cols:
-            part = x[:, cols]
-            if prep.get("normalize_total"):
-                lib = part.sum(1, keepdims=True)
-                part = part / np.where(lib == 0, 1.0, lib) * prep["normalize_total"]
-            if prep.get("log1p"):
-                part = np.log1p(part)
-            if prep.get("scale") is not None:
-                part = part / np.asarray([prep["scale"][inputs[c] - start] for c in cols])
-            x[:, cols] = part
-        start += n
-    return x
-
-
 def reference(module, desc, graph: dict, raw: np.ndarray, cov: np.ndarray, tgt: np.ndarray | None) -> dict:
-    names = [f for m in desc["schema"]["modalities"] for f in m["features"]]
-    inputs = [names.index(f) for f in graph["input_features"]]
-    outputs = [names.index(f) for f in graph["output_features"]]
-    x = torch.zeros(len(raw), len(names), dtype=torch.float64)
-    x[:, inputs] = torch.from_numpy(preprocess(raw, desc, inputs))
-    mask = torch.zeros(1, len(names), dtype=torch.float64)
-    mask[0, inputs] = 1
-    module = module.double()
-    with torch.no_grad():
-        y, z, p = module.predict(x, mask, torch.from_numpy(cov), None if tgt is None else torch.from_numpy(tgt))
-    module.float()
-    return {"y": y[:, outputs].numpy(), "latent": z.numpy(), "label_probs": p.numpy()}
+    """The tests' one reference predictor (tests/reference.py), in float64 from raw values."""
+    return graph_reference(module, desc, graph, raw, cov, tgt, raw=True, double=True)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["runtime-preprocessing", "folded-preprocessing"])

@@ -9,11 +9,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import inclust_plus.contract as contract
 import inclust_plus.runtime as runtime
 import inclust_plus.triton as triton
 
 RUNTIME_MODULES = sorted(f"inclust_plus.runtime.{m.name}" for m in pkgutil.iter_modules(runtime.__path__)) + sorted(
     f"inclust_plus.triton.{m.name}" for m in pkgutil.iter_modules(triton.__path__))
+CONTRACT_MODULES = sorted(f"inclust_plus.contract.{m.name}" for m in pkgutil.iter_modules(contract.__path__))
 
 
 def test_every_runtime_module_imports_without_torch():
@@ -53,3 +55,22 @@ def test_torchscript_flag_without_torch_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("--torchscript needs torch") and "pip install" in result.stdout
+
+
+def test_the_contract_needs_only_numpy():
+    """The contract is read by every layer: it imports no torch, onnx, onnxruntime, scipy, anndata or h5py."""
+    assert "inclust_plus.contract.manifest_io" in CONTRACT_MODULES and "inclust_plus.contract.plan" in CONTRACT_MODULES
+    code = textwrap.dedent(
+        f"""
+        import sys, importlib
+        for blocked in ("torch", "onnx", "onnxruntime", "scipy", "anndata", "h5py", "pandas",
+                        "inclust_plus.training", "inclust_plus.export", "inclust_plus.runtime"):
+            sys.modules[blocked] = None
+        for name in {CONTRACT_MODULES!r}:
+            importlib.import_module(name)
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from inclust_plus.errors import InclustError
 from inclust_plus.runtime.inputs import open_input
 from inclust_plus.runtime.manifest import load_manifest
-from inclust_plus.runtime.preprocess import apply_preprocessing, check_values, plan_preprocessing
+from inclust_plus.runtime.preprocess import apply_preprocessing, check_values
 from inclust_plus.runtime.backend import OnnxBackend
 from inclust_plus.runtime.chunks import SparseReader, chunk_reader, fast_log1p, ordered_chunks
 from inclust_plus.runtime.runner import RunOptions, run
@@ -34,7 +34,7 @@ PREP = {
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    return make_toy_export(tmp_path_factory.mktemp("toy_sparse"), preprocessing=PREP, list_modalities=True)
+    return make_toy_export(tmp_path_factory.mktemp("toy_sparse"), preprocessing=PREP)
 
 
 def _cells(n: int = 300, seed: int = 3) -> np.ndarray:
@@ -55,7 +55,7 @@ def _dense_path(data, steps, start, stop):
 def _open(toy, path, graph_name):
     manifest = load_manifest(toy.folder)
     graph = manifest.graph(graph_name)
-    return open_input(path, graph), plan_preprocessing(manifest, graph)
+    return open_input(path, graph), graph.runtime_plan
 
 
 @pytest.mark.parametrize("graph_name", ["rna_to_protein", "panel_to_rna"])
@@ -67,7 +67,7 @@ def test_sparse_chunks_equal_dense_path(toy, tmp_path, graph_name):
     write_h5ad(path, x[:, order], [names[i] for i in order])
     data, steps = _open(toy, path, graph_name)
     try:
-        assert steps and SparseReader.applies(data)
+        assert steps.active and SparseReader.applies(data)
         reader = SparseReader(data, steps)
         buf = np.full((128, data.n_inputs), 7.0, np.float32)  # stale values must not leak through
         for start in range(0, data.n_obs, 128):
@@ -93,7 +93,7 @@ def test_several_modalities_from_h5mu(toy, tmp_path):
     mudata.MuData({"rna": rna, "protein": prot}).write(path)
     data, steps = _open(toy, path, "rna_protein_embed")
     try:
-        assert len(data.parts) == 2 and len(steps) == 2
+        assert len(data.parts) == 2 and len(steps.active) == 2
         got = SparseReader(data, steps).read(0, n, np.zeros((n, data.n_inputs), np.float32))
         np.testing.assert_array_max_ulp(got, _dense_path(data, steps, 0, n), maxulp=4)
     finally:

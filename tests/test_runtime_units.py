@@ -14,9 +14,9 @@ from inclust_plus.errors import InclustError
 from inclust_plus.runtime.backend import CPU, CUDA, choose_providers
 from inclust_plus.runtime.cli import cli
 from inclust_plus.runtime.manifest import load_manifest, select_graph
-from inclust_plus.runtime.preprocess import apply_preprocessing, plan_preprocessing
+from inclust_plus.runtime.preprocess import apply_preprocessing
 from inclust_plus.runtime.runner import MAX_CHUNK_ROWS, chunk_rows
-from runtime_fixtures import COVARIATES, PANEL, RNA, make_cells, make_toy_export, write_h5ad
+from runtime_fixtures import COVARIATES, RNA, make_cells, make_toy_export, write_h5ad
 
 
 def test_providers():
@@ -58,27 +58,23 @@ def test_select_graph(toy, tmp_path):
         select_graph(m, False, target=("rna",))
 
 
-def test_preprocessing_plan_needs_feature_order(tmp_path):
-    pre = {"rna": {"normalize_total": 10.0, "log1p": True, "scale": [2.0] * len(RNA)}}
+def test_the_runtime_applies_the_manifests_plan(tmp_path):
+    """The plan comes from the graph entry (no re-derivation from feature names); folded graphs get none."""
+    pre = {"rna": {"normalize_total": 10.0, "log1p": True, "scale": [float(i + 1) for i in range(len(RNA))]}}
     model = make_toy_export(tmp_path / "m", preprocessing=pre)
-    raw = json.loads(model.manifest.read_text())
-    raw["graphs"] = [g for g in raw["graphs"] if g["name"] == "panel_to_rna"]
-    raw["graphs"][0]["output_features"] = PANEL  # no graph lists all rna features any more
-    (tmp_path / "manifest.json").write_text(json.dumps(raw))
-    m = load_manifest(tmp_path / "manifest.json")
-    with pytest.raises(InclustError, match="does not list its features"):
-        plan_preprocessing(m, m.graphs[0])
-    raw["modalities"] = [{"name": "rna", "features": RNA}]
-    (tmp_path / "manifest.json").write_text(json.dumps(raw))
-    m = load_manifest(tmp_path / "manifest.json")
-    steps = plan_preprocessing(m, m.graphs[0])
+    m = load_manifest(model.folder)
+    g = m.graph("panel_to_rna")
+    assert [(p.name, p.runs, p.normalize_total, p.log1p, p.scale) for p in g.runtime_plan.groups] == [
+        ("rna", ((0, 6),), 10.0, True, (1.0, 2.0, 3.0, 4.0, 5.0, 6.0))]
     x = np.array([[1, 0, 3, 0, 0, 6], [0, 0, 0, 0, 0, 0]], np.float32)
-    apply_preprocessing(x, steps)
-    want = np.log1p(np.array([1, 0, 3, 0, 0, 6]) / 10 * 10) / 2
+    apply_preprocessing(x, g.runtime_plan)
+    want = np.log1p(np.array([1, 0, 3, 0, 0, 6]) / 10 * 10) / np.arange(1, 7)
     np.testing.assert_allclose(x[0], want, rtol=1e-6)
     assert (x[1] == 0).all()  # an empty cell stays zero, never NaN
-    folded = dataclasses.replace(m.graphs[0], folded_preprocessing=True)
-    assert plan_preprocessing(m, folded) == []
+    mixed = m.graph("rna_protein_embed").runtime_plan  # protein has no preprocessing: listed, does nothing
+    assert [p.name for p in mixed.groups] == ["rna", "protein"] and [p.name for p in mixed.active] == ["rna"]
+    folded = dataclasses.replace(g, folded_preprocessing=True)
+    assert folded.runtime_plan.groups == () and folded.preprocessing_plan == g.preprocessing_plan
 
 
 def test_obsm_array_in_graph_order_and_numeric_covariate(toy, tmp_path):

@@ -126,9 +126,11 @@ def test_odd_names_are_escaped_in_the_config(tmp_path):
     toy = make_toy_export(tmp_path / "exp")
     raw = json.loads(toy.manifest.read_text())
     weird = ['g"0', "g\\1", "gène2", "g 3", "g\t4", "g5"]
-    for g in raw["graphs"]:
-        if g["name"] == "panel_embed":
-            g["input_features"] = weird
+    rename = dict(zip([f"g{i}" for i in range(6)], weird))  # the panel's genes, renamed everywhere they are named
+    for entry in (*raw["modalities"], *raw["graphs"]):
+        for key in ("features", "input_features", "output_features"):
+            if key in entry:
+                entry[key] = [rename.get(f, f) for f in entry[key]]
     toy.manifest.write_text(json.dumps(raw))
     out = write(toy.manifest, tmp_path / "r", flavour="python")
     p = configs(out)["panel_embed_python"].parameters

@@ -226,7 +226,7 @@ class AnnDataVerbs:
         combo, raw, y, latent, probs, sources, obs, prov, spread = self._run(adata, True, combo["name"], layer, covariate_key, covariate,
                                                                               target_covariate, allow_missing, batch_size)
         out_idx = self.feature_set(combo["outputs"])
-        library = R.library_sizes(raw, self._set_features(combo["inputs"]), self._schema(), converter.needs_library)
+        library = R.library_sizes(raw, R.modality_columns(self._set_features(combo["inputs"]), self._schema()), converter.needs_library)
         values = converter.convert(np.ascontiguousarray(y[:, out_idx]), library)
         prov.update(command=_command, output_scale=output_scale, scale=converter.description(), **R.spread_provenance(converter, spread is not None))
         if spread is not None and converter.spread_reason is not None:

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from inclust_plus.contract.plan import PreprocessPlan, apply
+
 
 @dataclass
 class Preprocessing:
@@ -34,18 +36,12 @@ def transform(x: np.ndarray, prep: Preprocessing, scale: np.ndarray | None = Non
     """Normalise and log-transform dense ``x`` (cells x the modality's *measured* features).
 
     The library size is the sum over the columns given, so callers pass only measured columns.
-    ``scale`` (from :func:`fit_scale`) divides column-wise when given.
+    ``scale`` (from :func:`fit_scale`) divides column-wise when given. The arithmetic is the
+    contract's :func:`inclust_plus.contract.apply`, the same the runtime and export use.
     """
-    out = np.asarray(x, dtype=np.float32)
-    if prep.normalize_total is not None:
-        lib = out.sum(axis=1, keepdims=True)
-        lib[lib == 0] = 1.0
-        out = out / lib * np.float32(prep.normalize_total)
-    if prep.log1p:
-        out = np.log1p(out)
-    if scale is not None:
-        out = out / scale[None, :]
-    return out.astype(np.float32, copy=False)
+    out = np.array(x, dtype=np.float32, copy=True)
+    plan = PreprocessPlan.single(out.shape[1], normalize_total=prep.normalize_total, log1p=prep.log1p, scale=scale)
+    return apply(out, plan)
 
 
 def fit_scale(x: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ A graph's CSR flavour (manifest ``variants``, input_format "csr") becomes ``<gra
 ``<graph>_csr_python``): its ``values`` / ``indices`` / ``rows`` are ragged, so these models do not use
 Triton's batching (``max_batch_size: 0``): a request is one CSR batch, every dim of axis 0 is -1.
 
-The manifest is read by the runtime's reader (:func:`inclust_plus.runtime.manifest.load_manifest`):
+The manifest is read by the contract's one reader (:func:`inclust_plus.contract.read_manifest`):
 a repository is only written from an export the runtime would also accept, and every graph file is
 checked against its sha256 first, so a repository is never built from a graph changed after export.
 """
@@ -34,7 +34,8 @@ from pathlib import Path
 from inclust_plus.atomic import atomic_dir, refuse_foreign_entries
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
-from inclust_plus.runtime.manifest import load_manifest, verify_file
+from inclust_plus.contract import graph_to_json, read_manifest, to_json
+from inclust_plus.runtime.manifest import verify_file
 
 from .layout import CONFIG_FILE, CSR_SUFFIX, FLAVOURS, INDEX_FILE, LABELS_FILE, PYTHON_SUFFIX, REPOSITORY_FORMAT, graph_of
 from .model_config import config_text, model_config
@@ -78,7 +79,8 @@ def _served_graphs(manifest) -> list[tuple[dict, str, Path, str]]:
     """``(manifest entry, model name, ONNX file, sha256)`` of every graph flavour Triton serves:
     each graph, and its fp32 CSR variant (the entry merged with the variant's fields) as ``<graph>_csr``."""
     served = []
-    for entry, spec in zip(manifest.raw["graphs"], manifest.graphs):
+    for spec in manifest.graphs:
+        entry = graph_to_json(spec)
         served.append((entry, spec.name, spec.path, spec.sha256))
         csr = spec.variant("csr", "fp32")
         if csr is not None:
@@ -104,7 +106,7 @@ def _index(manifest, flavour: str, plan: list[_Model]) -> dict:
     return {
         "format": REPOSITORY_FORMAT,
         "format_version": 1,
-        "model": manifest.raw.get("model"),
+        "model": to_json(manifest)["model"],
         "manifest_sha256": file_sha256(manifest.path),
         "flavour": flavour,
         "models": [{"name": m.name, "graph": graph_of(m.name, m.python).removesuffix(CSR_SUFFIX),
@@ -136,7 +138,7 @@ def write_triton_repository(
         raise InclustError(f"unknown Triton flavour {flavour!r}", f"choose one of: {', '.join(FLAVOURS)}")
     if max_batch_size < 1 or instance_count < 1 or max_queue_delay_us < 0:
         raise InclustError("max_batch_size and instance_count must be at least 1, max_queue_delay_us at least 0")
-    manifest = load_manifest(manifest_path)
+    manifest = read_manifest(manifest_path)
     out = Path(out_dir)
     if out.resolve() == manifest.path.parent.resolve():
         raise InclustError(f"Triton folder {out} is the export folder itself", "choose another folder for --triton")
@@ -144,12 +146,13 @@ def write_triton_repository(
         raise InclustError(f"output folder {out} already exists", "pass --force to replace it")
     if not out.parent.is_dir():
         raise InclustError(f"folder {out.parent} does not exist", "create it first or choose another --triton path")
-    labels = _labels_text(manifest.raw)
+    raw = to_json(manifest)
+    labels = _labels_text(raw)
     plan = []
     for entry, model_name, onnx_file, sha256 in _served_graphs(manifest):
         verify_file(onnx_file, sha256, f"graph {entry['name']!r}")
         for backend, suffix in _BACKENDS[flavour]:
-            config = model_config(model_name + suffix, backend, manifest.raw, entry, max_batch_size,
+            config = model_config(model_name + suffix, backend, raw, entry, max_batch_size,
                                   tuple(preferred_batch_sizes), max_queue_delay_us, instance_count)
             plan.append(_Model(model_name + suffix, config_text(config, entry["name"]), onnx_file, backend == "python"))
     names = [m.name for m in plan]

@@ -7,7 +7,7 @@ empty or missing one would switch the integrity check off), and every path must 
 export folder (no absolute paths, no ``..``, no symbolic link pointing out of it).
 
 The rules are tables (:data:`TOP`, :data:`GRAPH`, ...): a new field is one line. Fields not named
-here are kept (in ``Manifest.raw``) and not checked, so a newer exporter's additions still load.
+here are ignored by the reader, so a newer exporter's optional additions still load.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable
 
 from inclust_plus.errors import InclustError
+
+from .graphs import graph_io
 
 REEXPORT = "re-export the model with inclust-export"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -154,12 +156,19 @@ LABELS = {
     "categories": (OPTIONAL, optional(list_of(category, unique=True))),
 }
 MODALITY = {"name": (REQUIRED, string), "features": (REQUIRED, list_of(string, non_empty=True, unique=True))}
+RUN = lambda v: None if (isinstance(v, list) and len(v) == 2 and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v) and v[0] < v[1]) else "must be [start, end] with 0 <= start < end"
+PLAN_GROUP = {  # one modality's columns of a graph's input (contract/plan.py ModalityPlan)
+    "modality": (REQUIRED, string),
+    "runs": (REQUIRED, list_of(RUN, non_empty=True)),
+    "normalize_total": (OPTIONAL, optional(number(positive=True))),
+    "log1p": (OPTIONAL, optional(boolean)),
+    "scale": (OPTIONAL, optional(list_of(number()))),
+}
 PREPROCESSING = {
     "normalize_total": (OPTIONAL, optional(number(positive=True))),
     "log1p": (OPTIONAL, optional(boolean)),
     "scale": (OPTIONAL, optional(list_of(number()))),
 }
-FEATURE_SET = {"modalities": (OPTIONAL, STRINGS), "features": (OPTIONAL, list_of(integer(0)))}
 VARIANT = {  # another flavour of a graph (issue 11): its own file, pinned by its own sha256
     "input_format": (REQUIRED, choice("dense", "csr")),
     "precision": (OPTIONAL, optional(choice("fp32", "fp16"))),
@@ -170,7 +179,7 @@ VARIANT = {  # another flavour of a graph (issue 11): its own file, pinned by it
 }
 GRAPH = {
     "name": (REQUIRED, safe_name),
-    "kind": (OPTIONAL, optional(choice("impute", "embed"))),
+    "kind": (REQUIRED, choice("impute", "embed")),
     "file": (REQUIRED, relative_path),
     "sha256": (REQUIRED, sha256),
     "opset": (OPTIONAL, optional(integer(1))),
@@ -183,10 +192,11 @@ GRAPH = {
     "output_features": (OPTIONAL, optional(list_of(string, unique=True))),
     "default_target_covariate": (OPTIONAL, optional(category)),
     "default_covariate": (OPTIONAL, optional(category)),
-    "inputs": (OPTIONAL, optional(list_of(TENSOR))),
-    "outputs": (OPTIONAL, optional(list_of(TENSOR))),
+    "inputs": (REQUIRED, list_of(TENSOR, non_empty=True)),
+    "outputs": (REQUIRED, list_of(TENSOR, non_empty=True)),
     "input_format": (OPTIONAL, optional(choice("dense", "csr"))),
     "precision": (OPTIONAL, optional(choice("fp32", "fp16"))),
+    "preprocessing_plan": (REQUIRED, list_of(obj(PLAN_GROUP), non_empty=True)),
     "variants": (OPTIONAL, optional(list_of(obj(VARIANT)))),
     "torch_export": (OPTIONAL, optional(relative_path)),
     "torch_export_sha256": (OPTIONAL, optional(sha256)),
@@ -197,9 +207,8 @@ TOP = {
     "model": (REQUIRED, obj(MODEL)),
     "covariate": (REQUIRED, obj(COVARIATE)),
     "labels": (OPTIONAL, optional(obj(LABELS))),
-    "modalities": (OPTIONAL, optional(list_of(obj(MODALITY)))),
+    "modalities": (REQUIRED, list_of(obj(MODALITY), non_empty=True)),
     "preprocessing": (OPTIONAL, optional(mapping(optional(obj(PREPROCESSING))))),
-    "feature_sets": (OPTIONAL, optional(mapping(obj(FEATURE_SET)))),
     "graphs": (REQUIRED, list_of(obj(GRAPH), non_empty=True)),
 }
 
@@ -222,6 +231,7 @@ def validate(raw: Any, path: Path) -> None:
         where = f"field {problem[1:]}" if problem[0] in ".[" else problem
         raise InclustError(f"manifest {path}: {where}", REEXPORT)
     categories = {str(c) for c in raw["covariate"]["categories"]}
+    features = {m["name"]: set(m["features"]) for m in raw["modalities"]}
     names = set()
     for i, g in enumerate(raw["graphs"]):
         where = f"manifest {path}: graph {g['name']!r}"
@@ -237,8 +247,49 @@ def validate(raw: Any, path: Path) -> None:
             value = g.get(key)
             if value is not None and str(value) not in categories:
                 raise InclustError(f"{where}: {key} {value!r} is not a covariate category", REEXPORT)
+        _check_plan(g, features, where)
+        _check_io(g, where)
         for key in ("file", "torchscript", "torch_export"):
             if g.get(key):
                 confined(path.parent, g[key], f"graph {g['name']!r} {key}", path)
         for v in g.get("variants") or ():
             confined(path.parent, v["file"], f"graph {g['name']!r} {v['input_format']} flavour file", path)
+
+
+def _check_plan(g: dict, features: dict[str, set], where: str) -> None:
+    """The graph's preprocessing plan covers each input column exactly once, by the modality that owns it."""
+    n = len(g["input_features"])
+    owner: list[str | None] = [None] * n
+    for group in g["preprocessing_plan"]:
+        m = group["modality"]
+        if m not in features:
+            raise InclustError(f"{where}: its preprocessing names modality {m!r} that the manifest does not list", REEXPORT)
+        count = 0
+        for start, end in group["runs"]:
+            if end > n:
+                raise InclustError(f"{where}: a preprocessing run of {m!r} ends at {end}, past its {n} input columns", REEXPORT)
+            for c in range(start, end):
+                if owner[c] is not None:
+                    raise InclustError(f"{where}: input column {c} is in two preprocessing runs", REEXPORT)
+                if g["input_features"][c] not in features[m]:
+                    raise InclustError(f"{where}: input feature {g['input_features'][c]!r} is not a feature of {m!r}", REEXPORT)
+                owner[c] = m
+            count += end - start
+        if group.get("scale") is not None and len(group["scale"]) != count:
+            raise InclustError(f"{where}: the preprocessing scale of {m!r} has {len(group['scale'])} values for {count} columns", REEXPORT)
+    if None in owner:
+        raise InclustError(f"{where}: input column {owner.index(None)} is in no preprocessing run", REEXPORT)
+
+
+def _check_io(g: dict, where: str) -> None:
+    """Each flavour's inputs are the graph table's for its kind and input format, in that order; its outputs too
+    (an ensemble's decoding graph adds ``y_std``)."""
+    flavours = [(g.get("input_format") or "dense", g["inputs"], g["outputs"])]
+    flavours += [(v["input_format"], v.get("inputs") or [], v.get("outputs") or g["outputs"]) for v in g.get("variants") or ()]
+    for fmt, inputs, outputs in flavours:
+        spec = graph_io(g["kind"], fmt, members=2 if any(t["name"] == "y_std" for t in outputs) else 1)
+        want_in, want_out = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
+        if inputs and [t["name"] for t in inputs] != want_in:
+            raise InclustError(f"{where}: its {fmt} inputs are {[t['name'] for t in inputs]}, an {g['kind']} graph takes {want_in}", REEXPORT)
+        if [t["name"] for t in outputs] != want_out:
+            raise InclustError(f"{where}: its {fmt} outputs are {[t['name'] for t in outputs]}, an {g['kind']} graph returns {want_out}", REEXPORT)
