@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from inclust_plus.contract.plan import PreprocessPlan
 
 from .inputs import InputData
-from .matrices import CsrRows, check_indices
+from .matrices import CsrRows, RawCsr, check_indices
 from .preprocess import apply_preprocessing, check_values
 
 
@@ -85,11 +85,15 @@ class SparseReader:
     def applies(data: InputData) -> bool:
         return bool(data.parts) and all(isinstance(p.rows, CsrRows) for p in data.parts)
 
-    def _piece(self, rows: CsrRows, colmap: np.ndarray, identity: bool, start: int, stop: int):
-        """(values per row, graph columns, float32 values) of one part, or None for the dense path."""
+    def _piece(self, rows: CsrRows, colmap: np.ndarray, identity: bool, start: int, stop: int, tap=None):
+        """(values per row, graph columns, float32 values) of one part, or None for the dense path.
+
+        ``tap`` gets the rows as stored once their indices are checked, before the values are
+        converted, filtered or preprocessed in place (the dense path hands them on itself).
+        """
         lo, hi = int(rows.indptr[start]), int(rows.indptr[stop])
         counts = np.diff(rows.indptr[start : stop + 1])
-        vals = np.asarray(rows.data[lo:hi], dtype=np.float32)
+        stored = rows.data[lo:hi]
         idx = np.asarray(rows.indices[lo:hi])
         if len(idx) > 1:
             increasing = idx[1:] > idx[:-1]
@@ -102,6 +106,9 @@ class SparseReader:
             filled = counts > 0
             if idx[(ends - counts)[filled]].min() < 0 or idx[ends[filled] - 1].max() >= rows.n_cols:
                 check_indices(idx, rows.n_cols, rows.name, start, np.concatenate(([0], ends)))
+        if tap is not None:
+            tap(rows, RawCsr(stored, idx, rows.indptr[start : stop + 1] - lo, rows.n_cols))
+        vals = np.asarray(stored, dtype=np.float32)
         cols = idx if identity else colmap[idx]
         if not identity:
             keep = cols >= 0
@@ -135,10 +142,10 @@ class SparseReader:
             if self.scale is not None:
                 vals /= self.scale[cols]  # 1 outside the scaled modalities: an exact no-op there
 
-    def _pieces(self, start: int, stop: int) -> list | None:
+    def _pieces(self, start: int, stop: int, tap=None) -> list | None:
         pieces = []
         for rows, colmap, identity in self.parts:
-            piece = self._piece(rows, colmap, identity, start, stop)
+            piece = self._piece(rows, colmap, identity, start, stop, tap)
             if piece is None:
                 return None
             pieces.append(piece)
@@ -146,10 +153,10 @@ class SparseReader:
             self._preprocess(pieces, stop - start)
         return pieces
 
-    def read_csr(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    def read_csr(self, start: int, stop: int, tap=None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The chunk's preprocessed stored entries as (values per cell, graph columns, float32 values),
         each cell's columns increasing; None to take the dense path (as :meth:`read`)."""
-        pieces = self._pieces(start, stop)
+        pieces = self._pieces(start, stop, tap)
         if pieces is None:
             return None
         if len(pieces) == 1:
@@ -160,9 +167,9 @@ class SparseReader:
         order = np.lexsort((cols, rowid))
         return np.bincount(rowid, minlength=n), cols[order], np.concatenate([v for _, _, v in pieces])[order]
 
-    def read(self, start: int, stop: int, out: np.ndarray) -> np.ndarray | None:
+    def read(self, start: int, stop: int, out: np.ndarray, tap=None) -> np.ndarray | None:
         """``out[:stop-start]`` filled with the preprocessed chunk, or None to take the dense path."""
-        pieces = self._pieces(start, stop)
+        pieces = self._pieces(start, stop, tap)
         if pieces is None:
             return None
         n = stop - start
@@ -181,16 +188,17 @@ class SparseReader:
         return view
 
 
-def chunk_reader(data: InputData, plan: PreprocessPlan, source: str) -> Callable[[int, int, np.ndarray], np.ndarray]:
-    """``read(start, stop, buffer)``: the chunk's graph input, checked and preprocessed by ``plan``."""
+def chunk_reader(data: InputData, plan: PreprocessPlan, source: str) -> Callable[..., np.ndarray]:
+    """``read(start, stop, buffer, tap=None)``: the chunk's graph input, checked and preprocessed by
+    ``plan``; ``tap`` (:mod:`.matrices`) is handed the input's rows as read, before any of that."""
     sparse = SparseReader(data, plan) if SparseReader.applies(data) else None
 
-    def read(start: int, stop: int, buf: np.ndarray) -> np.ndarray:
+    def read(start: int, stop: int, buf: np.ndarray, tap=None) -> np.ndarray:
         if sparse is not None:
-            x = sparse.read(start, stop, buf)
+            x = sparse.read(start, stop, buf, tap)
             if x is not None:
                 return x
-        x = data.read(start, stop, buf)
+        x = data.read(start, stop, buf, tap)
         check_values(x, start, source)
         apply_preprocessing(x, plan)
         return x

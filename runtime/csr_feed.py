@@ -77,18 +77,19 @@ def dense_to_csr(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.bincount(r, minlength=x.shape[0]), c, x[r, c]
 
 
-def csr_chunk_reader(data: InputData, plan: PreprocessPlan, source: str) -> Callable[[int, int, CsrBuffers], CsrChunk]:
-    """``read(start, stop, bufs)``: the chunk's checked and preprocessed entries as a :class:`CsrChunk`."""
+def csr_chunk_reader(data: InputData, plan: PreprocessPlan, source: str) -> Callable[..., CsrChunk]:
+    """``read(start, stop, bufs, tap=None)``: the chunk's checked and preprocessed entries as a
+    :class:`CsrChunk`; ``tap`` as in :func:`.chunks.chunk_reader`."""
     sparse = SparseReader(data, plan) if SparseReader.applies(data) else None
 
-    def read(start: int, stop: int, bufs: CsrBuffers) -> CsrChunk:
+    def read(start: int, stop: int, bufs: CsrBuffers, tap=None) -> CsrChunk:
         if sparse is not None:
-            got = sparse.read_csr(start, stop)
+            got = sparse.read_csr(start, stop, tap)
             if got is not None:
                 return _fill(bufs, *got)
         if bufs.dense is None or len(bufs.dense) < stop - start:
             bufs.dense = np.zeros((stop - start, data.n_inputs), np.float32)
-        x = data.read(start, stop, bufs.dense)
+        x = data.read(start, stop, bufs.dense, tap)
         check_values(x, start, source)
         apply_preprocessing(x, plan)
         return _fill(bufs, *dense_to_csr(x))

@@ -67,13 +67,14 @@ class AlignedParts:
     def values_per_row(self) -> float:
         return sum(p.rows.values_per_row() for p in self.parts) or 1.0
 
-    def read(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
-        """Fill and return ``out[:stop-start]`` with the aligned features of those cells."""
+    def read(self, start: int, stop: int, out: np.ndarray, tap=None) -> np.ndarray:
+        """Fill and return ``out[:stop-start]`` with the aligned features of those cells; ``tap``
+        (see :mod:`.matrices`) is handed each part's rows as read."""
         view = out[: stop - start]
         if self.missing:
             view[:] = 0
         for p in self.parts:
-            p.rows.fill(start, stop, p.src, p.dst, view)
+            p.rows.fill(start, stop, p.src, p.dst, view, tap)
         return view
 
 

@@ -3,11 +3,12 @@
 The layout is that of :mod:`inclust_plus.results` (shared with the in-memory Predictor and the
 training API): the output's var is the graph's output features with the input's var columns,
 ``var["modality"]`` and ``var["inclust_imputed"]``; X keeps the measured values of the features the
-input has (read again, raw, from the same X or layer), the model's values go to
+input has (raw, from the same X or layer), the model's values go to
 ``layers["inclust_imputed"]`` (or X with ``--imputed-into X``) in the ``--output-scale`` asked
 for; the input's layers are carried over for the features it has; ``generate`` adds one
 ``obsm["inclust_<modality>"]`` per output modality. Everything here is planned before any output
-is created (so a bad ``--output-scale`` costs nothing) and read chunk by chunk afterwards.
+is created (so a bad ``--output-scale`` costs nothing); per chunk, the values come from the rows
+the chunk reader reads anyway (:mod:`.layout_chunk`), so the input is read once.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from inclust_plus import results as R
 from inclust_plus.errors import InclustError
 
 from .inputs import InputData, open_input
+from .layout_chunk import ChunkTap, LayoutChunk, Target
 from .manifest import GraphEntry, Manifest
-from .matrices import CsrRows
 from .preprocess import PreprocessPlan
 
 try:  # anndata >= 0.11
@@ -74,9 +75,20 @@ def _groups(data: InputData, modalities) -> list:
     return [f]
 
 
+MEASURED = "X"  # the measured values' target name (a carried layer has its own name; the library is LIBRARY)
+LIBRARY = " library"  # not an h5ad key: the graph input's raw values, for library sizes
+
+
 @dataclass
 class Layout:
-    """The planned output of a decoding command; :meth:`chunk` gives one chunk's arrays."""
+    """The planned output of a decoding command.
+
+    Per chunk: :meth:`tap` is handed to the chunk reader (it takes the measured values, carried
+    layers and library sizes from the rows the reader reads, :mod:`.layout_chunk`), its
+    ``finish()`` gives a :class:`~.layout_chunk.LayoutChunk`, and :meth:`chunk` turns that and the
+    model's values into what the writer stores. Without a prepared chunk, :meth:`chunk` reads it all
+    itself (what every chunk did before the reader handed its rows on).
+    """
 
     var: pd.DataFrame
     converter: R.ScaleConverter
@@ -87,8 +99,8 @@ class Layout:
     modalities: list[dict]
     measured: InputData | None = None
     layers: dict[str, InputData] = field(default_factory=dict)
-    library: InputData | None = None
-    _colmaps: dict = field(default_factory=dict)
+    library: InputData | None = None  # the graph input itself (not owned: the run loop closes it)
+    targets: dict[str, Target] = field(default_factory=dict)
 
     @property
     def writes_spread(self) -> bool:
@@ -108,61 +120,47 @@ class Layout:
             out.setdefault(m, []).append(j)
         return out
 
-    def _read(self, source: InputData, start: int, stop: int, width: int) -> np.ndarray:
-        return source.read(start, stop, np.zeros((stop - start, width), np.float32))
-
-    def _sparse(self, source: InputData, start: int, stop: int) -> sp.csr_matrix:
-        """The chunk's values of ``source`` as CSR over the output features.
-
-        CSR input is remapped on its stored values only (about 4x faster than filling a dense
-        block and compressing it again, measured in benchmarks/output_layout.py); duplicates are
-        summed as the dense path sums them. Other layouts go through the dense reader.
-        """
-        n, width = stop - start, len(self.features)
-        if not all(isinstance(p.rows, CsrRows) for p in source.parts):
-            return sp.csr_matrix(self._read(source, start, stop, width))
-        pieces = []
-        for p in source.parts:
-            m = p.rows
-            colmap = self._colmaps.get(id(p))
-            if colmap is None:
-                colmap = np.full(m.n_cols, -1, dtype=np.int64)
-                colmap[p.src] = p.dst
-                self._colmaps[id(p)] = colmap
-            lo, hi = int(m.indptr[start]), int(m.indptr[stop])
-            cols = colmap[np.asarray(m.indices[lo:hi])]
-            keep = cols >= 0
-            kept_before = np.concatenate([[0], np.cumsum(keep)])  # kept values before each stored one
-            indptr = kept_before[m.indptr[start : stop + 1] - lo]
-            piece = sp.csr_matrix((np.asarray(m.data[lo:hi], dtype=np.float32)[keep], cols[keep], indptr), shape=(n, width))
-            piece.sum_duplicates()  # also sorts the column indices of each row
-            pieces.append(piece)
-        if not pieces:
-            return sp.csr_matrix((n, width), dtype=np.float32)
-        return pieces[0] if len(pieces) == 1 else sp.csr_matrix(sum(pieces[1:], pieces[0]), dtype=np.float32)
-
-    def _library(self, start: int, stop: int) -> dict:
-        if self.library is None:
-            return {}
-        raw = self._read(self.library, start, stop, self.library.n_inputs)
-        return R.library_sizes(raw, self.graph.preprocessing_plan.columns_by_modality(), self.converter.needs_library)
-
-    def spread(self, start: int, sd: np.ndarray) -> np.ndarray:
-        """The members' std of cells ``start..start+len(sd)`` in the output scale (only when :attr:`writes_spread`)."""
-        return self.converter.convert_spread(sd, self._library(start, start + len(sd)) if self.converter.needs_library else None)
-
-    def chunk(self, start: int, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """(model values in the output scale, measured values and carried layers as CSR) of cells ``start..start+len(y)``."""
-        stop = start + len(y)
-        lib = self._library(start, stop)
-        values = self.converter.convert(y, lib)
+    def plan_targets(self) -> None:
+        """The matrices built per chunk (once the readers are open)."""
         width = len(self.features)
-        measured = self._sparse(self.measured, start, stop) if self.measured is not None else sp.csr_matrix((len(y), width), dtype=np.float32)
-        layers = {name: self._sparse(src, start, stop) for name, src in self.layers.items()}
-        return values, measured, layers
+        if self.measured is not None:
+            self.targets[MEASURED] = Target(self.measured.parts, width)
+        for name, src in self.layers.items():
+            self.targets[name] = Target(src.parts, width)
+        if self.converter.needs_library and self.library is not None:
+            self.targets[LIBRARY] = Target(self.library.parts, self.library.n_inputs, dense=True)
+
+    def bytes_per_row(self) -> int:
+        """What a chunk in flight holds for the layout, per cell (for the run loop's memory budget)."""
+        return sum(t.bytes_per_row() for t in self.targets.values())
+
+    def tap(self, start: int, stop: int) -> ChunkTap:
+        """A tap for the chunk reader of cells ``start..stop``; ``.finish()`` once the chunk is read."""
+        return ChunkTap(self.targets, start, stop)
+
+    def _library(self, prepared: LayoutChunk) -> dict:
+        block = prepared.matrices.get(LIBRARY)
+        if block is None:
+            return {}
+        if prepared.library is None:  # the values and the spread of a chunk use the same sizes
+            prepared.library = R.library_sizes(block, self.graph.preprocessing_plan.columns_by_modality(), self.converter.needs_library)
+        return prepared.library
+
+    def spread(self, sd: np.ndarray, prepared: LayoutChunk) -> np.ndarray:
+        """The members' std of a chunk in the output scale (only when :attr:`writes_spread`)."""
+        return self.converter.convert_spread(sd, self._library(prepared) if self.converter.needs_library else None)
+
+    def chunk(self, start: int, y: np.ndarray, prepared: LayoutChunk | None = None) -> tuple[np.ndarray, sp.csr_matrix, dict[str, sp.csr_matrix]]:
+        """(model values in the output scale, measured values and carried layers as CSR) of cells ``start..start+len(y)``."""
+        if prepared is None:
+            prepared = self.tap(start, start + len(y)).finish()
+        values = self.converter.convert(y, self._library(prepared))
+        got = prepared.matrices
+        measured = got[MEASURED] if MEASURED in got else sp.csr_matrix((len(y), len(self.features)), dtype=np.float32)
+        return values, measured, {name: got[name] for name in self.layers}
 
     def close(self) -> None:
-        for src in (self.measured, self.library, *self.layers.values()):
+        for src in (self.measured, *self.layers.values()):
             if src is not None:
                 src.close()
 
@@ -206,8 +204,8 @@ def plan_layout(options, manifest: Manifest, graph: GraphEntry, data: InputData)
                     layout.layers[name] = open_input(options.input, outputs_as_inputs, name, None, allow_missing=True)
                 except InclustError as err:
                     log.info("layer %r is not carried over (%s)", name, err.problem)
-            if converter.needs_library:
-                layout.library = open_input(options.input, graph, options.layer, options.obsm, options.allow_missing)
+            layout.library = data  # the library sizes' raw values are the graph input's own
+            layout.plan_targets()
     except BaseException:
         layout.close()
         raise

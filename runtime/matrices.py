@@ -6,7 +6,11 @@ a dense chunk is a row slice; a CSR chunk is the ``data``/``indices`` slice betw
 cheaply, so only the needed columns are loaded (memory grows with their non-zeros) and a warning
 suggests converting to CSR.
 
-Each reader fills ``out[:, dst] = M[rows, src]`` for column maps computed by the caller.
+Each reader fills ``out[:, dst] = M[rows, src]`` for column maps computed by the caller. Dense and
+CSR readers can also hand the rows they read, as stored (:class:`RawDense`, :class:`RawCsr`), to a
+``tap(rows, raw)`` before anything is done with them: the output layout takes the measured values
+and carried layers from there, so the input is read once (:mod:`.layout_chunk`). ``source`` names
+the element a reader reads (file, HDF5 path), so that two handles on one element are recognised.
 
 Sparse structure is checked, so a corrupt or hand-made file is an error instead of silently
 wrong cells: ``indptr`` once at open (starts at 0, never decreases, ends at the stored-value
@@ -17,6 +21,9 @@ the chunk, or over each row's first and last index where rows are known to be so
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -32,17 +39,45 @@ def _attr(obj, key: str, default=None):
     return value.decode() if isinstance(value, bytes) else value
 
 
+@dataclass
+class RawDense:
+    """Rows of a dense matrix as read (all columns, stored dtype)."""
+
+    block: np.ndarray
+
+    def fill(self, src: np.ndarray, dst: np.ndarray, out: np.ndarray) -> None:
+        out[: len(self.block), dst] = self.block[:, src]
+
+
+@dataclass
+class RawCsr:
+    """Rows of a CSR matrix as read: stored values (stored dtype), checked column indices, ``indptr`` from 0."""
+
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    n_cols: int
+
+    def fill(self, src: np.ndarray, dst: np.ndarray, out: np.ndarray) -> None:
+        m = sp.csr_matrix((self.data, self.indices, self.indptr), shape=(len(self.indptr) - 1, self.n_cols))
+        out[: m.shape[0], dst] = m[:, src].toarray()
+
+
+Tap = Callable[["MatrixRows", "RawDense | RawCsr"], None]
+
+
 class MatrixRows:
     """Base: ``n_rows``, ``n_cols``, average stored values per row, and ``fill``."""
 
     n_rows: int
     n_cols: int
     names: list[str] | None = None  # column names when the element carries them (obsm data frames)
+    source: tuple[str, str] | None = None  # (file, element) of an h5py element; None in memory
 
     def values_per_row(self) -> float:
         return float(self.n_cols)
 
-    def fill(self, start: int, stop: int, src: np.ndarray, dst: np.ndarray, out: np.ndarray) -> None:
+    def fill(self, start: int, stop: int, src: np.ndarray, dst: np.ndarray, out: np.ndarray, tap: Tap | None = None) -> None:
         raise NotImplementedError
 
 
@@ -53,9 +88,11 @@ class DenseRows(MatrixRows):
         self.ds = ds
         self.n_rows, self.n_cols = (int(s) for s in ds.shape)
 
-    def fill(self, start, stop, src, dst, out):
-        block = self.ds[start:stop]
-        out[: stop - start, dst] = block[:, src]
+    def fill(self, start, stop, src, dst, out, tap=None):
+        raw = RawDense(self.ds[start:stop])
+        if tap is not None:
+            tap(self, raw)
+        raw.fill(src, dst, out)
 
 
 def check_indptr(group: h5py.Group, indptr: np.ndarray, n_major: int, kind: str) -> None:
@@ -97,13 +134,15 @@ class CsrRows(MatrixRows):
     def values_per_row(self) -> float:
         return max(1.0, self.indptr[-1] / max(1, self.n_rows))
 
-    def fill(self, start, stop, src, dst, out):
+    def fill(self, start, stop, src, dst, out, tap=None):
         lo, hi = int(self.indptr[start]), int(self.indptr[stop])
         local = self.indptr[start : stop + 1] - lo
         idx = self.indices[lo:hi]
         check_indices(idx, self.n_cols, self.name, start, local)
-        m = sp.csr_matrix((self.data[lo:hi], idx, local), shape=(stop - start, self.n_cols))
-        out[: stop - start, dst] = m[:, src].toarray()
+        raw = RawCsr(self.data[lo:hi], idx, local, self.n_cols)
+        if tap is not None:
+            tap(self, raw)
+        raw.fill(src, dst, out)
 
 
 class CscColumns(MatrixRows):
@@ -136,7 +175,7 @@ class CscColumns(MatrixRows):
             self._cache = (key, m.tocsr())
         return self._cache[1]
 
-    def fill(self, start, stop, src, dst, out):
+    def fill(self, start, stop, src, dst, out, tap=None):  # held in memory already: nothing to hand on
         out[: stop - start, dst] = self._columns(src)[start:stop].toarray()
 
 
@@ -149,7 +188,7 @@ class FrameRows(MatrixRows):
         self.names = [c.decode() if isinstance(c, bytes) else str(c) for c in (order if order is not None else [])]
         self.n_rows, self.n_cols = n_rows, len(self.names)
 
-    def fill(self, start, stop, src, dst, out):
+    def fill(self, start, stop, src, dst, out, tap=None):  # column by column: the layout reads its own
         for s, d in zip(src, dst):
             col = self.group[self.names[int(s)]]
             if not isinstance(col, h5py.Dataset):
@@ -159,6 +198,12 @@ class FrameRows(MatrixRows):
 
 def matrix_rows(obj, n_obs: int) -> MatrixRows:
     """The reader for an h5ad matrix element (dense dataset, sparse group or obsm data frame)."""
+    rows = _matrix_rows(obj, n_obs)
+    rows.source = (str(Path(obj.file.filename).resolve()), obj.name)
+    return rows
+
+
+def _matrix_rows(obj, n_obs: int) -> MatrixRows:
     if isinstance(obj, h5py.Dataset):
         if obj.dtype.kind not in "biuf":
             raise InclustError(f"{obj.name} holds {obj.dtype} values, not numbers", "pass a numeric matrix")

@@ -155,12 +155,15 @@ class OutputWriter:
         obs.attrs["column-order"] = np.asarray(order, dtype=h5py.string_dtype())
 
     def write(self, start: int, y: np.ndarray | None, latent: np.ndarray | None, probs: np.ndarray | None,
-              y_std: np.ndarray | None = None) -> None:
-        """Store the results of the cells ``start .. start + len(chunk)`` (``y_std``: an ensemble's spread)."""
+              y_std: np.ndarray | None = None, prepared=None) -> None:
+        """Store the results of the cells ``start .. start + len(chunk)`` (``y_std``: an ensemble's spread;
+        ``prepared``: the chunk's :class:`~inclust_plus.runtime.layout_chunk.LayoutChunk`, else the layout reads it)."""
         if self.layout is not None and self.x is not None and y is not None:
-            values, measured, carried = self.layout.chunk(start, y)
+            if prepared is None:
+                prepared = self.layout.tap(start, start + len(y)).finish()
+            values, measured, carried = self.layout.chunk(start, y, prepared)
             if STD_LAYER in self.layers and y_std is not None:
-                self.layers[STD_LAYER][start : start + len(y)] = self.layout.spread(start, y_std)
+                self.layers[STD_LAYER][start : start + len(y)] = self.layout.spread(y_std, prepared)
             rows = slice(start, start + len(y))
             into_x = self.layout.imputed_into == "X"
             self.x[rows] = values if into_x else measured

@@ -23,6 +23,7 @@ from inclust_plus.errors import InclustError
 from .backend import Backend, OnnxBackend
 from .chunks import chunk_reader
 from .covariates import resolve_covariates, resolve_target
+from .layout_chunk import ChunkTap, Target
 from .manifest import GraphEntry, load_manifest, select_graph
 from .memory import element, modality_views, open_memory
 from .stream import check_outputs
@@ -98,7 +99,10 @@ class Predictor:
         self.backend.close()
 
     # --- the shared loop ----------------------------------------------------------------------
-    def _run(self, adata, decode, combination, source, target, layer, covariate_key, covariate, target_covariate, allow_missing):
+    def _run(self, adata, decode, combination, source, target, layer, covariate_key, covariate, target_covariate, allow_missing,
+             library_of=()):
+        """Run the graph over every batch; also the library sizes of the modalities in ``library_of``,
+        taken from each batch's raw values as the chunk reader reads them (:mod:`.layout_chunk`)."""
         m = self.manifest
         graph = pick_graph(m, adata, decode, combination, source, target)
         data = open_memory(adata, graph, layer, allow_missing)
@@ -109,13 +113,17 @@ class Predictor:
         read = chunk_reader(data, graph.runtime_plan, f"the AnnData {data.element}")
         buf, cbuf = np.zeros((min(bs, n), data.n_inputs), np.float32), np.zeros(min(bs, n), np.int64)
         tbuf = np.zeros(min(bs, n), np.int64)
-        raw = np.zeros((n, data.n_inputs), np.float32) if decode else None
+        raw_input = {"raw": Target(data.parts, data.n_inputs, dense=True)} if library_of else None
+        columns = graph.preprocessing_plan.columns_by_modality()
+        sizes: dict[str, list[np.ndarray]] = {mm: [] for mm in library_of}
         out: dict[str, np.ndarray] = {}
         for s in range(0, n, bs):
             e = min(n, s + bs)
-            if raw is not None:
-                data.read(s, e, raw[s:e])
-            x = read(s, e, buf)
+            tap = ChunkTap(raw_input, s, e) if raw_input else None
+            x = read(s, e, buf, tap)
+            if tap is not None:
+                for mm, v in R.library_sizes(tap.finish().matrices["raw"], columns, library_of).items():
+                    sizes[mm].append(v)
             res = self.backend.run(graph, x, covs.take(s, e, cbuf), None if tgt is None else tgt.take(s, e, tbuf))
             check_outputs(graph, m, res, e - s)
             for k, v in res.items():
@@ -124,7 +132,7 @@ class Predictor:
                 "input_element": data.element, "covariate": covs.description, "target_covariate": tgt_name,
                 "input_modalities": list(graph.input_modalities), "output_modalities": list(graph.output_modalities),
                 "missing_features": list(data.missing), "label_key": m.label_key, **self.backend.provenance()}
-        return graph, data, raw, out, prov
+        return graph, data, {mm: np.concatenate(v) for mm, v in sizes.items()}, out, prov
 
     def _warn_non_integer(self, adata, graph, layer):
         """Warn (once per call) when a counts model is given non-integer values, e.g. log-normalised X."""
@@ -173,8 +181,8 @@ class Predictor:
         graph = pick_graph(m, adata, True, combination, source, target)
         converter = R.ScaleConverter(graph.output_features, m.schema(), m.preprocessing, output_scale, graph.input_modalities)
         self._warn_non_integer(adata, graph, layer)
-        graph, data, raw, out, prov = self._run(adata, True, graph.name, None, None, layer, covariate_key, covariate, target_covariate, allow_missing)
-        library = R.library_sizes(raw, graph.preprocessing_plan.columns_by_modality(), converter.needs_library)
+        graph, data, library, out, prov = self._run(adata, True, graph.name, None, None, layer, covariate_key, covariate, target_covariate,
+                                                    allow_missing, converter.needs_library)
         values = converter.convert(out["y"], library)
         prov.update(command=command, output_scale=output_scale, scale=converter.description(), **R.spread_provenance(converter, graph.has_spread))
         spread = None

@@ -95,18 +95,20 @@ def default_backend(options: RunOptions) -> Backend:
     return OnnxBackend(options.device, precision=options.precision, workers=options.workers)
 
 
-def plan_chunks(data, graph: GraphEntry, manifest: Manifest, options: RunOptions, workers: int) -> int:
+def plan_chunks(data, graph: GraphEntry, manifest: Manifest, options: RunOptions, workers: int, layout=None) -> int:
     """Rows per chunk: within ``value_budget`` stored values, and all ``workers + 1`` buffer sets
     together within ``memory_budget`` bytes (input, outputs, covariates; CSR entries 12 bytes each,
     plus the graph's dense intermediates of a call on that many cells, measured: without them a CSR
-    run with 16 workers peaked at 1.1 GB for 0.56 GB dense)."""
+    run with 16 workers peaked at 1.1 GB for 0.56 GB dense; and the output layout's pieces each
+    chunk holds until it is written, :meth:`.layout.Layout.bytes_per_row`)."""
     vpr = data.values_per_row()
     spread = getattr(graph, "has_spread", False)  # y_std of an ensemble (plain stand-ins of a graph have none)
     decoded = len(graph.output_features) * (2 if spread else 1) if options.command in DECODING else 0
     out_width = decoded + manifest.latent_dim + len(manifest.label_categories)
     dense_in = graph.input_format != "csr" or not SparseReader.applies(data)
     per_row = (4 * out_width + 16 + (4 * data.n_inputs if dense_in else 0) + (28 * vpr if graph.input_format == "csr" or not dense_in else 12 * vpr)
-               + GRAPH_COPIES * 4 * data.n_inputs)  # the graph's own dense intermediates of a call (batches never exceed a chunk)
+               + GRAPH_COPIES * 4 * data.n_inputs  # the graph's own dense intermediates of a call (batches never exceed a chunk)
+               + (layout.bytes_per_row() if layout is not None else 0))
     cap = max(1, int(options.memory_budget // ((workers + 1) * per_row)))
     return chunk_rows(vpr, options.batch_size, int(min(options.value_budget, cap * vpr)))
 
@@ -166,8 +168,8 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
         if owns_backend:
             backend = default_backend(options)
         graph = choose_flavour(graph, backend, options)
-        workers = concurrent_calls(backend, math.ceil(data.n_obs / plan_chunks(data, graph, manifest, options, 1)))
-        rows = plan_chunks(data, graph, manifest, options, workers)
+        workers = concurrent_calls(backend, math.ceil(data.n_obs / plan_chunks(data, graph, manifest, options, 1, layout)))
+        rows = plan_chunks(data, graph, manifest, options, workers, layout)
         backend.prepare(graph)
         provenance = {
             "command": options.command,

@@ -9,7 +9,11 @@ are page-locked (:mod:`.pinned`), and several chunks are in flight, each in its 
 
 Memory: every buffer set (one per chunk in flight) is allocated once and reused; the run loop
 sizes chunks so that all sets together stay within one budget (:func:`.runner.plan_chunks`),
-whatever the number of workers.
+whatever the number of workers, the output layout's pieces of each chunk in flight included.
+
+Decoding runs: the worker that reads a chunk hands the rows it reads to the output layout's tap
+(:mod:`.layout_chunk`) before preprocessing them, so the measured values, carried layers and
+library sizes come from the same read as the graph input.
 """
 
 from __future__ import annotations
@@ -121,12 +125,16 @@ def stream(options, manifest, graph, data, covariates, target, plan, backend, tm
         return {k: bufs.out[k][: stop - start] if k in bufs.out else None for k in OUTPUTS}
 
     def read_into(start, stop, bufs):
-        return read(start, stop, bufs.csr) if csr else read(start, stop, bufs.x)
+        """The chunk's graph input and its output-layout pieces, taken from the same rows as read (input read once)."""
+        tap = layout.tap(start, stop) if layout is not None else None
+        chunk = read(start, stop, bufs.csr if csr else bufs.x, tap)
+        return chunk, (tap.finish() if tap is not None else None)
 
     if workers > 1:  # each worker reads its chunk and runs the graph on it
 
         def task(start, stop, bufs):
-            return infer(start, stop, read_into(start, stop, bufs), bufs)
+            chunk, laid = read_into(start, stop, bufs)
+            return infer(start, stop, chunk, bufs), laid
 
         results = ordered_chunks(task, n, rows, sets, workers, stopping)
     else:  # a worker reads the next chunk while this thread runs the graph
@@ -137,8 +145,8 @@ def stream(options, manifest, graph, data, covariates, target, plan, backend, tm
         def in_order():
             prepared = ordered_chunks(task, n, rows, sets, 1, stopping)
             try:
-                for s, e, (chunk, bufs) in prepared:
-                    yield s, e, infer(s, e, chunk, bufs)
+                for s, e, ((chunk, laid), bufs) in prepared:
+                    yield s, e, (infer(s, e, chunk, bufs), laid)
             finally:
                 prepared.close()
 
@@ -146,9 +154,9 @@ def stream(options, manifest, graph, data, covariates, target, plan, backend, tm
     started = time.perf_counter()
     try:
         with tqdm(total=n, unit="cells", unit_scale=True, desc=graph.name, file=sys.stderr, disable=options.quiet or not sys.stderr.isatty()) as bar:
-            for start, stop, views in results:
+            for start, stop, (views, laid) in results:
                 interrupt.check()
-                writer.write(start, views["y"], views["latent"], views["label_probs"], views["y_std"])
+                writer.write(start, views["y"], views["latent"], views["label_probs"], views["y_std"], laid)
                 bar.update(stop - start)
         seconds = time.perf_counter() - started
         provenance.update(backend.provenance())
