@@ -107,7 +107,7 @@ class SparseReader:
             if idx[(ends - counts)[filled]].min() < 0 or idx[ends[filled] - 1].max() >= rows.n_cols:
                 check_indices(idx, rows.n_cols, rows.name, start, np.concatenate(([0], ends)))
         if tap is not None:
-            tap(rows, RawCsr(stored, idx, rows.indptr[start : stop + 1] - lo, rows.n_cols))
+            tap(rows, RawCsr(stored, idx, rows.indptr[start : stop + 1] - lo, rows.n_cols, canonical=True))
         vals = np.asarray(stored, dtype=np.float32)
         cols = idx if identity else colmap[idx]
         if not identity:

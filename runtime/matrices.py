@@ -51,12 +51,14 @@ class RawDense:
 
 @dataclass
 class RawCsr:
-    """Rows of a CSR matrix as read: stored values (stored dtype), checked column indices, ``indptr`` from 0."""
+    """Rows of a CSR matrix as read: stored values (stored dtype), checked column indices, ``indptr``
+    from 0; ``canonical`` when each row's indices are known to be strictly increasing."""
 
     data: np.ndarray
     indices: np.ndarray
     indptr: np.ndarray
     n_cols: int
+    canonical: bool = False
 
     def fill(self, src: np.ndarray, dst: np.ndarray, out: np.ndarray) -> None:
         m = sp.csr_matrix((self.data, self.indices, self.indptr), shape=(len(self.indptr) - 1, self.n_cols))
