@@ -126,7 +126,7 @@ def stream(options, manifest, graph, data, covariates, target, plan, backend, tm
 
     def read_into(start, stop, bufs):
         """The chunk's graph input and its output-layout pieces, taken from the same rows as read (input read once)."""
-        tap = layout.tap(start, stop) if layout is not None else None
+        tap = layout.tap(start, stop) if layout is not None and layout.targets else None  # generate-style: nothing to take
         chunk = read(start, stop, bufs.csr if csr else bufs.x, tap)
         return chunk, (tap.finish() if tap is not None else None)
 
