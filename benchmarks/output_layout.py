@@ -159,14 +159,14 @@ def compare(args, work: Path, manifest: Path, src: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cells", type=int, default=200_000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cells", type=int, default=None, help="default 200,000 (--quick: 20,000)")
+    ap.add_argument("--rounds", type=int, default=None, help="default 3 (--quick: 2)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--compare-with", type=Path, default=None, metavar="CHECKOUT", help="another checkout to run side by side")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.cells, args.rounds = 20_000, 2
+    args.cells = args.cells or (20_000 if args.quick else 200_000)
+    args.rounds = args.rounds or (2 if args.quick else 3)
 
     from inclust_plus.runtime import runner
     from inclust_plus.runtime.runner import RunOptions, run
