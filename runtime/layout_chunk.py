@@ -86,9 +86,10 @@ def read_raw(rows: CsrRows, start: int, stop: int) -> RawCsr:
 class Target:
     """One matrix of the output built from the input: measured values, a carried layer, or library sizes' raw input.
 
-    ``parts`` are the aligned parts of its input (:class:`~.inputs.Part`); CSR mode (every part
-    CSR) remaps stored values, dense mode fills a ``[cells, width]`` block and compresses it, as
-    ``dense=True`` (library sizes) keeps it dense.
+    ``parts`` are the aligned parts of its input (:class:`~.inputs.Part`). When every part is CSR
+    the stored values are remapped (:func:`csr_piece`); otherwise a ``[cells, width]`` block is
+    filled and compressed, as the layout always did for dense input. ``dense=True`` (the library
+    sizes' raw input) keeps the block as it is.
     """
 
     parts: list
