@@ -53,13 +53,13 @@ def _overrides(settings: tuple[str, ...]) -> dict:
     return out
 
 
-def _ours(cells, labelled_query: bool, epochs: int, seed: int, settings: dict | None = None):
+def _ours(cells, labelled_query: bool, epochs: int | None, seed: int, settings: dict | None = None):
     from inclust_plus.training.model import InClust
     from inclust_plus.training.presets import preset_config
 
     overrides = {k: dict(v) for k, v in (settings or {}).items()}
-    overrides["training"] = {"epochs": epochs, "batch_size": 100, "seed": seed, "threads": 1, **overrides.get("training", {})}
-    cfg = preset_config("integration", overrides)
+    overrides["training"] = {"seed": seed, "threads": 1, **({"epochs": epochs} if epochs else {}), **overrides.get("training", {})}
+    cfg = preset_config("integration", overrides)  # epochs and batch size: the task's defaults unless given
     if not labelled_query:
         cfg.datasets[1].label_key = None
     halves = {d.name: np.flatnonzero(cells.batch == d.name) for d in cfg.datasets}
@@ -74,7 +74,7 @@ def _ours(cells, labelled_query: bool, epochs: int, seed: int, settings: dict | 
     return np.concatenate(zs), np.asarray(data.x), order
 
 
-def run(n_cells: int, epochs: int, seed: int, settings: dict | None = None, semi_only: bool = False) -> dict:
+def run(n_cells: int, epochs: int | None, seed: int, settings: dict | None = None, semi_only: bool = False) -> dict:
     import torch
     from sklearn.decomposition import PCA
 
@@ -100,7 +100,11 @@ def run(n_cells: int, epochs: int, seed: int, settings: dict | None = None, semi
     for name, z in embeddings.items():
         out[name] = integration_scores(z, batch, types, "batch0")
         print(name, out[name], flush=True)
-    return {"n_cells": n_cells, "epochs": epochs, "seed": seed, "settings": settings or {}, "scores": out}
+    from inclust_plus.training.presets import preset_config
+
+    used = preset_config("integration", {k: dict(v) for k, v in (settings or {}).items()}).training
+    return {"n_cells": n_cells, "epochs": epochs or used.epochs, "batch_size": used.batch_size, "seed": seed, "settings": settings or {},
+            "scores": out}
 
 
 def acceptance(scores: dict) -> dict:
@@ -120,7 +124,7 @@ def markdown(r: dict) -> str:
         "",
         f"Measured {r['date']} on {r['machine']}. `make_hard_cells` ({r['n_cells']:,} cells, 2 batches of paired RNA + protein, "
         f"non-linear batch effects, type proportions 4x apart); inClust+ (integration task defaults) trained {r['epochs']} epochs, "
-        "batch 100. Same-batch fraction: share of the 30 nearest neighbours from the cell's own batch; global chance: its value "
+        f"batch {r['batch_size']}. Same-batch fraction: share of the 30 nearest neighbours from the cell's own batch; global chance: its value "
         "when neighbours are drawn from all cells; within-type chance: drawn from the cell's own type. Label transfer: kNN (k=15) "
         "fit on batch0 predicts batch1. Ground truth: the generator's batch-free state of each cell (before the batch effects), "
         "the perfectly mixed embedding that keeps the biology.",
@@ -150,7 +154,7 @@ def markdown(r: dict) -> str:
 
 @click.command(help=__doc__.split("\n\n")[0])
 @click.option("--cells", "n_cells", type=int, default=3000, show_default=True)
-@click.option("--epochs", type=int, default=60, show_default=True)
+@click.option("--epochs", type=int, default=None, help="Epochs of inClust+ (default: the integration task's, training/config.py TASK_DEFAULTS).")
 @click.option("--seed", "seeds", type=int, multiple=True, default=(0, 1, 2), show_default=True,
               help="Data and training seeds (repeatable); the first is scored in full, the others for the acceptance only.")
 @click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -168,7 +172,7 @@ def main(n_cells: int, epochs: int, seeds: tuple[int, ...], settings: tuple[str,
     if semi_only:  # an experiment: printed, not written over the recorded results
         return
     m = machine()
-    result = {"n_cells": n_cells, "epochs": epochs, "settings": over, "runs": runs,
+    result = {"n_cells": n_cells, "epochs": runs[0]["epochs"], "batch_size": runs[0]["batch_size"], "settings": over, "runs": runs,
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
               "machine": f"{m['cpu_model']}, {m['cores']} cores shared with other work (load average {m['load_average_1_5_15'][0]} at the end)"}
     write_result("integration", result, out)
