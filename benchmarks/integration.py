@@ -16,7 +16,7 @@ non-linear batch effects and cell-type proportions that differ 4x between the ba
 Metrics: training/integration_metrics.py (same-batch neighbour fraction with its perfect-mixing
 value, batch ASW, label ASW, ARI/NMI of k-means, kNN label transfer from batch0 to batch1).
 
-    python benchmarks/integration.py            # seed 0 in full, seeds 1 and 2 for the acceptance: ~2 min on 2 idle cores
+    python benchmarks/integration.py            # seed 0 in full, seeds 1 and 2 for the acceptance: ~5 min on 2 shared cores
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "merfish_scrna_reference.h5ad"
 ASW_CELLS = 6000
+NONE = "no batch difference (all 153 genes, no effect; PCA 20)"
+SHARED = "PCA (20) of the 122 shared genes"
 OURS = "inClust+ integration defaults (kl 0.05, mixing 10)"
 PAPER = "inClust+ paper loss (kl 1, mixing 0)"
 
@@ -103,8 +105,8 @@ def run(effect: float, epochs: int | None, seed: int) -> dict:
         centred[batch == b] -= centred[batch == b].mean(0)
     untouched = np.concatenate([_dense(reference.X), _dense(adata[query.obs_names].X)])
     embeddings = {
-        "no batch difference (all 153 genes, no effect; PCA 20)": PCA(20, random_state=0).fit_transform(untouched),
-        "PCA (20) of the 122 shared genes": PCA(20, random_state=0).fit_transform(x_shared),
+        NONE: PCA(20, random_state=0).fit_transform(untouched),
+        SHARED: PCA(20, random_state=0).fit_transform(x_shared),
         "batch-centred PCA (20)": PCA(20, random_state=0).fit_transform(centred),
     }
     seconds = {}
@@ -137,6 +139,18 @@ def markdown(r: dict) -> str:
     for name, s in r["scores"].items():
         lines.append(f"| {name} | {s['same_batch_fraction']:.3f} | {s['same_batch_chance']:.3f} | {s['same_batch_chance_within_types']:.3f} | "
                      f"{s['batch_asw']:.3f} | {s['label_asw']:.3f} | {s['ari']:.3f} | {s['nmi']:.3f} | {s['label_transfer']:.3f} |")
+    ours, paper, base = r["scores"][OURS], r["scores"][PAPER], r["scores"][NONE]
+    chance = ours["same_batch_chance"]
+    lines += ["", f"Perfect mixing here is {chance:.3f} (the untouched data reach {base['same_batch_fraction']:.3f}); within 10% is "
+              f"<= {1.1 * chance:.3f}. The integration defaults mix the two datasets more than the paper's loss "
+              f"({ours['same_batch_fraction']:.3f} against {paper['same_batch_fraction']:.3f}; PCA of the shared genes "
+              f"{r['scores'][SHARED]['same_batch_fraction']:.3f}) with about the same label transfer ({ours['label_transfer']:.3f} "
+              f"against {paper['label_transfer']:.3f}), {'within' if ours['same_batch_fraction'] <= 1.1 * chance else 'but not within'} "
+              f"10% of perfect. They pay in type structure, most likely because with the KL weight at 0.05 the per-type prior no longer gathers each "
+              f"type around its mean: k-means finds the types far less well (ARI {ours['ari']:.3f} against {paper['ari']:.3f}; "
+              f"label ASW {ours['label_asw']:.3f} against {paper['label_asw']:.3f}). The synthetic data the defaults were tuned on "
+              "have well separated types; these real types overlap (the untouched data's ARI is "
+              f"{base['ari']:.3f}), which the light KL term does not correct."]
     return "\n".join(lines) + "\n"
 
 
