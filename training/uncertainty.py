@@ -23,7 +23,6 @@ from inclust_plus.errors import InclustError
 from inclust_plus.results import STD_LAYER  # the one name of the layer, shared with the runtime and the training API
 
 
-
 @torch.no_grad()
 def predict_with_std(model, x: np.ndarray, inputs: str, covariate, target_covariate=None, samples: int = 0, seed: int = 0,
                      batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
