@@ -417,6 +417,8 @@ def build(results: Path = RESULTS) -> str:
         *written_section(results, "mapping"),  # issue 15
         *written_section(results, "uncertainty", "uncertainty_reduced"),  # issue 15
         *written_section(results, "integration"),  # issue 15
+        *written_section(results, "integration_real"),  # issue 15
+        *written_section(results, "integration_real_effect0"),  # issue 15: the panels' difference only
     ]
     if NOTES.is_file():
         lines += [NOTES.read_text().strip(), ""]

@@ -1,9 +1,13 @@
-"""The integration preset on the harder synthetic data (training/synthetic.py make_hard_cells, issue 15):
-batches mixed to near the type-preserving floor while an unlabelled batch's types are still transferred.
+"""The integration task's defaults on the harder synthetic data (training/synthetic.py make_hard_cells, issue 15):
+batches mixed about as well as the generator's batch-free state mixes them, while an unlabelled batch's types are
+still transferred.
 
-Floors from benchmarks/results/integration_experiments.md (3,000 cells: same-batch fraction 0.63 with the
-tuned defaults, 0.79 with the paper's loss; within-type chance 0.574); this smaller run (2,000 cells)
-measured 0.611 (limit 1.1 x 0.575 = 0.632), label transfer 0.979, ARI 0.982, in ~15 s on 2 cores.
+"Perfect" is concrete here: the generator knows each cell's state before the batch effects (``cells.latent``);
+scored by the same metric, its same-batch neighbour fraction is what a perfectly mixed embedding that keeps the
+biology reaches (0.580 on these 2,000 cells; the within-type chance level 0.575, the global one 0.500). The
+benchmark (benchmarks/integration.py, 3,000 cells, seeds 0-2) measured 0.589 / 0.594 / 0.580 against truths
+0.574 / 0.585 / 0.578; the paper's loss gives 0.79. This smaller run measured 0.580 (truth 0.580; 0.611 with
+the previous defaults' 60 epochs), label transfer 0.979, ARI 0.980, in ~55 s on 2 shared cores (load ~3).
 """
 
 import numpy as np
@@ -14,10 +18,10 @@ from inclust_plus.training.presets import preset_config
 from inclust_plus.training.synthetic import make_hard_cells
 
 
-def test_integration_preset_mixes_hard_batches_and_keeps_types():
+def test_integration_defaults_mix_hard_batches_like_the_truth_and_keep_types():
     cells = make_hard_cells(n_cells=2000, seed=0)
-    cfg = preset_config("integration", {"training": {"epochs": 60, "batch_size": 100, "seed": 0, "threads": 1}})
-    assert cfg.loss.kl == 0.05 and cfg.loss.mixing == 10.0  # the task's tuned defaults
+    cfg = preset_config("integration", {"training": {"seed": 0, "threads": 1}})
+    assert (cfg.loss.kl, cfg.loss.mixing, cfg.training.epochs, cfg.training.batch_size) == (0.05, 10.0, 150, 100)  # the tuned defaults
     cfg.datasets[1].label_key = None  # batch1 unlabelled: label transfer is a prediction
     rows = {d.name: np.flatnonzero(cells.batch == d.name) for d in cfg.datasets}
     model, data, _ = InClust.fit(cfg, {n: cells.mudata(["rna", "protein"], idx) for n, idx in rows.items()}, progress=False)
@@ -26,6 +30,10 @@ def test_integration_preset_mixes_hard_batches_and_keeps_types():
         a, b = data.cell_ranges[name]
         z.append(model.predict(np.asarray(data.x[a:b])[:, model.feature_set("rna_protein")], "rna_protein", name)[1])
     order = np.concatenate(list(rows.values()))
-    s = integration_scores(np.concatenate(z), cells.batch[order], cells.cell_type[order], "batch0")
-    assert s["same_batch_fraction"] <= 1.1 * s["same_batch_chance_within_types"], s
-    assert s["label_transfer"] >= 0.95 and s["ari"] >= 0.9, s
+    batch, types = cells.batch[order], cells.cell_type[order]
+    s = integration_scores(np.concatenate(z), batch, types, "batch0")
+    truth = integration_scores(cells.latent[order], batch, types, "batch0")["same_batch_fraction"]
+    assert abs(truth - 0.580) < 0.005, truth  # the generator's batch-free state (the target)
+    # The acceptance allows 1.1 x truth; 1.05 x (0.609) fails a return to the previous defaults (0.611).
+    assert s["same_batch_fraction"] <= 1.05 * truth, (s, truth)
+    assert s["label_transfer"] >= 0.95 and s["ari"] >= 0.95, s

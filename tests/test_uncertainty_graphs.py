@@ -181,3 +181,28 @@ def test_triton_configs_serve_y_std_of_an_ensemble(tmp_path):
         assert outputs == ["y", "latent", "label_probs", "y_std"], suffix
         embed = [t.name for t in parse_model_config((tmp_path / "triton" / f"merfish_embed{suffix}" / "config.pbtxt").read_text()).output]
         assert embed == ["latent", "label_probs"]
+
+
+def test_one_network_with_posterior_samples_writes_their_spread(single, tmp_path):
+    """``samples=K``: values are the mean of K seeded posterior-sample decodes, the layer their spread;
+    ``uncertainty.impute`` is the same call with the values in X, and an error without samples."""
+    from inclust_plus.errors import InclustError
+    from inclust_plus.training.uncertainty import impute
+
+    ckpt, _ = single
+    adata = _cells(tmp_path / "cells.h5ad")
+    model = InClust.load(ckpt)
+    plain = model.impute(adata, combination=COMBO, covariate_key="dataset")
+    sampled = model.impute(adata, combination=COMBO, covariate_key="dataset", samples=25, seed=2)
+    again = model.impute(adata, combination=COMBO, covariate_key="dataset", samples=25, seed=2)
+    sd = sampled.layers[STD_LAYER]
+    assert sd.shape == (N_CELLS, N_RNA) and float(sd.min()) >= 0 and float(sd.max()) > 1e-3
+    np.testing.assert_array_equal(sd, again.layers[STD_LAYER])
+    assert "25 posterior samples" in sampled.uns["inclust"]["std"] and sampled.uns["inclust"]["std_layer"] == STD_LAYER
+    y_s, y_p = np.asarray(sampled.layers["inclust_imputed"]), np.asarray(plain.layers["inclust_imputed"])
+    assert 0 < np.abs(y_s - y_p).mean() < 0.5 * sd.mean()  # the samples scatter around the posterior-mean decode
+    thin = impute(model, adata, "merfish", "rna", covariate_key="dataset", samples=25, seed=2)
+    np.testing.assert_array_equal(np.asarray(thin.X), y_s)
+    np.testing.assert_array_equal(thin.layers[STD_LAYER], sd)
+    with pytest.raises(InclustError, match="samples=K"):
+        impute(model, adata, "merfish", "rna", covariate_key="dataset")

@@ -165,7 +165,8 @@ class AnnDataVerbs:
     def _obs(self, adata, combo) -> pd.DataFrame:
         return R.cells_obs(adata, self._views(adata, combo["inputs"])[0][0].obs)
 
-    def _run(self, adata, decode, combination, layer, covariate_key, covariate, target_covariate, allow_missing, batch_size):
+    def _run(self, adata, decode, combination, layer, covariate_key, covariate, target_covariate, allow_missing, batch_size,
+             samples: int = 0, seed: int = 0):
         if self.module is None:
             raise InclustError("the model is not trained yet", "call model.train() first")
         combo = self._combination(adata, decode, combination)
@@ -175,10 +176,14 @@ class AnnDataVerbs:
         tgt_name = target_covariate or combo.get("default_target_covariate")
         if not decode and target_covariate:
             raise InclustError("target_covariate only applies to impute/generate", "drop it for the latent and labels")
-        with_spread = decode and self.module.config.members > 1  # an ensemble: its members' spread, same pass
+        with_spread = decode and self.module.config.members > 1 and not samples  # an ensemble: its members' spread, same pass
         y, latent, probs, *rest = self.predict(x, combo["inputs"], cov, tgt_name if decode else None, batch_size=batch_size,
                                                return_std=with_spread)
         spread = rest[0] if with_spread else None
+        if decode and samples:  # K posterior samples: their mean decode and spread replace the posterior-mean decode
+            from .uncertainty import predict_with_std
+
+            y, spread = predict_with_std(self, x, combo["inputs"], cov, tgt_name, samples=samples, seed=seed, batch_size=batch_size)
         prov = {"graph": combo["name"], "model_name": self.description.get("name"), "package_version": __version__, "backend": "pytorch",
                 "input_element": f"layers/{layer}" if layer else "X", "covariate": cov_desc,
                 "target_covariate": (tgt_name or "same as covariate") if decode else "none", "missing_features": missing,
@@ -212,10 +217,15 @@ class AnnDataVerbs:
         return table
 
     def impute(self, adata, combination=None, layer=None, covariate_key=None, covariate=None, target_covariate=None,
-               allow_missing=False, output_scale: str = "model", imputed_into: str = "layer", batch_size: int = 8192, _command="impute"):
+               allow_missing=False, output_scale: str = "model", imputed_into: str = "layer", batch_size: int = 8192, samples: int = 0,
+               seed: int = 0, _command="impute"):
         """A new AnnData over the combination's output features: measured values kept in X, the
         model's values in ``layers["inclust_imputed"]`` (or X with ``imputed_into="X"``),
-        ``var["inclust_imputed"]`` marking features the input lacked; see :mod:`inclust_plus.results`."""
+        ``var["inclust_imputed"]`` marking features the input lacked; see :mod:`inclust_plus.results`.
+
+        An ensemble also writes its members' spread as ``layers["inclust_std"]``. ``samples=K`` (the
+        option for a single network) decodes K draws of the latent from the posterior instead
+        (seeded by ``seed``): the values are their mean, the layer their spread."""
         R.check_choice(imputed_into)
         combo = self._combination(adata, True, combination) if self.module is not None else None
         if combo is None:
@@ -224,11 +234,14 @@ class AnnDataVerbs:
         converter = R.ScaleConverter(out_features, self._schema(), self.description.get("preprocessing") or {}, output_scale,
                                      self._set_modalities(combo["inputs"]))
         combo, raw, y, latent, probs, sources, obs, prov, spread = self._run(adata, True, combo["name"], layer, covariate_key, covariate,
-                                                                              target_covariate, allow_missing, batch_size)
+                                                                              target_covariate, allow_missing, batch_size, samples, seed)
         out_idx = self.feature_set(combo["outputs"])
         library = R.library_sizes(raw, R.modality_columns(self._set_features(combo["inputs"]), self._schema()), converter.needs_library)
         values = converter.convert(np.ascontiguousarray(y[:, out_idx]), library)
         prov.update(command=_command, output_scale=output_scale, scale=converter.description(), **R.spread_provenance(converter, spread is not None))
+        if samples and "std" in prov:
+            prov.update(std=f"per-feature standard deviation over {samples} posterior samples of the latent (seed {seed}), {converter.scale} scale",
+                        samples=samples)
         if spread is not None and converter.spread_reason is not None:
             warnings.warn(f"layers['{R.STD_LAYER}'] is not written: {converter.spread_reason}", UserWarning, stacklevel=2)
             spread = None

@@ -10,8 +10,8 @@ A single network has no members to disagree: ``samples = K`` instead decodes K d
 from the posterior N(mu, s^2) and reports their mean and spread (for an ensemble too, where each
 draw is decoded by the averaged members).
 
-Written into AnnData as ``X`` (the imputed values) and ``layers["inclust_std"]`` (their spread),
-with the cells' ``obs`` and provenance in ``uns["inclust"]``.
+``InClust.impute`` (training/api.py) writes the spread as ``layers["inclust_std"]`` in the layout
+of :mod:`inclust_plus.results`; :func:`impute` here is that call with the values in ``X``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import torch
 
 from inclust_plus.errors import InclustError
 from inclust_plus.results import STD_LAYER  # the one name of the layer, shared with the runtime and the training API
-
-from .query_data import align_cells, covariate_values
 
 
 @torch.no_grad()
@@ -65,50 +63,20 @@ def predict_with_std(model, x: np.ndarray, inputs: str, covariate, target_covari
     return np.concatenate(means), np.concatenate(stds)
 
 
-def _combination(model, inputs: str, outputs: str) -> dict:
-    for c in model.description.get("combinations", []):
-        if c["inputs"] == inputs and c.get("outputs") == outputs:
-            return c
-    return {}
-
-
 def impute(model, data, inputs: str, outputs: str, covariate: str | None = None, covariate_key: str | None = None,
            target_covariate: str | None = None, samples: int = 0, seed: int = 0, layer: str | None = None):
-    """An AnnData of ``data``'s cells x the features of set ``outputs``: the imputed values in ``X``,
-    their spread in ``layers["inclust_std"]``.
+    """``model.impute`` of the combination ``inputs`` -> ``outputs`` with the imputed values in ``X``
+    (``imputed_into="X"``; the layout of :mod:`inclust_plus.results`) and their spread in
+    ``layers["inclust_std"]``: the ensemble members' (``samples=0``) or that of K posterior samples.
 
-    ``data`` (AnnData/MuData) must hold every feature of set ``inputs`` (raw values; the model's
-    preprocessing is applied). The cells' covariate is ``covariate`` or obs column ``covariate_key``
-    (default: the covariate of the dataset whose panel ``inputs`` is); values are decoded into
-    ``target_covariate`` (default: the combination's, else each cell's own).
+    Kept for its one difference: a single network without ``samples`` has no spread to write, which
+    is an error here (``model.impute`` then simply writes no layer).
     """
-    import anndata
-    import pandas as pd
-
-    desc = model.description
-    combo = _combination(model, inputs, outputs)
-    in_idx, out_idx = model.feature_set(inputs), model.feature_set(outputs)
-    cells = align_cells(desc, data, layer=layer)
-    missing = [i for i in in_idx if not cells.measured[i]]
-    if missing:
-        names = [f for m in desc["schema"]["modalities"] for f in m["features"]]
-        raise InclustError(f"the data lacks {len(missing)} of the {len(in_idx)} input features of {inputs!r} (e.g. {names[missing[0]]!r})",
-                           "pass cells measured on that panel, or choose the feature set they were measured on")
-    if covariate is None and covariate_key is None:
-        covariate = combo.get("default_covariate")
-        if covariate is None:
-            raise InclustError(f"no default covariate for inputs {inputs!r}", "pass covariate=NAME or covariate_key=COLUMN")
-    cov = covariate_values(cells, covariate, covariate_key)
-    target = target_covariate if target_covariate is not None else combo.get("default_target_covariate")
-    x = cells.dense(0, cells.n_cells)[:, in_idx]
-    y, sd = predict_with_std(model, x, inputs, cov, target, samples=samples, seed=seed)
-    names = [f for m in desc["schema"]["modalities"] for f in m["features"]]
-    out = anndata.AnnData(X=y[:, out_idx], obs=pd.DataFrame(index=pd.Index(cells.obs_names.astype(str))),
-                          var=pd.DataFrame(index=pd.Index([names[i] for i in out_idx])))
-    out.obs = cells.obs.copy().set_index(out.obs_names) if len(cells.obs) == out.n_obs else out.obs
-    out.layers[STD_LAYER] = sd[:, out_idx]
-    out.uns["inclust"] = {"model": desc.get("name", ""), "inputs": inputs, "outputs": outputs,
-                          "target_covariate": target if target is not None else "own",
-                          "spread": f"{samples} posterior samples" if samples else f"{model.module.config.members} ensemble members",
-                          "std_layer": STD_LAYER}
-    return out
+    if samples == 0 and model.module.config.members == 1:
+        raise InclustError("a single network has no ensemble spread", "pass samples=K (e.g. 20) to use K posterior samples instead")
+    combos = [c for c in model.description.get("combinations", []) if c["inputs"] == inputs and c.get("outputs") == outputs]
+    if not combos:
+        known = ", ".join(f"{c['inputs']} -> {c['outputs']}" for c in model.description.get("combinations", []) if c.get("outputs"))
+        raise InclustError(f"the model has no combination {inputs} -> {outputs}", f"choose one of: {known or 'none'}")
+    return model.impute(data, combos[0]["name"], layer=layer, covariate_key=covariate_key, covariate=covariate,
+                        target_covariate=target_covariate, imputed_into="X", samples=samples, seed=seed)
