@@ -112,6 +112,33 @@ def make_export(shape: ModelShape, folder: Path, seed: int = 0, torchscript: boo
     return module, manifest
 
 
+def merfish_checkpoint(path: Path, genes: int = 153, panel: int = 122, decoded: int | None = None, seed: int = 0,
+                       name: str = "merfish_shaped_random") -> Path:
+    """model.pt of one random network shaped like the demo model: ``genes`` genes named like the real
+    data's (gene000, ...), the graph ``merfish_to_rna`` from the first ``panel`` genes to the first
+    ``decoded`` (default: all), covariates scrna/merfish. What the runtime and Triton load tests run."""
+    import torch
+
+    from inclust_plus.training.checkpoint import save_checkpoint
+    from inclust_plus.training.module import InClustModule, ModuleConfig
+
+    torch.manual_seed(seed)
+    module = InClustModule(ModuleConfig(n_features=genes, n_covariates=2, n_labels=N_LABELS)).eval()
+    sets = {"rna": range(genes), "merfish": range(panel), "decoded": range(decoded or genes)}
+    desc = {
+        "name": name,
+        "schema": {"modalities": [{"name": "rna", "features": [f"gene{i:03d}" for i in range(genes)]}]},
+        "covariate": {"keys": ["dataset"], "categories": ["scrna", "merfish"]},
+        "labels": {"key": "cell_type", "categories": [f"type{i:02d}" for i in range(N_LABELS)], "mode": "supervised"},
+        "preprocessing": {"rna": {"normalize_total": None, "log1p": False, "scale": None}},
+        "feature_sets": {k: {"modalities": ["rna"], "features": list(v)} for k, v in sets.items()},
+        "combinations": [{"name": "merfish_to_rna", "inputs": "merfish", "outputs": "decoded", "default_target_covariate": "scrna"}],
+        "hyperparameters": {"seed": seed},
+        "training": {"epochs": 0, "rows_per_second": 0.0, "history": {}},
+    }
+    return save_checkpoint(path, module, desc)
+
+
 def best_time(fn: Callable[[], object], repeats: int = 5, min_seconds: float = 0.05, max_seconds: float = 20.0) -> float:
     """Seconds per call: the best, over ``repeats``, of the mean over a loop of at least ``min_seconds``.
 
@@ -217,6 +244,24 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     if res["rc"] != 0:
         raise SystemExit(f"{Path(cmd[0]).name} failed ({res['rc']}): {Path(log).read_text()[-2000:]}")
     return res
+
+
+def publish(stem: str, result: dict, markdown: str, out_dir: Path = RESULTS) -> Path:
+    """A benchmark's JSON (:func:`write_result`) and its own ``## `` section ``<stem>.md``, which
+    report.py copies into BENCHMARKS.md; both written atomically; the Markdown is printed too."""
+    path = write_result(stem, result, out_dir)
+    md = Path(out_dir) / f"{stem}.md"
+    tmp = md.with_suffix(".md.tmp")
+    tmp.write_text(markdown)
+    tmp.replace(md)
+    print(markdown)
+    return path
+
+
+def io_sizes(src: Path, out: Path, nonzeros: int, batch_size: int) -> dict:
+    """The input/output part of a streaming run's result: stored values, file sizes, batch."""
+    return {"nonzeros": int(nonzeros), "input_mb": round(Path(src).stat().st_size / 2**20, 1),
+            "output_mb": round(Path(out).stat().st_size / 2**20, 1), "batch_size": batch_size}
 
 
 def set_threads(n: int) -> None:

@@ -34,6 +34,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from bench_common import publish
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "merfish_scrna_reference.h5ad"
@@ -215,8 +217,7 @@ def main(data: Path, quick: bool, only: tuple[str, ...], threads: int, out: Path
         f = out / f"{stem}_split_{name}.json"
         if f.is_file() and json.loads(f.read_text()).get("settings") == result["ours_settings"]:
             result["splits"][name] = json.loads(f.read_text())
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(markdown(result))
+    publish(stem, result, markdown(result), out)
     print(f"wrote {out / stem}.json, .md with splits {', '.join(result['splits'])}")
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ModelShape, best_time, machine, make_export, now, run_measured, write_result, write_sparse_counts_h5ad  # noqa: E402
+from bench_common import ModelShape, best_time, io_sizes, machine, make_export, now, run_measured, write_result, write_sparse_counts_h5ad  # noqa: E402
 
 RSS_LIMIT_MB = 1536
 BATCH = 4096  # inclust-run's default --batch-size
@@ -375,10 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
             "input_genes": args.genes,
             "output_features": args.proteins,
             "density": args.density,
-            "nonzeros": int(nnz),
-            "input_mb": round(src.stat().st_size / 2**20, 1),
-            "output_mb": round(out.stat().st_size / 2**20, 1),
-            "batch_size": args.batch_size,
+            **io_sizes(src, out, nnz, args.batch_size),
             "preprocessing": "normalize_total 1e4, log1p, per-gene scale (applied by the runtime)",
             "wall_s": round(wall, 2),
             "cells_per_s": round(e2e),

@@ -28,8 +28,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench_common import machine, write_result
-from inclust_plus.atomic import atomic_path
+from bench_common import machine, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -175,10 +174,7 @@ def main(n_cells: int, epochs: int, seeds: tuple[int, ...], settings: tuple[str,
     result = {"n_cells": n_cells, "epochs": runs[0]["epochs"], "batch_size": runs[0]["batch_size"], "settings": over, "runs": runs,
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
               "machine": f"{m['cpu_model']}, {m['cores']} cores shared with other work (load average {m['load_average_1_5_15'][0]} at the end)"}
-    write_result("integration", result, out)
-    with atomic_path(out / "integration.md", force=True) as tmp:
-        tmp.write_text(markdown(result))
-    print(markdown(result))
+    publish("integration", result, markdown(result), out)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench_common import machine_line, write_result
+from bench_common import machine_line, publish
 
-from inclust_plus.atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -171,10 +170,7 @@ def main(effect: float, epochs: int, seed: int, out: Path) -> None:
     r = run(effect, epochs, seed)
     r.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), machine=machine_line(1))
     stem = "integration_real" if effect == 1.0 else f"integration_real_effect{effect:g}"
-    write_result(stem, r, out)
-    with atomic_path(out / f"{stem}.md", force=True) as tmp:
-        tmp.write_text(markdown(r))
-    print(markdown(r))
+    publish(stem, r, markdown(r), out)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench_common import machine_line, write_result
+from bench_common import machine_line, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -140,9 +140,7 @@ def main(data: Path, quick: bool, threads: int, out: Path) -> None:
     r = run(anndata.read_h5ad(data), epochs, threads)
     r.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), machine=machine_line(threads), epochs=epochs, quick=quick, data=data.name)
     stem = "mapping_quick" if quick else "mapping"
-    write_result(stem, r, out)
-    (out / f"{stem}.md").write_text(markdown(r))
-    print(markdown(r))
+    publish(stem, r, markdown(r), out)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import run_measured, write_sparse_counts_h5ad  # noqa: E402
+from bench_common import io_sizes, merfish_checkpoint, run_measured, write_sparse_counts_h5ad  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "runtime_memory.json"
@@ -43,30 +43,11 @@ LIMIT_MB = 1536
 
 
 def export_model(folder: Path, genes: int | None = None, out_genes: int | None = None) -> Path:
-    import torch
-
+    """The MERFISH-shaped random model's export (``genes``: a square model of that many genes, all inputs)."""
     from inclust_plus.export import export_model as export
-    from inclust_plus.training.checkpoint import save_checkpoint
-    from inclust_plus.training.module import InClustModule, ModuleConfig
 
     n_genes, n_panel = (genes, genes) if genes else (N_GENES, N_PANEL)
-    n_out = out_genes or n_genes
-    genes = [f"gene{i:03d}" for i in range(n_genes)]
-    desc = {
-        "name": "merfish_shaped_untrained",
-        "schema": {"modalities": [{"name": "rna", "features": genes}]},
-        "covariate": {"keys": ["dataset"], "categories": ["scrna", "merfish"]},
-        "labels": {"key": "cell_type", "categories": [f"type{i:02d}" for i in range(N_LABELS)], "mode": "semi-supervised"},
-        "preprocessing": {"rna": {"normalize_total": None, "log1p": False, "scale": None}},
-        "feature_sets": {"rna": {"modalities": ["rna"], "features": list(range(n_genes))},
-                         "decoded": {"modalities": ["rna"], "features": list(range(n_out))},
-                         "merfish": {"modalities": ["rna"], "features": list(range(n_panel))}},
-        "combinations": [{"name": "merfish_to_rna", "inputs": "merfish", "outputs": "decoded", "default_target_covariate": "scrna"}],
-        "hyperparameters": {}, "training": {"epochs": 0, "rows_per_second": 0.0, "history": {}},
-    }
-    torch.manual_seed(0)
-    module = InClustModule(ModuleConfig(n_features=n_genes, n_covariates=2, n_labels=N_LABELS)).eval()
-    ckpt = save_checkpoint(folder / "model.pt", module, desc)
+    ckpt = merfish_checkpoint(folder / "model.pt", n_genes, n_panel, out_genes, name="merfish_shaped_untrained")
     return export(ckpt, folder / "export", torchscript=False)
 
 
@@ -142,10 +123,7 @@ def main() -> None:
             "output_genes": args.out_genes or args.genes or N_GENES,
             "workers": args.workers,
             "input_format": args.input_format,
-            "nonzeros": int(nnz),
-            "input_mb": round(src.stat().st_size / 2**20, 1),
-            "output_mb": round(out.stat().st_size / 2**20, 1),
-            "batch_size": args.batch_size,
+            **io_sizes(src, out, nnz, args.batch_size),
             "peak_rss_mb": round(peak_mb, 1),
             "limit_mb": LIMIT_MB,
             "passed": peak_mb < LIMIT_MB,

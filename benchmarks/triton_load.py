@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +33,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_common import merfish_checkpoint  # noqa: E402
+
 DEFAULT_DATA = Path(os.environ.get("INCLUST_SHARED", HERE.parent.parent / "shared")) / "data" / "merfish_scrna_reference.h5ad"
 N_GENES, N_PANEL, N_LABELS = 153, 122, 13
 GRAPH = "merfish_to_rna"
@@ -39,27 +43,7 @@ GRAPH = "merfish_to_rna"
 
 def demo_sized_checkpoint(path: Path, seed: int = 0) -> Path:
     """Random weights with the demo model's shapes (what training on the reference data gives)."""
-    import torch
-
-    from inclust_plus.training.checkpoint import save_checkpoint
-    from inclust_plus.training.module import InClustModule, ModuleConfig
-
-    torch.manual_seed(seed)
-    module = InClustModule(ModuleConfig(n_features=N_GENES, n_covariates=2, n_labels=N_LABELS)).eval()
-    genes = [f"gene{i:03d}" for i in range(N_GENES)]
-    description = {
-        "name": "demo_sized_random",
-        "schema": {"modalities": [{"name": "rna", "features": genes}]},
-        "covariate": {"keys": ["dataset"], "categories": ["scrna", "merfish"]},
-        "labels": {"key": "cell_type", "categories": [f"type{i:02d}" for i in range(N_LABELS)], "mode": "supervised"},
-        "preprocessing": {"rna": {"normalize_total": None, "log1p": False, "scale": None}},
-        "feature_sets": {"rna": {"modalities": ["rna"], "features": list(range(N_GENES))},
-                         "merfish": {"modalities": ["rna"], "features": list(range(N_PANEL))}},
-        "combinations": [{"name": GRAPH, "inputs": "merfish", "outputs": "rna", "default_target_covariate": "scrna"}],
-        "hyperparameters": {"seed": seed},
-        "training": {"epochs": 0, "rows_per_second": 0.0, "history": {}},
-    }
-    return save_checkpoint(path, module, description)
+    return merfish_checkpoint(path, N_GENES, N_PANEL, seed=seed, name="demo_sized_random")
 
 
 def input_pool(features: list[str], rows: int, size: int, data: Path | None, seed: int = 0) -> tuple[list[np.ndarray], str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench_common import machine_line, write_result
+from bench_common import machine_line, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -119,9 +119,7 @@ def main(data: Path, members: int | None, epochs: int | None, samples: int, thre
     reduced = members is not None or epochs is not None
     r.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), data=data.name, reduced=reduced, machine=machine_line(threads))
     stem = "uncertainty_reduced" if reduced else "uncertainty"
-    write_result(stem, r, out)
-    (out / f"{stem}.md").write_text(markdown(r))
-    print(markdown(r))
+    publish(stem, r, markdown(r), out)
 
 
 if __name__ == "__main__":

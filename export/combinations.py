@@ -10,23 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from inclust_plus.contract.graphs import GraphIO, graph_io
+from inclust_plus.contract.manifest import GraphSignature
 from inclust_plus.errors import InclustError
 
 
-@dataclass(frozen=True)
-class Combination:
-    """One exported graph: which global features go in, which come out (empty for embed graphs)."""
+@dataclass(frozen=True, kw_only=True)
+class Combination(GraphSignature):
+    """One graph to export: its signature plus which global features go in and come out (none out
+    for embed graphs) and how many networks the model holds."""
 
-    name: str
-    kind: str
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
-    input_modalities: tuple[str, ...]
-    output_modalities: tuple[str, ...]
-    input_features: tuple[str, ...]
-    output_features: tuple[str, ...]
-    default_target_covariate: str | None
-    default_covariate: str | None = None
     members: int = 1  # networks of the ensemble (> 1: decoding graphs add the output y_std)
 
     @property

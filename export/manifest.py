@@ -45,20 +45,13 @@ def graph_entry(
 ) -> GraphEntry:
     inputs, outputs = io_entries(combination, latent_dim, n_labels)
     return GraphEntry(
-        name=combination.name,
-        kind=combination.kind,
+        **combination.signature(),
         file=file,
         sha256=sha256,
-        input_modalities=tuple(combination.input_modalities),
-        output_modalities=tuple(combination.output_modalities),
-        input_features=tuple(combination.input_features),
-        output_features=tuple(combination.output_features),
         inputs=inputs,
         outputs=outputs,
         preprocessing_plan=plan,
         folded_preprocessing=folded_preprocessing,
-        default_target_covariate=combination.default_target_covariate,
-        default_covariate=combination.default_covariate,
         opset=opset,
         torchscript_file=torchscript,
         torchscript_sha256=torchscript_sha256,

@@ -48,43 +48,32 @@ def _run_click(command, prog_name: str | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
-def inclust_train() -> None:
-    def load():
+def _command(name: str):
+    """The click command behind console script ``inclust-<name>``, imported only now (plain imports:
+    torch is loaded for train, export and map only)."""
+    if name == "train":
         from inclust_plus.training.cli import main
-
-        return main
-
-    _launch(load, prog_name="inclust-train")
-
-
-def inclust_export() -> None:
-    def load():
+    elif name == "export":
         from inclust_plus.export.cli import main
-
-        return main
-
-    _launch(load, prog_name="inclust-export")
-
-
-def inclust_run() -> None:
-    def load():
-        from inclust_plus.runtime.cli import cli  # the run commands, info and Triton's serve
-
-        return cli
-
-    _launch(load, prog_name="inclust-run")
-
-
-def inclust_map() -> None:
-    def load():
+    elif name == "run":
+        from inclust_plus.runtime.cli import cli as main  # the run commands, info and Triton's serve
+    else:
         from inclust_plus.training.map_cli import main
-
-        return main
-
-    _launch(load, prog_name="inclust-map")
+    return main
 
 
-COMMANDS = {"train": inclust_train, "export": inclust_export, "run": inclust_run, "map": inclust_map}
+def _script(name: str) -> Callable[[], None]:
+    """The entry point ``inclust-<name>`` of pyproject.toml's [project.scripts]."""
+
+    def entry() -> None:
+        _launch(lambda: _command(name), prog_name=f"inclust-{name}")
+
+    entry.__name__ = entry.__qualname__ = f"inclust_{name}"
+    return entry
+
+
+COMMANDS = {name: _script(name) for name in ("train", "export", "run", "map")}
+inclust_train, inclust_export, inclust_run, inclust_map = COMMANDS.values()
 
 if __name__ == "__main__":  # python -m inclust_plus.launch train|export|run|map ...: the console scripts without installing them
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

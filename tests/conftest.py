@@ -34,3 +34,22 @@ def pytest_make_collect_report(collector):
     if os.environ.get("CI") and report.skipped and not _allowed(report):
         report.outcome = "failed"
         report.longrepr = f"module skipped in CI, where everything must be installed: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def preset_checkpoint(tmp_path_factory):
+    """``preset_checkpoint(task)``: the model.pt of that preset trained 2 epochs on its synthetic task
+    (300 cells, seed 1), trained once per session and shared by the export parity tests."""
+    from inclust_plus.training.model import InClust
+    from inclust_plus.training.presets import synthetic_task
+
+    made: dict = {}
+
+    def get(task: str):
+        if task not in made:
+            st = synthetic_task(task, n_cells=300, seed=1, overrides={"training": {"epochs": 2, "batch_size": 64}})
+            model, _, _ = InClust.fit(st.config, st.objects, progress=False)
+            made[task] = model.save(tmp_path_factory.mktemp(f"preset_{task}") / "model.pt")
+        return made[task]
+
+    return get

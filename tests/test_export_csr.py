@@ -14,8 +14,7 @@ from inclust_plus.export import export_model
 from inclust_plus.export.csr_graph import csr_feeds
 from inclust_plus.export.validate import FP16_ATOL, FP16_RTOL
 from inclust_plus.training.checkpoint import load_checkpoint
-from inclust_plus.training.model import InClust
-from inclust_plus.training.presets import PRESETS, synthetic_task
+from inclust_plus.training.presets import PRESETS
 from test_export_parity import BATCHES, make_feeds, torch_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -51,10 +50,8 @@ def session(path):
 
 @pytest.mark.parametrize("fold", [False, True], ids=["preprocessed", "raw"])
 @pytest.mark.parametrize("task", sorted(PRESETS))
-def test_every_preset_csr_graph_equals_dense_and_pytorch(task, fold, tmp_path):
-    st = synthetic_task(task, n_cells=300, seed=1, overrides={"training": {"epochs": 2, "batch_size": 64}})
-    model, _, _ = InClust.fit(st.config, st.objects, progress=False)
-    ckpt = model.save(tmp_path / "model.pt")
+def test_every_preset_csr_graph_equals_dense_and_pytorch(task, fold, tmp_path, preset_checkpoint):
+    ckpt = preset_checkpoint(task)
     manifest_path = export_model(ckpt, tmp_path / "export", fold_preprocessing=fold, torchscript=False, fp16=True)
     manifest = json.loads(manifest_path.read_text())
     module, desc = load_checkpoint(ckpt)

@@ -15,44 +15,39 @@ from .synthetic import SyntheticCells, make_cells
 
 COUNT_PREP = {"normalize_total": 1e4, "log1p": True, "scale": "max"}
 PROTEIN_PREP = {"log1p": True, "scale": "max"}
+RNA_PROTEIN_PREP = {"rna": COUNT_PREP, "protein": PROTEIN_PREP}
+
+
+def _dataset(name: str, *modalities: str, labelled: bool = True) -> dict:
+    """One ``[[datasets]]`` entry; labelled datasets read their cell types from obs["cell_type"]."""
+    return {"name": name, "modalities": list(modalities), **({"label_key": "cell_type"} if labelled else {})}
+
 
 PRESETS: dict[str, dict] = {
     # (a) scRNA-seq reference + spatial query measured on a gene panel: impute the missing genes.
     "imputation": {
         "task": "imputation",
-        "datasets": [
-            {"name": "scrna", "modalities": ["rna"], "label_key": "cell_type"},
-            {"name": "merfish", "modalities": ["rna"]},
-        ],
+        "datasets": [_dataset("scrna", "rna"), _dataset("merfish", "rna", labelled=False)],
         "views": {"query": ["merfish"]},
     },
     # (b) paired RNA + protein in several batches: one batch-free latent space.
     "integration": {
         "task": "integration",
-        "datasets": [
-            {"name": "batch0", "modalities": ["rna", "protein"], "label_key": "cell_type"},
-            {"name": "batch1", "modalities": ["rna", "protein"], "label_key": "cell_type"},
-        ],
-        "preprocessing": {"rna": COUNT_PREP, "protein": PROTEIN_PREP},
+        "datasets": [_dataset("batch0", "rna", "protein"), _dataset("batch1", "rna", "protein")],
+        "preprocessing": RNA_PROTEIN_PREP,
     },
     # (c) RNA+protein and protein+ATAC datasets bridged by the shared protein panel.
     "triple": {
         "task": "triple",
-        "datasets": [
-            {"name": "cite", "modalities": ["rna", "protein"], "label_key": "cell_type"},
-            {"name": "asap", "modalities": ["protein", "atac"], "label_key": "cell_type"},
-        ],
-        "preprocessing": {"rna": COUNT_PREP, "protein": PROTEIN_PREP},
+        "datasets": [_dataset("cite", "rna", "protein"), _dataset("asap", "protein", "atac")],
+        "preprocessing": RNA_PROTEIN_PREP,
     },
     # (d) CITE-seq reference + RNA-only query: generate protein and transfer labels.
     "generation": {
         "task": "generation",
-        "datasets": [
-            {"name": "cite", "modalities": ["rna", "protein"], "label_key": "cell_type"},
-            {"name": "query", "modalities": ["rna"]},
-        ],
+        "datasets": [_dataset("cite", "rna", "protein"), _dataset("query", "rna", labelled=False)],
         "views": {"query": ["query"]},
-        "preprocessing": {"rna": COUNT_PREP, "protein": PROTEIN_PREP},
+        "preprocessing": RNA_PROTEIN_PREP,
     },
 }
 

@@ -11,14 +11,14 @@ tests read them back. Nothing here imports torch, onnx or onnxruntime.
 """
 
 from .graphs import CSR_GRAPH_SPECS, GRAPH_SPECS, INPUT_FORMATS, GraphIO, TensorSpec, graph_io
-from .manifest import Covariate, GraphEntry, Labels, Manifest, Modality, ModelInfo, TensorEntry, Variant
+from .manifest import Covariate, GraphEntry, GraphSignature, Labels, Manifest, Modality, ModelInfo, TensorEntry, Variant
 from .manifest_io import dumps, from_json, graph_to_json, plan_from_json, plan_to_json, read_manifest, to_json, write_manifest
 from .plan import IDENTITY, ModalityPlan, PreprocessPlan, apply
 from .schema import REEXPORT
 
 __all__ = [
     "CSR_GRAPH_SPECS", "GRAPH_SPECS", "INPUT_FORMATS", "GraphIO", "TensorSpec", "graph_io",
-    "Covariate", "GraphEntry", "Labels", "Manifest", "Modality", "ModelInfo", "TensorEntry", "Variant",
+    "Covariate", "GraphEntry", "GraphSignature", "Labels", "Manifest", "Modality", "ModelInfo", "TensorEntry", "Variant",
     "dumps", "from_json", "graph_to_json", "plan_from_json", "plan_to_json", "read_manifest", "to_json", "write_manifest",
     "IDENTITY", "ModalityPlan", "PreprocessPlan", "apply", "REEXPORT",
 ]

@@ -40,24 +40,37 @@ class Variant:
     outputs: tuple[TensorEntry, ...]
 
 
-@dataclass(frozen=True)
-class GraphEntry:
-    """One exported graph: what it takes, what it returns, how its input is preprocessed, where its files are."""
+@dataclass(frozen=True, kw_only=True)
+class GraphSignature:
+    """What a graph maps, from the model's point of view: the modalities and features it takes and
+    returns and its default covariates. Export's :class:`~inclust_plus.export.combinations.Combination`
+    (what to export) and :class:`GraphEntry` (what was exported) both are one."""
 
     name: str
     kind: str  # "impute" (decodes features) or "embed" (latent + label probabilities only)
-    file: str
-    sha256: str
     input_modalities: tuple[str, ...]
     output_modalities: tuple[str, ...]
     input_features: tuple[str, ...]
     output_features: tuple[str, ...]
+    default_target_covariate: str | None = None
+    default_covariate: str | None = None
+
+    def signature(self) -> dict:
+        """The signature's fields by name, to build another kind of graph record from this one."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(GraphSignature)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphEntry(GraphSignature):
+    """One exported graph: its signature, the tensors it takes and returns, how its input is
+    preprocessed, where its files are."""
+
+    file: str
+    sha256: str
     inputs: tuple[TensorEntry, ...]
     outputs: tuple[TensorEntry, ...]
     preprocessing_plan: PreprocessPlan  # per input column: its modality and the steps (contract/plan.py)
     folded_preprocessing: bool = False  # True: the graph applies the plan itself (takes raw values)
-    default_target_covariate: str | None = None
-    default_covariate: str | None = None
     opset: int | None = None
     torchscript_file: str | None = None
     torchscript_sha256: str | None = None
