@@ -17,7 +17,10 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from report_gpu import gpu_section  # benchmarks/ is on sys.path when report.py runs (and in the smoke tests)
+from report_common import _load, _load_note, _n, _ok  # benchmarks/ is on sys.path when report.py runs (and in the smoke tests)
+from report_gpu import gpu_section
+from report_runtime import compare_section, ensemble_section, runtime_memory_section, triton_section
+from report_training import training_issue13_section, training_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -25,32 +28,11 @@ NOTES = ROOT / "benchmarks" / "performance_notes.md"
 LSCPU_KEYS = ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "L2 cache", "L3 cache", "Hypervisor vendor")
 
 
-def _load(results: Path, name: str):
-    """``<name>.json``, else the smoke run's ``<name>_quick.json`` (so a --quick report shows its tables)."""
-    for stem in (name, f"{name}_quick"):
-        p = results / f"{stem}.json"
-        if p.is_file():
-            return json.loads(p.read_text())
-    return None
-
-
 def _cmd(args: list[str]) -> str:
     try:
         return subprocess.run(args, capture_output=True, text=True, timeout=10).stdout.rstrip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
-
-def _n(v, digits: int = 0) -> str:
-    if v is None:
-        return "-"
-    return f"{v:,.{digits}f}"
-
-
-def _ok(a: dict | None) -> str:
-    if not a:
-        return "not measured"
-    return "**met**" if a["passed"] else "**not met**"
 
 
 def machine_section(results: Path) -> list[str]:
@@ -118,15 +100,6 @@ def acceptance_section(inf, e2e, train) -> list[str]:
     if not rows:
         return ["## Acceptance", "", "No results recorded yet: run `python benchmarks/run_all.py`.", ""]
     return ["## Acceptance (issue 7)", "", "| criterion | measured | target | |", "|---|---|---|---|", *rows, ""]
-
-
-def _load_note(m: dict) -> str:
-    before = m.get("load_average_1_5_15")
-    after = m.get("load_average_after")
-    s = f"load average (1/5/15 min) {before}" if before else ""
-    if after:
-        s += f" before, {after} after"
-    return s
 
 
 def inference_section(inf) -> list[str]:
@@ -203,120 +176,6 @@ def e2e_section(e2e) -> list[str]:
     ]
 
 
-def training_section(train) -> list[str]:
-    if not train:
-        return ["## 4. Training throughput", "", "Not measured yet.", ""]
-    m = train["machine"]
-    lines = [
-        "## 4. Training throughput (rows/s), MERFISH reference data",
-        "",
-        f"Measured {train['date']} on {train['data']}: {train['task']}, batch {train['batch_size']}, "
-        f"{train['torch_threads']} torch threads, OMP_WAIT_POLICY={m.get('omp_wait_policy') or 'unset'}; {_load_note(m)}. "
-        "rows/s is the training loop's own figure (as the official one); fit wall time includes loading and assembling the data.",
-        "",
-        "| run | rows | epochs | loop s | fit wall s | rows/s |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for i, r in enumerate(train["runs"], 1):
-        lines.append(f"| {i} | {r['rows']:,} | {r['epochs']} | {r['train_seconds']:.2f} | {r['fit_wall_seconds']:.2f} | {r['rows_per_s']:,} |")
-    lines += ["", f"Best {train['best_rows_per_s']:,} rows/s = **{train['speedup_vs_official']:.2f}x** the official implementation's "
-              f"{train['official_rows_per_s']:,} rows/s (target 2x).", ""]
-    for extra in train.get("variants", []):
-        lines.append(f"- {extra['label']}: {extra['rows_per_s']:,} rows/s")
-    if train.get("variants"):
-        lines.append("")
-    return lines
-
-
-def runtime_memory_section(results: Path) -> list[str]:
-    runs = _load(results, "runtime_memory") or []
-    runs = runs if isinstance(runs, list) else [runs]
-    latest = _load(results, "runtime_memory_latest")  # the run made by run_all.py
-    if latest and latest.get("date") not in {r.get("date") for r in runs}:
-        runs = runs + [latest]
-    if not runs:
-        return []
-    lines = ["## Runtime memory (issue 5, benchmarks/runtime_memory.py)", "",
-             "`inclust-run impute` with the MERFISH-shaped graph (122 -> 153 genes) on generated sparse h5ad files "
-             "(the rows from before 2026-11-24 14:00 UTC predate the chunk workers of issue 7).", "",
-             "Issue 11 rows (genes 2,000 -> 200) force `--workers 16` on the 2-core machine: one memory budget for all chunks in flight "
-             "(the 1,135.7 MiB CSR row predates counting the graph's own intermediates in that budget; rows of 2026-12-01 before "
-             "19:25 UTC ran with a 256 MiB budget, later ones with the final 512 MiB).", "",
-             "| date | cells | genes in -> out | workers | feed | input MB | output MB | batch | wall s | cells/s | peak RSS MiB | < 1,536 MiB |",
-             "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in runs:
-        genes = f"{r.get('input_genes', 122):,} -> {r.get('output_genes', 153):,}"
-        lines.append(f"| {r['date']} | {r['cells']:,} | {genes} | {r.get('workers') or 'cores'} | {r.get('input_format', 'dense')} | {r['input_mb']:,} | {r['output_mb']:,} | "
-                     f"{r['batch_size']:,} | {r['wall_s']} | {r['cells_per_s']:,} | {r['peak_rss_mb']:,} | {'yes' if r['passed'] else 'no'} |")
-    return lines + [""]
-
-
-def compare_section(results: Path) -> list[str]:
-    """``impute_e2e.py --compare-with``: this tree's streaming runtime against a reference checkout's."""
-    c = _load(results, "impute_e2e_compare")
-    if not c:
-        return []
-    m = c["machine"]
-    lines = ["## Streaming throughput before/after issue 12 (benchmarks/impute_e2e.py --compare-with)", "",
-             f"Measured {c['date']} on {m['cpu_model']} ({m['cores']} cores, load average {m['load_average_1_5_15']}): "
-             f"`inclust-run impute` of {c['cells']:,} cells x {c['input_genes']:,} genes ({c['density']:.0%} non-zero, CSR) -> "
-             f"{c['output_features']} proteins, batch {c['batch_size']:,}, this tree ({c['this']}) and the reference "
-             f"({c['reference']}) run alternately, {c['repeats']} times each, same input.", "",
-             "| tree | best wall s | cells/s (best) | median wall s | best cpu s | median cpu s |", "|---|---:|---:|---:|---:|---:|"]
-    for name in ("this", "reference"):
-        walls, cpus = c["wall_s"][name], c["cpu_s"][name]
-        lines.append(f"| {name} | {min(walls):.2f} | {c['best_cells_per_s'][name]:,} | {statistics.median(walls):.2f} | {min(cpus):.2f} | "
-                     f"{statistics.median(cpus):.2f} |")
-    median_cpu = statistics.median(c["cpu_s"]["reference"]) / statistics.median(c["cpu_s"]["this"])
-    lines += ["", f"Throughput ratio this/reference: {c['ratio_this_to_reference']} (best wall), {c['median_wall_ratio']} (median wall), "
-              f"{c['cpu_ratio_this_to_reference']} (best cpu time), {median_cpu:.3f} (median cpu time); "
-              f"outputs identical: {'yes' if c['outputs_identical_first_10000_cells'] else 'no'}."]
-    spread = {k: (min(v), max(v)) for k, v in c["cpu_s"].items()}
-    lines.append(f"Run-to-run spread of the cpu time: this {spread['this'][0]:.2f}-{spread['this'][1]:.2f} s, "
-                 f"reference {spread['reference'][0]:.2f}-{spread['reference'][1]:.2f} s.")
-    if "chunk_reader_cpu_s" in c:
-        r = c["chunk_reader_cpu_s"]
-        lines.append(f"The chunk reader alone (CSR read, structure and value checks, preprocessing: the code this change touched on "
-                     f"the hot path), {c['chunk_reader_chunks']} chunks of {c['chunk_reader_rows']:,} cells, best of 5 cpu times each, "
-                     f"{c['repeats']} alternating runs per tree: this {min(r['this']):.3f} s, reference {min(r['reference']):.3f} s, "
-                     f"ratio {c['chunk_reader_ratio_this_to_reference']}.")
-    if m["load_average_1_5_15"][0] > m["cores"]:
-        lines.append("Other jobs shared the machine (load average above its core count), so wall times swung between runs of "
-                     "either tree; the cpu time of each run (user + system, from wait4) is the steadier measure.")
-    return lines + [""]
-
-
-def triton_section(results: Path) -> list[str]:
-    t = _load(results, "triton_load")
-    if not t:
-        return []
-    lines = ["## Triton load (issue 6, benchmarks/triton_load.py)", "",
-             f"Measured {t.get('when')}; {t['model']['graph']} ({t['model']['n_inputs']} -> {t['model']['n_outputs']}), "
-             f"{t['request']['requests']:,} requests of {t['request']['rows']} cells; server: {t['server']['build']}.", "",
-             "| path | concurrency | failures | requests/s | cells/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for key, label in (("triton_grpc", "Triton gRPC"), ("onnxruntime_direct", "onnxruntime in-process")):
-        r = t.get(key)
-        if r:
-            lines.append(f"| {label} | {r['concurrency']} | {r['failures']} | {r['requests_per_s']:,} | {r['cells_per_s']:,.0f} | "
-                         f"{r['latency_ms']['p50']} | {r['latency_ms']['p99']} |")
-    return lines + [""]
-
-
-def ensemble_section(results: Path) -> list[str]:
-    e = _load(results, "ensemble_inference")
-    if not e:
-        return []
-    names = [k for k in e["cells_per_s"][0] if k != "batch"]
-    lines = ["## Inference cost of the imputation preset's ensemble (benchmarks/ensemble_inference.py)", "",
-             f"Measured {e['date']}; {e['graph']} (122 -> 153 genes), onnxruntime CPU, {e['threads']} intra-op threads, "
-             f"cells/s. The preset merges {e['members']} networks into one; the exported graph keeps only the diagonal "
-             "blocks of its block-diagonal layers (grouped layers), the last column is what it would cost without that.", "",
-             "| batch | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
-    for row in e["cells_per_s"]:
-        lines.append(f"| {row['batch']:,} | " + " | ".join(f"{row[n]:,}" for n in names) + " |")
-    return lines + [""]
-
-
 def accuracy_section(results: Path) -> list[str]:
     for stem in ("imputation_accuracy", "imputation_accuracy_quick"):
         md = results / f"{stem}.md"
@@ -328,58 +187,6 @@ def accuracy_section(results: Path) -> list[str]:
     return []
 
 
-def _machine_note(m: dict) -> str:
-    return f"{m.get('cpu_model')}, {m.get('cores')} cores, torch {m.get('torch')}, GPU: {m.get('gpu')}"
-
-
-def training_issue13_section(results: Path) -> list[str]:
-    """Issue 13: whole-process training wall time, stacked ensembles, CPU vs CUDA."""
-    wall, preset = _load(results, "training_wall"), _load(results, "training_wall_preset")
-    half, one = _load(results, "training_wall_bf16"), _load(results, "training_wall_other_one_thread")
-    ens, dev = _load(results, "ensemble_training"), _load(results, "training_device")
-    if not any((wall, preset, half, one, ens, dev)):
-        return []
-    lines = ["## Training: whole process, stacked ensembles, CPU vs GPU (issue 13)", ""]
-    for w, title in ((wall, "One network, paper defaults"), (one, "One network, paper defaults, main with one thread"),
-                     (preset, "The 6-network imputation preset"),
-                     (half, "bf16 autocast against fp32, one network")):
-        if not w:
-            continue
-        names = list(w["runs"])
-        lines += [f"### {title} (benchmarks/training_wall.py)", "",
-                  f"Measured {w['date']} on {_machine_note(w['machine'])}: {w['what']}. Load average 1 min per run in brackets "
-                  "(the machine is shared; both contenders ran alternately in the same load).", "",
-                  "| contender | " + " | ".join(f"run {i + 1} wall s (loop s) [load]" for i in range(len(w['runs'][names[0]]))) +
-                  " | median wall s | mean Pearson |", "|---|" + "---:|" * (len(w["runs"][names[0]]) + 2)]
-        for n in names:
-            cells = [f"{r['wall_s']} ({r['loop_s']}) [{r['load_average_1']}]" for r in w["runs"][n]]
-            lines.append(f"| {n} | " + " | ".join(cells) + f" | {w['summary'][n]['median_wall_s']} | {w['summary'][n]['median_mean_pearson']} |")
-        ratio = w.get("speedup_vs_other")
-        if ratio is not None:
-            lines += ["", f"This checkout is **{ratio}x** as fast as {names[1]} (median whole-process wall)."]
-        lines.append("")
-    if ens:
-        lines += ["### Ensemble members: stacked in one process vs worker processes (benchmarks/ensemble_training.py)", "",
-                  f"Measured {ens['date']} on {_machine_note(ens['machine'])}: {ens['members']} members, {ens['epochs']} epochs, "
-                  f"standard split, one torch thread per process, load average at the end "
-                  f"{ens['machine'].get('load_average_1_5_15')}. Median wall s: " +
-                  ", ".join(f"{k} {v}" for k, v in ens["median_wall_s"].items()) + f"; faster: **{ens['faster']}**.", ""]
-    if dev:
-        lines += ["### CPU vs CUDA (benchmarks/training_device.py)", "",
-                  f"Measured {dev['date']} on {_machine_note(dev['machine'])}, {dev['torch_threads']} CPU threads.", "",
-                  "| part | device | precision | wall s | rows/s | mean Pearson |", "|---|---|---|---:|---:|---:|"]
-        for r in dev["preset"]:
-            lines.append(f"| imputation preset ({r['members']} networks, {r['epochs']} epochs) | {r['device']} | {r['precision']} | "
-                         f"{r['fit_wall_s']} | {r['member_rows_per_s']:,} | {r['mean_pearson']} |")
-        for r in dev["citeseq"]:
-            lines.append(f"| CITE-seq-sized ({r['cells']:,} cells x {r['features']:,}) | {r['device']} | {r['precision']} | "
-                         f"{r['wall_s']} | {r['rows_per_s']:,} | |")
-        lines += [f"Skipped: {'; '.join(dev['skipped'])}." if dev["skipped"] else "", ""]
-    else:
-        lines += ["### CPU vs CUDA", "", "Not measured: no GPU was lent to this task. `python benchmarks/training_device.py "
-                  "--devices cpu cuda` on a GPU machine records the preset's wall time and accuracy and the CITE-seq-sized "
-                  "rows/s on both.", ""]
-    return lines
 def written_section(results: Path, *stems: str) -> list[str]:
     """The Markdown a benchmark wrote itself (``<stem>.md``, a ``## `` section): the first of ``stems`` that ran."""
     for stem in stems:
