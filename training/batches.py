@@ -58,8 +58,9 @@ class DeviceRows:
         """x, input mask, output mask [K, n, features], covariate and label [K, n] of ``rows`` [K, n]."""
         k, n = rows.shape
         flat = rows.reshape(-1)
-        cells = self.row_cell[flat]
+        cells = self.row_cell.index_select(0, flat)  # index_select: a third of indexing's cost on a CPU
         x = self._dense_rows(cells).reshape(k, n, -1)
-        in_mask = self.masks[self.row_input[flat]].reshape(k, n, -1)
-        out_mask = self.masks[self.row_output[flat]].reshape(k, n, -1)
-        return x, in_mask, out_mask, self.cell_covariate[cells].reshape(k, n), self.cell_label[cells].reshape(k, n)
+        in_mask = self.masks.index_select(0, self.row_input.index_select(0, flat)).reshape(k, n, -1)
+        out_mask = self.masks.index_select(0, self.row_output.index_select(0, flat)).reshape(k, n, -1)
+        return (x, in_mask, out_mask, self.cell_covariate.index_select(0, cells).reshape(k, n),
+                self.cell_label.index_select(0, cells).reshape(k, n))
