@@ -5,8 +5,9 @@ of a step was autograd bookkeeping, not arithmetic: recording ~80 graph nodes, t
 backward copies of the stacked layers, zero-filled gradient buffers and the many small elementwise
 ops of the KL term's backward. Here the forward pass keeps what the backward needs and the gradient
 of every parameter is one or two matrix products or reductions, assigned to ``p.grad`` directly
-(the optimizer then steps as before). The forward is the one of :meth:`StackedNetworks.loss` op for
-op, so the loss terms are the same; the gradients equal autograd's to float rounding
+(the optimizer then steps as before). Products that share an input are one product (the mu and
+log-variance heads; the classifier and the KL term's cross term z_c . m_t). The loss terms are those
+of :meth:`StackedNetworks.loss` and the gradients autograd's, to float rounding
 (tests/test_training_manual_step.py).
 
 Covered: every activation, both likelihoods (and a mix across members), the l2 input
@@ -78,16 +79,26 @@ def _reconstruction(net, logits, x, out_mask, bernoulli, scale):
     return torch.where(bernoulli[:, None], rb, rg), torch.where(bernoulli[:, None, None], gb, gg)
 
 
+def label_rows(label: torch.Tensor, n_labels: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's one-hot label (all zero where unlabeled, label -1) and 1.0 where unlabeled [..., 1]."""
+    labeled = label >= 0
+    one_hot = nn.functional.one_hot(label.clamp(min=0), n_labels).to(dtype) * labeled[..., None]
+    return one_hot, (~labeled)[..., None].to(dtype)
+
+
 @torch.no_grad()
-def loss_and_grads(net, x, input_mask, output_mask, covariate, label, noise, weights, bernoulli, unsupervised: bool) -> torch.Tensor:
+def loss_and_grads(net, x, input_mask, output_mask, covariate, label, noise, weights, bernoulli, unsupervised: bool,
+                   label_tables=None) -> torch.Tensor:
     """Loss terms [len(TERMS), K] of :meth:`StackedNetworks.loss` for a training step (``noise``
-    given); sets ``p.grad`` of every parameter of ``net`` to the gradient of their sum."""
+    given); sets ``p.grad`` of every parameter of ``net`` to the gradient of their sum.
+    ``label_tables``: :func:`label_rows` of ``label``, if the caller has them already."""
     c = net.config
     act, act_back = _ACT[c.activation]
     W, B = list(net.weights), list(net.biases)
     k, n = x.shape[0], x.shape[1]
     e, n_dec = net.n_encoder, len(c.decoder_hidden)
-    ar = torch.arange(k, device=x.device)[:, None]
+    n_cov = net.covariate_embedding.shape[1]
+    cov_rows = covariate.reshape(-1) if k == 1 else (covariate + n_cov * torch.arange(k, device=x.device)[:, None]).reshape(-1)
 
     # --- forward (StackedNetworks.loss, keeping what the backward needs)
     h = x * input_mask
@@ -100,7 +111,7 @@ def loss_and_grads(net, x, input_mask, output_mask, covariate, label, noise, wei
     heads_w, heads_b = torch.cat([W[e], W[e + 1]], 1), torch.cat([B[e], B[e + 1]], -1)  # mu and log-variance: one product
     heads = _lin(hs[-1], heads_w, heads_b)
     mu, log_var = heads[..., :latent], heads[..., latent:]
-    e_b = net.covariate_embedding[ar, covariate]
+    e_b = net.covariate_embedding.view(k * n_cov, -1).index_select(0, cov_rows).view(k, n, -1)
     std = torch.exp(0.5 * log_var)
     gs = [mu + std * noise]
     for j in range(n_dec):
@@ -109,19 +120,26 @@ def loss_and_grads(net, x, input_mask, output_mask, covariate, label, noise, wei
     rec_row, d_logits = _reconstruction(net, logits, x, output_mask, bernoulli, weights.reconstruction / n)
 
     z_c = mu - e_b
-    log_q = torch.log_softmax(_lin(z_c, W[e + 2], B[e + 2]), dim=-1)
-    q = log_q.exp()
-    labeled = label >= 0
-    safe_label = label.clamp(min=0)
-    one_hot = nn.functional.one_hot(safe_label, q.shape[-1]).to(q.dtype)
-    resp = torch.where(labeled[..., None], one_hot, q)
+    n_labels = W[e + 2].shape[1]
+    if label_tables is None:
+        label_tables = label_rows(label, n_labels, x.dtype)
+    one_hot, unlabeled = label_tables
+    # The classifier and the prior's cross term z_c . m_t in one product: [classifier; -m] with the
+    # bias [b; |m_t|^2 / 2]. KL(N(mu, s^2) || N(m_t + e_b, I)) = cross_t + col, with
+    # cross_t = |m_t|^2 / 2 - z_c . m_t and col = (|z_c|^2 - sum(1 + log s^2 - s^2)) / 2.
     m = net.prior_means
-    sq = (z_c * z_c).sum(-1, keepdim=True) - 2 * torch.bmm(z_c, m.transpose(1, 2)) + (m * m).sum(-1)[:, None, :]
+    cls_w = torch.cat([W[e + 2], -m], 1)
+    cls_b = torch.cat([B[e + 2], 0.5 * (m * m).sum(-1)[:, None, :]], -1)
+    scores = _lin(z_c, cls_w, cls_b)
+    log_q = torch.log_softmax(scores[..., :n_labels], dim=-1)
+    q = log_q.exp()
+    resp = one_hot + q * unlabeled  # prior responsibilities: the label where known, the classifier elsewhere
     var = log_var.exp()
-    kl_t = -0.5 * ((1 + log_var - var).sum(-1, keepdim=True) - sq)
+    col = 0.5 * ((z_c * z_c - log_var + var).sum(-1, keepdim=True) - latent)
+    kl_t = scores[..., n_labels:] + col
     kl = (resp * kl_t).sum(-1)
     cat = (q * log_q).sum(-1).mean(-1) if unsupervised else x.new_zeros(k)
-    ce = -(log_q.gather(-1, safe_label[..., None]).squeeze(-1) * labeled).sum(-1) / n
+    ce = -(log_q * one_hot).sum(-1).sum(-1) / n
     rec, kl = rec_row.mean(-1), kl.mean(-1)
     total = weights.reconstruction * rec + weights.kl * kl + weights.categorical * cat + weights.label * ce
     terms = torch.stack([total, rec, kl, cat, ce, x.new_zeros(k)])
@@ -139,25 +157,24 @@ def loss_and_grads(net, x, input_mask, output_mask, covariate, label, noise, wei
         d = linear_back(e + 3 + j, act_back(d, gs[j + 1]), gs[j])
     d_z = d
 
-    a = weights.kl / n  # d total / d kl_t = a * resp; d total / d resp = a * kl_t
-    d_sq = (0.5 * a) * resp
-    d_sq_rows = d_sq.sum(-1, keepdim=True)
-    d_zc = z_c * (2 * d_sq_rows) - 2 * _mm(d_sq, m)
-    d_prior = 2 * (m * d_sq.sum(1)[..., None]) - 2 * _mm_tn(d_sq, z_c)
-    lab = labeled[..., None].to(q.dtype)
-    g = (a * kl_t) * (1 - lab) * q  # gradient w.r.t. log_q: resp = q = exp(log_q) where unlabeled
+    r = (weights.kl / n) * resp  # d total / d kl_t
+    r_rows = r.sum(-1, keepdim=True)
+    g = (weights.kl / n) * kl_t * unlabeled * q  # d total / d log_q: resp = q = exp(log_q) where unlabeled
     if unsupervised and weights.categorical:
         g = g + (weights.categorical / n) * (q * log_q + q)
     if weights.label:
-        g = g - (weights.label / n) * (one_hot * lab)
+        g = g - (weights.label / n) * one_hot
     d_s = g - q * g.sum(-1, keepdim=True)  # through log_softmax
-    d_zc = d_zc + linear_back(e + 2, d_s, z_c)
+    d_scores = torch.cat([d_s, r], -1)
+    d_cls_w = _mm_tn(d_scores, z_c)
+    dw[e + 2], db[e + 2] = d_cls_w[:, :n_labels].contiguous(), d_s.sum(1, keepdim=True)
+    d_prior = m * r.sum(1)[..., None] - d_cls_w[:, n_labels:]
+    d_zc = _mm(d_scores, cls_w) + z_c * r_rows
 
-    n_cov = net.covariate_embedding.shape[1]
     d_emb = torch.zeros_like(net.covariate_embedding)
-    d_emb.view(k * n_cov, -1).index_add_(0, (covariate + ar * n_cov).reshape(-1), d_zc.reshape(k * n, -1), alpha=-1)
+    d_emb.view(k * n_cov, -1).index_add_(0, cov_rows, d_zc.reshape(k * n, -1), alpha=-1)
     d_mu = d_z + d_zc
-    d_log_var = d_z * noise * std * 0.5 - (0.5 * a) * resp.sum(-1, keepdim=True) * (1 - var)
+    d_log_var = d_z * noise * std * 0.5 + 0.5 * r_rows * (var - 1)
     d_heads = torch.cat([d_mu, d_log_var], -1)
     d_heads_w = _mm_tn(d_heads, hs[-1])
     dw[e], dw[e + 1] = d_heads_w[:, :latent].contiguous(), d_heads_w[:, latent:].contiguous()

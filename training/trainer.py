@@ -154,7 +154,8 @@ def train_stacked(
             for i, g in enumerate(noises):
                 noise[i].normal_(generator=g)
             if manual:  # loss terms and gradients in one pass, no autograd graph
-                terms = loss_and_grads(net, *rows.batch(step_rows), noise, weights, bernoulli, unsupervised)
+                *batch, tables = rows.batch(step_rows, label_tables=True)
+                terms = loss_and_grads(net, *batch, noise, weights, bernoulli, unsupervised, label_tables=tables)
                 opt.step()
             else:
                 with autocast(device, precision):
