@@ -109,23 +109,23 @@ def test_runtime_signal_while_writing_keeps_the_existing_output(toy, tmp_path, m
 
 
 def test_training_stops_between_steps(tmp_path, monkeypatch):
-    from inclust_plus.training import stacked as stacked_mod
+    from inclust_plus.training import trainer
     from inclust_plus.training.cli import main as train
 
     good_input(tmp_path / "ref.h5ad", n=200)
     cfg = tmp_path / "cfg.toml"
     cfg.write_text('[[datasets]]\nname = "ref"\npath = "ref.h5ad"\n[training]\nepochs = 50\nbatch_size = 20\n')
     (tmp_path / "model.pt").write_bytes(b"the previous model")
-    loss = stacked_mod.StackedNetworks.loss  # the training loop's loss (members side by side)
+    loss = trainer.loss_and_grads  # the training loop's step (members side by side, training/manual_step.py)
     steps = []
 
-    def loss_then_sigterm(self, *args, **kwargs):
+    def loss_then_sigterm(*args, **kwargs):
         steps.append(1)
         if len(steps) == 3:
             _signal_self(signal.SIGTERM)
-        return loss(self, *args, **kwargs)
+        return loss(*args, **kwargs)
 
-    monkeypatch.setattr(stacked_mod.StackedNetworks, "loss", loss_then_sigterm)
+    monkeypatch.setattr(trainer, "loss_and_grads", loss_then_sigterm)
     before = snapshot(tmp_path)
     result = CliRunner().invoke(train, [str(cfg), "--out", str(tmp_path / "model.pt"), "--force", "--quiet"])
     assert result.exit_code == 130, result.output

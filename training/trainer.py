@@ -7,8 +7,9 @@ schedule (epochs, batch size, learning rate and its decay, KL warm-up), which a 
 all of them. Stacked (training/stacked.py), they train in one forward and backward pass per step.
 
 The step avoids fixed costs where it can: rows are gathered on the device from tensors placed
-there once (training/batches.py), Adam runs fused (one kernel over all parameters), and the loss
-terms are summed on the device and read once per epoch - the only host-device exchange in the
+there once (training/batches.py), the loss and its gradients are written out by hand for fp32
+(training/manual_step.py: no autograd graph to record), Adam runs fused (one kernel over all
+parameters), and the loss terms are summed on the device and read once per epoch - the only host-device exchange in the
 loop besides the epoch's shuffled order.
 """
 
@@ -29,6 +30,7 @@ from .batches import DeviceRows
 from .config import LossConfig, TrainingConfig
 from .data import TrainingData
 from .device import autocast, grad_scaler
+from .manual_step import loss_and_grads, supported
 from .module import InClustModule
 from .optim import adam, cosine_lr
 from .stacked import TERMS, StackedNetworks
@@ -125,6 +127,7 @@ def train_stacked(
     unsupervised = data.label_mode == "unsupervised"
     scaler = grad_scaler(device, precision)
     opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
+    manual = scaler is None and supported(net, weights, precision)  # gradients by hand (training/manual_step.py)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     total_steps, step = max(1, cfg.epochs * steps_per_epoch), 0
     results = [TrainingResult(history={t: [] for t in TERMS}) for _ in range(k)]
@@ -150,17 +153,22 @@ def train_stacked(
             noise = torch.empty(k, n, latent, device=device)
             for i, g in enumerate(noises):
                 noise[i].normal_(generator=g)
-            with autocast(device, precision):
-                terms = net.loss(*rows.batch(step_rows), noise, weights, bernoulli, unsupervised)
-            opt.zero_grad()
-            loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
-            if scaler is None:
-                loss.backward()
+            if manual:  # loss terms and gradients in one pass, no autograd graph
+                *batch, tables = rows.batch(step_rows, label_tables=True)
+                terms = loss_and_grads(net, *batch, noise, weights, bernoulli, unsupervised, label_tables=tables)
                 opt.step()
-            else:  # fp16: one loss scale for all members (an overflow in one skips the step of all)
-                scaler.scale(loss).backward()
-                scaler.step(opt.optimizer)
-                scaler.update()
+            else:
+                with autocast(device, precision):
+                    terms = net.loss(*rows.batch(step_rows), noise, weights, bernoulli, unsupervised)
+                opt.zero_grad()
+                loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:  # fp16: one loss scale for all members (an overflow in one skips the step of all)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt.optimizer)
+                    scaler.update()
             step += 1
             if cfg.lr_schedule == "cosine":
                 opt.lr = cosine_lr(cfg.learning_rate, step, total_steps)
