@@ -24,6 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+DATA = ROOT.parent / "shared" / "data" / "merfish_scrna_reference.h5ad"  # the real data (../shared/data/README.md)
 N_LABELS = 13
 
 
@@ -262,6 +263,15 @@ def io_sizes(src: Path, out: Path, nonzeros: int, batch_size: int) -> dict:
     """The input/output part of a streaming run's result: stored values, file sizes, batch."""
     return {"nonzeros": int(nonzeros), "input_mb": round(Path(src).stat().st_size / 2**20, 1),
             "output_mb": round(Path(out).stat().st_size / 2**20, 1), "batch_size": batch_size}
+
+
+def add_run_options(parser, epochs: int | None, epochs_help: str, runs_help: str, quick_help: str) -> None:
+    """The options every training benchmark takes: --data, --epochs, --runs, --quick, --out."""
+    parser.add_argument("--data", type=Path, default=DATA, help="the real MERFISH reference (../shared/data)")
+    parser.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
+    parser.add_argument("--runs", type=int, default=3, help=runs_help)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
 
 
 def set_threads(n: int) -> None:

@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, machine, now, write_result  # noqa: E402
+from bench_common import DATA, add_run_options, machine, now, write_result  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "merfish_scrna_reference.h5ad"
 OFFICIAL_ROWS_PER_S = 45_000  # 50 epochs x 30,370 rows in 33.5 s
 BATCH = 500
 
@@ -70,12 +69,8 @@ def run_once(split, epochs: int, threads: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=3, help="repeat the training; the best run is reported")
+    add_run_options(parser, 10, "epochs per run", "repeat the training; the best run is reported", "2 epochs on 3,000 cells, one run")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--quick", action="store_true", help="2 epochs on 3,000 cells, one run")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
 
     from inclust_plus.training.splits import pseudo_spatial_split

@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, machine, now, write_result  # noqa: E402
+from bench_common import DATA, ROOT, add_run_options, machine, now, write_result  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "merfish_scrna_reference.h5ad"
 # One network with the paper's defaults (task "custom": loss weights 5/1/1/50, constant learning rate).
 ONE_NETWORK = 'task = "custom"\n[model]\nensemble = 1\n[training]\nepochs = {epochs}\nbatch_size = 500\n'
 PRESET = 'task = "imputation"\n[training]\nepochs = {epochs}\n'  # 6 networks, 200 epochs, its tuned loss
@@ -111,12 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="run the other checkout only with OMP_NUM_THREADS=1 (a short run of the code-only speedup)")
     parser.add_argument("--also-precision", choices=["bf16", "fp16"], default=None,
                         help="also run this checkout with --precision (its accuracy and time next to fp32)")
-    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--preset", action="store_true", help="the 6-network imputation preset (200 epochs) instead of one network")
-    parser.add_argument("--epochs", type=int, default=None, help="default: 50 (one network) or the preset's 200")
-    parser.add_argument("--runs", type=int, default=3, help="runs per contender, alternating")
-    parser.add_argument("--quick", action="store_true", help="synthetic cells, 2 epochs, one run (smoke run)")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    add_run_options(parser, None, "default: 50 (one network) or the preset's 200", "runs per contender, alternating",
+                    "synthetic cells, 2 epochs, one run (smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.epochs = 1, 2
