@@ -45,3 +45,10 @@ def table(head: list[str], align: str, rows) -> list[str]:
     assert len(align) == len(head)
     sep = "|" + "".join("---|" if a == "l" else "---:|" for a in align)
     return ["| " + " | ".join(head) + " |", sep, *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+
+
+def notes(results: Path, stem: str) -> list[str]:
+    """Hand-written reading of a result (``<stem>.notes.md`` beside its JSON), shown after its table:
+    what a table cannot say (load, what the contenders were, why a figure moved)."""
+    md = Path(results) / f"{stem}.notes.md"
+    return [md.read_text().strip(), ""] if md.is_file() else []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from report_common import _load, table
+from report_common import _load, notes, table
 
 
 def runtime_memory_section(results: Path) -> list[str]:
@@ -61,7 +61,7 @@ def compare_section(results: Path) -> list[str]:
     if m["load_average_1_5_15"][0] > m["cores"]:
         lines.append("Other jobs shared the machine (load average above its core count), so wall times swung between runs of "
                      "either tree; the cpu time of each run (user + system, from wait4) is the steadier measure.")
-    return lines + [""]
+    return [*lines, "", *notes(results, "impute_e2e_compare")]
 
 
 def triton_section(results: Path) -> list[str]:

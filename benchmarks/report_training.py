@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from report_common import _load, _load_note, _machine_note, table
+from report_common import _load, _load_note, _machine_note, notes, table
 
 
 def training_section(train) -> list[str]:
@@ -34,15 +34,15 @@ def training_section(train) -> list[str]:
 
 def training_issue13_section(results: Path) -> list[str]:
     """Issue 13: whole-process training wall time, stacked ensembles, CPU vs CUDA."""
-    wall, preset = _load(results, "training_wall"), _load(results, "training_wall_preset")
-    half, one = _load(results, "training_wall_bf16"), _load(results, "training_wall_other_one_thread")
+    walls = (("training_wall", "One network, paper defaults"), ("training_wall_lowload", "One network, paper defaults, at lower load"),
+             ("training_wall_other_one_thread", "One network, paper defaults, main with one thread"),
+             ("training_wall_preset", "The 6-network imputation preset"), ("training_wall_bf16", "bf16 autocast against fp32, one network"))
     ens, dev = _load(results, "ensemble_training"), _load(results, "training_device")
-    if not any((wall, preset, half, one, ens, dev)):
+    if not any(_load(results, stem) for stem, _ in walls) and not (ens or dev):
         return []
     lines = ["## Training: whole process, stacked ensembles, CPU vs GPU (issue 13)", ""]
-    for w, title in ((wall, "One network, paper defaults"), (one, "One network, paper defaults, main with one thread"),
-                     (preset, "The 6-network imputation preset"),
-                     (half, "bf16 autocast against fp32, one network")):
+    for stem, title in walls:
+        w = _load(results, stem)
         if not w:
             continue
         names = list(w["runs"])
@@ -57,7 +57,7 @@ def training_issue13_section(results: Path) -> list[str]:
         ratio = w.get("speedup_vs_other")
         if ratio is not None:
             lines += ["", f"This checkout is **{ratio}x** as fast as {names[1]} (median whole-process wall)."]
-        lines.append("")
+        lines += ["", *notes(results, stem)]
     if ens:
         lines += ["### Ensemble members: stacked in one process vs worker processes (benchmarks/ensemble_training.py)", "",
                   f"Measured {ens['date']} on {_machine_note(ens['machine'])}: {ens['members']} members, {ens['epochs']} epochs, "
