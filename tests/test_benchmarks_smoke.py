@@ -79,6 +79,17 @@ def test_report_renders_recorded_results(results):
     assert "| 8 |" in text  # the batch-8 inference row
 
 
+def test_benchmarks_md_is_what_report_writes():
+    """BENCHMARKS.md holds no hand edit that the next report.py run would drop: past the machine
+    section (this host's lscpu and free), it is exactly what report.py renders from the results."""
+    import report
+
+    def body(text: str) -> str:
+        return text[text.index("\n## ", text.index("## Machine")):]
+
+    assert body(report.build(report.RESULTS)) == body((BENCH.parent / "BENCHMARKS.md").read_text())
+
+
 def test_run_all_commands_name_existing_scripts(tmp_path):
     import run_all
 
