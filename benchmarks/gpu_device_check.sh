@@ -7,12 +7,19 @@
 #       carry=[".gpu/cuda.so.xz.part3", ".gpu/cuda.sha", ".gpu/ort_rest.tar.xz", ".gpu/whl", ".gpu/assemble.sh"])
 # and give_back. Every step is guarded (a failure is logged, the next step runs); everything lands in $OUT:
 #   env.txt (GPU, providers, missing modules), cuda_tests.txt (tests/test_runtime_cuda.py: fp32 CUDA within the
-#   CPU parity bound, dense and CSR, end to end), gpu.json + gpu.log (benchmarks/gpu.py --device cuda).
+#   CPU parity bound, dense and CSR, end to end), gpu.json + gpu.log (benchmarks/gpu.py --device cuda),
+#   t13/training_device.json (issue 13: CITE-seq-sized training rows/s on CPU and CUDA).
 # Copy $OUT/gpu.json to benchmarks/results/gpu.json and run benchmarks/report.py to update BENCHMARKS.md.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
-export PYTHONPATH=$HOME/gpu-stage/ort:$HOME/gpu-stage/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+# The tree is not pip-installed there: lay the package out as installed (pyproject's package-dir maps
+# training/, export/ and runtime/ into inclust_plus), with links into this checkout.
+PKG=$(mktemp -d)/site
+mkdir -p "$PKG/inclust_plus"
+ln -s "$PWD"/inclust_plus/* "$PKG/inclust_plus/"
+for sub in training export runtime; do ln -s "$PWD/$sub" "$PKG/inclust_plus/$sub"; done
+export PYTHONPATH=$HOME/gpu-stage/ort:$HOME/gpu-stage/site:$PKG:$PWD${PYTHONPATH:+:$PYTHONPATH}
 PY=python3
 {
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.current,pcie.link.width.current --format=csv 2>&1
@@ -33,5 +40,10 @@ timeout 240 $PY benchmarks/gpu.py --device cuda --reps 1 --sizes 1 --contenders 
 timeout 150 $PY benchmarks/gpu.py --device cuda --skip-feeds --reps 1 --sizes 0 --contenders cpu_dense,cuda_auto --out "$OUT/r0" \
   > "$OUT/gpu_1m.log" 2>&1 || echo "gpu.py (1M x 2,000) failed or timed out (rc $?)" >> "$OUT/gpu_1m.log"
 cp "$OUT/r1/gpu.json" "$OUT/gpu.json" 2>/dev/null
+
+# 3. Issue 13: CITE-seq-sized training (100k cells x 20,000 genes + 200 proteins, synthetic) rows/s, CPU vs CUDA.
+timeout 150 $PY benchmarks/training_device.py --parts citeseq --devices cpu cuda --out "$OUT/t13" > "$OUT/training_device.log" 2>&1 \
+  || echo "training_device.py failed or timed out (rc $?)" >> "$OUT/training_device.log"
+tail -3 "$OUT/training_device.log"
 tail -3 "$OUT/gpu.log" "$OUT/gpu_1m.log"
 ls -R "$OUT"
