@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from inclust_plus.contract.schema import REEXPORT
 from inclust_plus.errors import InclustError
 
 from .layout import LABELS_FILE
 
 INSTALL_HINT = "pip install 'tritonclient[grpc]' (it brings Triton's model_config_pb2 and protobuf; inclust-plus[export] or [triton] has it)"
-REEXPORT = "re-export the model with inclust-export"
 _TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 
 
@@ -42,9 +42,9 @@ def parse_model_config(text: str):
 
 def read_model_config(path: str | Path):
     """The ``ModelConfig`` of a ``config.pbtxt`` file, or None when it cannot be read or parsed."""
-    text_format, pb2 = require_protobuf()
+    text_format, _ = require_protobuf()
     try:
-        return text_format.Parse(Path(path).read_text(encoding="utf-8", errors="replace"), pb2.ModelConfig())
+        return parse_model_config(Path(path).read_text(encoding="utf-8", errors="replace"))
     except (OSError, text_format.ParseError):
         return None
 

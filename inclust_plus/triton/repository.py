@@ -65,8 +65,8 @@ def written_by_triton_export(folder: Path) -> None:
     refuse_foreign_entries(folder, owned, "Triton folder", "repository", "--triton")
 
 
-def _labels_text(manifest: dict) -> str | None:
-    categories = (manifest.get("labels") or {}).get("categories") or []
+def _labels_text(categories: tuple[str, ...]) -> str | None:
+    """``labels.txt``: the label categories one a line, in label_probs order (None without labels)."""
     if not categories:
         return None
     names = [str(c) for c in categories]
@@ -147,7 +147,7 @@ def write_triton_repository(
     if not out.parent.is_dir():
         raise InclustError(f"folder {out.parent} does not exist", "create it first or choose another --triton path")
     raw = to_json(manifest)
-    labels = _labels_text(raw)
+    labels = _labels_text(manifest.label_categories)
     plan = []
     for entry, model_name, onnx_file, sha256 in _served_graphs(manifest):
         verify_file(onnx_file, sha256, f"graph {entry['name']!r}")
