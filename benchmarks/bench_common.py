@@ -210,14 +210,18 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _replace_text(path: Path, text: str) -> Path:
+    """Write ``path`` through a temporary beside it, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
 def write_result(name: str, result: dict, out_dir: Path = RESULTS) -> Path:
     """``benchmarks/results/<name>.json`` (overwritten: the latest run is the one reported)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return _replace_text(out_dir / f"{name}.json", json.dumps(result, indent=1) + "\n")
 
 
 # Run by a fresh interpreter: ru_maxrss of a process counts its life before exec too, and a child
@@ -251,10 +255,7 @@ def publish(stem: str, result: dict, markdown: str, out_dir: Path = RESULTS) -> 
     """A benchmark's JSON (:func:`write_result`) and its own ``## `` section ``<stem>.md``, which
     report.py copies into BENCHMARKS.md; both written atomically; the Markdown is printed too."""
     path = write_result(stem, result, out_dir)
-    md = Path(out_dir) / f"{stem}.md"
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(markdown)
-    tmp.replace(md)
+    _replace_text(Path(out_dir) / f"{stem}.md", markdown)
     print(markdown)
     return path
 
