@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import zipfile
 from pathlib import Path
 
 from inclust_plus import interrupt
 from inclust_plus.atomic import atomic_dir, check_not_inside, check_output_path, refuse_foreign_entries
 from inclust_plus.contract import GraphEntry
+from inclust_plus.contract.schema import SAFE_NAME
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
 
@@ -27,9 +27,6 @@ from .folding import fold
 from .manifest import build_manifest, graph_entry, variant_entry, write_manifest
 from .preprocess import IDENTITY, build_plan
 from .validate import check_parity, check_variant_parity
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
 
 def default_out_dir(checkpoint: str | os.PathLike) -> Path:
     """``<model stem>_export`` next to the checkpoint."""
@@ -74,7 +71,7 @@ def _check_description(module, desc: dict, combos: list[Combination]) -> None:
     if labels and len(labels) != cfg.n_labels:
         problems.append(f"{len(labels)} label categories for {cfg.n_labels} classifier outputs")
     for c in combos:
-        if not _SAFE_NAME.match(c.name):
+        if not SAFE_NAME.match(c.name):
             problems.append(f"combination name {c.name!r} is not a safe file name")
         if c.default_target_covariate is not None and c.default_target_covariate not in categories:
             problems.append(f"combination {c.name!r} targets unknown covariate {c.default_target_covariate!r}")

@@ -25,7 +25,6 @@ OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17: loadable by onnxruntime >= 1.13
 BATCH = "batch"
 _DTYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "int32": TensorProto.INT32}
-PRECISIONS = ("fp32", "fp16")
 _ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "identity": None}
 
 

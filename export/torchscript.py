@@ -139,15 +139,12 @@ class ImputeGraph(_Encoder):
     def __init__(self, weights: FoldedWeights, plan: PreprocessPlan):
         super().__init__(weights, plan)
         self.decoder = _sequential(weights.decoder)
-        self.members = weights.members
+        self.members = weights.members  # EnsembleImputeGraph's blocks of outputs (graph_module picks it for > 1)
         self.n_out = weights.n_outputs
 
     def forward(self, x: Tensor, covariate: Tensor, target_covariate: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         latent, probs = self.embed(x, covariate)
-        y = self.decoder(latent + self.covariate_embedding[target_covariate])
-        if self.members > 1:  # the ensemble's mean over its members' blocks of outputs
-            y = y.view(-1, self.members, self.n_out).mean(1)
-        return y, latent, probs
+        return self.decoder(latent + self.covariate_embedding[target_covariate]), latent, probs
 
 
 class EnsembleImputeGraph(ImputeGraph):

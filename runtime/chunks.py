@@ -77,7 +77,7 @@ class SparseReader:
         for i, step in enumerate(self.steps):
             self.step_of[step.columns] = i
             if step.scale is not None:
-                scale[step.columns] = step.divisor()
+                scale[step.columns] = step.divisor
         self.scale = scale if any(step.scale is not None for step in self.steps) else None
         self.one_step = len(self.steps) == 1 and bool((self.step_of == 0).all())
 
@@ -92,22 +92,22 @@ class SparseReader:
         converted, filtered or preprocessed in place (the dense path hands them on itself).
         """
         lo, hi = int(rows.indptr[start]), int(rows.indptr[stop])
-        counts = np.diff(rows.indptr[start : stop + 1])
+        local = rows.indptr[start : stop + 1] - lo  # each row's first value within the piece, then its end
+        counts = np.diff(local)
         stored = rows.data[lo:hi]
         idx = np.asarray(rows.indices[lo:hi])
         if len(idx) > 1:
             increasing = idx[1:] > idx[:-1]
-            firsts = np.cumsum(counts)[:-1]  # position of each later row's first value
+            firsts = local[1:-1]  # position of each later row's first value
             increasing[firsts[(firsts > 0) & (firsts < len(idx))] - 1] = True
             if not increasing.all():
                 return None
         if len(idx):  # sorted rows: each row's first and last index bound all of its indices
-            ends = np.cumsum(counts)
             filled = counts > 0
-            if idx[(ends - counts)[filled]].min() < 0 or idx[ends[filled] - 1].max() >= rows.n_cols:
-                check_indices(idx, rows.n_cols, rows.name, start, np.concatenate(([0], ends)))
+            if idx[local[:-1][filled]].min() < 0 or idx[local[1:][filled] - 1].max() >= rows.n_cols:
+                check_indices(idx, rows.n_cols, rows.name, start, local)
         if tap is not None:
-            tap(rows, RawCsr(stored, idx, rows.indptr[start : stop + 1] - lo, rows.n_cols, canonical=True))
+            tap(rows, RawCsr(stored, idx, local, rows.n_cols, canonical=True))
         vals = np.asarray(stored, dtype=np.float32)
         cols = idx if identity else colmap[idx]
         if not identity:

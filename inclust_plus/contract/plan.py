@@ -53,17 +53,14 @@ class ModalityPlan:
         return cols
 
     @cached_property
-    def _divisor(self) -> np.ndarray | None:
+    def divisor(self) -> np.ndarray | None:
+        """The float32 scale per column with the zero guard (0 divides by 1), or None (computed once, read-only)."""
         if self.scale is None:
             return None
         s = np.asarray(self.scale, dtype=np.float32)
         out = np.where(s == 0, np.float32(1), s).astype(np.float32)
         out.flags.writeable = False
         return out
-
-    def divisor(self) -> np.ndarray | None:
-        """The float32 scale per column with the zero guard (0 divides by 1), or None (computed once, read-only)."""
-        return self._divisor
 
 
 @dataclass(frozen=True)
@@ -85,10 +82,6 @@ class PreprocessPlan:
     def has_ops(self) -> bool:
         """Whether a graph needs nodes before the first layer (the scale alone is folded into it)."""
         return any(g.has_ops for g in self.groups)
-
-    @property
-    def is_identity(self) -> bool:
-        return not any(g.does_something for g in self.groups)
 
     @property
     def active(self) -> tuple[ModalityPlan, ...]:
@@ -153,7 +146,7 @@ def apply(x: np.ndarray, plan: PreprocessPlan) -> np.ndarray:
             block *= factor.astype(np.float32)
         if group.log1p:
             np.log1p(block, out=block)
-        divisor = group.divisor()
+        divisor = group.divisor
         if divisor is not None:
             block /= divisor
         if not isinstance(where, slice):

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from inclust_plus.errors import InclustError
 
-from .graphs import graph_io
+from .graphs import INPUT_FORMATS, KINDS, PRECISIONS, graph_io
 
 REEXPORT = "re-export the model with inclust-export"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -170,8 +170,8 @@ PREPROCESSING = {
     "scale": (OPTIONAL, optional(list_of(number()))),
 }
 VARIANT = {  # another flavour of a graph (issue 11): its own file, pinned by its own sha256
-    "input_format": (REQUIRED, choice("dense", "csr")),
-    "precision": (OPTIONAL, optional(choice("fp32", "fp16"))),
+    "input_format": (REQUIRED, choice(*INPUT_FORMATS)),
+    "precision": (OPTIONAL, optional(choice(*PRECISIONS))),
     "file": (REQUIRED, relative_path),
     "sha256": (REQUIRED, sha256),
     "inputs": (OPTIONAL, optional(list_of(TENSOR))),
@@ -179,7 +179,7 @@ VARIANT = {  # another flavour of a graph (issue 11): its own file, pinned by it
 }
 GRAPH = {
     "name": (REQUIRED, safe_name),
-    "kind": (REQUIRED, choice("impute", "embed")),
+    "kind": (REQUIRED, choice(*KINDS)),
     "file": (REQUIRED, relative_path),
     "sha256": (REQUIRED, sha256),
     "opset": (OPTIONAL, optional(integer(1))),
@@ -194,8 +194,8 @@ GRAPH = {
     "default_covariate": (OPTIONAL, optional(category)),
     "inputs": (REQUIRED, list_of(TENSOR, non_empty=True)),
     "outputs": (REQUIRED, list_of(TENSOR, non_empty=True)),
-    "input_format": (OPTIONAL, optional(choice("dense", "csr"))),
-    "precision": (OPTIONAL, optional(choice("fp32", "fp16"))),
+    "input_format": (OPTIONAL, optional(choice(*INPUT_FORMATS))),
+    "precision": (OPTIONAL, optional(choice(*PRECISIONS))),
     "preprocessing_plan": (REQUIRED, list_of(obj(PLAN_GROUP), non_empty=True)),
     "variants": (OPTIONAL, optional(list_of(obj(VARIANT)))),
     "torch_export": (OPTIONAL, optional(relative_path)),
