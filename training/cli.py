@@ -42,7 +42,6 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
          precision: str | None, force: bool, quiet: bool) -> None:
     """Train an inClust+ model from a TOML CONFIG and save it to --out."""
     from .config import check_config, load_config
-    from .device import resolve_device
 
     cfg = load_config(config)
     if epochs is not None:
@@ -61,6 +60,7 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     check_output_path(out, force, inputs=inputs)
     check_output_path(png, force, inputs=inputs)
 
+    from .device import resolve_device
     from .model import InClust  # torch: imported once the cheap checks passed
     from .plots import loss_curves
 

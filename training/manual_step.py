@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .module import L2_EPS
+from .stacked import _apply
 
 _ACT = {
     "relu": (torch.relu_, lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)),
@@ -36,13 +37,6 @@ def supported(net, weights, precision: str) -> bool:
     c = net.config
     return (precision == "fp32" and not weights.mixing and c.activation in _ACT and c.output_activation in _ACT
             and c.input_normalization in ("none", "l2"))
-
-
-def _lin(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Member k's layer on its rows: [K, n, in] -> [K, n, out] (as StackedNetworks applies it)."""
-    if w.shape[0] == 1:
-        return torch.addmm(b[0], h[0], w[0].t()).unsqueeze(0)
-    return torch.baddbmm(b, h, w.transpose(1, 2))
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -106,17 +100,17 @@ def loss_and_grads(net, x, input_mask, output_mask, covariate, label, noise, wei
         h = h / h.norm(dim=-1, keepdim=True).clamp_min(L2_EPS)
     hs = [h]
     for i in range(e):
-        hs.append(act(_lin(hs[-1], W[i], B[i])))
+        hs.append(act(_apply(hs[-1], W[i], B[i])))
     latent = c.latent_dim
     heads_w, heads_b = torch.cat([W[e], W[e + 1]], 1), torch.cat([B[e], B[e + 1]], -1)  # mu and log-variance: one product
-    heads = _lin(hs[-1], heads_w, heads_b)
+    heads = _apply(hs[-1], heads_w, heads_b)
     mu, log_var = heads[..., :latent], heads[..., latent:]
     e_b = net.covariate_embedding.view(k * n_cov, -1).index_select(0, cov_rows).view(k, n, -1)
     std = torch.exp(0.5 * log_var)
     gs = [mu + std * noise]
     for j in range(n_dec):
-        gs.append(act(_lin(gs[-1], W[e + 3 + j], B[e + 3 + j])))
-    logits = _lin(gs[-1], W[-1], B[-1])
+        gs.append(act(_apply(gs[-1], W[e + 3 + j], B[e + 3 + j])))
+    logits = _apply(gs[-1], W[-1], B[-1])
     rec_row, d_logits = _reconstruction(net, logits, x, output_mask, bernoulli, weights.reconstruction / n)
 
     z_c = mu - e_b
@@ -130,7 +124,7 @@ def loss_and_grads(net, x, input_mask, output_mask, covariate, label, noise, wei
     m = net.prior_means
     cls_w = torch.cat([W[e + 2], -m], 1)
     cls_b = torch.cat([B[e + 2], 0.5 * (m * m).sum(-1)[:, None, :]], -1)
-    scores = _lin(z_c, cls_w, cls_b)
+    scores = _apply(z_c, cls_w, cls_b)
     log_q = torch.log_softmax(scores[..., :n_labels], dim=-1)
     q = log_q.exp()
     resp = one_hot + q * unlabeled  # prior responsibilities: the label where known, the classifier elsewhere

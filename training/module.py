@@ -175,10 +175,10 @@ class InClustModule(nn.Module):
         probs = torch.softmax(self.classify(z_c), dim=-1)
         target = covariate if target_covariate is None else target_covariate
         z_t = z_c + self.covariate_embedding[target]
-        x_hat = self.decode(z_t)
         if not return_std:
-            return x_hat, z_c, probs
-        return x_hat, z_c, probs, self.decode_members(z_t).std(dim=-2, correction=0)
+            return self.decode(z_t), z_c, probs
+        ys = self.decode_members(z_t)  # decoded once for the mean and the spread
+        return ys.mean(dim=-2), z_c, probs, ys.std(dim=-2, correction=0)
 
     # --- training ---------------------------------------------------------------------------------
     def loss(

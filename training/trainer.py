@@ -210,12 +210,3 @@ def train_stacked(
         r.seconds = seconds
         r.rows_per_second = n_train * r.epochs_run / max(seconds, 1e-9)
     return net.members(), results
-
-
-def train(module: InClustModule, data: TrainingData, cfg: TrainingConfig, loss_cfg: LossConfig, progress: bool = True,
-          desc: str = "training", device: torch.device | None = None, precision: str = "fp32") -> TrainingResult:
-    """Fit one network ``module`` on ``data`` in place; returns its per-epoch history."""
-    trained, results = train_stacked([module], data, [(cfg, loss_cfg)], device or torch.device("cpu"), precision, progress, desc)
-    module.load_state_dict(trained[0].state_dict())
-    module.eval()
-    return results[0]
