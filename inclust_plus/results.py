@@ -204,13 +204,6 @@ def output_var(output_features, modality_of, measured, input_var: pd.DataFrame |
     return var
 
 
-def measured_map(input_features, present, output_features) -> tuple[np.ndarray, np.ndarray]:
-    """(input column, output column) pairs of output features the input measured (``present[i]`` True)."""
-    pos = {f: i for i, f in enumerate(input_features) if present[i]}
-    pairs = [(pos[f], j) for j, f in enumerate(output_features) if f in pos]
-    return np.asarray([p[0] for p in pairs], np.intp), np.asarray([p[1] for p in pairs], np.intp)
-
-
 def check_choice(imputed_into: str) -> str:
     if imputed_into not in IMPUTED_INTO:
         raise InclustError(f"unknown imputed-into {imputed_into!r}", f"choose one of {', '.join(IMPUTED_INTO)}")

@@ -96,7 +96,6 @@ class Layout:
     per_modality: bool
     features: list[str]
     graph: GraphEntry
-    modalities: list[dict]
     measured: InputData | None = None
     layers: dict[str, InputData] = field(default_factory=dict)
     library: InputData | None = None  # the graph input itself (not owned: the run loop closes it)
@@ -176,7 +175,7 @@ def plan_layout(options, manifest: Manifest, graph: GraphEntry, data: InputData)
     mods = tuple(dict.fromkeys((*graph.input_modalities, *graph.output_modalities)))
     outputs_as_inputs = dataclasses.replace(graph, input_features=tuple(features), input_modalities=mods)
     layout = Layout(var=pd.DataFrame(), converter=converter, imputed_into=imputed_into, per_modality=options.command == "generate",
-                    features=features, graph=graph, modalities=modalities)
+                    features=features, graph=graph)
     try:
         with _quiet():
             try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from .matrices import CsrRows, RawCsr, check_indices
+from .matrices import CsrRows, RawCsr
 
 
 def _same(a, b) -> bool:
@@ -71,15 +71,6 @@ def csr_piece(raw: RawCsr, remap: Remap, n: int, width: int) -> sp.csr_matrix:
         piece.has_canonical_format = True  # strictly increasing rows, mapped in order: nothing to sum or sort
     piece.sum_duplicates()  # also sorts the column indices of each row
     return piece
-
-
-def read_raw(rows: CsrRows, start: int, stop: int) -> RawCsr:
-    """What the chunk reader would have handed on, for a matrix the graph input does not read."""
-    lo, hi = int(rows.indptr[start]), int(rows.indptr[stop])
-    local = rows.indptr[start : stop + 1] - lo
-    idx = rows.indices[lo:hi]
-    check_indices(idx, rows.n_cols, rows.name, start, local)
-    return RawCsr(rows.data[lo:hi], idx, local, rows.n_cols)
 
 
 @dataclass
@@ -150,7 +141,7 @@ class ChunkTap:
             if target.csr_mode:
                 pieces = self.pieces[name]
                 for i in missing:
-                    pieces[i] = csr_piece(read_raw(target.parts[i].rows, start, stop), target.remaps[i], n, target.width)
+                    pieces[i] = csr_piece(target.parts[i].rows.raw(start, stop), target.remaps[i], n, target.width)
                 ordered = [pieces[i] for i in range(len(target.parts))]
                 out[name] = ordered[0] if len(ordered) == 1 else sp.csr_matrix(sum(ordered[1:], ordered[0]), dtype=np.float32)
                 continue

@@ -136,12 +136,16 @@ class CsrRows(MatrixRows):
     def values_per_row(self) -> float:
         return max(1.0, self.indptr[-1] / max(1, self.n_rows))
 
-    def fill(self, start, stop, src, dst, out, tap=None):
+    def raw(self, start: int, stop: int) -> RawCsr:
+        """Rows ``start:stop`` as stored (indices checked), for the dense fill or the output layout."""
         lo, hi = int(self.indptr[start]), int(self.indptr[stop])
         local = self.indptr[start : stop + 1] - lo
         idx = self.indices[lo:hi]
         check_indices(idx, self.n_cols, self.name, start, local)
-        raw = RawCsr(self.data[lo:hi], idx, local, self.n_cols)
+        return RawCsr(self.data[lo:hi], idx, local, self.n_cols)
+
+    def fill(self, start, stop, src, dst, out, tap=None):
+        raw = self.raw(start, stop)
         if tap is not None:
             tap(self, raw)
         raw.fill(src, dst, out)

@@ -11,7 +11,6 @@ fill chunks (a numpy array and a CSR matrix's three arrays stand in for the h5py
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,9 +124,8 @@ class MemoryInput(AlignedParts):
         pass
 
 
-def open_memory(adata, graph: GraphEntry, layer: str | None = None, allow_missing: bool = False, features=None) -> MemoryInput:
-    """Align ``adata`` (AnnData or MuData) to ``graph``'s inputs, or to ``features`` when given."""
-    target = graph if features is None else dataclasses.replace(graph, input_features=tuple(features))
+def open_memory(adata, graph: GraphEntry, layer: str | None = None, allow_missing: bool = False) -> MemoryInput:
+    """Align ``adata`` (AnnData or MuData) to ``graph``'s inputs."""
     views = modality_views(adata, graph)
     sources = []
     for view, label in views:
@@ -138,9 +136,9 @@ def open_memory(adata, graph: GraphEntry, layer: str | None = None, allow_missin
         names = [str(v) for v in view.var_names]
         sources.append((rows, names, f"{label} {'layers/' + layer if layer else 'X'}"))
     try:
-        parts, missing = _align(target, sources, allow_missing)
+        parts, missing = _align(graph, sources, allow_missing)
     except InclustError as err:
         raise InclustError(err.problem, err.fix.replace("pass --allow-missing", "pass allow_missing=True") if err.fix else None) from None
     obs = obs_table(adata, views)
-    return MemoryInput(n_obs=views[0][0].n_obs, frame=obs, parts=parts, n_inputs=len(target.input_features), missing=missing,
+    return MemoryInput(n_obs=views[0][0].n_obs, frame=obs, parts=parts, n_inputs=len(graph.input_features), missing=missing,
                        element=f"layers/{layer}" if layer else "X")

@@ -102,7 +102,7 @@ def plan_chunks(data, graph: GraphEntry, manifest: Manifest, options: RunOptions
     run with 16 workers peaked at 1.1 GB for 0.56 GB dense; and the output layout's pieces each
     chunk holds until it is written, :meth:`.layout.Layout.bytes_per_row`)."""
     vpr = data.values_per_row()
-    spread = getattr(graph, "has_spread", False)  # y_std of an ensemble (plain stand-ins of a graph have none)
+    spread = graph.has_spread  # y_std of an ensemble
     decoded = len(graph.output_features) * (2 if spread else 1) if options.command in DECODING else 0
     out_width = decoded + manifest.latent_dim + len(manifest.label_categories)
     dense_in = graph.input_format != "csr" or not SparseReader.applies(data)

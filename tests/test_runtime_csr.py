@@ -167,7 +167,7 @@ def test_chunk_plan_keeps_all_buffer_sets_within_one_budget():
     from inclust_plus.runtime.runner import plan_chunks
 
     data = SimpleNamespace(values_per_row=lambda: 200.0, n_inputs=2000, parts=[])
-    graph = SimpleNamespace(output_features=tuple(range(200)), input_format="dense")
+    graph = SimpleNamespace(output_features=tuple(range(200)), input_format="dense", has_spread=False)
     manifest = SimpleNamespace(latent_dim=50, label_categories=tuple(range(13)))
     per_row = 4 * (200 + 50 + 13) + 16 + 4 * 2000 + 12 * 200 + 3 * 4 * 2000  # buffers + the graph's intermediates
     for workers in (1, 2, 16, 64):
