@@ -172,7 +172,8 @@ class OnnxBackend:
         takes_target = "target_covariate" in names
         outputs = [o.name for o in session.get_outputs()]
         self.sessions[key] = (session, takes_target, outputs)
-        self._models[key] = model  # per-thread CUDA sessions are built from the same checked bytes
+        if self.on_cuda:  # per-thread CUDA sessions are built from the same checked bytes (on CPU one session serves all)
+            self._models[key] = model
         self.provider_used = used
         log.info("onnxruntime %s: graph %s (%s, %s) on %s (%d intra-op threads per call, %d cores)", self.ort.__version__, graph.name,
                  graph.input_format, self.precision, used, self.run_threads, self.threads)
