@@ -12,6 +12,8 @@ its own rows in block k.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -40,8 +42,13 @@ class DeviceRows:
         self.cell_covariate = torch.from_numpy(data.covariate).to(device)
         self.cell_label = torch.from_numpy(data.labels).to(device)
         self.masks = torch.from_numpy(data.mask_table.array()).to(device)
-        # per cell: one-hot label (zero where unlabeled) and 1.0 where unlabeled, for the hand-written step
-        self.cell_one_hot, self.cell_unlabeled = label_rows(self.cell_label, len(data.label_categories))
+        self.n_labels = len(data.label_categories)
+
+    @cached_property
+    def label_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per cell: one-hot label (zero where unlabeled) and 1.0 where unlabeled; built on first use,
+        by the hand-written step only (the autograd path never needs them)."""
+        return label_rows(self.cell_label, self.n_labels)
 
     def _dense_rows(self, cells: torch.Tensor) -> torch.Tensor:
         """Rows ``cells`` (1-D) of the matrix, dense [len(cells), features]."""
@@ -69,5 +76,6 @@ class DeviceRows:
         out = (x, in_mask, out_mask, self.cell_covariate.index_select(0, cells).reshape(k, n),
                self.cell_label.index_select(0, cells).reshape(k, n))
         if label_tables:
-            out += ((self.cell_one_hot.index_select(0, cells).reshape(k, n, -1), self.cell_unlabeled.index_select(0, cells).reshape(k, n, 1)),)
+            one_hot, unlabeled = self.label_tables
+            out += ((one_hot.index_select(0, cells).reshape(k, n, -1), unlabeled.index_select(0, cells).reshape(k, n, 1)),)
         return out
