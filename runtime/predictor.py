@@ -99,15 +99,14 @@ class Predictor:
         self.backend.close()
 
     # --- the shared loop ----------------------------------------------------------------------
-    def _run(self, adata, decode, combination, source, target, layer, covariate_key, covariate, target_covariate, allow_missing,
-             library_of=()):
-        """Run the graph over every batch; also the library sizes of the modalities in ``library_of``,
-        taken from each batch's raw values as the chunk reader reads them (:mod:`.layout_chunk`)."""
+    def _run(self, adata, graph, layer, covariate_key, covariate, target_covariate, allow_missing, library_of=()):
+        """Run ``graph`` (chosen by :func:`pick_graph`) over every batch; also the library sizes of the
+        modalities in ``library_of``, taken from each batch's raw values as the chunk reader reads them
+        (:mod:`.layout_chunk`)."""
         m = self.manifest
-        graph = pick_graph(m, adata, decode, combination, source, target)
         data = open_memory(adata, graph, layer, allow_missing)
         covs = resolve_covariates(m, data, covariate_key, covariate, graph)
-        tgt, tgt_name = resolve_target(m, graph, target_covariate) if decode else (None, "none")
+        tgt, tgt_name = resolve_target(m, graph, target_covariate) if graph.decodes else (None, "none")
         self.backend.prepare(graph)
         n, bs = data.n_obs, self.batch_size
         read = chunk_reader(data, graph.runtime_plan, f"the AnnData {data.element}")
@@ -132,7 +131,7 @@ class Predictor:
                 "input_element": data.element, "covariate": covs.description, "target_covariate": tgt_name,
                 "input_modalities": list(graph.input_modalities), "output_modalities": list(graph.output_modalities),
                 "missing_features": list(data.missing), "label_key": m.label_key, **self.backend.provenance()}
-        return graph, data, {mm: np.concatenate(v) for mm, v in sizes.items()}, out, prov
+        return data, {mm: np.concatenate(v) for mm, v in sizes.items()}, out, prov
 
     def _warn_non_integer(self, adata, graph, layer):
         """Warn (once per call) when a counts model is given non-integer values, e.g. log-normalised X."""
@@ -150,8 +149,9 @@ class Predictor:
     def get_latent_representation(self, adata, combination=None, source=None, layer=None, covariate_key=None, covariate=None,
                                   allow_missing=False, inplace: bool = True) -> np.ndarray:
         """The batch-corrected latent [cells, latent_dim]; also ``adata.obsm["X_inclust"]`` when ``inplace``."""
-        self._warn_non_integer(adata, pick_graph(self.manifest, adata, False, combination, source), layer)
-        _, _, _, out, _ = self._run(adata, False, combination, source, None, layer, covariate_key, covariate, None, allow_missing)
+        graph = pick_graph(self.manifest, adata, False, combination, source)
+        self._warn_non_integer(adata, graph, layer)
+        _, _, out, _ = self._run(adata, graph, layer, covariate_key, covariate, None, allow_missing)
         if inplace:
             adata.obsm["X_inclust"] = out["latent"]
         return out["latent"]
@@ -162,7 +162,8 @@ class Predictor:
         """Most likely label and its probability per cell; also ``obs["inclust_label"(+"_probability")]``."""
         if not self.manifest.label_categories:
             raise InclustError("the model has no label categories to annotate with", "use get_latent_representation for the latent only")
-        _, data, _, out, _ = self._run(adata, False, combination, source, None, layer, covariate_key, covariate, None, allow_missing)
+        graph = pick_graph(self.manifest, adata, False, combination, source)
+        data, _, out, _ = self._run(adata, graph, layer, covariate_key, covariate, None, allow_missing)
         table = label_table(out["label_probs"], self.manifest.label_categories, data.frame.index)
         if inplace:
             adata.obs[R.LABEL_COLUMN] = table[R.LABEL_COLUMN].to_numpy()
@@ -181,8 +182,8 @@ class Predictor:
         graph = pick_graph(m, adata, True, combination, source, target)
         converter = R.ScaleConverter(graph.output_features, m.schema(), m.preprocessing, output_scale, graph.input_modalities)
         self._warn_non_integer(adata, graph, layer)
-        graph, data, library, out, prov = self._run(adata, True, graph.name, None, None, layer, covariate_key, covariate, target_covariate,
-                                                    allow_missing, converter.needs_library)
+        data, library, out, prov = self._run(adata, graph, layer, covariate_key, covariate, target_covariate, allow_missing,
+                                             converter.needs_library)
         values = converter.convert(out["y"], library)
         prov.update(command=command, output_scale=output_scale, scale=converter.description(), **R.spread_provenance(converter, graph.has_spread))
         spread = None
