@@ -116,16 +116,16 @@ def test_training_stops_between_steps(tmp_path, monkeypatch):
     cfg = tmp_path / "cfg.toml"
     cfg.write_text('[[datasets]]\nname = "ref"\npath = "ref.h5ad"\n[training]\nepochs = 50\nbatch_size = 20\n')
     (tmp_path / "model.pt").write_bytes(b"the previous model")
-    loss = trainer.loss_and_grads  # the training loop's step (members side by side, training/manual_step.py)
+    step = trainer.ManualStep.__call__  # the training loop's step (members side by side, training/manual_step.py)
     steps = []
 
-    def loss_then_sigterm(*args, **kwargs):
+    def step_then_sigterm(self, *args, **kwargs):
         steps.append(1)
         if len(steps) == 3:
             _signal_self(signal.SIGTERM)
-        return loss(*args, **kwargs)
+        return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "loss_and_grads", loss_then_sigterm)
+    monkeypatch.setattr(trainer.ManualStep, "__call__", step_then_sigterm)
     before = snapshot(tmp_path)
     result = CliRunner().invoke(train, [str(cfg), "--out", str(tmp_path / "model.pt"), "--force", "--quiet"])
     assert result.exit_code == 130, result.output

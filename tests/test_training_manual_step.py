@@ -91,3 +91,62 @@ def test_training_with_the_manual_step_learns_what_autograd_learns(monkeypatch):
     for key, value in auto.module.state_dict().items():
         np.testing.assert_allclose(manual.module.state_dict()[key], value, rtol=1e-3, atol=1e-4, err_msg=key)
     assert r_manual.history["total"][-1] < r_manual.history["total"][0] * 0.95  # and it trains (63.4k -> 59.6k)
+
+
+def test_the_step_worker_thread_trains_bit_for_bit_what_one_thread_does(monkeypatch):
+    from inclust_plus.training import members
+
+    runs = {}
+    for offload in (False, True):
+        monkeypatch.setattr(members, "offload_step", lambda *a, offload=offload: offload)
+        runs[offload] = _fit()
+    (one, _, r_one), (two, _, r_two) = runs[False], runs[True]
+    assert r_one.history == r_two.history  # exactly: the same ops on the same inputs, whichever thread ran them
+    for key, value in one.module.state_dict().items():
+        assert torch.equal(two.module.state_dict()[key], value), key
+
+
+def test_offload_only_with_a_second_core_and_one_thread_per_op(monkeypatch):
+    from inclust_plus.training import members
+
+    monkeypatch.setattr(members, "available_cores", lambda: 2)
+    assert members.offload_step(torch.device("cpu"), 1)
+    assert not members.offload_step(torch.device("cpu"), 2)  # ops split over threads already
+    assert not members.offload_step(torch.device("meta"), 1)  # an accelerator queues its kernels: nothing to overlap
+    monkeypatch.setattr(members, "available_cores", lambda: 1)
+    assert not members.offload_step(torch.device("cpu"), 1)
+
+
+def test_one_flat_adam_step_is_adam_on_every_parameter():
+    from inclust_plus.training.flat_params import FlatParameters
+
+    net, _ = _case(3)
+    ref = [p.detach().clone().requires_grad_() for p in net.parameters()]
+    flat = FlatParameters(net)
+    opt = torch.optim.Adam(ref, lr=0.01)
+    torch.manual_seed(1)
+    for _ in range(3):
+        for p, r in zip(net.parameters(), ref):
+            g = torch.randn_like(r)
+            p.grad.copy_(g)
+            r.grad = g
+        flat.adam_step(0.01)
+        opt.step()
+    for (name, p), r in zip(net.named_parameters(), ref):
+        torch.testing.assert_close(p.detach(), r.detach(), rtol=1e-6, atol=1e-7, msg=name)
+    assert flat.data.data_ptr() == net.weights[0].data_ptr()  # the parameters are views of the flat buffer
+
+
+def test_the_step_worker_hands_an_error_to_the_training_thread():
+    from inclust_plus.training.step_worker import StepWorker
+
+    worker, ran = StepWorker(), []
+    worker.submit(lambda: ran.append(1))
+    worker.submit(lambda: 1 / 0)
+    worker.submit(lambda: ran.append(3))  # after a failure the rest of the queue is skipped
+    with pytest.raises(ZeroDivisionError):
+        worker.wait()
+    assert ran == [1]
+    worker.submit(lambda: ran.append(4))
+    worker.close()
+    assert ran == [1, 4] and not worker._thread.is_alive()

@@ -17,11 +17,14 @@ mixing penalty, autocast) takes the autograd path (:func:`supported`).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
+from .flat_params import FlatParameters
 from .module import L2_EPS
-from .stacked import _apply
+from .step_worker import InlineWorker
 
 _ACT = {
     "relu": (torch.relu_, lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)),
@@ -37,20 +40,6 @@ def supported(net, weights, precision: str) -> bool:
     c = net.config
     return (precision == "fp32" and not weights.mixing and c.activation in _ACT and c.output_activation in _ACT
             and c.input_normalization in ("none", "l2"))
-
-
-def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """[K, n, p] @ [K, p, q] per member."""
-    if a.shape[0] == 1:
-        return torch.mm(a[0], b[0]).unsqueeze(0)
-    return torch.bmm(a, b)
-
-
-def _mm_tn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a^T b per member: [K, n, p], [K, n, q] -> [K, p, q] (a weight's gradient)."""
-    if a.shape[0] == 1:
-        return torch.mm(a[0].t(), b[0]).unsqueeze(0)
-    return torch.bmm(a.transpose(1, 2), b)
 
 
 def _reconstruction(net, logits, x, out_mask, bernoulli, scale):
@@ -73,6 +62,13 @@ def _reconstruction(net, logits, x, out_mask, bernoulli, scale):
     return torch.where(bernoulli[:, None], rb, rg), torch.where(bernoulli[:, None, None], gb, gg)
 
 
+def _log_softmax(s: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the last axis, written out: torch's CPU kernel is slow for a short last axis
+    (a cell-type count: ~100 us against ~30 us here for [500, 12])."""
+    z = s - s.amax(-1, keepdim=True)
+    return z - z.exp().sum(-1, keepdim=True).log_()
+
+
 def label_rows(label: torch.Tensor, n_labels: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's one-hot label (all zero where unlabeled, label -1) and 1.0 where unlabeled [..., 1]."""
     labeled = label >= 0
@@ -80,108 +76,135 @@ def label_rows(label: torch.Tensor, n_labels: int, dtype=torch.float32) -> tuple
     return one_hot, (~labeled)[..., None].to(dtype)
 
 
-@torch.no_grad()
-def loss_and_grads(net, x, input_mask, output_mask, covariate, label, noise, weights, bernoulli, unsupervised: bool,
-                   label_tables=None) -> torch.Tensor:
-    """Loss terms [len(TERMS), K] of :meth:`StackedNetworks.loss` for a training step (``noise``
-    given); sets ``p.grad`` of every parameter of ``net`` to the gradient of their sum.
-    ``label_tables``: :func:`label_rows` of ``label``, if the caller has them already."""
-    c = net.config
-    act, act_back = _ACT[c.activation]
-    W, B = list(net.weights), list(net.biases)
-    k, n = x.shape[0], x.shape[1]
-    e, n_dec = net.n_encoder, len(c.decoder_hidden)
-    n_cov = net.covariate_embedding.shape[1]
-    cov_rows = covariate.reshape(-1) if k == 1 else (covariate + n_cov * torch.arange(k, device=x.device)[:, None]).reshape(-1)
+class ManualStep:
+    """The training step of ``net`` with its gradients by hand: built once per training run.
 
-    # --- forward (StackedNetworks.loss, keeping what the backward needs)
-    h = x * input_mask
-    if c.input_normalization == "l2":
-        h = h / h.norm(dim=-1, keepdim=True).clamp_min(L2_EPS)
-    hs = [h]
-    for i in range(e):
-        hs.append(act(_apply(hs[-1], W[i], B[i])))
-    latent = c.latent_dim
-    heads_w, heads_b = torch.cat([W[e], W[e + 1]], 1), torch.cat([B[e], B[e + 1]], -1)  # mu and log-variance: one product
-    heads = _apply(hs[-1], heads_w, heads_b)
-    mu, log_var = heads[..., :latent], heads[..., latent:]
-    e_b = net.covariate_embedding.view(k * n_cov, -1).index_select(0, cov_rows).view(k, n, -1)
-    std = torch.exp(0.5 * log_var)
-    gs = [mu + std * noise]
-    for j in range(n_dec):
-        gs.append(act(_apply(gs[-1], W[e + 3 + j], B[e + 3 + j])))
-    logits = _apply(gs[-1], W[-1], B[-1])
-    rec_row, d_logits = _reconstruction(net, logits, x, output_mask, bernoulli, weights.reconstruction / n)
+    ``net``'s parameters move into flat buffers (training/flat_params.py). A call computes the loss
+    terms [len(TERMS), K] of :meth:`StackedNetworks.loss` for a batch (``noise`` given) and the
+    gradient of their sum, and, given ``lr``, steps Adam. The weight gradients and the Adam step go
+    to ``worker`` (training/step_worker.py: a second thread, or inline), so the next call (or
+    :meth:`sync`) first waits for them.
+    """
 
-    z_c = mu - e_b
-    n_labels = W[e + 2].shape[1]
-    if label_tables is None:
-        label_tables = label_rows(label, n_labels, x.dtype)
-    one_hot, unlabeled = label_tables
-    # The classifier and the prior's cross term z_c . m_t in one product: [classifier; -m] with the
-    # bias [b; |m_t|^2 / 2]. KL(N(mu, s^2) || N(m_t + e_b, I)) = cross_t + col, with
-    # cross_t = |m_t|^2 / 2 - z_c . m_t and col = (|z_c|^2 - sum(1 + log s^2 - s^2)) / 2.
-    m = net.prior_means
-    cls_w = torch.cat([W[e + 2], -m], 1)
-    cls_b = torch.cat([B[e + 2], 0.5 * (m * m).sum(-1)[:, None, :]], -1)
-    scores = _apply(z_c, cls_w, cls_b)
-    log_q = torch.log_softmax(scores[..., :n_labels], dim=-1)
-    q = log_q.exp()
-    resp = one_hot + q * unlabeled  # prior responsibilities: the label where known, the classifier elsewhere
-    var = log_var.exp()
-    col = 0.5 * ((z_c * z_c - log_var + var).sum(-1, keepdim=True) - latent)
-    kl_t = scores[..., n_labels:] + col
-    kl = (resp * kl_t).sum(-1)
-    cat = (q * log_q).sum(-1).mean(-1) if unsupervised else x.new_zeros(k)
-    ce = -(log_q * one_hot).sum(-1).sum(-1) / n
-    rec, kl = rec_row.mean(-1), kl.mean(-1)
-    total = weights.reconstruction * rec + weights.kl * kl + weights.categorical * cat + weights.label * ce
-    terms = torch.stack([total, rec, kl, cat, ce, x.new_zeros(k)])
+    def __init__(self, net, worker=None):
+        self.net = net
+        self.flat = FlatParameters(net)
+        self.worker = worker or InlineWorker()
 
-    # --- backward
-    dw: list[torch.Tensor | None] = [None] * len(W)
-    db: list[torch.Tensor | None] = [None] * len(W)
+    def sync(self) -> None:
+        """Wait until the last step's gradients and update are in the parameters."""
+        self.worker.wait()
 
-    def linear_back(i, d_out, h_in, need_input=True):
-        dw[i], db[i] = _mm_tn(d_out, h_in), d_out.sum(1, keepdim=True)
-        return _mm(d_out, W[i]) if need_input else None
+    def close(self) -> None:
+        self.worker.close()
 
-    d = linear_back(len(W) - 1, d_logits, gs[-1])  # decoder, output layer first
-    for j in reversed(range(n_dec)):
-        d = linear_back(e + 3 + j, act_back(d, gs[j + 1]), gs[j])
-    d_z = d
+    @staticmethod
+    def _weight_grad(d_out: torch.Tensor, h_in: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor) -> None:
+        torch.bmm(d_out.transpose(1, 2), h_in, out=grad_w)
+        torch.sum(d_out, 1, keepdim=True, out=grad_b)
 
-    r = (weights.kl / n) * resp  # d total / d kl_t
-    r_rows = r.sum(-1, keepdim=True)
-    g = (weights.kl / n) * kl_t * unlabeled * q  # d total / d log_q: resp = q = exp(log_q) where unlabeled
-    if unsupervised and weights.categorical:
-        g = g + (weights.categorical / n) * (q * log_q + q)
-    if weights.label:
-        g = g - (weights.label / n) * one_hot
-    d_s = g - q * g.sum(-1, keepdim=True)  # through log_softmax
-    d_scores = torch.cat([d_s, r], -1)
-    d_cls_w = _mm_tn(d_scores, z_c)
-    dw[e + 2], db[e + 2] = d_cls_w[:, :n_labels].contiguous(), d_s.sum(1, keepdim=True)
-    d_prior = m * r.sum(1)[..., None] - d_cls_w[:, n_labels:]
-    d_zc = _mm(d_scores, cls_w) + z_c * r_rows
+    @torch.no_grad()
+    def __call__(self, x, input_mask, output_mask, covariate, label, noise, weights, bernoulli, unsupervised: bool,
+                 label_tables=None, lr: float | None = None, meanwhile=None) -> torch.Tensor:
+        """``meanwhile``: a call for the worker to run during this step's forward pass (the trainer
+        gathers the next batch with it)."""
+        self.worker.wait()
+        net, c, submit = self.net, self.net.config, self.worker.submit
+        if meanwhile is not None:
+            submit(meanwhile)
+        act, act_back = _ACT[c.activation]
+        W, B = list(net.weights), list(net.biases)
+        k, n = x.shape[0], x.shape[1]
+        e, n_dec = net.n_encoder, len(c.decoder_hidden)
+        n_cov = net.covariate_embedding.shape[1]
+        cov_rows = covariate.reshape(-1) if k == 1 else (covariate + n_cov * torch.arange(k, device=x.device)[:, None]).reshape(-1)
 
-    d_emb = torch.zeros_like(net.covariate_embedding)
-    d_emb.view(k * n_cov, -1).index_add_(0, cov_rows, d_zc.reshape(k * n, -1), alpha=-1)
-    d_mu = d_z + d_zc
-    d_log_var = d_z * noise * std * 0.5 + 0.5 * r_rows * (var - 1)
-    d_heads = torch.cat([d_mu, d_log_var], -1)
-    d_heads_w = _mm_tn(d_heads, hs[-1])
-    dw[e], dw[e + 1] = d_heads_w[:, :latent].contiguous(), d_heads_w[:, latent:].contiguous()
-    d_heads_b = d_heads.sum(1, keepdim=True)
-    db[e], db[e + 1] = d_heads_b[..., :latent].contiguous(), d_heads_b[..., latent:].contiguous()
-    d_h = _mm(d_heads, heads_w) if e > 0 else None
-    for i in reversed(range(e)):
-        d_h = linear_back(i, act_back(d_h, hs[i + 1]), hs[i], i > 0)
+        # --- forward (StackedNetworks.loss, keeping what the backward needs)
+        h = x * input_mask
+        if c.input_normalization == "l2":
+            h = h / h.norm(dim=-1, keepdim=True).clamp_min(L2_EPS)
+        hs = [h]
+        for i in range(e):
+            hs.append(act(torch.baddbmm(B[i], hs[-1], W[i].transpose(1, 2))))
+        latent = c.latent_dim
+        heads_w, heads_b = self.flat.heads[0], self.flat.heads_bias[0]  # mu and log-variance: one block
+        heads = torch.baddbmm(heads_b, hs[-1], heads_w.transpose(1, 2))
+        mu, log_var = heads[..., :latent], heads[..., latent:]
+        e_b = net.covariate_embedding.view(k * n_cov, -1).index_select(0, cov_rows).view(k, n, -1)
+        std = torch.exp(0.5 * log_var)
+        gs = [torch.addcmul(mu, std, noise)]
+        for j in range(n_dec):
+            gs.append(act(torch.baddbmm(B[e + 3 + j], gs[-1], W[e + 3 + j].transpose(1, 2))))
+        logits = torch.baddbmm(B[-1], gs[-1], W[-1].transpose(1, 2))
+        rec_row, d_logits = _reconstruction(net, logits, x, output_mask, bernoulli, weights.reconstruction / n)
 
-    for p, grad in zip(net.weights, dw):
-        p.grad = grad
-    for p, grad in zip(net.biases, db):
-        p.grad = grad
-    net.covariate_embedding.grad = d_emb
-    net.prior_means.grad = d_prior
-    return terms
+        z_c = mu - e_b
+        n_labels = W[e + 2].shape[1]
+        if label_tables is None:
+            label_tables = label_rows(label, n_labels, x.dtype)
+        one_hot, unlabeled = label_tables
+        # The classifier and the prior's cross term z_c . m_t in one product: [classifier; -m] with the
+        # bias [b; |m_t|^2 / 2]. KL(N(mu, s^2) || N(m_t + e_b, I)) = cross_t + col, with
+        # cross_t = |m_t|^2 / 2 - z_c . m_t and col = (|z_c|^2 - sum(1 + log s^2 - s^2)) / 2.
+        m = net.prior_means
+        cls_w = torch.cat([W[e + 2], -m], 1)
+        cls_b = torch.cat([B[e + 2], 0.5 * (m * m).sum(-1)[:, None, :]], -1)
+        scores = torch.baddbmm(cls_b, z_c, cls_w.transpose(1, 2))
+        log_q = _log_softmax(scores[..., :n_labels])
+        q = log_q.exp()
+        resp = torch.addcmul(one_hot, q, unlabeled)  # prior responsibilities: the label where known, the classifier elsewhere
+        var = log_var.exp()
+        col = 0.5 * ((z_c * z_c - log_var + var).sum(-1, keepdim=True) - latent)
+        kl_t = scores[..., n_labels:] + col
+        kl = (resp * kl_t).sum(-1)
+        cat = (q * log_q).sum(-1).mean(-1) if unsupervised else x.new_zeros(k)
+        ce = -(log_q * one_hot).sum(-1).sum(-1) / n
+        rec, kl = rec_row.mean(-1), kl.mean(-1)
+        total = weights.reconstruction * rec + weights.kl * kl + weights.categorical * cat + weights.label * ce
+        terms = torch.stack([total, rec, kl, cat, ce, x.new_zeros(k)])
+
+        # --- backward: the chain here, each weight gradient (one product) on the worker
+        def linear_back(i, d_out, h_in, need_input=True):
+            submit(partial(self._weight_grad, d_out, h_in, W[i].grad, B[i].grad))
+            return torch.bmm(d_out, W[i]) if need_input else None
+
+        d = linear_back(len(W) - 1, d_logits, gs[-1])  # decoder, output layer first
+        for j in reversed(range(n_dec)):
+            d = linear_back(e + 3 + j, act_back(d, gs[j + 1]), gs[j])
+        d_z = d
+
+        r = (weights.kl / n) * resp  # d total / d kl_t
+        r_rows = r.sum(-1, keepdim=True)
+        g = (weights.kl / n) * kl_t * unlabeled * q  # d total / d log_q: resp = q = exp(log_q) where unlabeled
+        if unsupervised and weights.categorical:
+            g = g + (weights.categorical / n) * (q * log_q + q)
+        if weights.label:
+            g = g - (weights.label / n) * one_hot
+        d_s = g - q * g.sum(-1, keepdim=True)  # through log_softmax
+        d_scores = torch.cat([d_s, r], -1)
+        d_cls_w = torch.bmm(d_scores.transpose(1, 2), z_c)
+        W[e + 2].grad.copy_(d_cls_w[:, :n_labels])
+        torch.sum(d_s, 1, keepdim=True, out=B[e + 2].grad)
+        torch.sub(m * r.sum(1)[..., None], d_cls_w[:, n_labels:], out=m.grad)
+        d_zc = torch.baddbmm(z_c * r_rows, d_scores, cls_w)
+
+        d_emb = net.covariate_embedding.grad
+        d_emb.zero_()
+        d_emb.view(k * n_cov, -1).index_add_(0, cov_rows, d_zc.reshape(k * n, -1), alpha=-1)
+        d_mu = d_z + d_zc
+        d_log_var = d_z * noise * std * 0.5 + 0.5 * r_rows * (var - 1)
+        d_heads = torch.cat([d_mu, d_log_var], -1)
+        submit(partial(self._weight_grad, d_heads, hs[-1], self.flat.heads[1], self.flat.heads_bias[1]))
+        d_h = torch.bmm(d_heads, heads_w) if e > 0 else None
+        for i in reversed(range(e)):
+            d_h = linear_back(i, act_back(d_h, hs[i + 1]), hs[i], i > 0)
+        if lr is not None:
+            submit(partial(self.flat.adam_step, lr))
+        return terms
+
+
+def loss_and_grads(net, *args, label_tables=None) -> torch.Tensor:
+    """One hand-written step of ``net`` without an update: its loss terms; the gradients land in
+    ``p.grad`` (tests compare them with autograd's). Moves ``net``'s parameters into flat buffers."""
+    step = ManualStep(net)
+    return step(*args, label_tables=label_tables)

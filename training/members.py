@@ -65,13 +65,21 @@ def default_threads(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 0
 
 
-def _train_group(member: ModuleConfig, data: TrainingData, settings, device, precision: str, threads: int, progress: bool, desc: str):
+def offload_step(device: torch.device, threads: int) -> bool:
+    """Whether this process's training step hands its weight gradients and Adam to a second thread
+    (training/step_worker.py): on a CPU with a second core, one torch thread per op. The result is
+    the same either way; on the 2-core machine of BENCHMARKS.md it makes one network's step faster."""
+    return device.type == "cpu" and threads == 1 and available_cores() >= 2
+
+
+def _train_group(member: ModuleConfig, data: TrainingData, settings, device, precision: str, threads: int, progress: bool, desc: str,
+                 offload: bool = False):
     before = torch.get_num_threads()
     if device.type == "cpu" and threads:
         torch.set_num_threads(threads)
     try:
         modules = [initial_member(member, tr.seed) for tr, _ in settings]
-        return train_stacked(modules, data, settings, device, precision, progress, desc)
+        return train_stacked(modules, data, settings, device, precision, progress, desc, offload)
     finally:  # a caller's Python session keeps its own setting
         torch.set_num_threads(before)
 
@@ -121,7 +129,8 @@ def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progres
     threads = cfg.training.threads or default_threads(device)
     if workers == 1:
         desc = "training" if k == 1 else f"training {k} members side by side"
-        modules, results = _train_group(member, data, settings, device, cfg.training.precision, threads, progress, desc)
+        modules, results = _train_group(member, data, settings, device, cfg.training.precision, threads, progress, desc,
+                                        offload_step(device, threads))
         return modules, results, time.perf_counter() - t0
     states, results = _train_in_workers(member, data, settings, workers, threads, cfg.training.precision, progress)
     modules = []

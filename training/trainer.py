@@ -8,9 +8,11 @@ all of them. Stacked (training/stacked.py), they train in one forward and backwa
 
 The step avoids fixed costs where it can: rows are gathered on the device from tensors placed
 there once (training/batches.py), the loss and its gradients are written out by hand for fp32
-(training/manual_step.py: no autograd graph to record), Adam runs fused (one kernel over all
-parameters), and the loss terms are summed on the device and read once per epoch - the only host-device exchange in the
-loop besides the epoch's shuffled order.
+(training/manual_step.py: no autograd graph to record), Adam runs fused (one kernel over one
+flat buffer of all parameters, training/flat_params.py), and the loss terms are summed on the
+device and read once per epoch - the only host-device exchange in the loop besides the epoch's
+shuffled order. On a CPU with a second core the weight gradients, Adam and the next batch run on a
+second thread during the step (training/step_worker.py), with the same result bit for bit.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -30,7 +33,8 @@ from .batches import DeviceRows
 from .config import LossConfig, TrainingConfig
 from .data import TrainingData
 from .device import autocast, grad_scaler
-from .manual_step import loss_and_grads, supported
+from .manual_step import ManualStep, supported
+from .step_worker import StepWorker
 from .module import InClustModule
 from .optim import adam, cosine_lr
 from .stacked import TERMS, StackedNetworks
@@ -107,8 +111,11 @@ def train_stacked(
     precision: str = "fp32",
     progress: bool = True,
     desc: str = "training",
+    offload: bool = False,
 ) -> tuple[list[InClustModule], list[TrainingResult]]:
-    """Train ``members`` (initialised by the caller) side by side; member k with ``settings[k]``."""
+    """Train ``members`` (initialised by the caller) side by side; member k with ``settings[k]``.
+    ``offload``: the hand-written step's weight gradients and Adam run on a second thread
+    (training/step_worker.py; bit for bit the same result)."""
     _shared_schedule(settings)
     cfg, loss_cfg = settings[0]
     k = len(members)
@@ -126,8 +133,13 @@ def train_stacked(
     full_weights = dataclasses.replace(weights)
     unsupervised = data.label_mode == "unsupervised"
     scaler = grad_scaler(device, precision)
-    opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
-    manual = scaler is None and supported(net, weights, precision)  # gradients by hand (training/manual_step.py)
+    manual = None
+    if scaler is None and supported(net, weights, precision):  # gradients by hand (training/manual_step.py)
+        manual = ManualStep(net, StepWorker() if offload else None)
+        opt = None
+    else:
+        opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
+    lr = cfg.learning_rate
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     total_steps, step = max(1, cfg.epochs * steps_per_epoch), 0
     results = [TrainingResult(history={t: [] for t in TERMS}) for _ in range(k)]
@@ -140,65 +152,81 @@ def train_stacked(
     net.train()
     t0 = time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, dynamic_ncols=True)
-    for epoch in bar:
-        if cfg.kl_warmup_epochs:
-            weights.kl = full_weights.kl * min(1.0, (epoch + 1) / cfg.kl_warmup_epochs)
-        perm = torch.stack([torch.randperm(n_train, generator=g) for g in shuffles]).to(device)
-        epoch_rows = train_rows.gather(1, perm)
-        sums = torch.zeros(len(TERMS), k, dtype=torch.float64, device=device)
-        for s in range(steps_per_epoch):
-            interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
-            step_rows = epoch_rows[:, s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            n = step_rows.shape[1]
-            noise = torch.empty(k, n, latent, device=device)
-            for i, g in enumerate(noises):
-                noise[i].normal_(generator=g)
-            if manual:  # loss terms and gradients in one pass, no autograd graph
-                *batch, tables = rows.batch(step_rows, label_tables=True)
-                terms = loss_and_grads(net, *batch, noise, weights, bernoulli, unsupervised, label_tables=tables)
-                opt.step()
-            else:
-                with autocast(device, precision):
-                    terms = net.loss(*rows.batch(step_rows), noise, weights, bernoulli, unsupervised)
-                opt.zero_grad()
-                loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
-                if scaler is None:
-                    loss.backward()
-                    opt.step()
-                else:  # fp16: one loss scale for all members (an overflow in one skips the step of all)
-                    scaler.scale(loss).backward()
-                    scaler.step(opt.optimizer)
-                    scaler.update()
-            step += 1
-            if cfg.lr_schedule == "cosine":
-                opt.lr = cosine_lr(cfg.learning_rate, step, total_steps)
-            sums += terms.detach().double() * n
-        epoch_terms = (sums / n_train).tolist()  # the epoch's one read from the device
-        val = _evaluate(net, rows, val_rows, full_weights, bernoulli, unsupervised, precision) if val_rows is not None else None
-        for i in range(k):
-            if not active[i]:
-                continue  # stopped early: keeps training with the others, but its result is its best epoch
-            r = results[i]
-            for t, row in zip(TERMS, epoch_terms):
-                r.history[t].append(row[i])
-            r.epochs_run = epoch + 1
-            if val is None:
-                r.best_epoch = epoch + 1
-                continue
-            r.history["validation"].append(val[i])
-            if val[i] < best[i]:
-                best[i], since_best[i], r.best_epoch = val[i], 0, epoch + 1
-                best_state[i] = [p.detach()[i].clone() for p in net.parameters()]
-            else:
-                since_best[i] += 1
-            if cfg.patience and since_best[i] >= cfg.patience:
-                active[i] = False
-        shown = {name: f"{np.mean([results[i].history[name][-1] for i in range(k)]):.3f}" for name in ("total", "reconstruction", "kl")}
-        if val is not None:
-            shown["val"] = f"{np.mean(val):.3f}"
-        bar.set_postfix(shown)
-        if not any(active):
-            break
+    try:
+        for epoch in bar:
+            if cfg.kl_warmup_epochs:
+                weights.kl = full_weights.kl * min(1.0, (epoch + 1) / cfg.kl_warmup_epochs)
+            perm = torch.stack([torch.randperm(n_train, generator=g) for g in shuffles]).to(device)
+            epoch_rows = train_rows.gather(1, perm)
+            sums = torch.zeros(len(TERMS), k, dtype=torch.float64, device=device)
+            def step_inputs(s: int):
+                """Step ``s``'s batch and noise (in step order: each member's noise generator is a stream)."""
+                step_rows = epoch_rows[:, s * cfg.batch_size : (s + 1) * cfg.batch_size]
+                noise = torch.empty(k, step_rows.shape[1], latent, device=device)
+                for i, g in enumerate(noises):
+                    noise[i].normal_(generator=g)
+                return rows.batch(step_rows, label_tables=manual is not None), noise
+
+            ahead: list = []  # the next step's inputs, gathered on the step worker during this step
+            for s in range(steps_per_epoch):
+                interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
+                if manual is not None:
+                    manual.sync()
+                batch, noise = ahead.pop() if ahead else step_inputs(s)
+                n = noise.shape[1]
+                if manual is not None:  # loss terms, gradients and update in one pass, no autograd graph
+                    *batch, tables = batch
+                    then = partial(lambda s: ahead.append(step_inputs(s)), s + 1) if s + 1 < steps_per_epoch else None
+                    terms = manual(*batch, noise, weights, bernoulli, unsupervised, label_tables=tables, lr=lr, meanwhile=then)
+                else:
+                    with autocast(device, precision):
+                        terms = net.loss(*batch, noise, weights, bernoulli, unsupervised)
+                    opt.zero_grad()
+                    loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
+                    if scaler is None:
+                        loss.backward()
+                        opt.step()
+                    else:  # fp16: one loss scale for all members (an overflow in one skips the step of all)
+                        scaler.scale(loss).backward()
+                        scaler.step(opt.optimizer)
+                        scaler.update()
+                step += 1
+                if cfg.lr_schedule == "cosine":
+                    lr = cosine_lr(cfg.learning_rate, step, total_steps)
+                    if opt is not None:
+                        opt.lr = lr
+                sums += terms.detach().double() * n
+            if manual is not None:
+                manual.sync()  # the epoch's last update is in the parameters before they are read
+            epoch_terms = (sums / n_train).tolist()  # the epoch's one read from the device
+            val = _evaluate(net, rows, val_rows, full_weights, bernoulli, unsupervised, precision) if val_rows is not None else None
+            for i in range(k):
+                if not active[i]:
+                    continue  # stopped early: keeps training with the others, but its result is its best epoch
+                r = results[i]
+                for t, row in zip(TERMS, epoch_terms):
+                    r.history[t].append(row[i])
+                r.epochs_run = epoch + 1
+                if val is None:
+                    r.best_epoch = epoch + 1
+                    continue
+                r.history["validation"].append(val[i])
+                if val[i] < best[i]:
+                    best[i], since_best[i], r.best_epoch = val[i], 0, epoch + 1
+                    best_state[i] = [p.detach()[i].clone() for p in net.parameters()]
+                else:
+                    since_best[i] += 1
+                if cfg.patience and since_best[i] >= cfg.patience:
+                    active[i] = False
+            shown = {name: f"{np.mean([results[i].history[name][-1] for i in range(k)]):.3f}" for name in ("total", "reconstruction", "kl")}
+            if val is not None:
+                shown["val"] = f"{np.mean(val):.3f}"
+            bar.set_postfix(shown)
+            if not any(active):
+                break
+    finally:  # the step worker thread stops with the loop, also on an error or Ctrl-C
+        if manual is not None:
+            manual.close()
     bar.close()
     seconds = time.perf_counter() - t0
     with torch.no_grad():
