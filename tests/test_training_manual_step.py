@@ -143,10 +143,12 @@ def test_the_step_worker_hands_an_error_to_the_training_thread():
     worker, ran = StepWorker(), []
     worker.submit(lambda: ran.append(1))
     worker.submit(lambda: 1 / 0)
-    worker.submit(lambda: ran.append(3))  # after a failure the rest of the queue is skipped
+    later = worker.call(lambda: ran.append(3) or "three")
     with pytest.raises(ZeroDivisionError):
         worker.wait()
-    assert ran == [1]
-    worker.submit(lambda: ran.append(4))
-    worker.close()
-    assert ran == [1, 4] and not worker._thread.is_alive()
+    assert ran == [1, 3] and later.get() == "three"
+    failed = worker.call(lambda: [][0])
+    with pytest.raises(IndexError):
+        failed.get()  # the caller waiting for that result gets its error
+    worker.close()  # the error has reached the training thread: stopping does not raise it again
+    assert not worker._thread.is_alive()

@@ -43,23 +43,27 @@ def supported(net, weights, precision: str) -> bool:
 
 
 def _reconstruction(net, logits, x, out_mask, bernoulli, scale):
-    """Per-row reconstruction loss [K, n] and its gradient w.r.t. the logits (times ``scale``)."""
+    """The reconstruction loss's gradient w.r.t. the logits (times ``scale``), and a call that
+    computes the loss itself (the per-member mean over rows, [K]): only the gradient is on the
+    step's chain, so the caller can hand the loss to the worker."""
     out_act, out_back = _OUT[net.config.output_activation], _ACT[net.config.output_activation][1]
 
     def gaussian():
         y = out_act(logits)
         d = y - x
         dm = d * out_mask
-        return 0.5 * (dm * d).sum(-1), out_back(dm * scale, y)
+        return lambda: 0.5 * (dm * d).sum(-1), out_back(dm * scale, y)
 
     def cross_entropy():
-        bce = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
-        return (bce * out_mask).sum(-1), (torch.sigmoid(logits) - x) * (out_mask * scale)
+        bce = partial(nn.functional.binary_cross_entropy_with_logits, logits, x, reduction="none")
+        return lambda: (bce() * out_mask).sum(-1), (torch.sigmoid(logits) - x) * (out_mask * scale)
 
     if isinstance(bernoulli, bool):
-        return cross_entropy() if bernoulli else gaussian()
+        rows, grad = cross_entropy() if bernoulli else gaussian()
+        return torch.no_grad()(lambda: rows().mean(-1)), grad
     (rb, gb), (rg, gg) = cross_entropy(), gaussian()
-    return torch.where(bernoulli[:, None], rb, rg), torch.where(bernoulli[:, None, None], gb, gg)
+    return (torch.no_grad()(lambda: torch.where(bernoulli[:, None], rb(), rg()).mean(-1)),
+            torch.where(bernoulli[:, None, None], gb, gg))
 
 
 def _log_softmax(s: torch.Tensor) -> torch.Tensor:
@@ -99,6 +103,7 @@ class ManualStep:
         self.worker.close()
 
     @staticmethod
+    @torch.no_grad()  # (no_grad is per thread: the worker's calls need their own)
     def _weight_grad(d_out: torch.Tensor, h_in: torch.Tensor, grad_w: torch.Tensor, grad_b: torch.Tensor) -> None:
         torch.bmm(d_out.transpose(1, 2), h_in, out=grad_w)
         torch.sum(d_out, 1, keepdim=True, out=grad_b)
@@ -130,19 +135,66 @@ class ManualStep:
         heads_w, heads_b = self.flat.heads[0], self.flat.heads_bias[0]  # mu and log-variance: one block
         heads = torch.baddbmm(heads_b, hs[-1], heads_w.transpose(1, 2))
         mu, log_var = heads[..., :latent], heads[..., latent:]
-        e_b = net.covariate_embedding.view(k * n_cov, -1).index_select(0, cov_rows).view(k, n, -1)
         std = torch.exp(0.5 * log_var)
+        n_labels = W[e + 2].shape[1]
+        if label_tables is None:
+            label_tables = label_rows(label, n_labels, x.dtype)
+        # the classifier, the KL term and their gradients: on the worker while the decoder runs here
+        branch = self.worker.call(partial(self._label_branch, mu, log_var, cov_rows, label_tables, weights, unsupervised))
         gs = [torch.addcmul(mu, std, noise)]
         for j in range(n_dec):
             gs.append(act(torch.baddbmm(B[e + 3 + j], gs[-1], W[e + 3 + j].transpose(1, 2))))
         logits = torch.baddbmm(B[-1], gs[-1], W[-1].transpose(1, 2))
-        rec_row, d_logits = _reconstruction(net, logits, x, output_mask, bernoulli, weights.reconstruction / n)
+        rec_loss, d_logits = _reconstruction(net, logits, x, output_mask, bernoulli, weights.reconstruction / n)
+        rec = self.worker.call(rec_loss)
 
-        z_c = mu - e_b
-        n_labels = W[e + 2].shape[1]
-        if label_tables is None:
-            label_tables = label_rows(label, n_labels, x.dtype)
+        # --- backward: the chain here, the parameter gradients off it on the worker. The chain's
+        # last weight gradient (the first layer's) is computed here while the worker finishes the
+        # others, then Adam: the next step needs both at once.
+        held: list = []
+
+        def grad_job(job):
+            if held:
+                submit(held.pop())
+            held.append(job)
+
+        def linear_back(i, d_out, h_in, need_input=True):
+            grad_job(partial(self._weight_grad, d_out, h_in, W[i].grad, B[i].grad))
+            return torch.bmm(d_out, W[i]) if need_input else None
+
+        d = linear_back(len(W) - 1, d_logits, gs[-1])  # decoder, output layer first
+        for j in reversed(range(n_dec)):
+            d = linear_back(e + 3 + j, act_back(d, gs[j + 1]), gs[j])
+        d_z = d
+        kl, cat, ce, d_zc, r_rows, var = branch.get()
+        rec = rec.get()
+        total = weights.reconstruction * rec + weights.kl * kl + weights.categorical * cat + weights.label * ce
+        terms = torch.stack([total, rec, kl, cat, ce, x.new_zeros(k)])
+        d_mu = d_z + d_zc
+        d_log_var = d_z * noise * std * 0.5 + 0.5 * r_rows * (var - 1)
+        d_heads = torch.cat([d_mu, d_log_var], -1)
+        grad_job(partial(self._weight_grad, d_heads, hs[-1], self.flat.heads[1], self.flat.heads_bias[1]))
+        d_h = torch.bmm(d_heads, heads_w) if e > 0 else None
+        for i in reversed(range(e)):
+            d_h = linear_back(i, act_back(d_h, hs[i + 1]), hs[i], i > 0)
+        held.pop()()
+        self.worker.wait()
+        if lr is not None:
+            self.flat.adam_step(lr)
+        return terms
+
+    @torch.no_grad()
+    def _label_branch(self, mu, log_var, cov_rows, label_tables, weights, unsupervised: bool):
+        """The loss's classifier, categorical, label and KL terms of the corrected latent z_c = mu - e_b
+        [K], their gradients w.r.t. z_c and (summed over types) the KL weights, and the parameter
+        gradients of the classifier, prior means and covariate embedding."""
+        net = self.net
+        W, B, e = net.weights, net.biases, net.n_encoder
+        k, n, latent = mu.shape[0], mu.shape[1], mu.shape[2]
+        n_cov = net.covariate_embedding.shape[1]
         one_hot, unlabeled = label_tables
+        n_labels = one_hot.shape[-1]
+        z_c = mu - net.covariate_embedding.view(k * n_cov, -1).index_select(0, cov_rows).view(k, n, -1)
         # The classifier and the prior's cross term z_c . m_t in one product: [classifier; -m] with the
         # bias [b; |m_t|^2 / 2]. KL(N(mu, s^2) || N(m_t + e_b, I)) = cross_t + col, with
         # cross_t = |m_t|^2 / 2 - z_c . m_t and col = (|z_c|^2 - sum(1 + log s^2 - s^2)) / 2.
@@ -156,22 +208,9 @@ class ManualStep:
         var = log_var.exp()
         col = 0.5 * ((z_c * z_c - log_var + var).sum(-1, keepdim=True) - latent)
         kl_t = scores[..., n_labels:] + col
-        kl = (resp * kl_t).sum(-1)
-        cat = (q * log_q).sum(-1).mean(-1) if unsupervised else x.new_zeros(k)
+        kl = (resp * kl_t).sum(-1).mean(-1)
+        cat = (q * log_q).sum(-1).mean(-1) if unsupervised else mu.new_zeros(k)
         ce = -(log_q * one_hot).sum(-1).sum(-1) / n
-        rec, kl = rec_row.mean(-1), kl.mean(-1)
-        total = weights.reconstruction * rec + weights.kl * kl + weights.categorical * cat + weights.label * ce
-        terms = torch.stack([total, rec, kl, cat, ce, x.new_zeros(k)])
-
-        # --- backward: the chain here, each weight gradient (one product) on the worker
-        def linear_back(i, d_out, h_in, need_input=True):
-            submit(partial(self._weight_grad, d_out, h_in, W[i].grad, B[i].grad))
-            return torch.bmm(d_out, W[i]) if need_input else None
-
-        d = linear_back(len(W) - 1, d_logits, gs[-1])  # decoder, output layer first
-        for j in reversed(range(n_dec)):
-            d = linear_back(e + 3 + j, act_back(d, gs[j + 1]), gs[j])
-        d_z = d
 
         r = (weights.kl / n) * resp  # d total / d kl_t
         r_rows = r.sum(-1, keepdim=True)
@@ -182,25 +221,23 @@ class ManualStep:
             g = g - (weights.label / n) * one_hot
         d_s = g - q * g.sum(-1, keepdim=True)  # through log_softmax
         d_scores = torch.cat([d_s, r], -1)
-        d_cls_w = torch.bmm(d_scores.transpose(1, 2), z_c)
-        W[e + 2].grad.copy_(d_cls_w[:, :n_labels])
-        torch.sum(d_s, 1, keepdim=True, out=B[e + 2].grad)
-        torch.sub(m * r.sum(1)[..., None], d_cls_w[:, n_labels:], out=m.grad)
         d_zc = torch.baddbmm(z_c * r_rows, d_scores, cls_w)
+        self._label_grads(d_scores, d_s, r, z_c, d_zc, cov_rows, n_labels)
+        return kl, cat, ce, d_zc, r_rows, var
 
+    @torch.no_grad()
+    def _label_grads(self, d_scores, d_s, r, z_c, d_zc, cov_rows, n_labels: int) -> None:
+        """Gradients of the classifier, the prior means and the covariate embedding."""
+        net = self.net
+        e = net.n_encoder
+        k, n_cov = net.k, net.covariate_embedding.shape[1]
+        d_cls_w = torch.bmm(d_scores.transpose(1, 2), z_c)
+        net.weights[e + 2].grad.copy_(d_cls_w[:, :n_labels])
+        torch.sum(d_s, 1, keepdim=True, out=net.biases[e + 2].grad)
+        torch.sub(net.prior_means * r.sum(1)[..., None], d_cls_w[:, n_labels:], out=net.prior_means.grad)
         d_emb = net.covariate_embedding.grad
         d_emb.zero_()
-        d_emb.view(k * n_cov, -1).index_add_(0, cov_rows, d_zc.reshape(k * n, -1), alpha=-1)
-        d_mu = d_z + d_zc
-        d_log_var = d_z * noise * std * 0.5 + 0.5 * r_rows * (var - 1)
-        d_heads = torch.cat([d_mu, d_log_var], -1)
-        submit(partial(self._weight_grad, d_heads, hs[-1], self.flat.heads[1], self.flat.heads_bias[1]))
-        d_h = torch.bmm(d_heads, heads_w) if e > 0 else None
-        for i in reversed(range(e)):
-            d_h = linear_back(i, act_back(d_h, hs[i + 1]), hs[i], i > 0)
-        if lr is not None:
-            submit(partial(self.flat.adam_step, lr))
-        return terms
+        d_emb.view(k * n_cov, -1).index_add_(0, cov_rows, d_zc.reshape(-1, d_zc.shape[-1]), alpha=-1)
 
 
 def loss_and_grads(net, *args, label_tables=None) -> torch.Tensor:

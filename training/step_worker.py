@@ -1,20 +1,44 @@
 """A second thread for the training step's work that is off its critical path.
 
 Why: a step's chain of dependencies runs forward through the layers and back, but the weight
-gradients (one product per layer) and Adam's update are needed only by the next step. On a CPU
-with a core to spare they run on this thread while the training thread goes on down the chain and
-gathers the next batch; torch releases the GIL inside an op, so the two threads compute at once.
-Each op runs single-threaded as it would on the training thread, on the same inputs, so the
-results are bit for bit those of one thread whatever the scheduling: nothing depends on which
-thread ran first, only :meth:`wait` orders the two. A waiting thread sleeps (no spinning), so a
-busy machine slows a step down to about one core's speed, not below.
+gradients (one product per layer), the classifier/prior branch of the loss, Adam's update and the
+next batch are not on the chain's path. On a CPU with a core to spare they run on this thread while
+the training thread goes on down the chain; torch releases the GIL inside an op, so the two threads
+compute at once. Each op runs single-threaded as it would on the training thread, on the same
+inputs, so the results are bit for bit those of one thread whatever the scheduling: only the
+waits order the two. A waiting thread sleeps (no spinning), so a busy machine slows a step down to
+about one core's speed, not below.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable
+from typing import Any, Callable
+
+
+class Pending:
+    """The result of a call handed to a worker: :meth:`get` waits for it."""
+
+    def __init__(self):
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self._done.set()
+
+    def get(self) -> Any:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class StepWorker:
@@ -34,15 +58,21 @@ class StepWorker:
             if job is None:
                 return
             try:
-                if self._error is None:
-                    job()
+                job()
             except BaseException as exc:  # handed to the training thread at its next wait
-                self._error = exc
+                if self._error is None:
+                    self._error = exc
             self._done.put(None)
 
     def submit(self, job: Callable[[], None]) -> None:
         self._pending += 1
         self._jobs.put(job)
+
+    def call(self, fn: Callable[[], Any]) -> Pending:
+        """Run ``fn`` in turn; its result (or error) through the returned :class:`Pending`."""
+        pending = Pending()
+        self.submit(lambda: pending._run(fn))
+        return pending
 
     def wait(self) -> None:
         """Block until every submitted call has run; re-raise the first error one of them raised."""
@@ -54,9 +84,13 @@ class StepWorker:
             raise error
 
     def close(self) -> None:
-        """Finish the submitted calls (re-raising an error of theirs) and stop the thread."""
+        """Stop the thread once the submitted calls have run. Their errors reached the training
+        thread at its waits; one raised after the last wait does not mask the exception (a Ctrl-C,
+        say) that ends a run."""
         try:
             self.wait()
+        except BaseException:
+            pass
         finally:
             self._jobs.put(None)
             self._thread.join()
@@ -67,6 +101,11 @@ class InlineWorker:
 
     def submit(self, job: Callable[[], None]) -> None:
         job()
+
+    def call(self, fn: Callable[[], Any]) -> Pending:
+        pending = Pending()
+        pending._run(fn)
+        return pending
 
     def wait(self) -> None:
         pass
