@@ -55,7 +55,8 @@ def schema(manifest: Manifest) -> list[dict]:
 
 
 def warn_if_not_counts(data, plan: PreprocessPlan) -> None:
-    """Warn when a model that normalises counts itself is given non-integer values (log-normalised X?)."""
+    """Warn when a model that normalises counts itself is given non-integer values (log-normalised X?).
+    ``plan``: the graph's whole preprocessing, whether the runtime applies it or the graph folds it in."""
     counting = [g for g in plan.active if g.has_ops]
     if not counting:
         return

@@ -163,7 +163,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
         plan = graph.runtime_plan
         if plan.active:
             log.info("applying the model's preprocessing (%s) before the graph", ", ".join(g.name for g in plan.active))
-        warn_if_not_counts(data, plan)
+        warn_if_not_counts(data, graph.preprocessing_plan)  # the model's own plan, also where the graph folds it in
         layout = plan_layout(options, manifest, graph, data) if decode else None
         if owns_backend:
             backend = default_backend(options)

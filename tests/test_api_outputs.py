@@ -105,6 +105,17 @@ def test_non_integer_input_warns(toy, tmp_path):
     assert res.exit_code == 0 and "warning: the model expects raw counts for 'rna'" in res.output
 
 
+def test_non_integer_input_warns_where_the_graph_folds_the_preprocessing_in(toy, tmp_path):
+    folded = export_model(toy["ckpt"], tmp_path / "folded", torchscript=False, fold_preprocessing=True).parent
+    logged = toy["cells"].copy()
+    logged.X = sp.csr_matrix(np.log1p(toy["counts"]))
+    logged.write_h5ad(tmp_path / "logged.h5ad")
+    res = _cli("embed", "--onnx", folded, "--input", tmp_path / "logged.h5ad", "--output", tmp_path / "e.h5ad", "--combination", "rna_protein_embed")
+    assert res.exit_code == 0 and "warning: the model expects raw counts for 'rna'" in res.output
+    res = _cli("embed", "--onnx", folded, "--input", toy["path"], "--output", tmp_path / "raw.h5ad", "--combination", "rna_protein_embed")
+    assert res.exit_code == 0 and "warning" not in res.output
+
+
 def _generate_both(toy, tmp_path, adata, combination):
     path = tmp_path / f"{combination}_in.h5ad"
     adata.write_h5ad(path)
