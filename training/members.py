@@ -60,7 +60,8 @@ def default_threads(device: torch.device) -> int:
     op wait for each other: on the shared 2-core machine of BENCHMARKS.md a second thread made one
     network 1.3-2.8x slower and 6 stacked members up to 8x slower whenever the other core was busy,
     and gained at most 1.2x when it was idle. More cores are used by more processes instead
-    (``worker_count``), which never wait for each other.
+    (``worker_count``), which never wait for each other, and within one process by the step worker
+    thread (``offload_step``), which waits for the training thread only twice a step, sleeping.
     """
     return 1 if device.type == "cpu" else 0
 
