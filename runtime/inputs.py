@@ -159,14 +159,17 @@ def _check_shared(graph: GraphEntry, n_present: int, min_fraction: float) -> Non
 
 
 def _align(graph: GraphEntry, sources: list[tuple[MatrixRows, list[str], str]], allow_missing: bool,
-           min_fraction: float = 0.0) -> tuple[list[Part], list[str]]:
+           min_fraction: float = 0.0, quiet: bool = False) -> tuple[list[Part], list[str]]:
+    """Each source's columns matched to the graph's input features by name; ``quiet``: no log lines
+    (an input opened a second time, whose missing features were reported the first time)."""
     wanted = list(graph.input_features)
     taken: dict[int, tuple[int, int]] = {}  # graph column -> (source, matrix column)
     for s, (rows, names, label) in enumerate(sources):
         if not names:  # obsm array without column names: must match the graph width, in order
             if rows.n_cols != len(wanted):
                 raise InclustError(f"{label} has {rows.n_cols} unnamed columns but the graph takes {len(wanted)} features", "store it as a data frame with feature names, or pass X")
-            log.info("%s has no column names: its %d columns are taken as the graph's input features in order", label, rows.n_cols)
+            if not quiet:
+                log.info("%s has no column names: its %d columns are taken as the graph's input features in order", label, rows.n_cols)
             for j in range(len(wanted)):
                 taken.setdefault(j, (s, j))
             continue
@@ -193,7 +196,8 @@ def _align(graph: GraphEntry, sources: list[tuple[MatrixRows, list[str], str]], 
         )
     if missing:
         _check_shared(graph, len(wanted) - len(missing), min_fraction)
-        log.warning("%d of %d input features are missing and filled with zeros: %s", len(missing), len(wanted), _names(missing))
+        if not quiet:
+            log.warning("%d of %d input features are missing and filled with zeros: %s", len(missing), len(wanted), _names(missing))
     parts = []
     for s, (rows, _, _) in enumerate(sources):
         pairs = sorted((m, g) for g, (src, m) in taken.items() if src == s)
@@ -203,8 +207,9 @@ def _align(graph: GraphEntry, sources: list[tuple[MatrixRows, list[str], str]], 
 
 
 def open_input(path: str | Path, graph: GraphEntry, layer: str | None = None, obsm: str | None = None, allow_missing: bool = False,
-               min_shared_fraction: float = 0.0) -> InputData:
-    """Open ``path`` (h5ad or h5mu) for ``graph``; errors for anything unreadable, empty or misaligned."""
+               min_shared_fraction: float = 0.0, quiet: bool = False) -> InputData:
+    """Open ``path`` (h5ad or h5mu) for ``graph``; errors for anything unreadable, empty or misaligned.
+    ``quiet``: no log lines about missing or unnamed columns (see :func:`_align`)."""
     p = Path(path)
     if not p.is_file():
         raise InclustError(f"input {p} does not exist", "check the --input path")
@@ -213,7 +218,7 @@ def open_input(path: str | Path, graph: GraphEntry, layer: str | None = None, ob
     except OSError:
         raise InclustError(f"input {p} is not a readable h5ad (corrupt, truncated or not HDF5)", "check the file or write it again with anndata") from None
     try:
-        data = _open(f, p, graph, layer, obsm, allow_missing, min_shared_fraction)
+        data = _open(f, p, graph, layer, obsm, allow_missing, min_shared_fraction, quiet)
     except InclustError:
         f.close()
         raise
@@ -223,7 +228,7 @@ def open_input(path: str | Path, graph: GraphEntry, layer: str | None = None, ob
     return data
 
 
-def _open(f: h5py.File, p: Path, graph: GraphEntry, layer, obsm, allow_missing, min_fraction: float = 0.0) -> InputData:
+def _open(f: h5py.File, p: Path, graph: GraphEntry, layer, obsm, allow_missing, min_fraction: float = 0.0, quiet: bool = False) -> InputData:
     if "mod" in f and isinstance(f["mod"], h5py.Group):
         mods = list(f["mod"].keys())
         use = [m for m in graph.input_modalities if m in mods] or (mods if len(mods) == 1 else [])
@@ -247,6 +252,6 @@ def _open(f: h5py.File, p: Path, graph: GraphEntry, layer, obsm, allow_missing, 
         if root_obs is not None and _index(root_obs).shape[0] == n_obs and _index_values(root_obs) == mod_index:
             obs = root_obs  # the MuData-wide obs carries the columns shared by modalities
     sources = [(rows, names, f"{label} {where}") for (rows, names, _, where), _, label in opened]
-    parts, missing = _align(graph, sources, allow_missing, min_fraction)
+    parts, missing = _align(graph, sources, allow_missing, min_fraction, quiet)
     element = opened[0][0][3]
     return InputData(path=p, file=f, n_obs=n_obs, obs=obs, element=element, parts=parts, n_inputs=len(graph.input_features), missing=missing)

@@ -13,7 +13,6 @@ the chunk reader reads anyway (:mod:`.layout_chunk`), so the input is read once.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -37,17 +36,6 @@ except ImportError:  # pragma: no cover - anndata 0.10
 
 log = logging.getLogger("inclust_plus.runtime")
 CHECKED_ROWS = 1000  # rows looked at for the counts warning
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Re-opening the input for measured values must not repeat the missing-feature warning."""
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def schema(manifest: Manifest) -> list[dict]:
@@ -178,34 +166,33 @@ def plan_layout(options, manifest: Manifest, graph: GraphEntry, data: InputData)
     layout = Layout(var=pd.DataFrame(), converter=converter, imputed_into=imputed_into, per_modality=options.command == "generate",
                     features=features, graph=graph)
     try:
-        with _quiet():
+        try:  # quiet: the missing-feature warning was given when the input was opened for the graph
+            layout.measured = open_input(options.input, outputs_as_inputs, options.layer, options.obsm, allow_missing=True, quiet=True)
+        except InclustError as err:
+            log.info("measured values are not kept (%s)", err.problem)
+        if layout.measured is not None and any(p.rows.names is None and options.obsm for p in layout.measured.parts):
+            layout.measured.close()  # an unnamed obsm array: its columns are not output features by name
+            layout.measured = None
+        present = np.ones(len(features), dtype=bool)
+        if layout.measured is not None:
+            missing = set(layout.measured.missing)
+            present = np.asarray([f not in missing for f in features])
+        else:
+            present[:] = False
+        groups = _groups(data, mods)
+        var_tables = [read_elem(g["var"]) for g in groups if "var" in g]
+        input_var = pd.concat(var_tables) if len(var_tables) > 1 else (var_tables[0] if var_tables else None)
+        layout.var = R.output_var(features, converter.modality_of, present, input_var)
+        names = list(dict.fromkeys(k for g in groups if "layers" in g for k in g["layers"].keys()))
+        for name in names:
+            if name in (R.IMPUTED_LAYER, R.MEASURED_LAYER, R.STD_LAYER):
+                continue
             try:
-                layout.measured = open_input(options.input, outputs_as_inputs, options.layer, options.obsm, allow_missing=True)
+                layout.layers[name] = open_input(options.input, outputs_as_inputs, name, None, allow_missing=True, quiet=True)
             except InclustError as err:
-                log.info("measured values are not kept (%s)", err.problem)
-            if layout.measured is not None and any(p.rows.names is None and options.obsm for p in layout.measured.parts):
-                layout.measured.close()  # an unnamed obsm array: its columns are not output features by name
-                layout.measured = None
-            present = np.ones(len(features), dtype=bool)
-            if layout.measured is not None:
-                missing = set(layout.measured.missing)
-                present = np.asarray([f not in missing for f in features])
-            else:
-                present[:] = False
-            groups = _groups(data, mods)
-            var_tables = [read_elem(g["var"]) for g in groups if "var" in g]
-            input_var = pd.concat(var_tables) if len(var_tables) > 1 else (var_tables[0] if var_tables else None)
-            layout.var = R.output_var(features, converter.modality_of, present, input_var)
-            names = list(dict.fromkeys(k for g in groups if "layers" in g for k in g["layers"].keys()))
-            for name in names:
-                if name in (R.IMPUTED_LAYER, R.MEASURED_LAYER, R.STD_LAYER):
-                    continue
-                try:
-                    layout.layers[name] = open_input(options.input, outputs_as_inputs, name, None, allow_missing=True)
-                except InclustError as err:
-                    log.info("layer %r is not carried over (%s)", name, err.problem)
-            layout.library = data  # the library sizes' raw values are the graph input's own
-            layout.plan_targets()
+                log.info("layer %r is not carried over (%s)", name, err.problem)
+        layout.library = data  # the library sizes' raw values are the graph input's own
+        layout.plan_targets()
     except BaseException:
         layout.close()
         raise

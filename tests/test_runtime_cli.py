@@ -121,6 +121,7 @@ def test_layer_obsm_and_allow_missing(toy, cells, tmp_path):
     keep = [n for n in RNA + PROTEIN if n not in ("g2", "g4")]
     write_h5ad(tmp_path / "partial.h5ad", cells[:, cols(keep)], keep, COV)
     res = invoke("impute", "--onnx", toy.folder, "--input", tmp_path / "partial.h5ad", "--output", tmp_path / "m.h5ad", "--combination", "panel_to_rna", "--allow-missing")
+    assert res.stderr.count("input features are missing") == 1  # said once: not again for the measured values
     assert "2 of 6 input features are missing" in res.stderr
     x = cells[:, cols(PANEL)].copy()
     x[:, [2, 4]] = 0
