@@ -36,6 +36,7 @@ def training_issue13_section(results: Path) -> list[str]:
     """Issue 13: whole-process training wall time, stacked ensembles, CPU vs CUDA."""
     walls = (("training_wall", "One network, paper defaults"), ("training_wall_lowload", "One network, paper defaults, at lower load"),
              ("training_wall_other_one_thread", "One network, paper defaults, main with one thread"),
+             ("training_wall_busy", "One network, paper defaults, the other core kept busy"),
              ("training_wall_preset", "The 6-network imputation preset"), ("training_wall_bf16", "bf16 autocast against fp32, one network"))
     ens, dev = _load(results, "ensemble_training"), _load(results, "training_device")
     if not any(_load(results, stem) for stem, _ in walls) and not (ens or dev):

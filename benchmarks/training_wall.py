@@ -9,6 +9,7 @@ is imported through a folder of links shaped like the installed package, put fir
 
     python benchmarks/training_wall.py --other /tmp/main-ref       # one network, 50 epochs, 3 runs each
     python benchmarks/training_wall.py --other /tmp/main-ref --preset --runs 1   # the 6-network preset + accuracy
+    python benchmarks/training_wall.py --other /tmp/main-ref --busy   # the same with the other core kept busy
     python benchmarks/training_wall.py --quick                     # synthetic cells, this checkout only
 
 Every model is scored the same way (this checkout loads each model.pt): mean Pearson over the
@@ -97,7 +98,22 @@ def mean_pearson(model_path: Path, split) -> float:
 def _name(args) -> str:
     precision = f"_{args.also_precision}" if args.also_precision and args.other is None else ""
     one_thread = "_other_one_thread" if args.only_other_one_thread else ""
-    return "training_wall" + ("_preset" if args.preset else "") + precision + one_thread + ("_quick" if args.quick else "")
+    return ("training_wall" + ("_preset" if args.preset else "") + precision + one_thread + ("_busy" if args.busy else "")
+            + ("_quick" if args.quick else ""))
+
+
+def _run_all(args, contenders: dict, runs: dict, work: Path, config: Path, split) -> None:
+    """``args.runs`` runs of every contender, alternating (the order reversed every run)."""
+    for i in range(args.runs):
+        order = list(contenders) if i % 2 == 0 else list(reversed(contenders))
+        for name in order:
+            out = work / f"{name.replace(' ', '_')}_{i}.pt"
+            r = run_contender(name, dict(contenders[name]), config, out)
+            r["mean_pearson"] = mean_pearson(out, split)
+            runs[name].append(r)
+            print(f"{name:>14} run {i + 1}: {r['wall_s']:.1f} s wall (loop {r['loop_s']} s), mean Pearson {r['mean_pearson']}", flush=True)
+            if args.out is not None or not args.quick:  # what was measured so far survives a run cut short
+                write_result(_name(args) + "_partial", {"runs": runs}, *([args.out] if args.out else []))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -111,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--also-precision", choices=["bf16", "fp16"], default=None,
                         help="also run this checkout with --precision (its accuracy and time next to fp32)")
     parser.add_argument("--preset", action="store_true", help="the 6-network imputation preset (200 epochs) instead of one network")
+    parser.add_argument("--busy", action="store_true",
+                        help="keep one core busy (a spinning process) during every run: a shared machine's load, reproducibly")
     add_run_options(parser, None, "default: 50 (one network) or the preset's 200", "runs per contender, alternating",
                     "synthetic cells, 2 epochs, one run (smoke run)")
     args = parser.parse_args(argv)
@@ -136,16 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
         if args.also_precision:
             contenders[f"this checkout, {args.also_precision}"] = {**os.environ, "_EXTRA_ARGS": f"--precision {args.also_precision}"}
         runs: dict[str, list[dict]] = {name: [] for name in contenders}
-        for i in range(args.runs):
-            order = list(contenders) if i % 2 == 0 else list(reversed(contenders))
-            for name in order:
-                out = work / f"{name.replace(' ', '_')}_{i}.pt"
-                r = run_contender(name, dict(contenders[name]), config, out)
-                r["mean_pearson"] = mean_pearson(out, split)
-                runs[name].append(r)
-                print(f"{name:>14} run {i + 1}: {r['wall_s']:.1f} s wall (loop {r['loop_s']} s), mean Pearson {r['mean_pearson']}", flush=True)
-                if args.out is not None or not args.quick:  # what was measured so far survives a run cut short
-                    write_result(_name(args) + "_partial", {"runs": runs}, *([args.out] if args.out else []))
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+        try:
+            _run_all(args, contenders, runs, work, config, split)
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
 
     summary = {name: {"median_wall_s": statistics.median(r["wall_s"] for r in rs),
                       "median_mean_pearson": statistics.median(r["mean_pearson"] for r in rs)} for name, rs in runs.items()}
@@ -155,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
         "quick": args.quick,
         "data": use_data.name if use_data else "synthetic (--quick or real data not found)",
         "what": ("imputation preset (6 networks, its defaults)" if args.preset else "one network, paper defaults (batch 500)")
-                + f", {epochs} epochs, standard split; whole inclust-train process, median of {args.runs} alternating runs",
+                + f", {epochs} epochs, standard split; whole inclust-train process, median of {args.runs} alternating runs"
+                + (", one core kept busy by a spinning process" if args.busy else ""),
         "runs": runs,
         "summary": summary,
         "machine": machine(),
