@@ -4,10 +4,13 @@ Why: the inClust+ network is small (a few [500, 200] matrix products per step), 
 of a step was autograd bookkeeping, not arithmetic: recording ~80 graph nodes, the select/unsqueeze
 backward copies of the stacked layers, zero-filled gradient buffers and the many small elementwise
 ops of the KL term's backward. Here the forward pass keeps what the backward needs and the gradient
-of every parameter is one or two matrix products or reductions, assigned to ``p.grad`` directly
-(the optimizer then steps as before). Products that share an input are one product (the mu and
-log-variance heads; the classifier and the KL term's cross term z_c . m_t). The loss terms are those
-of :meth:`StackedNetworks.loss` and the gradients autograd's, to float rounding
+of every parameter is one or two matrix products or reductions, written in place into a flat
+gradient buffer that one fused Adam call then steps (training/flat_params.py). Products that share
+an input are one product (the mu and log-variance heads; the classifier and the KL term's cross
+term z_c . m_t). What is off the chain of dependencies (the next batch, the classifier/KL branch,
+the reconstruction loss's value, the weight gradients) goes to a step worker, a second thread on a
+CPU with a spare core (training/step_worker.py), with the same result bit for bit. The loss terms
+are those of :meth:`StackedNetworks.loss` and the gradients autograd's, to float rounding
 (tests/test_training_manual_step.py).
 
 Covered: every activation, both likelihoods (and a mix across members), the l2 input
@@ -84,10 +87,10 @@ class ManualStep:
     """The training step of ``net`` with its gradients by hand: built once per training run.
 
     ``net``'s parameters move into flat buffers (training/flat_params.py). A call computes the loss
-    terms [len(TERMS), K] of :meth:`StackedNetworks.loss` for a batch (``noise`` given) and the
-    gradient of their sum, and, given ``lr``, steps Adam. The weight gradients and the Adam step go
-    to ``worker`` (training/step_worker.py: a second thread, or inline), so the next call (or
-    :meth:`sync`) first waits for them.
+    terms [len(TERMS), K] of :meth:`StackedNetworks.loss` for a batch (``noise`` given), writes the
+    gradient of their sum into the parameters' ``.grad`` and, given ``lr``, steps Adam. The work off
+    the step's chain runs on ``worker`` (training/step_worker.py: a second thread, or inline); a call
+    returns when all of it, its ``meanwhile`` included, is done and the update is in the parameters.
     """
 
     def __init__(self, net, worker=None):
