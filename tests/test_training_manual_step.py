@@ -152,3 +152,32 @@ def test_the_step_worker_hands_an_error_to_the_training_thread():
         failed.get()  # the caller waiting for that result gets its error
     worker.close()  # the error has reached the training thread: stopping does not raise it again
     assert not worker._thread.is_alive()
+
+
+def test_training_leaves_no_worker_thread_behind(monkeypatch):
+    import threading
+
+    from inclust_plus.training import members
+
+    monkeypatch.setattr(members, "offload_step", lambda *a: True)
+    before = threading.active_count()
+    _fit()
+    _fit()  # a notebook fitting again
+    assert threading.active_count() == before
+    assert not [t for t in threading.enumerate() if t.name == "inclust-step-worker"]
+
+
+def test_an_error_on_the_worker_thread_ends_training_with_that_error(monkeypatch):
+    import threading
+
+    from inclust_plus.training import manual_step, members
+
+    monkeypatch.setattr(members, "offload_step", lambda *a: True)
+
+    def broken(self, *args):
+        raise FloatingPointError("the worker's part of the step failed")
+
+    monkeypatch.setattr(manual_step.ManualStep, "_label_branch", broken)
+    with pytest.raises(FloatingPointError, match="worker's part"):
+        _fit()
+    assert not [t for t in threading.enumerate() if t.name == "inclust-step-worker"]
