@@ -269,6 +269,13 @@ def _combine(aligned: list, presents: list):
     return total
 
 
+def label_table(probs: np.ndarray, categories, index) -> pd.DataFrame:
+    """Per cell (``index``): the most likely label (``obs[LABEL_COLUMN]``) and its probability."""
+    best = probs.argmax(axis=1)
+    return pd.DataFrame({LABEL_COLUMN: pd.Categorical.from_codes(best, categories=list(categories)),
+                         PROBABILITY_COLUMN: probs[np.arange(len(best)), best].astype(np.float32)}, index=index)
+
+
 def decoded_anndata(obs: pd.DataFrame, sources, output_features, modality_of, values, latent, probs, label_categories,
                     imputed_into: str, provenance: dict, per_modality: bool = False, spread=None):
     """The AnnData of a decoded result (layout in the module docstring), built in memory.
@@ -304,9 +311,8 @@ def decoded_anndata(obs: pd.DataFrame, sources, output_features, modality_of, va
     out = ad.AnnData(X=x, obs=obs.copy(), var=var, layers=layers)
     out.obsm[LATENT_KEY] = np.asarray(latent, dtype=np.float32)
     if label_categories:
-        best = probs.argmax(axis=1)
-        out.obs[LABEL_COLUMN] = pd.Categorical.from_codes(best, categories=list(label_categories))
-        out.obs[PROBABILITY_COLUMN] = probs[np.arange(len(best)), best].astype(np.float32)
+        for column, value in label_table(probs, label_categories, out.obs.index).items():
+            out.obs[column] = value.values  # by position: obs names may repeat
     info = {k: v for k, v in provenance.items() if v is not None}
     info["imputed_into"] = imputed_into
     if per_modality:

@@ -228,12 +228,19 @@ def open_input(path: str | Path, graph: GraphEntry, layer: str | None = None, ob
     return data
 
 
+def read_modalities(mods: list[str], graph: GraphEntry, where: str) -> list[str]:
+    """The modalities of a MuData (``where``: how to name it) that ``graph`` reads: those among its
+    input modalities, or the only one there is."""
+    use = [m for m in graph.input_modalities if m in mods] or (mods if len(mods) == 1 else [])
+    if not use:
+        raise InclustError(f"{where} has modalities {_names(mods)} but graph {graph.name!r} reads {', '.join(graph.input_modalities)}",
+                           "rename the modality or choose another combination")
+    return use
+
+
 def _open(f: h5py.File, p: Path, graph: GraphEntry, layer, obsm, allow_missing, min_fraction: float = 0.0, quiet: bool = False) -> InputData:
     if "mod" in f and isinstance(f["mod"], h5py.Group):
-        mods = list(f["mod"].keys())
-        use = [m for m in graph.input_modalities if m in mods] or (mods if len(mods) == 1 else [])
-        if not use:
-            raise InclustError(f"{p} has modalities {_names(mods)} but graph {graph.name!r} reads {', '.join(graph.input_modalities)}", "rename the modality or choose another combination")
+        use = read_modalities(list(f["mod"].keys()), graph, str(p))
         groups = [(f["mod"][m], f"{p.name}:mod/{m}") for m in use]
     else:
         groups = [(f, p.name)]

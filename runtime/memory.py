@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from inclust_plus.errors import InclustError
 from inclust_plus.results import cells_obs
 
-from .inputs import AlignedParts, _align, _names
+from .inputs import AlignedParts, _align, _names, read_modalities
 from .manifest import GraphEntry
 from .matrices import CsrRows, DenseRows, MatrixRows
 
@@ -78,11 +78,7 @@ def modality_views(adata, graph: GraphEntry) -> list[tuple[object, str]]:
     """(AnnData, label) per modality the graph reads: the AnnData itself, or MuData modalities."""
     if not hasattr(adata, "mod"):
         return [(adata, "the AnnData")]
-    mods = list(adata.mod)
-    use = [m for m in graph.input_modalities if m in mods] or (mods if len(mods) == 1 else [])
-    if not use:
-        raise InclustError(f"the MuData has modalities {_names(mods)} but graph {graph.name!r} reads {', '.join(graph.input_modalities)}",
-                           "rename the modality or choose another combination")
+    use = read_modalities(list(adata.mod), graph, "the MuData")
     first = adata.mod[use[0]].obs_names
     for m in use[1:]:
         if not adata.mod[m].obs_names.equals(first):

@@ -164,7 +164,7 @@ class Predictor:
             raise InclustError("the model has no label categories to annotate with", "use get_latent_representation for the latent only")
         graph = pick_graph(self.manifest, adata, False, combination, source)
         data, _, out, _ = self._run(adata, graph, layer, covariate_key, covariate, None, allow_missing)
-        table = label_table(out["label_probs"], self.manifest.label_categories, data.frame.index)
+        table = R.label_table(out["label_probs"], self.manifest.label_categories, data.frame.index)
         if inplace:
             adata.obs[R.LABEL_COLUMN] = table[R.LABEL_COLUMN].to_numpy()
             adata.obs[R.PROBABILITY_COLUMN] = table[R.PROBABILITY_COLUMN].to_numpy()
@@ -199,9 +199,3 @@ class Predictor:
     def generate(self, adata, combination=None, source=None, target=None, **kwargs):
         """:meth:`impute` for another modality: also one ``obsm["inclust_<modality>"]`` per output modality."""
         return self.impute(adata, combination, source, target, command="generate", **kwargs)
-
-
-def label_table(probs: np.ndarray, categories, index) -> pd.DataFrame:
-    best = probs.argmax(axis=1)
-    return pd.DataFrame({R.LABEL_COLUMN: pd.Categorical.from_codes(best, categories=list(categories)),
-                         R.PROBABILITY_COLUMN: probs[np.arange(len(best)), best].astype(np.float32)}, index=index)

@@ -208,9 +208,7 @@ class AnnDataVerbs:
         if not cats:
             raise InclustError("the model has no label categories to annotate with", "use get_latent_representation for the latent only")
         _, _, _, _, probs, _, obs, _, _ = self._run(adata, False, combination, layer, covariate_key, covariate, None, allow_missing, batch_size)
-        best = probs.argmax(axis=1)
-        table = pd.DataFrame({R.LABEL_COLUMN: pd.Categorical.from_codes(best, categories=cats),
-                              R.PROBABILITY_COLUMN: probs[np.arange(len(best)), best].astype(np.float32)}, index=obs.index)
+        table = R.label_table(probs, cats, obs.index)
         if inplace:
             adata.obs[R.LABEL_COLUMN] = table[R.LABEL_COLUMN].to_numpy()
             adata.obs[R.PROBABILITY_COLUMN] = table[R.PROBABILITY_COLUMN].to_numpy()
