@@ -98,10 +98,6 @@ class ManualStep:
         self.flat = FlatParameters(net)
         self.worker = worker or InlineWorker()
 
-    def sync(self) -> None:
-        """Wait until the last step's gradients and update are in the parameters."""
-        self.worker.wait()
-
     def close(self) -> None:
         self.worker.close()
 

@@ -67,7 +67,7 @@ def default_threads(device: torch.device) -> int:
 
 
 def offload_step(device: torch.device, threads: int) -> bool:
-    """Whether this process's training step hands its weight gradients and Adam to a second thread
+    """Whether this process's training step hands the work off its chain to a second thread
     (training/step_worker.py): on a CPU with a second core, one torch thread per op. The result is
     the same either way; on the 2-core machine of BENCHMARKS.md it makes one network's step faster."""
     return device.type == "cpu" and threads == 1 and available_cores() >= 2

@@ -1,8 +1,8 @@
 """A second thread for the training step's work that is off its critical path.
 
 Why: a step's chain of dependencies runs forward through the layers and back, but the weight
-gradients (one product per layer), the classifier/prior branch of the loss, Adam's update and the
-next batch are not on the chain's path. On a CPU with a core to spare they run on this thread while
+gradients (one product per layer), the loss values and the next batch are not on its path, and the
+classifier/KL branch of the loss is a side branch that joins it only at the latent. On a CPU with a core to spare they run on this thread while
 the training thread goes on down the chain; torch releases the GIL inside an op, so the two threads
 compute at once. Each op runs single-threaded as it would on the training thread, on the same
 inputs, so the results are bit for bit those of one thread whatever the scheduling: only the

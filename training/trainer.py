@@ -11,8 +11,9 @@ there once (training/batches.py), the loss and its gradients are written out by 
 (training/manual_step.py: no autograd graph to record), Adam runs fused (one kernel over one
 flat buffer of all parameters, training/flat_params.py), and the loss terms are summed on the
 device and read once per epoch - the only host-device exchange in the loop besides the epoch's
-shuffled order. On a CPU with a second core the weight gradients, Adam and the next batch run on a
-second thread during the step (training/step_worker.py), with the same result bit for bit.
+shuffled order. On a CPU with a second core the work off the step's chain (the next batch, the
+classifier/KL branch, the weight gradients) runs on a second thread during the step
+(training/step_worker.py), with the same result bit for bit.
 """
 
 from __future__ import annotations
@@ -103,6 +104,15 @@ def _evaluate(net: StackedNetworks, rows: DeviceRows, val: torch.Tensor, weights
     return (total / max(val.shape[1], 1)).tolist()
 
 
+def _step_inputs(rows: DeviceRows, epoch_rows: torch.Tensor, batch_size: int, noises, latent: int, label_tables: bool, s: int):
+    """Step ``s``'s batch and noise; called in step order (each member's noise generator is a stream)."""
+    step_rows = epoch_rows[:, s * batch_size : (s + 1) * batch_size]
+    noise = torch.empty(step_rows.shape[0], step_rows.shape[1], latent, device=epoch_rows.device)
+    for i, g in enumerate(noises):
+        noise[i].normal_(generator=g)
+    return rows.batch(step_rows, label_tables=label_tables), noise
+
+
 def train_stacked(
     members: list[InClustModule],
     data: TrainingData,
@@ -114,7 +124,7 @@ def train_stacked(
     offload: bool = False,
 ) -> tuple[list[InClustModule], list[TrainingResult]]:
     """Train ``members`` (initialised by the caller) side by side; member k with ``settings[k]``.
-    ``offload``: the hand-written step's weight gradients and Adam run on a second thread
+    ``offload``: the hand-written step's work off its chain runs on a second thread
     (training/step_worker.py; bit for bit the same result)."""
     _shared_schedule(settings)
     cfg, loss_cfg = settings[0]
@@ -159,19 +169,10 @@ def train_stacked(
             perm = torch.stack([torch.randperm(n_train, generator=g) for g in shuffles]).to(device)
             epoch_rows = train_rows.gather(1, perm)
             sums = torch.zeros(len(TERMS), k, dtype=torch.float64, device=device)
-            def step_inputs(s: int):
-                """Step ``s``'s batch and noise (in step order: each member's noise generator is a stream)."""
-                step_rows = epoch_rows[:, s * cfg.batch_size : (s + 1) * cfg.batch_size]
-                noise = torch.empty(k, step_rows.shape[1], latent, device=device)
-                for i, g in enumerate(noises):
-                    noise[i].normal_(generator=g)
-                return rows.batch(step_rows, label_tables=manual is not None), noise
-
+            step_inputs = partial(_step_inputs, rows, epoch_rows, cfg.batch_size, noises, latent, manual is not None)
             ahead: list = []  # the next step's inputs, gathered on the step worker during this step
             for s in range(steps_per_epoch):
                 interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
-                if manual is not None:
-                    manual.sync()
                 batch, noise = ahead.pop() if ahead else step_inputs(s)
                 n = noise.shape[1]
                 if manual is not None:  # loss terms, gradients and update in one pass, no autograd graph
@@ -196,8 +197,6 @@ def train_stacked(
                     if opt is not None:
                         opt.lr = lr
                 sums += terms.detach().double() * n
-            if manual is not None:
-                manual.sync()  # the epoch's last update is in the parameters before they are read
             epoch_terms = (sums / n_train).tolist()  # the epoch's one read from the device
             val = _evaluate(net, rows, val_rows, full_weights, bernoulli, unsupervised, precision) if val_rows is not None else None
             for i in range(k):
