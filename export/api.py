@@ -193,8 +193,6 @@ def export_model(
     out = Path(out_dir) if out_dir is not None else default_out_dir(ckpt)
     check_output_path(out, force, inputs=(ckpt,))
     check_not_inside(out, (ckpt,), "--out")
-    if force and out.is_dir():
-        written_by_export(out)
     if triton_dir is not None:
         t, o = Path(triton_dir).resolve(), out.resolve()
         if t == o or t.is_relative_to(o) or o.is_relative_to(t):

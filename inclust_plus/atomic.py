@@ -228,10 +228,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", force: bool = False) 
 def atomic_dir(path: str | os.PathLike, force: bool = False, replaceable: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; it replaces ``path`` only if the block succeeds.
 
-    ``replaceable(existing)`` is called before an existing folder is replaced (with ``force``)
-    and raises if that folder holds anything the caller did not write.
+    ``replaceable(existing)`` raises if an existing folder holds anything the caller did not write.
+    With ``force`` it is called twice: on entry, so that a refusal comes before the work, and again
+    just before the folder is replaced, in case it changed meanwhile.
     """
     target = Path(path)
+    if force and replaceable is not None and target.is_dir():
+        replaceable(target)
     remove_stale(target)
     tmp = temp_name(target)
     _new_dir(tmp)

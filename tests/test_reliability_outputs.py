@@ -106,10 +106,22 @@ def test_atomic_dir_no_replace_and_exchange(tmp_path):
     def refuse(folder):
         raise InclustError(f"{folder.name} holds foreign files", "move them")
 
+    worked = []
     with pytest.raises(InclustError, match="export holds foreign files"):
         with atomic.atomic_dir(target, force=True, replaceable=refuse) as tmp:
+            worked.append(1)  # never: the refusal comes on entry, before the work
+    assert worked == [] and [p.name for p in target.iterdir()] == ["b"] and temporaries(tmp_path) == []
+    calls = []
+
+    def refuse_later(folder):  # fine on entry; foreign by the time the work is done
+        calls.append(folder.name)
+        if len(calls) > 1:
+            refuse(folder)
+
+    with pytest.raises(InclustError, match="export holds foreign files"):
+        with atomic.atomic_dir(target, force=True, replaceable=refuse_later) as tmp:
             (tmp / "c").write_text("x")
-    assert [p.name for p in target.iterdir()] == ["b"] and temporaries(tmp_path) == []
+    assert calls == ["export", "export"] and [p.name for p in target.iterdir()] == ["b"] and temporaries(tmp_path) == []
 
 
 # --- outputs never equal an input ----------------------------------------------------------------

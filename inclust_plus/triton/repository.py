@@ -158,8 +158,6 @@ def write_triton_repository(
     names = [m.name for m in plan]
     if len(set(names)) != len(names):
         raise InclustError("two graphs map to the same Triton model name", "rename one of the combinations and re-export")
-    if force and out.is_dir():
-        written_by_triton_export(out)
     with atomic_dir(out, force=force, replaceable=written_by_triton_export) as tmp:
         for model in plan:
             _write_model(tmp / model.name, model, labels)
