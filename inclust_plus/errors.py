@@ -19,6 +19,13 @@ from typing import Callable, TypeVar
 import click
 
 EXIT_USAGE = 2
+SHOWN = 5  # how many names an error message lists before "..."
+
+
+def names_shown(items) -> str:
+    """``items`` for an error message: the first few, then how many more."""
+    items = list(items)
+    return ", ".join(items[:SHOWN]) + (f", ... ({len(items) - SHOWN} more)" if len(items) > SHOWN else "")
 
 F = TypeVar("F", bound=Callable)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import InclustError
+from .errors import InclustError, names_shown
 
 SCALES = ("model", "log1p", "counts")
 IMPUTED_INTO = ("layer", "X")
@@ -245,6 +245,17 @@ def cells_obs(source, first: pd.DataFrame) -> pd.DataFrame:
         return first
     extra = [c for c in first.columns if c not in source.obs.columns]
     return source.obs.join(first[extra]) if extra else source.obs
+
+
+def element(adata, layer: str | None, label: str):
+    """``adata.X`` or ``adata.layers[layer]``, with one-line errors."""
+    if layer is not None:
+        if layer not in adata.layers:
+            raise InclustError(f"{label} has no layer {layer!r}", f"layers: {names_shown(adata.layers) or 'none'}")
+        return adata.layers[layer]
+    if adata.X is None:
+        raise InclustError(f"{label} has no X", "pass layer= to read another matrix")
+    return adata.X
 
 
 def view_sources(views, layer):

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from inclust_plus.errors import InclustError
+from inclust_plus.errors import names_shown as _names  # (the name the runtime modules import)
 
 from .manifest import GraphEntry
 from .matrices import MatrixRows, matrix_rows
@@ -28,14 +29,6 @@ except ImportError:  # pragma: no cover - anndata 0.10
     from anndata.experimental import read_elem
 
 log = logging.getLogger("inclust_plus.runtime")
-SHOWN = 5  # how many names an error lists before "..."
-
-
-def _names(names: list[str]) -> str:
-    head = ", ".join(names[:SHOWN])
-    return head + (f", ... ({len(names) - SHOWN} more)" if len(names) > SHOWN else "")
-
-
 def _index(group: h5py.Group) -> h5py.Dataset:
     key = group.attrs.get("_index", "_index")
     key = key.decode() if isinstance(key, bytes) else key

@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from inclust_plus.errors import InclustError
-from inclust_plus.results import cells_obs
+from inclust_plus.results import cells_obs, element
 
 from .inputs import AlignedParts, _align, _names, read_modalities
 from .manifest import GraphEntry
@@ -61,17 +61,6 @@ class _ObsColumns:
 
     def __init__(self, obs: pd.DataFrame):
         self.attrs = {"column-order": [str(c) for c in obs.columns]}
-
-
-def element(adata, layer: str | None, label: str):
-    """``adata.X`` or ``adata.layers[layer]``, with one-line errors."""
-    if layer is not None:
-        if layer not in adata.layers:
-            raise InclustError(f"{label} has no layer {layer!r}", f"layers: {_names(list(adata.layers)) or 'none'}")
-        return adata.layers[layer]
-    if adata.X is None:
-        raise InclustError(f"{label} has no X", "pass layer= to read another matrix")
-    return adata.X
 
 
 def modality_views(adata, graph: GraphEntry) -> list[tuple[object, str]]:

@@ -25,7 +25,7 @@ from .chunks import chunk_reader
 from .covariates import resolve_covariates, resolve_target
 from .layout_chunk import ChunkTap, Target
 from .manifest import GraphEntry, load_manifest, select_graph
-from .memory import element, modality_views, open_memory
+from .memory import modality_views, open_memory
 from .stream import check_outputs
 
 log = logging.getLogger("inclust_plus.runtime")
@@ -139,7 +139,7 @@ class Predictor:
         if not counts:
             return
         for view, label in modality_views(adata, graph):
-            text = R.non_integer_warning(element(view, layer, label)[:1000], counts[0])
+            text = R.non_integer_warning(R.element(view, layer, label)[:1000], counts[0])
             if text:
                 warnings.warn(text, UserWarning, stacklevel=4)
                 return

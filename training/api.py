@@ -20,17 +20,9 @@ import scipy.sparse as sp
 
 from inclust_plus import __version__
 from inclust_plus import results as R
-from inclust_plus.errors import InclustError
+from inclust_plus.errors import InclustError, names_shown
 
 from .preprocessing import Preprocessing, transform
-
-SHOWN = 5
-
-
-def _names(items) -> str:
-    items = list(items)
-    return ", ".join(items[:SHOWN]) + (f", ... ({len(items) - SHOWN} more)" if len(items) > SHOWN else "")
-
 
 class AnnDataVerbs:
     """Mixed into ``InClust``; needs ``self.description`` and ``self.predict``."""
@@ -56,9 +48,9 @@ class AnnDataVerbs:
             for c in self.description["combinations"]:
                 if c["name"] == combination:
                     if (c.get("outputs") is not None) != decode:
-                        raise InclustError(f"combination {combination!r} cannot {kind}", f"choose one of: {_names(c['name'] for c in combos)}")
+                        raise InclustError(f"combination {combination!r} cannot {kind}", f"choose one of: {names_shown(c['name'] for c in combos)}")
                     return c
-            raise InclustError(f"unknown combination {combination!r}", f"choose one of: {_names(c['name'] for c in combos)}")
+            raise InclustError(f"unknown combination {combination!r}", f"choose one of: {names_shown(c['name'] for c in combos)}")
         if not combos:
             raise InclustError(f"the model has no {kind} combination", "use the verbs its combinations allow (see repr(model))")
         have = {str(v) for v in _var_names(adata)}
@@ -67,7 +59,7 @@ class AnnDataVerbs:
             best = max(combos, key=lambda c: len(set(self._set_features(c["inputs"])) & have))
             missing = [f for f in self._set_features(best["inputs"]) if f not in have]
             raise InclustError(f"the AnnData lacks {len(missing)} of the {len(self._set_features(best['inputs']))} features combination "
-                               f"{best['name']!r} needs: {_names(missing)}", "pass allow_missing=True with combination=NAME, or check var_names")
+                               f"{best['name']!r} needs: {names_shown(missing)}", "pass allow_missing=True with combination=NAME, or check var_names")
         return max(covered, key=lambda c: (len(self.feature_set(c["inputs"])), len(self.feature_set(c["outputs"])) if c.get("outputs") else 0))
 
     # --- reading an AnnData ---------------------------------------------------------------------
@@ -76,7 +68,7 @@ class AnnDataVerbs:
             return [(adata, "the AnnData")]
         use = [m for m in self._set_modalities(set_name) if m in adata.mod]
         if not use:
-            raise InclustError(f"the MuData has modalities {_names(adata.mod)} but {set_name!r} reads {_names(self._set_modalities(set_name))}",
+            raise InclustError(f"the MuData has modalities {names_shown(adata.mod)} but {set_name!r} reads {names_shown(self._set_modalities(set_name))}",
                                "rename the modality or choose another combination")
         return [(adata.mod[m], f"modality {m!r}") for m in use]
 
@@ -85,21 +77,19 @@ class AnnDataVerbs:
         wanted = self._set_features(combo["inputs"])
         aligned, presents, sources = [], [], []
         for view, label in self._views(adata, combo["inputs"]):
-            matrix = view.layers[layer] if layer is not None and layer in view.layers else (view.X if layer is None else None)
-            if matrix is None:
-                raise InclustError(f"{label} has no {'layer ' + repr(layer) if layer else 'X'}", f"layers: {_names(view.layers) or 'none'}")
+            matrix = R.element(view, layer, label)
             names = [str(v) for v in view.var_names]
             index = pd.Index(names)
             dups = sorted(set(index[index.duplicated()]) & set(wanted))
             if dups:
-                raise InclustError(f"{label} has duplicate var names among the model's features: {_names(dups)}",
+                raise InclustError(f"{label} has duplicate var names among the model's features: {names_shown(dups)}",
                                    "make var names unique (anndata var_names_make_unique) or drop the duplicates")
             a, present = R.align_columns(matrix, names, wanted)
             aligned.append(a), presents.append(present), sources.append((matrix, names, view.var, dict(view.layers)))
         present = np.logical_or.reduce(presents)
         if not present.all() and not allow_missing:
             missing = [f for f, p in zip(wanted, present) if not p]
-            raise InclustError(f"the input lacks {len(missing)} of the {len(wanted)} features combination {combo['name']!r} needs: {_names(missing)}",
+            raise InclustError(f"the input lacks {len(missing)} of the {len(wanted)} features combination {combo['name']!r} needs: {names_shown(missing)}",
                                "pass allow_missing=True to fill them with zeros, or choose another combination")
         raw = R._combine(aligned, presents)
         raw = raw.toarray() if sp.issparse(raw) else np.asarray(raw, dtype=np.float32)
@@ -149,17 +139,17 @@ class AnnDataVerbs:
                 return np.full(len(obs), combo["default_covariate"], dtype=object), combo["default_covariate"]
             else:
                 raise InclustError("the model was trained with several covariate categories and the input does not say which one its cells belong to",
-                                   f"pass covariate_key=COL or covariate=NAME (known: {_names(cats)})")
+                                   f"pass covariate_key=COL or covariate=NAME (known: {names_shown(cats)})")
         if covariate_key not in obs.columns:
-            raise InclustError(f"obs has no column {covariate_key!r}", f"columns: {_names(map(str, obs.columns)) or 'none'}; or pass covariate=NAME")
+            raise InclustError(f"obs has no column {covariate_key!r}", f"columns: {names_shown(map(str, obs.columns)) or 'none'}; or pass covariate=NAME")
         col = obs[covariate_key]
         if col.isna().any():
             raise InclustError(f"obs column {covariate_key!r} is empty for {int(col.isna().sum())} cells", "fill it or pass covariate=NAME")
         values = col.astype(str).to_numpy(dtype=object)
         unknown = sorted(set(values) - set(cats))
         if unknown:
-            raise InclustError(f"obs column {covariate_key!r} holds covariate categories the model does not know: {_names(unknown)}",
-                               f"known: {_names(cats)}; or pass covariate=NAME")
+            raise InclustError(f"obs column {covariate_key!r} holds covariate categories the model does not know: {names_shown(unknown)}",
+                               f"known: {names_shown(cats)}; or pass covariate=NAME")
         return values, f"obs[{covariate_key!r}]"
 
     def _obs(self, adata, combo) -> pd.DataFrame:
