@@ -15,7 +15,11 @@ the members read them as before.
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from .optim import fused_adam
 
 
 class FlatParameters:
@@ -27,11 +31,12 @@ class FlatParameters:
         k, latent = net.k, net.config.latent_dim
         blocks: list[tuple[tuple[int, ...], list[tuple[torch.nn.Parameter, tuple]]]] = []
         whole = (slice(None),)
+        heads_at = 0  # where the heads' weight block is in ``blocks`` (its bias block follows)
         for i, (w, b) in enumerate(zip(W, B)):
             if i == e + 1:
                 continue  # the log-variance head lives in the mu head's block
             if i == e:  # [K, 2L, H]: mu rows first, then log-variance rows
-                hidden = w.shape[2]
+                hidden, heads_at = w.shape[2], len(blocks)
                 blocks.append(((k, 2 * latent, hidden), [(w, (slice(None), slice(0, latent))), (W[e + 1], (slice(None), slice(latent, None)))]))
                 blocks.append(((k, 1, 2 * latent), [(b, (slice(None), slice(None), slice(0, latent))),
                                                     (B[e + 1], (slice(None), slice(None), slice(latent, None)))]))
@@ -41,38 +46,29 @@ class FlatParameters:
         blocks.append((tuple(net.covariate_embedding.shape), [(net.covariate_embedding, whole)]))
         blocks.append((tuple(net.prior_means.shape), [(net.prior_means, whole)]))
 
-        total = sum(_numel(shape) for shape, _ in blocks)
+        total = sum(math.prod(shape) for shape, _ in blocks)
         device = net.prior_means.device
         self.data = torch.empty(total, device=device)
         self.grad = torch.zeros(total, device=device)
         self.exp_avg = torch.zeros(total, device=device)
         self.exp_avg_sq = torch.zeros(total, device=device)
         self.steps = torch.zeros((), device=device)
-        self._blocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(first param) -> (data block, grad block)
+        views: list[tuple[torch.Tensor, torch.Tensor]] = []  # (data block, gradient block) per block
         offset = 0
         with torch.no_grad():
             for shape, members in blocks:
-                size = _numel(shape)
+                size = math.prod(shape)
                 data, grad = self.data[offset : offset + size].view(shape), self.grad[offset : offset + size].view(shape)
                 for p, index in members:
                     data[index].copy_(p.detach())
                     p.data = data[index]
                     p.grad = grad[index]
-                self._blocks[id(members[0][0])] = (data, grad)
+                views.append((data, grad))
                 offset += size
-        self.heads = self._blocks[id(W[e])]  # ([K, 2L, H], its gradient)
-        self.heads_bias = self._blocks[id(B[e])]
+        self.heads, self.heads_bias = views[heads_at], views[heads_at + 1]  # (block, gradient) of the weights [K, 2L, H] and biases
 
     @torch.no_grad()
     def adam_step(self, lr: float) -> None:
         """One Adam step (betas 0.9/0.999, eps 1e-8, no weight decay: training/optim.py) over every parameter."""
         self.steps += 1
-        torch._fused_adam_([self.data], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps], lr=lr, beta1=0.9,
-                           beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+        fused_adam([self.data], [self.grad], [self.exp_avg], [self.exp_avg_sq], [self.steps], lr)

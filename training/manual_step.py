@@ -112,7 +112,7 @@ class ManualStep:
                  label_tables=None, lr: float | None = None, meanwhile=None) -> torch.Tensor:
         """``meanwhile``: a call for the worker to run during this step's forward pass (the trainer
         gathers the next batch with it)."""
-        self.worker.wait()
+        self.worker.wait()  # nothing is left over after a call, unless the last one raised half-way
         net, c, submit = self.net, self.net.config, self.worker.submit
         if meanwhile is not None:
             submit(meanwhile)

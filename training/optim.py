@@ -36,11 +36,15 @@ class FusedAdam:
         live = [i for i, p in enumerate(self.params) if p.grad is not None]
         steps = [self.steps[i] for i in live]
         torch._foreach_add_(steps, 1)
-        torch._fused_adam_(
-            [self.params[i] for i in live], [self.params[i].grad for i in live], [self.exp_avg[i] for i in live],
-            [self.exp_avg_sq[i] for i in live], [], steps, lr=self.lr, beta1=0.9, beta2=0.999, weight_decay=0.0,
-            eps=1e-8, amsgrad=False, maximize=False,
-        )
+        fused_adam([self.params[i] for i in live], [self.params[i].grad for i in live], [self.exp_avg[i] for i in live],
+                   [self.exp_avg_sq[i] for i in live], steps, self.lr)
+
+
+def fused_adam(params, grads, exp_avgs, exp_avg_sqs, steps, lr: float) -> None:
+    """torch's fused Adam kernel with this project's settings (betas 0.9/0.999, eps 1e-8, no weight
+    decay: those of ``torch.optim.Adam``), in place; ``steps`` already counts this step."""
+    torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=0.9, beta2=0.999, weight_decay=0.0,
+                       eps=1e-8, amsgrad=False, maximize=False)
 
 
 class TorchAdam:
