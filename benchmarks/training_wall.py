@@ -1,7 +1,7 @@
 """Whole-process wall time of ``inclust-train`` on the standard MERFISH split: this checkout vs another.
 
 What a user waits for: the process from start to end - imports, reading the .h5ad files,
-preprocessing, the training loop, writing model.pt and the loss PNG. Each contender runs its own
+preprocessing, the training loop, writing model.pt and the loss plot. Each contender runs its own
 ``python -m inclust_plus.training.cli`` on the same files with its own defaults (threads, workers),
 the contenders alternating run by run so that a busy machine slows both alike; the median of the
 runs is reported. The other checkout (``--other``, e.g. ``git worktree add --detach /tmp/main-ref main``)

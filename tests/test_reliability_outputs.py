@@ -143,12 +143,12 @@ def test_train_output_never_an_input(tmp_path):
     cfg.write_text('[[datasets]]\nname = "ref"\npath = "ref.h5ad"\n[training]\nepochs = 1\n')
     for out in (cfg, tmp_path / "ref.h5ad"):
         one_error(train, [cfg, "--out", out, "--force", "--quiet"], match=("same file as input", str(out.name)), unchanged=tmp_path)
-    # the loss curve (model.loss.png next to --out) must not replace an input either
-    png_named = tmp_path / "x.loss.png"
-    png_named.write_bytes(b"a dataset that happens to have this name")
+    # the loss curve (model.loss.svg next to --out) must not replace an input either
+    plot_named = tmp_path / "x.loss.svg"
+    plot_named.write_bytes(b"a dataset that happens to have this name")
     cfg2 = tmp_path / "cfg2.toml"
-    cfg2.write_text('[[datasets]]\nname = "ref"\npath = "x.loss.png"\n[training]\nepochs = 1\n')
-    one_error(train, [cfg2, "--out", tmp_path / "x.pt", "--force", "--quiet"], match="x.loss.png", unchanged=tmp_path)
+    cfg2.write_text('[[datasets]]\nname = "ref"\npath = "x.loss.svg"\n[training]\nepochs = 1\n')
+    one_error(train, [cfg2, "--out", tmp_path / "x.pt", "--force", "--quiet"], match="x.loss.svg", unchanged=tmp_path)
 
 
 def test_export_never_deletes_the_model_or_foreign_files(tmp_path):

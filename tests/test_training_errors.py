@@ -47,7 +47,7 @@ def _run(tmp_path, cfg):
     lines = [line for line in res.output.strip().splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.output
     assert not out.exists()
-    assert not list(tmp_path.glob(".model.pt*")) and not list(tmp_path.glob("*.png"))
+    assert not list(tmp_path.glob(".model.pt*")) and not list(tmp_path.glob("*.svg"))
     return lines[0]
 
 
@@ -58,7 +58,7 @@ def test_good_config_trains(tmp_path):
     cfg = _config(tmp_path, _adata(), _adata(genes=("g0", "g1"), seed=1), extra=SCALED)
     res = CliRunner().invoke(main, [str(cfg), "--out", str(tmp_path / "model.pt"), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "model.pt").stat().st_size > 1000 and (tmp_path / "model.loss.png").exists()
+    assert (tmp_path / "model.pt").stat().st_size > 1000 and (tmp_path / "model.loss.svg").exists()
     assert "an ensemble of 6 networks" in res.output  # the imputation preset
 
 

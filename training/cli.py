@@ -20,7 +20,7 @@ Examples:
 The config names the datasets (AnnData .h5ad or MuData .h5mu), what each measured, its batch/
 technology covariate and optional cell-type column; see the README for one example per task.
 Writes model.pt (weights + description, loadable with torch.load(weights_only=True)) and a
-loss-curve PNG next to it (model.loss.png).
+loss-curve plot next to it (model.loss.svg: open it in a browser).
 """
 
 
@@ -55,20 +55,20 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     if precision is not None:
         cfg.training.precision = precision
     check_config(cfg)  # the overrides too, before anything is written
-    png = out.with_suffix(".loss.png")
+    plot = out.with_suffix(".loss.svg")
     inputs = (config, *(d.path for d in cfg.datasets))  # an output must never replace an input of the run
     check_output_path(out, force, inputs=inputs)
-    check_output_path(png, force, inputs=inputs)
+    check_output_path(plot, force, inputs=inputs)
 
     from .device import resolve_device
     from .model import InClust  # torch: imported once the cheap checks passed
-    from .plots import loss_curves
+    from .loss_plot import loss_curves
 
     started = time.perf_counter()
     model, data, result = InClust.fit(cfg, progress=not quiet)
     wall = time.perf_counter() - started
     model.save(out, force=force)
-    with atomic_path(png, suffix=".png", force=force) as tmp:
+    with atomic_path(plot, suffix=".svg", force=force) as tmp:
         loss_curves(result.history, tmp, title=f"{cfg.name} ({data.label_mode})")
     combos = ", ".join(c["name"] for c in model.description["combinations"])
     k = cfg.model.ensemble
@@ -78,7 +78,7 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
         f"{data.n_features} features, {result.epochs_run} epochs{' each' if k > 1 else ''} in {wall:.1f} s "
         f"({result.rows_per_second:,.0f} rows/s{' over all networks' if k > 1 else ''}, {resolve_device(cfg.training.device).type}); final loss {result.history['total'][-1]:.4f}"
     )
-    click.echo(f"wrote {out} and {png}; combinations: {combos}")
+    click.echo(f"wrote {out} and {plot}; combinations: {combos}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,5 @@
-"""Figures a person would rather look at than read: loss curves, imputed vs measured."""
+"""Figures a person would rather look at than read: imputed vs measured (the loss curves are
+training/loss_plot.py, an SVG drawn without matplotlib)."""
 
 from __future__ import annotations
 
@@ -9,37 +10,13 @@ import numpy as np
 
 def _figure(figsize: tuple[float, float]):
     """A figure drawn by the Agg backend, without pyplot: pyplot's import (its state machine and
-    every backend's registry) is about half of matplotlib's ~0.35 s import, paid by every
-    ``inclust-train`` run for its loss PNG."""
+    every backend's registry) is about half of matplotlib's ~0.35 s import."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig
-
-
-def loss_curves(history: dict[str, list[float]], path: str | Path, title: str = "") -> Path:
-    """One panel per loss term against the epoch, validation overlaid on the total."""
-    terms = [t for t in ("total", "reconstruction", "kl", "label", "categorical") if any(v != 0 for v in history.get(t, []))]
-    fig = _figure((3.2 * len(terms), 2.8))
-    axes = fig.subplots(1, len(terms), squeeze=False)
-    for ax, term in zip(axes[0], terms):
-        epochs = np.arange(1, len(history[term]) + 1)
-        ax.plot(epochs, history[term], label="training")
-        if term == "total" and history.get("validation"):
-            ax.plot(epochs[: len(history["validation"])], history["validation"], label="validation")
-            ax.legend(fontsize=7)
-        ax.set_title(term, fontsize=9)
-        ax.set_xlabel("epoch", fontsize=8)
-        ax.tick_params(labelsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    # Fixed margins instead of tight_layout, which measures every tick label (a third of the drawing time).
-    width = 3.2 * len(terms)
-    fig.subplots_adjust(left=0.6 / width, right=1 - 0.15 / width, bottom=0.17, top=0.8 if title else 0.88, wspace=0.35)
-    fig.savefig(path, dpi=110)
-    return Path(path)
 
 
 def imputed_vs_measured(pred: np.ndarray, truth: np.ndarray, genes: list[str], r_ours: np.ndarray, r_other: np.ndarray | None, path: str | Path, other_name: str = "kNN") -> Path:
