@@ -22,8 +22,12 @@ measured input features of that modality, which is what normalisation divided by
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported on use (inclust_plus/sparse.py says why)
+    import pandas as pd
 
 from .errors import InclustError, names_shown
 
@@ -183,6 +187,8 @@ def library_sizes(raw: np.ndarray, columns: dict, wanted) -> dict[str, np.ndarra
 
 def output_var(output_features, modality_of, measured, input_var: pd.DataFrame | None = None) -> pd.DataFrame:
     """The result's var table: input var columns for the features it has, then modality and imputed flag."""
+    import pandas as pd
+
     index = pd.Index([str(f) for f in output_features], dtype=object)
     if input_var is not None and len(input_var.columns):
         carried = input_var.drop(columns=[c for c in (MODALITY_COLUMN, IMPUTED_FLAG) if c in input_var.columns])
@@ -282,6 +288,8 @@ def _combine(aligned: list, presents: list):
 
 def label_table(probs: np.ndarray, categories, index) -> pd.DataFrame:
     """Per cell (``index``): the most likely label (``obs[LABEL_COLUMN]``) and its probability."""
+    import pandas as pd
+
     best = probs.argmax(axis=1)
     return pd.DataFrame({LABEL_COLUMN: pd.Categorical.from_codes(best, categories=list(categories)),
                          PROBABILITY_COLUMN: probs[np.arange(len(best)), best].astype(np.float32)}, index=index)
@@ -295,6 +303,8 @@ def decoded_anndata(obs: pd.DataFrame, sources, output_features, modality_of, va
     :func:`view_sources` tuples of the AnnData objects the model read; ``spread`` (an
     ensemble's members' std, already in the output scale) becomes ``layers["inclust_std"]``.
     """
+    import pandas as pd
+
     import anndata as ad
 
     features = [str(f) for f in output_features]

@@ -12,15 +12,19 @@ Kept apart from :mod:`.model` (construction, training, checkpoint I/O) so both s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import warnings
 
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
+
+if TYPE_CHECKING:  # pandas is imported on use (inclust_plus/sparse.py says why)
+    import pandas as pd
 
 from inclust_plus import __version__
 from inclust_plus import results as R
 from inclust_plus.errors import InclustError, names_shown
+from inclust_plus.sparse import is_sparse
 
 from .preprocessing import Preprocessing, transform
 
@@ -74,6 +78,8 @@ class AnnDataVerbs:
 
     def _inputs(self, adata, combo: dict, layer: str | None, allow_missing: bool):
         """Raw aligned input [cells, set features], then its preprocessed copy; checks on the way."""
+        import pandas as pd  # on use: the training process does not import it (inclust_plus/sparse.py)
+
         wanted = self._set_features(combo["inputs"])
         aligned, presents, sources = [], [], []
         for view, label in self._views(adata, combo["inputs"]):
@@ -92,7 +98,7 @@ class AnnDataVerbs:
             raise InclustError(f"the input lacks {len(missing)} of the {len(wanted)} features combination {combo['name']!r} needs: {names_shown(missing)}",
                                "pass allow_missing=True to fill them with zeros, or choose another combination")
         raw = R._combine(aligned, presents)
-        raw = raw.toarray() if sp.issparse(raw) else np.asarray(raw, dtype=np.float32)
+        raw = raw.toarray() if is_sparse(raw) else np.asarray(raw, dtype=np.float32)
         raw = raw.astype(np.float32, copy=False)
         if not np.isfinite(raw).all():
             raise InclustError("the input holds NaN or infinite values", "clean or impute them before running the model")

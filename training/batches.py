@@ -15,8 +15,9 @@ from __future__ import annotations
 from functools import cached_property
 
 import numpy as np
-import scipy.sparse as sp
 import torch
+
+from inclust_plus.sparse import is_sparse
 
 from .data import TrainingData
 from .manual_step import label_rows
@@ -27,7 +28,7 @@ class DeviceRows:
 
     def __init__(self, data: TrainingData, device: torch.device):
         self.device = device
-        self.sparse = sp.issparse(data.x)
+        self.sparse = is_sparse(data.x)
         if self.sparse:
             csr = data.x.tocsr()
             self.crow = torch.from_numpy(csr.indptr.astype(np.int64)).to(device)

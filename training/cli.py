@@ -60,12 +60,21 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     check_output_path(out, force, inputs=inputs)
     check_output_path(plot, force, inputs=inputs)
 
-    from .device import resolve_device
-    from .model import InClust  # torch: imported once the cheap checks passed
-    from .loss_plot import loss_curves
+    from .background import Background
+    from .data import read_training_data
 
+    reading = Background(read_training_data, cfg)  # the files are read in a child while torch is imported
+    try:
+        from .device import resolve_device
+        from .model import InClust  # torch: imported once the cheap checks passed
+        from .loss_plot import loss_curves
+
+        resolve_device(cfg.training.device)  # a GPU asked for and missing: said before the data's errors
+        data = reading.result()
+    finally:
+        reading.cancel()
     started = time.perf_counter()
-    model, data, result = InClust.fit(cfg, progress=not quiet)
+    model, data, result = InClust.fit(cfg, progress=not quiet, data=data)
     wall = time.perf_counter() - started
     model.save(out, force=force)
     with atomic_path(plot, suffix=".svg", force=force) as tmp:

@@ -8,14 +8,17 @@ kept (with the learned per-feature scales) so export and runtime can apply exact
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:  # scipy is imported on use (inclust_plus/sparse.py says why)
+    import scipy.sparse as sp
 
 from inclust_plus.errors import InclustError
 
 from .config import Config
-from .loading import LoadedDataset
+from .loading import LoadedDataset, load_dataset
 from .preprocessing import Preprocessing, fit_scale, transform
 from .views import MaskTable, View, build_views
 
@@ -87,6 +90,8 @@ def _check_overlap(datasets: list[LoadedDataset]) -> None:
 
 def assemble(datasets: list[LoadedDataset], cfg: Config) -> TrainingData:
     """Align, preprocess and lay out the training rows for ``datasets``."""
+    import scipy.sparse as sp
+
     if not datasets:
         raise InclustError("the config lists no datasets", "add at least one [[datasets]] entry")
     _check_overlap(datasets)
@@ -180,3 +185,11 @@ def assemble(datasets: list[LoadedDataset], cfg: Config) -> TrainingData:
         row_input=np.concatenate(row_in).astype(np.int64),
         row_output=np.concatenate(row_out).astype(np.int64),
     )
+
+
+def read_training_data(cfg: Config, objects: dict | None = None) -> TrainingData:
+    """Load and validate every dataset of ``cfg`` (read from its path, or the in-memory object of
+    that dataset name in ``objects``) and assemble them. Torch-free: inclust-train runs it in a
+    forked child while it imports torch (training/background.py)."""
+    objects = objects or {}
+    return assemble([load_dataset(d, objects.get(d.name)) for d in cfg.datasets], cfg)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
+
+if TYPE_CHECKING:  # pandas and scipy are imported on use (inclust_plus/sparse.py says why)
+    import pandas as pd
+    import scipy.sparse as sp
 
 from inclust_plus import COVARIATE_JOIN
 from inclust_plus.errors import InclustError
@@ -64,6 +67,9 @@ def _read(cfg: DatasetConfig):
 
 
 def _matrix(adata, cfg: DatasetConfig, modality: str) -> tuple[sp.csr_matrix, list[str]]:
+    import pandas as pd
+    import scipy.sparse as sp
+
     where = f"dataset {cfg.name!r} modality {modality!r}"
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise InclustError(f"{where} is empty ({adata.n_obs} cells x {adata.n_vars} features)", "remove it from the config or fix the file")

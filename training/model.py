@@ -11,20 +11,19 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from inclust_plus import __version__
 from inclust_plus.errors import InclustError
+from inclust_plus.sparse import is_sparse
 
 from .api import AnnDataVerbs
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, LossConfig, ModelConfig, TrainingConfig, ViewsConfig, config_from_dict
-from .data import TrainingData, assemble
+from .data import TrainingData, read_training_data
 from .device import resolve_device
 from .ensemble import merge_members
 from .members import train_members
-from .loading import load_dataset
 from .module import InClustModule, ModuleConfig
 from .trainer import TrainingResult
 
@@ -52,7 +51,7 @@ def _combinations(data: TrainingData) -> list[dict]:
 
 def _check_unit_interval(data: TrainingData) -> None:
     """The Bernoulli likelihood is a likelihood only for values in [0, 1]."""
-    values = data.x.data if sp.issparse(data.x) else data.x
+    values = data.x.data if is_sparse(data.x) else data.x
     if values.size and (values.min() < 0 or values.max() > 1):
         raise InclustError(
             f"loss.likelihood 'bernoulli' needs features in [0, 1], but the preprocessed values span [{values.min():.3g}, {values.max():.3g}]",
@@ -193,12 +192,14 @@ class InClust(AnnDataVerbs):
 
     # --- construction -----------------------------------------------------------------------------
     @classmethod
-    def fit(cls, cfg: Config, objects: dict | None = None, progress: bool = True) -> tuple["InClust", TrainingData, TrainingResult]:
-        """Load and validate the datasets of ``cfg`` (or the in-memory ``objects`` by dataset name), train."""
-        objects = objects or {}
+    def fit(cls, cfg: Config, objects: dict | None = None, progress: bool = True,
+            data: TrainingData | None = None) -> tuple["InClust", TrainingData, TrainingResult]:
+        """Load and validate the datasets of ``cfg`` (or the in-memory ``objects`` by dataset name), train.
+        ``data``: the datasets already read and assembled (inclust-train reads them in the
+        background, training/background.py)."""
         resolve_device(cfg.training.device)  # a GPU asked for and missing: say so before reading any data
-        datasets = [load_dataset(d, objects.get(d.name)) for d in cfg.datasets]
-        data = assemble(datasets, cfg)
+        if data is None:
+            data = read_training_data(cfg, objects)
         m = cfg.model
         member = ModuleConfig(n_features=data.n_features, n_covariates=len(data.covariate_categories),
                               n_labels=len(data.label_categories), **m.shape())
@@ -267,7 +268,7 @@ class InClust(AnnDataVerbs):
         if self.module is None:
             raise InclustError("the model is not trained yet", "call model.train() first")
         idx = self.feature_set(inputs)
-        if not sp.issparse(x):
+        if not is_sparse(x):
             x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != len(idx):
             raise InclustError(f"x has shape {x.shape} but feature set {inputs!r} has {len(idx)} features",
@@ -281,7 +282,7 @@ class InClust(AnnDataVerbs):
         for s in range(0, n, batch_size):
             full = torch.zeros(min(batch_size, n - s), self.n_features)
             block = x[s : s + batch_size]
-            full[:, idx] = torch.from_numpy(np.asarray(block.toarray() if sp.issparse(block) else block, dtype=np.float32))
+            full[:, idx] = torch.from_numpy(np.asarray(block.toarray() if is_sparse(block) else block, dtype=np.float32))
             out = self.module.predict(full, mask, torch.from_numpy(np.ascontiguousarray(cov[s : s + batch_size])),
                                       torch.from_numpy(np.ascontiguousarray(tgt[s : s + batch_size])), return_std=return_std)
             parts.append([t.numpy() for t in out])
