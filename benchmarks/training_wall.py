@@ -1,8 +1,9 @@
 """Whole-process wall time of ``inclust-train`` on the standard MERFISH split: this checkout vs another.
 
 What a user waits for: the process from start to end - imports, reading the .h5ad files,
-preprocessing, the training loop, writing model.pt and the loss plot. Each contender runs its own
-``python -m inclust_plus.training.cli`` on the same files with its own defaults (threads, workers),
+preprocessing, the training loop, writing model.pt and the loss plot, and the process's exit. Each
+contender runs its own ``python -m inclust_plus.training.cli`` (here: the ``inclust-train`` console
+script itself, through inclust_plus/launch.py) on the same files with its own defaults (threads, workers),
 the contenders alternating run by run so that a busy machine slows both alike; the median of the
 runs is reported. The other checkout (``--other``, e.g. ``git worktree add --detach /tmp/main-ref main``)
 is imported through a folder of links shaped like the installed package, put first on PYTHONPATH.

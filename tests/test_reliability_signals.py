@@ -173,3 +173,18 @@ def test_a_bad_flag_is_one_line_from_the_console_scripts(tmp_path, argv, words):
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "; " in lines[0], res.stderr
     assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_a_console_script_ends_without_teardown_but_with_all_its_output(tmp_path):
+    """exit_now skips the interpreter's teardown (~1 s once torch is loaded) yet flushes what the
+    command wrote: stdout to a pipe is block-buffered, so a missing flush loses the whole help text."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "inclust_plus.launch", "train", "--help"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("Usage: inclust-train") and "--precision" in res.stdout
+    code = ("import atexit, sys; from inclust_plus import launch; atexit.register(lambda: print('teardown ran'));"
+            "print('written', end=''); launch.exit_now(3)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (res.returncode, res.stdout) == (3, "written")

@@ -90,5 +90,7 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     click.echo(f"wrote {out} and {plot}; combinations: {combos}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+if __name__ == "__main__":  # pragma: no cover - python -m inclust_plus.training.cli: the console script itself
+    from inclust_plus.launch import inclust_train
+
+    inclust_train()
