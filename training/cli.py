@@ -61,9 +61,8 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     check_output_path(plot, force, inputs=inputs)
 
     from .background import Background
-    from .data import read_training_data
 
-    reading = Background(read_training_data, cfg)  # the files are read in a child while torch is imported
+    reading = Background(_read_data, cfg)  # the files are read in a child while torch is imported
     try:
         from .device import resolve_device
         from .model import InClust  # torch: imported once the cheap checks passed
@@ -88,6 +87,14 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
         f"({result.rows_per_second:,.0f} rows/s{' over all networks' if k > 1 else ''}, {resolve_device(cfg.training.device).type}); final loss {result.history['total'][-1]:.4f}"
     )
     click.echo(f"wrote {out} and {plot}; combinations: {combos}")
+
+
+def _read_data(cfg):
+    """The training data of ``cfg``. Its modules (numpy, anndata, ...) are imported only here, in the
+    process that reads: before the fork they would delay both processes."""
+    from .data import read_training_data
+
+    return read_training_data(cfg)
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m inclust_plus.training.cli: the console script itself
