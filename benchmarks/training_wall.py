@@ -70,8 +70,8 @@ def write_split(folder: Path, data: Path | None, n_synthetic: int) -> object:
     return split
 
 
-def run_contender(name: str, env: dict, config: Path, out: Path) -> dict:
-    extra = env.pop("_EXTRA_ARGS", "").split()
+def run_contender(name: str, env: dict, config: Path, out: Path, seed: int | None = None) -> dict:
+    extra = env.pop("_EXTRA_ARGS", "").split() + (["--seed", str(seed)] if seed is not None else [])
     cmd = [sys.executable, "-m", "inclust_plus.training.cli", str(config), "--out", str(out), "--force", "--quiet", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=config.parent, capture_output=True, text=True)
@@ -99,7 +99,8 @@ def mean_pearson(model_path: Path, split) -> float:
 def _name(args) -> str:
     precision = f"_{args.also_precision}" if args.also_precision and args.other is None else ""
     one_thread = "_other_one_thread" if args.only_other_one_thread else ""
-    return ("training_wall" + ("_preset" if args.preset else "") + precision + one_thread + ("_busy" if args.busy else "")
+    return ("training_wall" + ("_preset" if args.preset else "") + ("_seeds" if args.vary_seed else "") + precision + one_thread
+            + ("_busy" if args.busy else "")
             + ("_quick" if args.quick else ""))
 
 
@@ -109,8 +110,11 @@ def _run_all(args, contenders: dict, runs: dict, work: Path, config: Path, split
         order = list(contenders) if i % 2 == 0 else list(reversed(contenders))
         for name in order:
             out = work / f"{name.replace(' ', '_')}_{i}.pt"
-            r = run_contender(name, dict(contenders[name]), config, out)
+            seed = i if args.vary_seed else None
+            r = run_contender(name, dict(contenders[name]), config, out, seed)
             r["mean_pearson"] = mean_pearson(out, split)
+            if seed is not None:
+                r["seed"] = seed
             runs[name].append(r)
             print(f"{name:>14} run {i + 1}: {r['wall_s']:.1f} s wall (loop {r['loop_s']} s), mean Pearson {r['mean_pearson']}", flush=True)
             if args.out is not None or not args.quick:  # what was measured so far survives a run cut short
@@ -128,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--also-precision", choices=["bf16", "fp16"], default=None,
                         help="also run this checkout with --precision (its accuracy and time next to fp32)")
     parser.add_argument("--preset", action="store_true", help="the 6-network imputation preset (200 epochs) instead of one network")
+    parser.add_argument("--vary-seed", action="store_true",
+                        help="run i trains with --seed i (every contender the same seeds): accuracy over seeds, not one draw")
     parser.add_argument("--busy", action="store_true",
                         help="keep one core busy (a spinning process) during every run: a shared machine's load, reproducibly")
     add_run_options(parser, None, "default: 50 (one network) or the preset's 200", "runs per contender, alternating",
@@ -164,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
                 spinner.wait()
 
     summary = {name: {"median_wall_s": statistics.median(r["wall_s"] for r in rs),
-                      "median_mean_pearson": statistics.median(r["mean_pearson"] for r in rs)} for name, rs in runs.items()}
+                      "median_mean_pearson": statistics.median(r["mean_pearson"] for r in rs),
+                      "mean_mean_pearson": round(statistics.mean(r["mean_pearson"] for r in rs), 4)} for name, rs in runs.items()}
     result = {
         "benchmark": "training_wall",
         "date": now(),
@@ -172,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
         "data": use_data.name if use_data else "synthetic (--quick or real data not found)",
         "what": ("imputation preset (6 networks, its defaults)" if args.preset else "one network, paper defaults (batch 500)")
                 + f", {epochs} epochs, standard split; whole inclust-train process, median of {args.runs} alternating runs"
-                + (", one core kept busy by a spinning process" if args.busy else ""),
+                + (", one core kept busy by a spinning process" if args.busy else "")
+                + (", run i with training seed i" if args.vary_seed else ""),
         "runs": runs,
         "summary": summary,
         "machine": machine(),
