@@ -61,6 +61,17 @@ def test_any_other_failure_runs_the_call_here(fn):
 
 
 @linux_only
+def test_a_ctrl_c_that_ended_the_child_stops_the_run_instead_of_reading_again():
+    from inclust_plus import interrupt
+
+    with interrupt.stop_on_signals():
+        call = Background(_dies_in_the_child, fork=True)
+        interrupt.request("SIGINT")  # what Ctrl-C does to this process, while the child dies of it
+        with pytest.raises(interrupt.Interrupted):
+            call.result()
+
+
+@linux_only
 def test_cancel_stops_a_running_child():
     call = Background(time.sleep, 60, fork=True)
     pid = call._pid

@@ -11,7 +11,8 @@ without exec). Elsewhere, and in a notebook or a test where torch is already loa
 simply runs when its result is asked for. The child's result comes back pickled through a pipe;
 an :class:`InclustError` it raises comes back as the same one-line error. Any other failure, or a
 child that died, makes :meth:`Background.result` run the call here, so that the real error (with
-its traceback) is the one shown.
+its traceback) is the one shown; unless a stop was requested (Ctrl-C ends the child too), which
+stops the run there.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import threading
 from typing import Any, Callable
 
+from inclust_plus import interrupt
 from inclust_plus.errors import InclustError
 
 
@@ -72,6 +74,7 @@ class Background:
             return value
         if kind == "error":
             raise InclustError(*value)
+        interrupt.check()  # a Ctrl-C reaches the child too: stop here rather than read again
         return self._fn(*self._args)  # here, so that the real error and its traceback show
 
     def cancel(self) -> None:
