@@ -5,6 +5,8 @@ it would learn alone, compute the loss of InClustModule.loss, and gather the sam
 sparse matrix as from a dense one.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -174,6 +176,31 @@ def test_fused_adam_and_cosine_decay_equal_torch_optim():
         for p, q in zip(ours, ref):
             np.testing.assert_allclose(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
     assert (ours[0].detach() - ref[0].detach()).abs().max() < 1e-6 and (ours[0].detach() != 0).all()
+
+
+def test_idle_cores_come_from_the_cpus_busy_time_now_not_the_lagging_load_average(monkeypatch):
+    from inclust_plus.training import members
+
+    monkeypatch.setattr(members.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(members.os, "getloadavg", lambda: (2.0, 2.0, 2.0))  # a run that ended a moment ago
+    monkeypatch.setattr(members.time, "sleep", lambda s: None)
+    readings = iter([(1000, 4000), (1010, 4100)])  # others kept 10 of 100 ticks busy on the 2 CPUs
+    monkeypatch.setattr(members, "_cpu_ticks", lambda cpus: next(readings))
+    assert members.idle_cores() == 1  # the load average alone would say 0
+    readings = iter([(1000, 4000), (1090, 4100)])  # a busy process on the other core
+    assert members.idle_cores() == 0
+    monkeypatch.setattr(members, "_cpu_ticks", lambda cpus: None)  # no /proc/stat: the load average
+    assert members.idle_cores() == 0
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="Linux only")
+def test_cpu_ticks_read_this_machines_cpus():
+    import os
+
+    from inclust_plus.training import members
+
+    busy, total = members._cpu_ticks(os.sched_getaffinity(0))
+    assert 0 <= busy <= total and total > 0 and members._cpu_ticks({10_000}) is None
 
 
 def test_worker_processes_only_for_big_cpu_jobs_with_an_idle_core(monkeypatch):
