@@ -206,3 +206,23 @@ def test_one_network_with_posterior_samples_writes_their_spread(single, tmp_path
     np.testing.assert_array_equal(thin.layers[STD_LAYER], sd)
     with pytest.raises(InclustError, match="samples=K"):
         impute(model, adata, "merfish", "rna", covariate_key="dataset")
+
+
+def test_posterior_samples_encode_each_cell_once_and_keep_its_latent_and_labels(single, tmp_path, monkeypatch):
+    """The K draws come from the same encoding as the latent and the labels: one encode per batch,
+    and obsm/obs equal to those of the posterior-mean impute."""
+    ckpt, _ = single
+    adata = _cells(tmp_path / "cells.h5ad")
+    model = InClust.load(ckpt)
+    plain = model.impute(adata, combination=COMBO, covariate_key="dataset")
+    calls = []
+    encode = type(model.module).encode
+    monkeypatch.setattr(type(model.module), "encode", lambda self, *a: calls.append(1) or encode(self, *a))
+    sampled = model.impute(adata, combination=COMBO, covariate_key="dataset", samples=7, seed=1)
+    assert len(calls) == 1  # N_CELLS cells in one batch
+    np.testing.assert_array_equal(sampled.obsm["X_inclust"], plain.obsm["X_inclust"])
+    assert (sampled.obs["inclust_label"] == plain.obs["inclust_label"]).all()
+    from inclust_plus.errors import InclustError
+
+    with pytest.raises(InclustError, match="samples is -1"):
+        model.impute(adata, combination=COMBO, covariate_key="dataset", samples=-1)

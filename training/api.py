@@ -172,14 +172,13 @@ class AnnDataVerbs:
         tgt_name = target_covariate or combo.get("default_target_covariate")
         if not decode and target_covariate:
             raise InclustError("target_covariate only applies to impute/generate", "drop it for the latent and labels")
-        with_spread = decode and self.module.config.members > 1 and not samples  # an ensemble: its members' spread, same pass
+        samples = samples if decode else 0
+        # the spread, from the same pass: K posterior samples' (their mean decode replaces the posterior
+        # mean's), else an ensemble's members'
+        with_spread = decode and (self.module.config.members > 1 or samples > 0)
         y, latent, probs, *rest = self.predict(x, combo["inputs"], cov, tgt_name if decode else None, batch_size=batch_size,
-                                               return_std=with_spread)
+                                               return_std=with_spread, samples=samples, seed=seed)
         spread = rest[0] if with_spread else None
-        if decode and samples:  # K posterior samples: their mean decode and spread replace the posterior-mean decode
-            from .uncertainty import predict_with_std
-
-            y, spread = predict_with_std(self, x, combo["inputs"], cov, tgt_name, samples=samples, seed=seed, batch_size=batch_size)
         prov = {"graph": combo["name"], "model_name": self.description.get("name"), "package_version": __version__, "backend": "pytorch",
                 "input_element": f"layers/{layer}" if layer else "X", "covariate": cov_desc,
                 "target_covariate": (tgt_name or "same as covariate") if decode else "none", "missing_features": missing,

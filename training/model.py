@@ -257,13 +257,16 @@ class InClust(AnnDataVerbs):
         return map_query(self, data, name=name, covariate_key=covariate_key, **options)
 
     @torch.no_grad()
-    def predict(self, x: np.ndarray, inputs: str, covariate, target_covariate=None, batch_size: int = 8192, return_std: bool = False):
+    def predict(self, x: np.ndarray, inputs: str, covariate, target_covariate=None, batch_size: int = 8192, return_std: bool = False,
+                samples: int = 0, seed: int = 0):
         """Run the model with the masks applied on ``x`` (cells x features of set ``inputs``).
 
         Returns full-width decoded features, the corrected latent and label probabilities.
         ``covariate``/``target_covariate`` are category names (one or one per cell).
         ``return_std`` adds a fourth array: the ensemble members' per-feature spread of the decoded
-        features, from the same pass (training/uncertainty.py).
+        features, from the same pass (training/uncertainty.py). ``samples = K``: the decoded
+        features are the mean of K posterior-sample decodes (drawn with ``seed``) and the fourth
+        array their spread, from the same encoding.
         """
         if self.module is None:
             raise InclustError("the model is not trained yet", "call model.train() first")
@@ -278,12 +281,16 @@ class InClust(AnnDataVerbs):
         tgt = cov if target_covariate is None else np.array(np.broadcast_to(self.covariate_index(target_covariate), (n,)))
         mask = torch.zeros(1, self.n_features)
         mask[0, idx] = 1.0
+        if samples < 0:
+            raise InclustError(f"samples is {samples}", "pass 0 (the posterior mean) or a number of posterior samples")
+        generator = torch.Generator().manual_seed(seed) if samples else None
         parts = []
         for s in range(0, n, batch_size):
             full = torch.zeros(min(batch_size, n - s), self.n_features)
             block = x[s : s + batch_size]
             full[:, idx] = torch.from_numpy(np.asarray(block.toarray() if is_sparse(block) else block, dtype=np.float32))
             out = self.module.predict(full, mask, torch.from_numpy(np.ascontiguousarray(cov[s : s + batch_size])),
-                                      torch.from_numpy(np.ascontiguousarray(tgt[s : s + batch_size])), return_std=return_std)
+                                      torch.from_numpy(np.ascontiguousarray(tgt[s : s + batch_size])), return_std=return_std,
+                                      samples=samples, generator=generator)
             parts.append([t.numpy() for t in out])
         return tuple(np.concatenate(arrays) for arrays in zip(*parts))

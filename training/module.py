@@ -164,17 +164,25 @@ class InClustModule(nn.Module):
         covariate: torch.Tensor,
         target_covariate: torch.Tensor | None = None,
         return_std: bool = False,
+        samples: int = 0,
+        generator: torch.Generator | None = None,
     ):
         """Decoded features (in ``target_covariate``), corrected latent and label probabilities.
 
         ``return_std`` adds a fourth output: the members' per-feature standard deviation of the
         decoded features (population form, divided by K; all zero for one network), the spread
-        that the mean decode averages away (training/uncertainty.py)."""
-        mu, _ = self.encode(x, input_mask)
+        that the mean decode averages away (training/uncertainty.py). ``samples = K`` decodes K
+        draws of the latent from the posterior (``generator`` draws them) instead of its mean:
+        the decoded features are their mean and the fourth output their standard deviation."""
+        mu, log_var = self.encode(x, input_mask)
         z_c = self.correct(mu, covariate)
         probs = torch.softmax(self.classify(z_c), dim=-1)
         target = covariate if target_covariate is None else target_covariate
         z_t = z_c + self.covariate_embedding[target]
+        if samples:
+            sd = torch.exp(0.5 * log_var)
+            draws = torch.stack([self.decode(z_t + sd * torch.randn(mu.shape, generator=generator)) for _ in range(samples)])
+            return draws.mean(0), z_c, probs, draws.std(0, correction=0)
         if not return_std:
             return self.decode(z_t), z_c, probs
         ys = self.decode_members(z_t)  # decoded once for the mean and the spread

@@ -32,35 +32,10 @@ def predict_with_std(model, x: np.ndarray, inputs: str, covariate, target_covari
     standard deviation. ``samples = K``: mean and standard deviation of K posterior-sample decodes.
     ``covariate``/``target_covariate``: category names, one or one per cell.
     """
-    module = model.module.eval()
-    if samples < 0:
-        raise InclustError(f"samples is {samples}", "pass 0 (the ensemble's spread) or a number of posterior samples")
-    if samples == 0 and module.config.members == 1:
+    if samples == 0 and model.module.config.members == 1:
         raise InclustError("a single network has no ensemble spread", "pass samples=K (e.g. 20) to use K posterior samples instead")
-    if samples == 0:  # the members' spread comes out of the ordinary masked prediction
-        y, _, _, sd = model.predict(x, inputs, covariate, target_covariate, batch_size=batch_size, return_std=True)
-        return y, sd
-    idx = model.feature_set(inputs)
-    x = np.asarray(x, dtype=np.float32)
-    n = x.shape[0]
-    cov = np.broadcast_to(model.covariate_index(covariate), (n,))
-    tgt = cov if target_covariate is None else np.broadcast_to(model.covariate_index(target_covariate), (n,))
-    mask = torch.zeros(1, model.n_features)
-    mask[0, idx] = 1.0
-    gen = torch.Generator().manual_seed(seed)
-    means, stds = [], []
-    for s in range(0, n, batch_size):
-        full = torch.zeros(min(batch_size, n - s), model.n_features)
-        full[:, idx] = torch.from_numpy(x[s : s + batch_size])
-        c = torch.from_numpy(np.array(cov[s : s + batch_size]))
-        t = torch.from_numpy(np.array(tgt[s : s + batch_size]))
-        mu, log_var = module.encode(full, mask)
-        shift = module.covariate_embedding[t] - module.covariate_embedding[c]
-        sd_z = torch.exp(0.5 * log_var)
-        draws = torch.stack([module.decode(mu + sd_z * torch.randn(mu.shape, generator=gen) + shift) for _ in range(samples)])
-        y, sd = draws.mean(0), draws.std(0, correction=0)
-        means.append(y.numpy()), stds.append(sd.numpy())
-    return np.concatenate(means), np.concatenate(stds)
+    y, _, _, sd = model.predict(x, inputs, covariate, target_covariate, batch_size=batch_size, return_std=True, samples=samples, seed=seed)
+    return y, sd
 
 
 def impute(model, data, inputs: str, outputs: str, covariate: str | None = None, covariate_key: str | None = None,
