@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from inclust_plus.errors import InclustError
+from inclust_plus.errors import InclustError, names_shown
 
-from .inputs import InputData, _names
+from .inputs import InputData
 from .manifest import GraphEntry, Manifest
 
 log = logging.getLogger("inclust_plus.runtime")
@@ -41,7 +41,7 @@ class Covariates:
 
 def _index(manifest: Manifest, name: str, flag: str) -> int:
     if name not in manifest.covariate_categories:
-        raise InclustError(f"{flag} {name!r} is not a covariate category of the model", f"known: {_names(list(manifest.covariate_categories))}")
+        raise InclustError(f"{flag} {name!r} is not a covariate category of the model", f"known: {names_shown(list(manifest.covariate_categories))}")
     return manifest.covariate_categories.index(name)
 
 
@@ -98,7 +98,7 @@ def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, nam
         else:
             raise InclustError(
                 "the model was trained with several covariate categories and the input does not say which one its cells belong to",
-                f"pass --covariate-key COL or --covariate NAME (known: {_names(list(cats))})",
+                f"pass --covariate-key COL or --covariate NAME (known: {names_shown(list(cats))})",
             )
     column = _column(data, key, manifest)
     codes = np.asarray(column.codes)
@@ -108,8 +108,8 @@ def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, nam
     unknown = [c for c in used if c not in manifest.covariate_categories]
     if unknown:
         raise InclustError(
-            f"obs column {key!r} holds covariate categories the model does not know: {_names(unknown)}",
-            f"known: {_names(list(manifest.covariate_categories))}; or pass --covariate NAME",
+            f"obs column {key!r} holds covariate categories the model does not know: {names_shown(unknown)}",
+            f"known: {names_shown(list(manifest.covariate_categories))}; or pass --covariate NAME",
         )
     known = {c: i for i, c in enumerate(manifest.covariate_categories)}
     lut = np.asarray([known.get(str(c), -1) for c in column.categories], dtype=np.int64)

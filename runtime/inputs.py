@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from inclust_plus.errors import InclustError
-from inclust_plus.errors import names_shown as _names  # (the name the runtime modules import)
+from inclust_plus.errors import names_shown
 
 from .manifest import GraphEntry
 from .matrices import MatrixRows, matrix_rows
@@ -90,7 +90,7 @@ class InputData(AlignedParts):
         order = self.obs.attrs.get("column-order", [])
         columns = [c.decode() if isinstance(c, bytes) else str(c) for c in order]
         if key not in self.obs or key not in columns:
-            raise InclustError(f"obs of {self.path} has no column {key!r}", f"columns: {_names(columns) or 'none'}; or pass --covariate NAME")
+            raise InclustError(f"obs of {self.path} has no column {key!r}", f"columns: {names_shown(columns) or 'none'}; or pass --covariate NAME")
         values = read_elem(self.obs[key])
         if isinstance(values, pd.Categorical):
             return pd.Categorical.from_codes(values.codes, categories=[str(c) for c in values.categories])
@@ -104,12 +104,12 @@ def _element(group: h5py.Group, layer: str | None, obsm: str | None, label: str)
     if layer:
         if "layers" not in group or layer not in group["layers"]:
             have = list(group["layers"].keys()) if "layers" in group else []
-            raise InclustError(f"{label} has no layer {layer!r}", f"layers: {_names(have) or 'none'}")
+            raise InclustError(f"{label} has no layer {layer!r}", f"layers: {names_shown(have) or 'none'}")
         return group["layers"][layer], f"layers/{layer}"
     if obsm:
         if "obsm" not in group or obsm not in group["obsm"]:
             have = list(group["obsm"].keys()) if "obsm" in group else []
-            raise InclustError(f"{label} has no obsm entry {obsm!r}", f"obsm: {_names(have) or 'none'}")
+            raise InclustError(f"{label} has no obsm entry {obsm!r}", f"obsm: {names_shown(have) or 'none'}")
         return group["obsm"][obsm], f"obsm/{obsm}"
     if "X" not in group:
         raise InclustError(f"{label} has no X", "pass --layer or --obsm to read another matrix")
@@ -175,7 +175,7 @@ def _align(graph: GraphEntry, sources: list[tuple[MatrixRows, list[str], str]], 
             positions.setdefault(n, j)
         if dups:
             raise InclustError(
-                f"{label} has duplicate var names among the model's features: {_names(sorted(set(dups)))}",
+                f"{label} has duplicate var names among the model's features: {names_shown(sorted(set(dups)))}",
                 "make var names unique (anndata var_names_make_unique) or drop the duplicates",
             )
         for g, n in enumerate(wanted):
@@ -184,13 +184,13 @@ def _align(graph: GraphEntry, sources: list[tuple[MatrixRows, list[str], str]], 
     missing = [n for g, n in enumerate(wanted) if g not in taken]
     if missing and not allow_missing:
         raise InclustError(
-            f"the input lacks {len(missing)} of the {len(wanted)} features graph {graph.name!r} needs: {_names(missing)}",
+            f"the input lacks {len(missing)} of the {len(wanted)} features graph {graph.name!r} needs: {names_shown(missing)}",
             "pass --allow-missing to fill them with zeros, or choose another combination",
         )
     if missing:
         _check_shared(graph, len(wanted) - len(missing), min_fraction)
         if not quiet:
-            log.warning("%d of %d input features are missing and filled with zeros: %s", len(missing), len(wanted), _names(missing))
+            log.warning("%d of %d input features are missing and filled with zeros: %s", len(missing), len(wanted), names_shown(missing))
     parts = []
     for s, (rows, _, _) in enumerate(sources):
         pairs = sorted((m, g) for g, (src, m) in taken.items() if src == s)
@@ -226,7 +226,7 @@ def read_modalities(mods: list[str], graph: GraphEntry, where: str) -> list[str]
     input modalities, or the only one there is."""
     use = [m for m in graph.input_modalities if m in mods] or (mods if len(mods) == 1 else [])
     if not use:
-        raise InclustError(f"{where} has modalities {_names(mods)} but graph {graph.name!r} reads {', '.join(graph.input_modalities)}",
+        raise InclustError(f"{where} has modalities {names_shown(mods)} but graph {graph.name!r} reads {', '.join(graph.input_modalities)}",
                            "rename the modality or choose another combination")
     return use
 

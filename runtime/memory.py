@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from inclust_plus.errors import InclustError
+from inclust_plus.errors import InclustError, names_shown
 from inclust_plus.results import cells_obs, element
 
-from .inputs import AlignedParts, _align, _names, read_modalities
+from .inputs import AlignedParts, _align, read_modalities
 from .manifest import GraphEntry
 from .matrices import CsrRows, DenseRows, MatrixRows
 
@@ -98,7 +98,7 @@ class MemoryInput(AlignedParts):
 
     def covariate_column(self, key: str) -> pd.Categorical:
         if key not in self.frame.columns:
-            raise InclustError(f"obs has no column {key!r}", f"columns: {_names([str(c) for c in self.frame.columns]) or 'none'}; or pass covariate=NAME")
+            raise InclustError(f"obs has no column {key!r}", f"columns: {names_shown([str(c) for c in self.frame.columns]) or 'none'}; or pass covariate=NAME")
         values = self.frame[key]
         if isinstance(values.dtype, pd.CategoricalDtype):
             cat = values.cat
