@@ -126,3 +126,11 @@ def test_a_bad_file_read_in_the_background_is_one_line_and_exit_2(tmp_path):
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert lines[0].startswith("error: dataset 'ref'") and "negative values" in lines[0]
     assert not (tmp_path / "model.pt").exists() and not (tmp_path / "model.loss.svg").exists()
+
+
+def test_the_training_process_imports_no_pandas_scipy_anndata_or_matplotlib():
+    """They cost ~1.5 s of every run; the reading child imports them, the training process does not."""
+    code = ("import sys; import inclust_plus.training.cli, inclust_plus.training.model, inclust_plus.training.loss_plot, "
+            "inclust_plus.training.background; print(sorted(m for m in ('pandas', 'scipy', 'anndata', 'matplotlib') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
