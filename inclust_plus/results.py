@@ -266,7 +266,7 @@ def element(adata, layer: str | None, label: str):
 
 def view_sources(views, layer):
     """(matrix read, var names, var table, layers) of each AnnData a result was computed from."""
-    return [(v.layers[layer] if layer else v.X, [str(n) for n in v.var_names], v.var, dict(v.layers)) for v, _ in views]
+    return [(element(v, layer, label), [str(n) for n in v.var_names], v.var, dict(v.layers)) for v, label in views]
 
 
 def _combine(aligned: list, presents: list):
@@ -303,9 +303,8 @@ def decoded_anndata(obs: pd.DataFrame, sources, output_features, modality_of, va
     :func:`view_sources` tuples of the AnnData objects the model read; ``spread`` (an
     ensemble's members' std, already in the output scale) becomes ``layers["inclust_std"]``.
     """
-    import pandas as pd
-
     import anndata as ad
+    import pandas as pd
 
     features = [str(f) for f in output_features]
     srcs = sources

@@ -17,8 +17,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from inclust_plus.errors import InclustError
-from inclust_plus.errors import names_shown
+from inclust_plus.errors import InclustError, names_shown
 
 from .manifest import GraphEntry
 from .matrices import MatrixRows, matrix_rows
@@ -29,6 +28,8 @@ except ImportError:  # pragma: no cover - anndata 0.10
     from anndata.experimental import read_elem
 
 log = logging.getLogger("inclust_plus.runtime")
+
+
 def _index(group: h5py.Group) -> h5py.Dataset:
     key = group.attrs.get("_index", "_index")
     key = key.decode() if isinstance(key, bytes) else key

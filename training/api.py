@@ -12,9 +12,8 @@ Kept apart from :mod:`.model` (construction, training, checkpoint I/O) so both s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 

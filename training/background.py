@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from inclust_plus import interrupt
 from inclust_plus.errors import InclustError
+from inclust_plus.launch import exit_now
 
 
 def fork_is_safe() -> bool:
@@ -100,7 +101,7 @@ class Background:
 
 def _child(write_fd: int, fn: Callable[..., Any], args: tuple) -> None:
     """Run ``fn(*args)`` and send ``(kind, value)`` to the parent; exit without the parent's
-    cleanups (atexit handlers, buffered files)."""
+    cleanups (atexit handlers, buffered files), its warnings flushed (:func:`exit_now`)."""
     status = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C reaches the whole group: the parent reports it
@@ -116,6 +117,6 @@ def _child(write_fd: int, fn: Callable[..., Any], args: tuple) -> None:
         status = 1
     finally:
         try:
-            sys.stdout.flush(), sys.stderr.flush()  # the child's warnings reach the terminal
+            exit_now(status)
         finally:
-            os._exit(status)
+            os._exit(1)  # never back into the parent's code, whatever exit_now met
