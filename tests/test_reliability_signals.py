@@ -108,15 +108,18 @@ def test_runtime_signal_while_writing_keeps_the_existing_output(toy, tmp_path, m
     assert len(calls) == (2 if where == "chunk" else 1)  # stopped at the next chunk
 
 
-def test_training_stops_between_steps(tmp_path, monkeypatch):
-    from inclust_plus.training import trainer
+@pytest.mark.parametrize("native", ["off", "on"], ids=["Python step", "C++ steps"])
+def test_training_stops_between_steps(native, tmp_path, monkeypatch):
+    from inclust_plus.training import native_step, trainer
     from inclust_plus.training.cli import main as train
 
     good_input(tmp_path / "ref.h5ad", n=200)
     cfg = tmp_path / "cfg.toml"
-    cfg.write_text('[[datasets]]\nname = "ref"\npath = "ref.h5ad"\n[training]\nepochs = 50\nbatch_size = 20\n')
+    cfg.write_text(f'[[datasets]]\nname = "ref"\npath = "ref.h5ad"\n[training]\nepochs = 50\nbatch_size = 20\nnative = "{native}"\n')
     (tmp_path / "model.pt").write_bytes(b"the previous model")
-    step = trainer.ManualStep.__call__  # the training loop's step (members side by side, training/manual_step.py)
+    # the loop's unit of work: one Python step (training/manual_step.py) or one call of C++ steps
+    owner, name = (trainer.ManualStep, "__call__") if native == "off" else (native_step.NativeSteps, "run")
+    step = getattr(owner, name)
     steps = []
 
     def step_then_sigterm(self, *args, **kwargs):
@@ -125,12 +128,12 @@ def test_training_stops_between_steps(tmp_path, monkeypatch):
             _signal_self(signal.SIGTERM)
         return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(trainer.ManualStep, "__call__", step_then_sigterm)
+    monkeypatch.setattr(owner, name, step_then_sigterm)
     before = snapshot(tmp_path)
     result = CliRunner().invoke(train, [str(cfg), "--out", str(tmp_path / "model.pt"), "--force", "--quiet"])
     assert result.exit_code == 130, result.output
     assert "interrupted by SIGTERM" in result.stderr
-    assert len(steps) == 3  # stopped at the next step, not after 50 epochs
+    assert len(steps) == 3  # stopped at the next step (or call of steps), not after 50 epochs
     assert snapshot(tmp_path) == before and temporaries(tmp_path) == []
 
 

@@ -123,6 +123,7 @@ class TrainingConfig:
     workers: int = key(0, Int(min=0))  # processes training ensemble members on a CPU (0: one plus one per idle core for big jobs, 1: all stacked in this one)
     device: str = key("auto", Choice("auto", "cpu", "cuda"))  # auto: CUDA when torch sees it (training/device.py)
     precision: str = key("fp32", Choice("fp32", "bf16", "fp16"))  # autocast of the forward pass
+    native: str = key("auto", Choice("auto", "on", "off"))  # the C++ training step on a CPU (training/native_step.py): auto builds it once where it can
 
 
 @dataclass

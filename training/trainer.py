@@ -35,11 +35,15 @@ from .config import LossConfig, TrainingConfig
 from .data import TrainingData
 from .device import autocast, grad_scaler
 from .manual_step import ManualStep, supported
+from .native_step import native_steps
 from .step_worker import StepWorker
 from .module import InClustModule
 from .optim import adam, cosine_lr
 from .stacked import TERMS, StackedNetworks
 
+# C++ steps per call: as many as take ~NATIVE_CALL_SECONDS (at most NATIVE_CHUNK), so that Ctrl-C,
+# seen between calls, stops a run within a fraction of a second whatever a step costs.
+NATIVE_CHUNK, NATIVE_CALL_SECONDS = 64, 0.2
 NOISE_SEED_OFFSET = 7919  # the noise generator's seed is the member's seed plus this (not the shuffle's stream)
 
 
@@ -143,13 +147,20 @@ def train_stacked(
     full_weights = dataclasses.replace(weights)
     unsupervised = data.label_mode == "unsupervised"
     scaler = grad_scaler(device, precision)
-    manual = None
+    manual = native = None
     if scaler is None and supported(net, weights, precision):  # gradients by hand (training/manual_step.py)
-        manual = ManualStep(net, StepWorker() if offload else None)
+        manual = ManualStep(net)
+        native = native_steps(cfg.native, manual, rows, bernoulli, unsupervised, noises, offload)  # the same step in C++
+        if native is None and offload:
+            manual.worker = StepWorker()
         opt = None
     else:
         opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
     lr = cfg.learning_rate
+
+    def lr_at(t: int) -> float:  # the rate the loop below steps with at step t (0-based)
+        return cosine_lr(cfg.learning_rate, t, total_steps) if cfg.lr_schedule == "cosine" and t else cfg.learning_rate
+
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     total_steps, step = max(1, cfg.epochs * steps_per_epoch), 0
     results = [TrainingResult(history={t: [] for t in TERMS}) for _ in range(k)]
@@ -159,6 +170,7 @@ def train_stacked(
     active = [True] * k
     best, best_state, since_best = [math.inf] * k, [None] * k, [0] * k
     latent = net.config.latent_dim
+    chunk = min(4, NATIVE_CHUNK)  # the first call's steps: then sized by the time they took
     net.train()
     t0 = time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, dynamic_ncols=True)
@@ -171,7 +183,15 @@ def train_stacked(
             sums = torch.zeros(len(TERMS), k, dtype=torch.float64, device=device)
             step_inputs = partial(_step_inputs, rows, epoch_rows, cfg.batch_size, noises, latent, manual is not None)
             ahead: list = []  # the next step's inputs, gathered on the step worker during this step
-            for s in range(steps_per_epoch):
+            first = 0
+            while native is not None and first < steps_per_epoch:  # runs of C++ steps, each ~NATIVE_CALL_SECONDS
+                interrupt.check()  # Ctrl-C/SIGTERM: stop between runs of steps, nothing is written
+                end = min(steps_per_epoch, first + chunk)
+                t_call = time.perf_counter()
+                native.run(epoch_rows, first, end, cfg.batch_size, weights, [lr_at(step + i) for i in range(end - first)], sums)
+                chunk = max(1, min(NATIVE_CHUNK, int(NATIVE_CALL_SECONDS * (end - first) / max(time.perf_counter() - t_call, 1e-6))))
+                step, first = step + end - first, end
+            for s in range(steps_per_epoch) if native is None else ():
                 interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
                 batch, noise = ahead.pop() if ahead else step_inputs(s)
                 n = noise.shape[1]
@@ -223,9 +243,11 @@ def train_stacked(
             bar.set_postfix(shown)
             if not any(active):
                 break
-    finally:  # the step worker thread stops with the loop, also on an error or Ctrl-C
+    finally:  # the step worker thread (Python or C++) stops with the loop, also on an error or Ctrl-C
         if manual is not None:
             manual.close()
+        if native is not None:
+            native.close()
     bar.close()
     seconds = time.perf_counter() - t0
     with torch.no_grad():
