@@ -71,11 +71,11 @@ def test_the_cpp_step_trains_bit_for_bit_what_the_python_step_does(case, offload
 
 
 def test_runs_of_steps_split_anywhere_train_the_same(monkeypatch, cpp_runs):
-    """A call runs NATIVE_CHUNK steps; the next batch, gathered during a call's last step, carries over."""
+    """A call runs up to MAX_STEPS_PER_CALL steps; the next batch, gathered during a call's last step, carries over."""
     monkeypatch.setattr(members, "offload_step", lambda *a: True)
     whole = _fit("on")
     calls = len(cpp_runs)
-    monkeypatch.setattr(trainer, "NATIVE_CHUNK", 2)
+    monkeypatch.setattr(native_step, "MAX_STEPS_PER_CALL", 2)
     split = _fit("on")
     assert len(cpp_runs) - calls >= 3 * 3  # each of the 3 epochs' steps now spans several calls
     _same_training(whole, split)

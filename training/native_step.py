@@ -24,10 +24,12 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
+from inclust_plus import interrupt
 from inclust_plus.errors import InclustError
 
 from .module import L2_EPS
@@ -136,6 +138,9 @@ def load(allow_build: bool = True):
 
 
 _ACTIVATION_CODES = {"relu": 0, "tanh": 1, "sigmoid": 2, "identity": 3}  # native_step.cpp's Act
+# Steps per call: as many as take ~CALL_SECONDS (at most MAX_STEPS_PER_CALL), so that Ctrl-C, seen
+# between calls, stops a run within a fraction of a second whatever a step costs.
+MAX_STEPS_PER_CALL, CALL_SECONDS = 64, 0.2
 
 
 class NativeSteps:
@@ -157,15 +162,29 @@ class NativeSteps:
             [flat.data, flat.grad, flat.exp_avg, flat.exp_avg_sq, flat.steps],
             [rows.x, rows.row_cell, rows.row_input, rows.row_output, rows.masks, rows.cell_covariate, one_hot, unlabeled],
             None if shared else bernoulli, bool(bernoulli) if shared else False, shape, list(noises), threaded)
+        self._per_call = min(4, MAX_STEPS_PER_CALL)  # the first call's steps; then sized by the time they took
 
     def close(self) -> None:
         """Stop the C++ worker thread (the steps' object is done with)."""
         self._steps.close()
 
+    def epoch(self, epoch_rows: torch.Tensor, steps: int, batch_size: int, weights, lrs: list[float], sums: torch.Tensor) -> None:
+        """The ``steps`` steps of the epoch ``epoch_rows`` [K, rows], step s at learning rate ``lrs[s]``;
+        each step's loss terms times its batch size are added to ``sums`` [len(TERMS), K]. They run
+        in calls of as many steps as take ~CALL_SECONDS, with a Ctrl-C/SIGTERM check before each."""
+        first = 0
+        while first < steps:
+            interrupt.check()  # stop between runs of steps: nothing is written
+            end = min(steps, first + self._per_call)
+            t0 = time.perf_counter()
+            self.run(epoch_rows, first, end, batch_size, weights, lrs[first:end], sums)
+            took = max(time.perf_counter() - t0, 1e-6)
+            self._per_call = max(1, min(MAX_STEPS_PER_CALL, int(CALL_SECONDS * (end - first) / took)))
+            first = end
+
     def run(self, epoch_rows: torch.Tensor, first: int, end: int, batch_size: int, weights, lrs: list[float],
             sums: torch.Tensor) -> None:
-        """Steps ``first`` to ``end`` of the epoch ``epoch_rows`` [K, rows] at learning rates ``lrs``;
-        each step's loss terms times its batch size are added to ``sums`` [len(TERMS), K]."""
+        """Steps ``first`` to ``end`` of the epoch ``epoch_rows`` in one call (the GIL released)."""
         self._steps.run(epoch_rows, first, end, batch_size,
                         [weights.reconstruction, weights.kl, weights.categorical, weights.label], lrs, L2_EPS, sums)
 

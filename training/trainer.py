@@ -41,9 +41,6 @@ from .module import InClustModule
 from .optim import adam, cosine_lr
 from .stacked import TERMS, StackedNetworks
 
-# C++ steps per call: as many as take ~NATIVE_CALL_SECONDS (at most NATIVE_CHUNK), so that Ctrl-C,
-# seen between calls, stops a run within a fraction of a second whatever a step costs.
-NATIVE_CHUNK, NATIVE_CALL_SECONDS = 64, 0.2
 NOISE_SEED_OFFSET = 7919  # the noise generator's seed is the member's seed plus this (not the shuffle's stream)
 
 
@@ -170,7 +167,6 @@ def train_stacked(
     active = [True] * k
     best, best_state, since_best = [math.inf] * k, [None] * k, [0] * k
     latent = net.config.latent_dim
-    chunk = min(4, NATIVE_CHUNK)  # the first call's steps: then sized by the time they took
     net.train()
     t0 = time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, dynamic_ncols=True)
@@ -183,14 +179,9 @@ def train_stacked(
             sums = torch.zeros(len(TERMS), k, dtype=torch.float64, device=device)
             step_inputs = partial(_step_inputs, rows, epoch_rows, cfg.batch_size, noises, latent, manual is not None)
             ahead: list = []  # the next step's inputs, gathered on the step worker during this step
-            first = 0
-            while native is not None and first < steps_per_epoch:  # runs of C++ steps, each ~NATIVE_CALL_SECONDS
-                interrupt.check()  # Ctrl-C/SIGTERM: stop between runs of steps, nothing is written
-                end = min(steps_per_epoch, first + chunk)
-                t_call = time.perf_counter()
-                native.run(epoch_rows, first, end, cfg.batch_size, weights, [lr_at(step + i) for i in range(end - first)], sums)
-                chunk = max(1, min(NATIVE_CHUNK, int(NATIVE_CALL_SECONDS * (end - first) / max(time.perf_counter() - t_call, 1e-6))))
-                step, first = step + end - first, end
+            if native is not None:  # the epoch's steps in C++, Ctrl-C seen between runs of them
+                native.epoch(epoch_rows, steps_per_epoch, cfg.batch_size, weights, [lr_at(step + s) for s in range(steps_per_epoch)], sums)
+                step += steps_per_epoch
             for s in range(steps_per_epoch) if native is None else ():
                 interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
                 batch, noise = ahead.pop() if ahead else step_inputs(s)
