@@ -2,10 +2,10 @@
 
 Why: at inClust+'s size a CPU step is ~150 small ops. From Python each one pays its argument
 parsing and, with the step worker (training/step_worker.py), GIL hand-overs between two threads;
-together that is about half of a step on the 2-core machine of BENCHMARKS.md. The C++ step runs the
-same ATen ops in the same order on the same data, so it computes the same bits
-(tests/test_training_native_step.py holds it to the Python step), with the GIL released for a
-whole run of steps and a worker thread that never needs it.
+together that was about a third of a step on the 2-core machine of BENCHMARKS.md (3.4 ms against
+2.3 ms in C++). The C++ step runs the same ATen ops in the same order on the same data, so it
+computes the same bits (tests/test_training_native_step.py holds it to the Python step), with the
+GIL released for a whole run of steps and a worker thread that never needs it.
 
 It is built with torch's extension builder (a C++ compiler and ninja; ~30 s once) into a cache
 folder keyed by the source, torch and Python: ``$INCLUST_NATIVE_CACHE`` or
@@ -38,7 +38,6 @@ log = logging.getLogger("inclust_plus.training")
 
 SOURCE = Path(__file__).with_name("native_step.cpp")
 MODULE = "inclust_native_step"
-CHOICES = ("auto", "on", "off")
 _loaded: dict[str, object] = {}
 
 
