@@ -185,14 +185,14 @@ class Steps {
     l2_ = shape[6] != 0, unsupervised_ = shape[7] != 0;
   }
 
-  // Steps [first, end) of an epoch over epoch_rows [K, n_train]: loss weights (reconstruction, kl,
-  // categorical, label), one learning rate per step, the L2 floor; adds each step's terms [6, K]
-  // times its batch size to sums (float64), as the trainer's loop does.
-  void close() {
+  void close() {  // stop the worker thread (NativeSteps.close)
     pybind11::gil_scoped_release no_gil;
     worker_.stop();
   }
 
+  // Steps [first, end) of an epoch over epoch_rows [K, n_train]: loss weights (reconstruction, kl,
+  // categorical, label), one learning rate per step, the L2 floor; adds each step's terms [6, K]
+  // times its batch size to sums (float64), as the trainer's loop does.
   void run(const Tensor& epoch_rows, int64_t first, int64_t end, int64_t batch_size, std::vector<double> w,
            std::vector<double> lrs, double l2_eps, Tensor sums) {
     pybind11::gil_scoped_release no_gil;

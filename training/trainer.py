@@ -155,7 +155,7 @@ def train_stacked(
         opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
     lr = cfg.learning_rate
 
-    def lr_at(t: int) -> float:  # the rate the loop below steps with at step t (0-based)
+    def lr_at(t: int) -> float:  # the rate of step t (0-based): constant, or the cosine decay
         return cosine_lr(cfg.learning_rate, t, total_steps) if cfg.lr_schedule == "cosine" and t else cfg.learning_rate
 
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
@@ -177,37 +177,37 @@ def train_stacked(
             perm = torch.stack([torch.randperm(n_train, generator=g) for g in shuffles]).to(device)
             epoch_rows = train_rows.gather(1, perm)
             sums = torch.zeros(len(TERMS), k, dtype=torch.float64, device=device)
-            step_inputs = partial(_step_inputs, rows, epoch_rows, cfg.batch_size, noises, latent, manual is not None)
-            ahead: list = []  # the next step's inputs, gathered on the step worker during this step
             if native is not None:  # the epoch's steps in C++, Ctrl-C seen between runs of them
                 native.epoch(epoch_rows, steps_per_epoch, cfg.batch_size, weights, [lr_at(step + s) for s in range(steps_per_epoch)], sums)
                 step += steps_per_epoch
-            for s in range(steps_per_epoch) if native is None else ():
-                interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
-                batch, noise = ahead.pop() if ahead else step_inputs(s)
-                n = noise.shape[1]
-                if manual is not None:  # loss terms, gradients and update in one pass, no autograd graph
-                    *batch, tables = batch
-                    then = partial(lambda s: ahead.append(step_inputs(s)), s + 1) if s + 1 < steps_per_epoch else None
-                    terms = manual(*batch, noise, weights, bernoulli, unsupervised, label_tables=tables, lr=lr, meanwhile=then)
-                else:
-                    with autocast(device, precision):
-                        terms = net.loss(*batch, noise, weights, bernoulli, unsupervised)
-                    opt.zero_grad()
-                    loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
-                    if scaler is None:
-                        loss.backward()
-                        opt.step()
-                    else:  # fp16: one loss scale for all members (an overflow in one skips the step of all)
-                        scaler.scale(loss).backward()
-                        scaler.step(opt.optimizer)
-                        scaler.update()
-                step += 1
-                if cfg.lr_schedule == "cosine":
-                    lr = cosine_lr(cfg.learning_rate, step, total_steps)
+            else:
+                step_inputs = partial(_step_inputs, rows, epoch_rows, cfg.batch_size, noises, latent, manual is not None)
+                ahead: list = []  # the next step's inputs, gathered on the step worker during this step
+                for s in range(steps_per_epoch):
+                    interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
+                    batch, noise = ahead.pop() if ahead else step_inputs(s)
+                    n = noise.shape[1]
+                    if manual is not None:  # loss terms, gradients and update in one pass, no autograd graph
+                        *batch, tables = batch
+                        then = partial(lambda s: ahead.append(step_inputs(s)), s + 1) if s + 1 < steps_per_epoch else None
+                        terms = manual(*batch, noise, weights, bernoulli, unsupervised, label_tables=tables, lr=lr, meanwhile=then)
+                    else:
+                        with autocast(device, precision):
+                            terms = net.loss(*batch, noise, weights, bernoulli, unsupervised)
+                        opt.zero_grad()
+                        loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
+                        if scaler is None:
+                            loss.backward()
+                            opt.step()
+                        else:  # fp16: one loss scale for all members (an overflow in one skips the step of all)
+                            scaler.scale(loss).backward()
+                            scaler.step(opt.optimizer)
+                            scaler.update()
+                    step += 1
+                    lr = lr_at(step)
                     if opt is not None:
                         opt.lr = lr
-                sums += terms.detach().double() * n
+                    sums += terms.detach().double() * n
             epoch_terms = (sums / n_train).tolist()  # the epoch's one read from the device
             val = _evaluate(net, rows, val_rows, full_weights, bernoulli, unsupervised, precision) if val_rows is not None else None
             for i in range(k):
