@@ -90,13 +90,43 @@ def test_benchmarks_md_is_what_report_writes():
     assert body(report.build(report.RESULTS)) == body((BENCH.parent / "BENCHMARKS.md").read_text())
 
 
-def test_run_all_commands_name_existing_scripts(tmp_path):
+def test_registry_lists_every_script_in_benchmarks(tmp_path):
+    """A benchmark script that is not in benchmarks/registry.py would never be run by run_all.py:
+    every script there is registered or a declared helper, and every registered script exists."""
+    import registry
     import run_all
 
-    for name in run_all.BENCHMARKS:
+    scripts = {p.name for p in BENCH.iterdir() if p.suffix in (".py", ".sh")}
+    registered = {b.script for b in registry.BENCHMARKS}
+    assert scripts - registered - set(registry.HELPERS) == set()
+    assert registered | set(registry.HELPERS) <= scripts
+    assert not registered & set(registry.HELPERS)
+    assert len(registry.BY_NAME) == len(registry.BENCHMARKS)  # names are unique
+    for bench in registry.BENCHMARKS:
+        assert set(bench.needs + bench.full_needs) <= set(registry.NEEDS), bench.name
         for quick in (True, False):
-            cmd = run_all.command(name, quick, tmp_path)
-            assert Path(cmd[1]).is_file(), cmd
+            if quick and bench.quick is None:
+                continue
+            cmd = run_all.command(bench, quick, tmp_path, other=tmp_path)
+            assert Path(cmd[1]).is_file() and "{other}" not in " ".join(cmd), cmd
+
+
+def test_run_all_list_names_every_benchmark(capsys):
+    import registry
+    import run_all
+
+    assert run_all.main(["--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert listed == [b.name for b in registry.BENCHMARKS]
+
+
+def test_run_all_skips_what_the_machine_lacks(capsys, tmp_path):
+    """A run whose needs are missing (here: no other checkout) is skipped with the reason, not failed."""
+    import run_all
+
+    assert run_all.main(["training-wall", "--results", str(tmp_path), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "== training-wall: skipped, needs" in out and "--other DIR" in out and "0 failed" in out
 
 
 def test_gpu_quick_on_cpu(results):
