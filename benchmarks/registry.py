@@ -12,9 +12,6 @@ What a run needs beyond this repository, checked before it starts (missing: skip
 - ``gpu``: CUDA visible to torch;
 - ``triton``: a Triton server environment in ``INCLUST_TRITON_ENV`` (triton_models/README.md);
 - ``checkout``: another checkout to compare with (``run_all.py --other DIR``, e.g. a worktree of main).
-
-Before/after checks of one change (``impute_e2e.py`` and ``output_layout.py --compare-with CHECKOUT``)
-are not registered runs: their JSON is the record of that change, and the report does not show them.
 """
 
 from __future__ import annotations

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 from report_common import _load, _load_note, _n, _ok  # benchmarks/ is on sys.path when report.py runs (and in the smoke tests)
 from report_gpu import gpu_section
-from report_runtime import ensemble_section, runtime_memory_section, triton_section
+from report_runtime import compare_section, ensemble_section, runtime_memory_section, triton_section
 from report_training import training_issue13_section, training_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,6 +218,7 @@ def sections(results: Path) -> list[tuple[bool, list[str]]]:
         (True, training_issue13_section(results)),
         (True, gpu_section(_load(results, "gpu"))),
         (True, runtime_memory_section(results)),
+        (False, compare_section(results)),
         (True, triton_section(results)),
         (True, accuracy_section(results)),
         (True, ensemble_section(results)),

@@ -1,10 +1,11 @@
-"""BENCHMARKS.md sections of the runtime's memory, Triton and ensemble benchmarks."""
+"""BENCHMARKS.md sections of the runtime's streaming, memory, Triton and ensemble benchmarks."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
-from report_common import _load, table
+from report_common import _load, notes, table
 
 
 def runtime_memory_section(results: Path) -> list[str]:
@@ -26,6 +27,41 @@ def runtime_memory_section(results: Path) -> list[str]:
              r.get("input_format", "dense"), f"{r['input_mb']:,}", f"{r['output_mb']:,}", f"{r['batch_size']:,}", r["wall_s"],
              f"{r['cells_per_s']:,}", f"{r['peak_rss_mb']:,}", "yes" if r["passed"] else "no"] for r in runs]
     return [*lines, *table(head, "lrlrlrrrrrrl", rows), ""]
+
+
+def compare_section(results: Path) -> list[str]:
+    """``impute_e2e.py --compare-with``: this tree's streaming runtime against a reference checkout's."""
+    c = _load(results, "impute_e2e_compare")
+    if not c:
+        return []
+    m = c["machine"]
+    lines = ["## Streaming throughput before/after issue 12 (benchmarks/impute_e2e.py --compare-with)", "",
+             f"Measured {c['date']} on {m['cpu_model']} ({m['cores']} cores, load average {m['load_average_1_5_15']}): "
+             f"`inclust-run impute` of {c['cells']:,} cells x {c['input_genes']:,} genes ({c['density']:.0%} non-zero, CSR) -> "
+             f"{c['output_features']} proteins, batch {c['batch_size']:,}, this tree ({c['this']}) and the reference "
+             f"({c['reference']}) run alternately, {c['repeats']} times each, same input.", "",
+             "| tree | best wall s | cells/s (best) | median wall s | best cpu s | median cpu s |", "|---|---:|---:|---:|---:|---:|"]
+    for name in ("this", "reference"):
+        walls, cpus = c["wall_s"][name], c["cpu_s"][name]
+        lines.append(f"| {name} | {min(walls):.2f} | {c['best_cells_per_s'][name]:,} | {statistics.median(walls):.2f} | {min(cpus):.2f} | "
+                     f"{statistics.median(cpus):.2f} |")
+    median_cpu = statistics.median(c["cpu_s"]["reference"]) / statistics.median(c["cpu_s"]["this"])
+    lines += ["", f"Throughput ratio this/reference: {c['ratio_this_to_reference']} (best wall), {c['median_wall_ratio']} (median wall), "
+              f"{c['cpu_ratio_this_to_reference']} (best cpu time), {median_cpu:.3f} (median cpu time); "
+              f"outputs identical: {'yes' if c['outputs_identical_first_10000_cells'] else 'no'}."]
+    spread = {k: (min(v), max(v)) for k, v in c["cpu_s"].items()}
+    lines.append(f"Run-to-run spread of the cpu time: this {spread['this'][0]:.2f}-{spread['this'][1]:.2f} s, "
+                 f"reference {spread['reference'][0]:.2f}-{spread['reference'][1]:.2f} s.")
+    if "chunk_reader_cpu_s" in c:
+        r = c["chunk_reader_cpu_s"]
+        lines.append(f"The chunk reader alone (CSR read, structure and value checks, preprocessing: the code this change touched on "
+                     f"the hot path), {c['chunk_reader_chunks']} chunks of {c['chunk_reader_rows']:,} cells, best of 5 cpu times each, "
+                     f"{c['repeats']} alternating runs per tree: this {min(r['this']):.3f} s, reference {min(r['reference']):.3f} s, "
+                     f"ratio {c['chunk_reader_ratio_this_to_reference']}.")
+    if m["load_average_1_5_15"][0] > m["cores"]:
+        lines.append("Other jobs shared the machine (load average above its core count), so wall times swung between runs of "
+                     "either tree; the cpu time of each run (user + system, from wait4) is the steadier measure.")
+    return [*lines, "", *notes(results, "impute_e2e_compare")]
 
 
 def triton_section(results: Path) -> list[str]:
