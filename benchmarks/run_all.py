@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [run_one(b, args.quick, results, env, args.other) for b in chosen]
     failed = [r["name"] for r in runs if r["rc"] not in (0, "skipped")]
     skipped = [r["name"] for r in runs if r["rc"] == "skipped"]
-    print(f"== all: {len(runs) - len(failed) - len(skipped)} ok, {len(failed)} failed {failed or ''}, {len(skipped)} skipped "
+    print(f"== all: {len(runs) - len(failed) - len(skipped)} ok, {len(failed)} failed{f' {failed}' if failed else ''}, {len(skipped)} skipped "
           f"in {time.perf_counter() - started:.0f} s; results in {results}", flush=True)
     if not args.no_report:
         import report
