@@ -1,7 +1,7 @@
 """Imputation accuracy on real MERFISH-panel data (issue 3): inClust+ against the usual baselines.
 
 For each pseudo-spatial split of ../shared/data/merfish_scrna_reference.h5ad (see
-training/splits.py) the query cells keep only the panel genes and every method imputes the
+evaluation/splits.py) the query cells keep only the panel genes and every method imputes the
 held-out genes from the reference:
 
 - ours: the task (a) preset with its DEFAULT settings, trained through the package API on
@@ -109,7 +109,7 @@ def ours(split, overrides: dict, threads: int):
 
 
 def score(pred: np.ndarray, truth: np.ndarray) -> dict:
-    from inclust_plus.training.splits import per_gene_correlation
+    from evaluation.splits import per_gene_correlation
 
     r = per_gene_correlation(pred, truth)
     rho = per_gene_correlation(pred, truth, "spearman")
@@ -123,7 +123,7 @@ def score(pred: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def run_split(adata, name: str, seed: int, n_random: int | None, overrides: dict, threads: int, figure: Path | None) -> dict:
-    from inclust_plus.training.splits import pseudo_spatial_split
+    from evaluation.splits import pseudo_spatial_split
 
     split = pseudo_spatial_split(adata, seed=seed, n_random_genes=n_random)
     genes = list(map(str, adata.var_names))

@@ -1,6 +1,6 @@
 """Integration quality on harder synthetic data (issue 15): inClust+ next to PCA baselines, standard metrics.
 
-Data: training/synthetic.py ``make_hard_cells`` - two batches of paired RNA + protein with strong,
+Data: evaluation/synthetic.py ``make_hard_cells`` - two batches of paired RNA + protein with strong,
 non-linear batch effects and cell-type proportions that differ 4x between the batches. Embeddings:
 
 - PCA (20 components) of the preprocessed RNA + protein values the model trains on;
@@ -13,7 +13,7 @@ non-linear batch effects and cell-type proportions that differ 4x between the ba
   the global chance level (0.50: neighbours of any type) and the chance level within each type (the
   batches hold the types about 30/70, so an embedding that keeps types apart cannot go lower).
 
-Metrics: training/integration_metrics.py (same-batch neighbour fraction with its perfect-mixing
+Metrics: evaluation/integration_metrics.py (same-batch neighbour fraction with its perfect-mixing
 value, batch ASW, label ASW, ARI/NMI of k-means, kNN label transfer from batch0 to batch1).
 
     python benchmarks/integration.py            # seed 0 in full, seeds 1 and 2 for the acceptance: ~5 min on 2 shared cores
@@ -77,8 +77,8 @@ def run(n_cells: int, epochs: int | None, seed: int, settings: dict | None = Non
     import torch
     from sklearn.decomposition import PCA
 
-    from inclust_plus.training.integration_metrics import integration_scores
-    from inclust_plus.training.synthetic import make_hard_cells
+    from evaluation.integration_metrics import integration_scores
+    from evaluation.synthetic import make_hard_cells
 
     torch.set_num_threads(1)
     cells = make_hard_cells(n_cells=n_cells, seed=seed)

@@ -16,7 +16,7 @@ perfect mixing is the chance level (global and within-type chance agree), and th
 Embeddings: PCA (20) of the 122 shared genes; the same after centring each dataset's genes
 (batch-centred PCA); inClust+ with the integration task's defaults (training/config.py
 TASK_DEFAULTS), each dataset encoded from its own panel; inClust+ with the paper's loss (kl 1, no
-mixing term). Metrics: training/integration_metrics.py (silhouettes on a seeded 6,000-cell sample),
+mixing term). Metrics: evaluation/integration_metrics.py (silhouettes on a seeded 6,000-cell sample),
 label transfer: kNN (k=15) fit on the reference predicts the query.
 
     python benchmarks/integration_real.py            # two trainings: ~8 minutes on 2 shared cores
@@ -87,8 +87,8 @@ def run(effect: float, epochs: int | None, seed: int) -> dict:
     import torch
     from sklearn.decomposition import PCA
 
-    from inclust_plus.training.integration_metrics import integration_scores
-    from inclust_plus.training.splits import pseudo_spatial_split
+    from evaluation.integration_metrics import integration_scores
+    from evaluation.splits import pseudo_spatial_split
 
     torch.set_num_threads(1)
     adata = anndata.read_h5ad(DATA)

@@ -1,6 +1,6 @@
 """Mapping a new batch without retraining (issue 15) on the standard MERFISH-panel split.
 
-The standard split (training/splits.py, seed 0: 9,111 query cells keep the 122 panel genes, the
+The standard split (evaluation/splits.py, seed 0: 9,111 query cells keep the 122 panel genes, the
 31 others are held out) with its query cells halved at random (seed 0):
 
 - full:    the imputation preset trained on the reference + ALL query cells (one covariate "merfish");
@@ -43,7 +43,7 @@ def _dense(x) -> np.ndarray:
 
 
 def _score(model, genes, cells_x, covariate, held_out, truth) -> dict:
-    from inclust_plus.training.splits import per_gene_correlation
+    from evaluation.splits import per_gene_correlation
 
     y, _, _ = model.predict(cells_x, "merfish", covariate, target_covariate="scrna")
     r = per_gene_correlation(y[:, [genes.index(g) for g in held_out]], truth)
@@ -55,7 +55,7 @@ def run(adata, epochs: int, threads: int) -> dict:
 
     from inclust_plus.training.model import InClust
     from inclust_plus.training.presets import preset_config
-    from inclust_plus.training.splits import pseudo_spatial_split
+    from evaluation.splits import pseudo_spatial_split
 
     torch.set_num_threads(threads)
     split = pseudo_spatial_split(adata, seed=0)

@@ -1,10 +1,13 @@
-"""Assemble BENCHMARKS.md from benchmarks/results/*.json (and the Markdown some benchmarks write).
+"""Assemble BENCHMARKS.md and its detail page from benchmarks/results/*.json (and the Markdown some benchmarks write).
 
-Every table is generated from the recorded results, so BENCHMARKS.md never shows a number that no
-run produced; hand-written findings live in benchmarks/performance_notes.md and are included as
-they are. Sections whose results are missing say so instead of disappearing.
+Every table is generated from the recorded results, so neither page shows a number that no run
+produced. docs/benchmarks.md holds every section in full (how each was measured, every table, the
+stage breakdowns) and the hand-written findings of benchmarks/performance_notes.md; BENCHMARKS.md
+holds the headline of each section: its heading, the sentence that says when and on which machine
+it was measured, its first table and its verdict, with a link to the full section. Sections whose
+results are missing say so instead of disappearing.
 
-    python benchmarks/report.py [--results DIR] [--out BENCHMARKS.md]
+    python benchmarks/report.py [--results DIR] [--out BENCHMARKS.md] [--details docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from report_training import training_issue13_section, training_section
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 NOTES = ROOT / "benchmarks" / "performance_notes.md"
+DETAILS = ROOT / "docs" / "benchmarks.md"
+VERDICT = re.compile(r"\*\*|^Acceptance|acceptance|: (not )?met\b")
+DETAILS_LINK = "docs/benchmarks.md"  # as linked from BENCHMARKS.md at the repository root
 LSCPU_KEYS = ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "L2 cache", "L3 cache", "Hypervisor vendor")
 
 
@@ -196,52 +202,152 @@ def written_section(results: Path, *stems: str) -> list[str]:
     return []
 
 
-def build(results: Path = RESULTS) -> str:
+def sections(results: Path) -> list[tuple[bool, list[str]]]:
+    """Every section in full, in page order, each with whether BENCHMARKS.md shows its headline."""
     inf = _load(results, "inference_throughput")
     e2e = _load(results, "impute_e2e")
     train = _load(results, "training_throughput")
-    quick = any(r and r.get("quick") for r in (inf, e2e, train))
+    inference = inference_section(inf)
+    gemm = next((i for i, line in enumerate(inference) if line.startswith("## 2.")), len(inference))  # GEMM efficiency: details only
+    return [
+        (True, acceptance_section(inf, e2e, train)),
+        (True, inference[:gemm]),
+        (False, inference[gemm:]),
+        (True, e2e_section(e2e)),
+        (True, training_section(train)),
+        (True, training_issue13_section(results)),
+        (True, gpu_section(_load(results, "gpu"))),
+        (True, runtime_memory_section(results)),
+        (False, compare_section(results)),
+        (True, triton_section(results)),
+        (True, accuracy_section(results)),
+        (True, ensemble_section(results)),
+        (True, written_section(results, "mapping")),
+        (True, written_section(results, "uncertainty", "uncertainty_reduced")),
+        (True, written_section(results, "integration")),
+        (True, written_section(results, "integration_real")),
+        (False, written_section(results, "integration_real_effect0")),  # the panels' difference only
+    ]
+
+
+def _quick(results: Path) -> list[str]:
+    if any(r and r.get("quick") for r in (_load(results, n) for n in ("inference_throughput", "impute_e2e", "training_throughput"))):
+        return ["**Smoke run (--quick): tiny sizes, these numbers mean nothing.**", ""]
+    return []
+
+
+def _slug(heading: str) -> str:
+    """The anchor a Markdown renderer (GitHub) gives a heading."""
+    text = heading.lstrip("#").strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _paragraphs(lines: list[str]) -> list[list[str]]:
+    out, cur = [], []
+    for line in lines:
+        if line.strip():
+            cur.append(line)
+        elif cur:
+            out.append(cur)
+            cur = []
+    return out + ([cur] if cur else [])
+
+
+def _when_and_where(paragraph: str) -> str:
+    """The sentences of ``paragraph`` up to the one saying when and on what it was measured."""
+    sentences = re.split(r"(?<=\.)\s+(?=[A-Z`])", paragraph)
+    for i, sentence in enumerate(sentences):
+        if "easured" in sentence:
+            return " ".join(sentences[: i + 1])
+    return sentences[0]
+
+
+def headline(section: list[str]) -> list[str]:
+    """A section's heading, when/where it was measured, its first table, its verdict and a link to the rest."""
+    if not section:
+        return []
+    section = "\n".join(section).split("\n")  # a benchmark's own Markdown comes as one string
+    heading = section[0]
+    blocks = _paragraphs(section[1:])
+    out = [heading, ""]
+    table_at = next((i for i, b in enumerate(blocks) if b[0].startswith("|")), None)
+    said = False
+    for b in blocks[:table_at]:
+        if b[0].startswith("#"):
+            out += [b[0], ""]  # the sub-heading the first table belongs to
+        elif not said:
+            out += [_when_and_where(" ".join(b)), ""]
+            said = True
+    if table_at is None:
+        return [*out[:-1], *([] if said else blocks[0] if blocks else []), "", f"Details: [{DETAILS_LINK}]({DETAILS_LINK}#{_slug(heading)}).", ""]
+    out += [*blocks[table_at], ""]
+    kept = False  # the verdict: lines that say met / not met or a figure in bold, and a table they introduce
+    for b in blocks[table_at + 1:]:
+        if b[0].startswith("#"):
+            break
+        if b[0].startswith("|"):
+            if kept:
+                out += [*b, ""]
+            kept = False
+            continue
+        verdict = [line for line in b if VERDICT.search(line)]
+        out += [*verdict, ""] if verdict else []
+        kept = bool(verdict)
+    return [*out, f"Details: [{DETAILS_LINK}]({DETAILS_LINK}#{_slug(heading)}).", ""]
+
+
+def build(results: Path = RESULTS) -> str:
+    """BENCHMARKS.md: the headline of every section."""
     lines = [
         "# Benchmarks",
         "",
-        *(["**Smoke run (--quick): tiny sizes, these numbers mean nothing.**", ""] if quick else []),
-        "Generated by `python benchmarks/run_all.py` (which runs every benchmark and then `benchmarks/report.py`); "
-        "raw results in `benchmarks/results/*.json`. `python benchmarks/run_all.py --quick` is a smoke run on tiny sizes "
-        "and does not touch this file.",
+        *_quick(results),
+        "The headline numbers, each with when and on which machine it was measured; how each was measured, every "
+        f"table and what the numbers led to: [{DETAILS_LINK}]({DETAILS_LINK}). Generated by `python benchmarks/run_all.py` "
+        "(`--list`: every benchmark, its quick and full runs and what it needs; names run a subset), which runs the "
+        "benchmarks of `benchmarks/registry.py` and then `benchmarks/report.py`; raw results in `benchmarks/results/`.",
         "",
         *machine_section(results),
-        *acceptance_section(inf, e2e, train),
-        *inference_section(inf),
-        *e2e_section(e2e),
-        *training_section(train),
-        *training_issue13_section(results),
-        *gpu_section(_load(results, "gpu")),
-        *runtime_memory_section(results),
-        *compare_section(results),
-        *triton_section(results),
-        *accuracy_section(results),
-        *ensemble_section(results),
-        *written_section(results, "mapping"),  # issue 15
-        *written_section(results, "uncertainty", "uncertainty_reduced"),  # issue 15
-        *written_section(results, "integration"),  # issue 15
-        *written_section(results, "integration_real"),  # issue 15
-        *written_section(results, "integration_real_effect0"),  # issue 15: the panels' difference only
     ]
+    for shown, section in sections(results):
+        if shown:
+            lines += headline(section)
+    return "\n".join(lines)
+
+
+def build_details(results: Path = RESULTS) -> str:
+    """docs/benchmarks.md: every section in full, then the hand-written findings."""
+    lines = [
+        "# Benchmarks: details",
+        "",
+        *_quick(results),
+        "Every benchmark section in full; the headline tables are in [BENCHMARKS.md](../BENCHMARKS.md). Generated by "
+        "`benchmarks/report.py` from `benchmarks/results/`; the findings after the tables are benchmarks/performance_notes.md.",
+        "",
+        *machine_section(results),
+    ]
+    for _, section in sections(results):
+        lines += section
     if NOTES.is_file():
         lines += [NOTES.read_text().strip(), ""]
     return "\n".join(lines)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--details", type=Path, default=DETAILS)
     args = parser.parse_args(argv)
-    text = build(args.results)
-    tmp = args.out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    _write(args.details, build_details(args.results))
+    _write(args.out, build(args.results))
     return args.out
 
 

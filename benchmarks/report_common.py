@@ -15,10 +15,11 @@ def _load(results: Path, name: str):
     return None
 
 
-def _n(v, digits: int = 0) -> str:
+def _n(v, digits: int | None = 0) -> str:
+    """A number with thousands separators and ``digits`` decimals (None: as it is); "-" for none."""
     if v is None:
         return "-"
-    return f"{v:,.{digits}f}"
+    return f"{v:,}" if digits is None else f"{v:,.{digits}f}"
 
 
 def _ok(a: dict | None) -> str:

@@ -7,6 +7,8 @@ GPU comparison is already on record.
 
 from __future__ import annotations
 
+from report_common import _n
+
 
 LABELS = {
     "cpu_dense": "CPU, dense graph (`--device cpu --input-format dense`, this branch)",
@@ -16,10 +18,6 @@ LABELS = {
     "cuda_dense": "CUDA, dense graph",
     "cuda_torchscript": "CUDA, TorchScript (`--torchscript`)",
 }
-
-
-def _n(v) -> str:
-    return "—" if v is None else f"{v:,}"
 
 
 def gpu_section(g: dict | None) -> list[str]:
@@ -35,13 +33,13 @@ def gpu_section(g: dict | None) -> list[str]:
     feeds = g.get("feeds")
     if feeds:
         lines += [f"Feeds: CITE-seq-sized graph, counts at 5% density, cells/s (pinned host-to-device: "
-                  f"{_n(feeds.get('h2d_pinned_gb_per_s'))} GB/s).", "",
+                  f"{_n(feeds.get('h2d_pinned_gb_per_s'), None)} GB/s).", "",
                   "| batch | bytes/cell dense | bytes/cell CSR | dense numpy | CSR numpy | dense IO binding | CSR IO binding | dense on device | PCIe bound CSR |",
                   "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in feeds["rows"]:
-            lines.append(f"| {r['batch']:,} | {r['dense_bytes_per_cell']:,} | {r['csr_bytes_per_cell']:,} | {_n(r['dense_numpy_cells_per_s'])} | "
-                         f"{_n(r['csr_numpy_cells_per_s'])} | {_n(r['dense_iobinding_cells_per_s'])} | {_n(r['csr_iobinding_cells_per_s'])} | "
-                         f"{_n(r.get('dense_on_device_cells_per_s'))} | {_n(r.get('pcie_bound_csr_cells_per_s'))} |")
+            lines.append(f"| {r['batch']:,} | {r['dense_bytes_per_cell']:,} | {r['csr_bytes_per_cell']:,} | {_n(r['dense_numpy_cells_per_s'], None)} | "
+                         f"{_n(r['csr_numpy_cells_per_s'], None)} | {_n(r['dense_iobinding_cells_per_s'], None)} | {_n(r['csr_iobinding_cells_per_s'], None)} | "
+                         f"{_n(r.get('dense_on_device_cells_per_s'), None)} | {_n(r.get('pcie_bound_csr_cells_per_s'), None)} |")
         lines.append("")
     p = g.get("precision")
     if p:
@@ -54,15 +52,15 @@ def gpu_section(g: dict | None) -> list[str]:
         first = g.get("e2e_first_run")
         if first:
             lines += ["An earlier run (" + first["date"] + ", " + first.get("note", "") + "): " + "; ".join(
-                f"{e['cells']:,} x {e['genes']:,}: " + ", ".join(f"{k} {_n(v)}" for k, v in e["cells_per_s"].items()) + " cells/s"
+                f"{e['cells']:,} x {e['genes']:,}: " + ", ".join(f"{k} {_n(v, None)}" for k, v in e["cells_per_s"].items()) + " cells/s"
                 for e in first["e2e"]) + "."]
         lines.append("")
     for e in g.get("e2e") or []:
         names = list(e["cells_per_s"])
         lines += [f"End to end, `inclust-run impute`, {e['cells']:,} cells x {e['genes']:,} genes at {e['density']:.0%} -> {e['proteins']} "
-                  f"proteins (best of the interleaved repetitions); I/O floor (h5py read + write only) {_n(e['io_floor_cells_per_s'])} cells/s.", "",
+                  f"proteins (best of the interleaved repetitions); I/O floor (h5py read + write only) {_n(e['io_floor_cells_per_s'], None)} cells/s.", "",
                   "| contender | wall s | cells/s | start-up s (1,000 cells) |", "|---|---:|---:|---:|"]
         for k in names:
-            lines.append(f"| {LABELS.get(k, k)} | {_n(e['wall_s'][k])} | {_n(e['cells_per_s'][k])} | {_n(e['startup_s'].get(k))} |")
+            lines.append(f"| {LABELS.get(k, k)} | {_n(e['wall_s'][k], None)} | {_n(e['cells_per_s'][k], None)} | {_n(e['startup_s'].get(k), None)} |")
         lines.append("")
     return lines

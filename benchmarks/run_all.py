@@ -1,13 +1,16 @@
-"""Run every benchmark of issue 7 (and the runtime-memory one) and write BENCHMARKS.md.
+"""Run the registered benchmarks (benchmarks/registry.py), then write BENCHMARKS.md.
 
-    python benchmarks/run_all.py                 # the full set, about 10 minutes on 2 cores
-    python benchmarks/run_all.py --quick         # smoke run on tiny sizes (under a minute), results to a temp folder
-    python benchmarks/run_all.py --only inference training
-    python benchmarks/run_all.py --with-triton --with-accuracy   # also the Triton load test and the 25-minute accuracy study
+    python benchmarks/run_all.py --list                 # every benchmark, its modes and what it needs
+    python benchmarks/run_all.py                        # all of them (a benchmark whose needs are missing is skipped, said why)
+    python benchmarks/run_all.py inference training     # any subset, by name
+    python benchmarks/run_all.py --quick                # smoke run on tiny sizes, results to a temporary folder
+    python benchmarks/run_all.py training-wall --other /tmp/main-ref   # side by side with another checkout
 
 Each benchmark runs in its own Python process (so peak memory, thread pools and OpenMP settings
-never leak from one into the next) and writes ``benchmarks/results/<name>.json``; BENCHMARKS.md
-is then generated from all recorded results by ``benchmarks/report.py``.
+never leak from one into the next) and writes its results into ``benchmarks/results/`` (or
+``--results``); BENCHMARKS.md and its detail page are then generated from every recorded result
+by ``benchmarks/report.py``. A full run of everything takes hours on 2 cores (the accuracy and
+device studies train the 6-network preset); name the ones a change concerns.
 
 OpenMP wait policy (``--omp-wait-policy``, default ``auto``): on an idle machine PyTorch's default
 (spinning threads) is fastest (training: 80k rows/s against 62k with PASSIVE on 2 cores), but
@@ -30,70 +33,78 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from registry import BENCHMARKS, BY_NAME, Benchmark, missing  # noqa: E402
+
 RESULTS = HERE / "results"
 
-# name -> (script, full-run arguments, quick-run arguments, timeout seconds of a full run)
-BENCHMARKS: dict[str, tuple[str, list[str], list[str], int]] = {
-    "inference": ("inference_throughput.py", [], ["--quick", "--threads", "1"], 420),
-    "e2e": ("impute_e2e.py", [], ["--quick", "--cells", "3000"], 420),
-    "training": ("training_throughput.py", [], ["--quick"], 300),
-    # runtime_memory.py keeps its own history file; run_all records its run in runtime_memory_latest.json
-    "memory": ("runtime_memory.py", ["--cells", "1000000", "--no-record"], ["--cells", "3000", "--no-record"], 300),
-    "triton": ("triton_load.py", [], ["--requests", "200", "--concurrency", "4"], 600),
-    "accuracy": ("imputation_accuracy.py", [], ["--quick"], 1800),
-    "ensemble": ("ensemble_inference.py", [], ["--quick", "--threads", "1"], 300),
-}
-DEFAULT = ("inference", "e2e", "training", "memory", "ensemble")
 
-
-def command(name: str, quick: bool, results: Path) -> list[str]:
-    script, full, quick_args, _ = BENCHMARKS[name]
-    args = list(quick_args if quick else full)
-    if name in ("inference", "e2e", "training", "ensemble"):
+def command(bench: Benchmark, quick: bool, results: Path, other: Path | None = None) -> list[str]:
+    """The command line of ``bench``'s full or quick run, writing into ``results``."""
+    args = [a.replace("{other}", str(other)) for a in (bench.quick if quick else bench.full)]
+    if bench.out == "dir":
         args += ["--out", str(results)]
-    elif name == "triton":
-        args += ["--out", str(results / "triton_load.json")]
-    elif name == "accuracy":
-        args += ["--out", str(results)]
-    return [sys.executable, str(HERE / script), *args]
+    elif bench.out == "file":
+        args += ["--out", str(results / f"{Path(bench.script).stem}.json")]
+    return [sys.executable, str(HERE / bench.script), *args]
 
 
-def run_one(name: str, quick: bool, results: Path, env: dict) -> dict:
-    cmd = command(name, quick, results)
-    timeout = 120 if quick else BENCHMARKS[name][3]
-    print(f"== {name}: {' '.join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))}", flush=True)
+def listing() -> str:
+    lines = []
+    for b in BENCHMARKS:
+        full = " ".join(b.full) or "(no arguments)"
+        quick = " ".join(b.quick) if b.quick is not None else "(no quick mode)"
+        needs = ", ".join(b.needs + tuple(f"{n} (full run)" for n in b.full_needs)) or "-"
+        lines += [f"{b.name:26} {b.script}: {b.what}",
+                  f"{'':26}   full: {full}  [<= {b.minutes} min]; quick: {quick}; needs: {needs}"]
+    return "\n".join(lines)
+
+
+def run_one(bench: Benchmark, quick: bool, results: Path, env: dict, other: Path | None) -> dict:
+    lacking = missing(bench, quick, other)
+    if lacking:
+        print(f"== {bench.name}: skipped, needs {'; '.join(lacking)}", flush=True)
+        return {"name": bench.name, "rc": "skipped"}
+    cmd = command(bench, quick, results, other)
+    print(f"== {bench.name}: {' '.join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))}", flush=True)
     t0 = time.perf_counter()
-    capture = name == "memory"  # it prints its result as JSON
+    capture = bench.out == "stdout"
     try:
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, timeout=timeout, stdout=subprocess.PIPE if capture else None, text=True)
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, timeout=180 if quick else 60 * bench.minutes,
+                              stdout=subprocess.PIPE if capture else None, text=True)
         rc = proc.returncode
     except subprocess.TimeoutExpired:
         rc = "timeout"
-    if capture and rc == 0:
+    if capture and rc == 0:  # runtime_memory.py prints its result; its own history file is not touched
         print(proc.stdout, end="")
         result = json.loads(proc.stdout)
         result["machine"] = {**result.get("machine", {}), "omp_wait_policy": env.get("OMP_WAIT_POLICY")}
         (results / "runtime_memory_latest.json").write_text(json.dumps(result, indent=1) + "\n")
     seconds = time.perf_counter() - t0
-    print(f"== {name}: {'ok' if rc == 0 else f'FAILED ({rc})'} in {seconds:.0f} s", flush=True)
-    return {"name": name, "rc": rc, "seconds": round(seconds, 1)}
+    print(f"== {bench.name}: {'ok' if rc == 0 else f'FAILED ({rc})'} in {seconds:.0f} s", flush=True)
+    return {"name": bench.name, "rc": rc, "seconds": round(seconds, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all): {', '.join(BY_NAME)}")
+    parser.add_argument("--list", action="store_true", help="print every benchmark with its modes and needs, run nothing")
     parser.add_argument("--quick", action="store_true", help="tiny sizes; results go to a temporary folder unless --results is given")
-    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these")
-    parser.add_argument("--with-triton", action="store_true", help="also the Triton load test (needs INCLUST_TRITON_ENV, see triton_models/README.md)")
-    parser.add_argument("--with-accuracy", action="store_true", help="also the imputation accuracy study (about 25 minutes)")
+    parser.add_argument("--other", type=Path, default=None, help="another checkout, for the benchmarks that compare with one")
     parser.add_argument("--results", type=Path, default=None, help="results folder (default benchmarks/results; a temp folder with --quick)")
     parser.add_argument("--no-report", action="store_true", help="do not write BENCHMARKS.md")
     parser.add_argument("--omp-wait-policy", choices=("auto", "default", "PASSIVE", "ACTIVE"), default="auto",
                         help="OpenMP wait policy of the benchmark processes (see the module docstring)")
     args = parser.parse_args(argv)
+    if args.list:
+        print(listing())
+        return 0
+    unknown = [n for n in args.names if n not in BY_NAME]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
+    chosen = [BY_NAME[n] for n in args.names] if args.names else [b for b in BENCHMARKS if not args.quick or b.quick is not None]
 
-    names = list(args.only or DEFAULT)
-    if not args.only:
-        names += ["triton"] * args.with_triton + ["accuracy"] * args.with_accuracy
     results = args.results or (Path(tempfile.mkdtemp(prefix="inclust_bench_")) if args.quick else RESULTS)
     results.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -106,15 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         env["OMP_WAIT_POLICY"] = policy
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
     started = time.perf_counter()
-    runs = [run_one(name, args.quick, results, env) for name in names]
-    failed = [r["name"] for r in runs if r["rc"] != 0]
-    print(f"== all: {len(runs) - len(failed)}/{len(runs)} ok in {time.perf_counter() - started:.0f} s; results in {results}", flush=True)
+    runs = [run_one(b, args.quick, results, env, args.other) for b in chosen]
+    failed = [r["name"] for r in runs if r["rc"] not in (0, "skipped")]
+    skipped = [r["name"] for r in runs if r["rc"] == "skipped"]
+    print(f"== all: {len(runs) - len(failed) - len(skipped)} ok, {len(failed)} failed{f' {failed}' if failed else ''}, {len(skipped)} skipped "
+          f"in {time.perf_counter() - started:.0f} s; results in {results}", flush=True)
     if not args.no_report:
-        sys.path.insert(0, str(HERE))
         import report
 
-        out = (results / "BENCHMARKS.md") if args.quick or args.results else ROOT / "BENCHMARKS.md"
-        report.main(["--results", str(results), "--out", str(out)])
+        if args.quick or args.results:
+            report.main(["--results", str(results), "--out", str(results / "BENCHMARKS.md"), "--details", str(results / "details.md")])
+        else:
+            report.main([])
     return 1 if failed else 0
 
 

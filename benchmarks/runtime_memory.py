@@ -72,8 +72,10 @@ def spot_check(manifest: Path, src: Path, out: Path, n: int = 2048, n_panel: int
     sess = ort.InferenceSession(str(manifest.parent / graph["file"]), providers=["CPUExecutionProvider"])
     y, latent, _ = sess.run(["y", "latent", "label_probs"], {"x": x.astype(np.float32), "covariate": np.ones(n, np.int64), "target_covariate": np.zeros(n, np.int64)})
     with h5py.File(out, "r") as f:
-        imputed = f["layers"]["inclust_imputed"]  # X keeps the measured values
-        assert imputed.shape == f["X"].shape == (int(f["obs"]["_index"].shape[0]), len(graph["output_features"]))
+        imputed = f["layers"]["inclust_imputed"]  # X keeps the measured values (CSR for a CSR input)
+        x = f["X"]
+        x_shape = tuple(x.attrs["shape"]) if isinstance(x, h5py.Group) else x.shape
+        assert imputed.shape == x_shape == (int(f["obs"]["_index"].shape[0]), len(graph["output_features"]))
         return float(max(np.abs(imputed[:n] - y).max(), np.abs(f["obsm"]["X_inclust"][:n] - latent).max()))
 
 

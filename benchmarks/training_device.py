@@ -46,7 +46,7 @@ def _sync(device: str) -> None:
 def preset_run(split, device: str, precision: str, epochs: int | None, ensemble: int | None) -> dict:
     from inclust_plus.training.model import InClust
     from inclust_plus.training.presets import preset_config
-    from inclust_plus.training.splits import per_gene_correlation
+    from evaluation.splits import per_gene_correlation
 
     training = {"device": device, "precision": precision, **({"epochs": epochs} if epochs else {})}
     cfg = preset_config("imputation", {"training": training, **({"model": {"ensemble": ensemble}} if ensemble else {})})
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["skipped"] = [f"{d}: torch sees no such device" for d in args.devices if d not in devices]
     if "preset" in args.parts:
         from inclust_plus.training.native_step import available
-        from inclust_plus.training.splits import pseudo_spatial_split
+        from evaluation.splits import pseudo_spatial_split
 
         if "cpu" in devices:  # the CPU preset trains with the C++ step where it builds: built here, outside the timing
             result["cpu_step"] = "C++" if available("auto") is not None else "Python"

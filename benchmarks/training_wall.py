@@ -54,7 +54,7 @@ def package_links(checkout: Path, folder: Path) -> Path:
 
 def write_split(folder: Path, data: Path | None, n_synthetic: int) -> object:
     """reference.h5ad and query.h5ad of the standard split (or of synthetic cells) in ``folder``."""
-    from inclust_plus.training.splits import pseudo_spatial_split
+    from evaluation.splits import pseudo_spatial_split
 
     if data is not None:
         import anndata
@@ -85,7 +85,7 @@ def run_contender(name: str, env: dict, config: Path, out: Path, seed: int | Non
 
 def mean_pearson(model_path: Path, split) -> float:
     from inclust_plus.training.model import InClust
-    from inclust_plus.training.splits import per_gene_correlation
+    from evaluation.splits import per_gene_correlation
 
     model = InClust.load(model_path)
     x = split.query.X

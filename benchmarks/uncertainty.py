@@ -1,7 +1,7 @@
 """How well the ensemble's spread says which imputed values to trust (issue 15), standard MERFISH-panel split.
 
 The imputation preset (by default with all its settings: 6 networks, 200 epochs) is trained on the
-standard split (training/splits.py) as in benchmarks/imputation_accuracy.py; for the 31 held-out
+standard split (evaluation/splits.py) as in benchmarks/imputation_accuracy.py; for the 31 held-out
 genes of the 9,111 query cells it gives the imputed value (the members' mean) and the members'
 standard deviation (training/uncertainty.py). Scores, over every imputed value:
 
@@ -55,7 +55,7 @@ def run(adata, members: int | None, epochs: int | None, threads: int, samples: i
 
     from inclust_plus.training.model import InClust
     from inclust_plus.training.presets import preset_config
-    from inclust_plus.training.splits import per_gene_correlation, pseudo_spatial_split
+    from evaluation.splits import per_gene_correlation, pseudo_spatial_split
     from inclust_plus.training.uncertainty import predict_with_std
 
     torch.set_num_threads(threads)

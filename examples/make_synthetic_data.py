@@ -2,13 +2,17 @@
 
     python examples/make_synthetic_data.py      # -> examples/data/synthetic_*.h5mu / .h5ad
 
-Cells come from inclust_plus.training.synthetic (paired RNA + protein + ATAC with batch effects and
+Cells come from evaluation.synthetic (paired RNA + protein + ATAC with batch effects and
 known cell types); each task keeps only the modalities its datasets would have measured.
 """
 
+import sys
 from pathlib import Path
 
-from inclust_plus.training.presets import PRESETS, synthetic_task
+from inclust_plus.training.presets import PRESETS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # evaluation/ is in the repository, not installed
+from evaluation.synthetic import synthetic_task  # noqa: E402
 
 out = Path(__file__).parent / "data"
 out.mkdir(exist_ok=True)

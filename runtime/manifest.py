@@ -3,18 +3,15 @@
 The manifest itself (dataclasses, the one reader and its schema) is the contract in
 :mod:`inclust_plus.contract`; this module re-exports what runtime code names
 (:func:`load_manifest` is :func:`inclust_plus.contract.read_manifest`) and adds what only the
-runtime needs: :func:`select_graph` and the sha256-checked file reads.
+runtime needs: :func:`select_graph`. The sha256-checked file reads are :mod:`inclust_plus.contract.files`
+(re-exported here; Triton's repository writer uses them too).
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 from inclust_plus.contract import GraphEntry, Manifest, read_manifest
-from inclust_plus.contract.schema import REEXPORT
+from inclust_plus.contract.files import read_verified, verify_file  # the sha256-checked reads (shared with Triton)
 from inclust_plus.errors import InclustError
-from inclust_plus.hashing import file_sha256
 
 load_manifest = read_manifest
 
@@ -69,33 +66,3 @@ def select_graph(
         raise InclustError(f"the model has no {kind} graph{wanted}", f"available: {listing}")
     listing = "; ".join(g.describe() for g in candidates)
     raise InclustError(f"several {kind} graphs match", f"pick one with --combination NAME or --from/--to: {listing}")
-
-
-def read_verified(path: Path | None, expected: str | None, what: str) -> bytes:
-    """The bytes of a graph file, read once and checked against the manifest's sha256.
-
-    Loading these bytes (not the path again) means the file that runs is the file that was
-    checked, even if the path is swapped for another file or link in between.
-    """
-    _pinned(path, expected, what)
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != expected.lower():
-        raise InclustError(f"{what} file {path} does not match the sha256 in the manifest: tampered or corrupt", f"{REEXPORT} or copy the folder again")
-    return data
-
-
-def _pinned(path: Path | None, expected: str | None, what: str) -> None:
-    """The file exists and the manifest gives its sha256 (a missing one would switch the check off;
-    load_manifest already requires one for every file, this guards entries built by hand)."""
-    if path is None or not path.is_file():
-        raise InclustError(f"{what} file {path} is missing", f"{REEXPORT} or copy the whole export folder")
-    if not expected or len(expected) != 64:
-        raise InclustError(f"{what} file {path} has no sha256 in the manifest", f"{REEXPORT} (every file the runtime loads is pinned by its sha256)")
-
-
-def verify_file(path: Path | None, expected: str | None, what: str) -> Path:
-    """Refuse a graph file whose sha256 differs from the manifest (tampered, corrupt or swapped)."""
-    _pinned(path, expected, what)
-    if file_sha256(path) != expected.lower():
-        raise InclustError(f"{what} file {path} does not match the sha256 in the manifest: tampered or corrupt", f"{REEXPORT} or copy the folder again")
-    return path

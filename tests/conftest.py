@@ -41,7 +41,7 @@ def preset_checkpoint(tmp_path_factory):
     """``preset_checkpoint(task)``: the model.pt of that preset trained 2 epochs on its synthetic task
     (300 cells, seed 1), trained once per session and shared by the export parity tests."""
     from inclust_plus.training.model import InClust
-    from inclust_plus.training.presets import synthetic_task
+    from evaluation.synthetic import synthetic_task
 
     made: dict = {}
 

@@ -71,32 +71,83 @@ def test_report_renders_recorded_results(results):
     (results / "runtime_memory.json").write_text(json.dumps([{
         "date": "2026-01-01", "cells": 10, "input_mb": 1, "output_mb": 1, "batch_size": 4, "wall_s": 1,
         "cells_per_s": 10, "peak_rss_mb": 100, "passed": True}]))
-    text = report.build(results)
+    details = report.build_details(results)
     for heading in ("## Machine", "## Acceptance", "## 1. Inference throughput", "## 2. Achieved GFLOP/s",
                     "## 3. End-to-end", "## 4. Training throughput", "## 5. GPU", "## Runtime memory", "Smoke run",
                     "## Inference cost of the imputation preset's ensemble"):
-        assert heading in text, heading
-    assert "| 8 |" in text  # the batch-8 inference row
+        assert heading in details, heading
+    assert "| 8 |" in details  # the batch-8 inference row
+    # the headline page: every section but the detail-only ones, each linking to its full version
+    text = report.build(results)
+    assert "## 2. Achieved GFLOP/s" not in text and "Smoke run" in text
+    assert "| 1 |" in text and "| 8 |" in text  # the first inference table (merfish, batches 1 and 8)
+    for heading in ("## Acceptance", "## 1. Inference throughput", "## 3. End-to-end", "## Runtime memory"):
+        section = text[text.index(heading):]
+        anchor = report._slug(section.splitlines()[0])
+        assert f"(docs/benchmarks.md#{anchor})" in section.split("\n## ")[0], heading
+        assert f"\n{section.splitlines()[0]}\n" in details  # the anchor names a heading of the detail page
+
+
+def test_headline_keeps_when_where_first_table_and_verdict():
+    import report
+
+    section = ["## X (benchmarks/x.py)", "", "Data: d.h5ad. Measured 2026-01-01 on Some CPU, 2 cores. Long explanation follows.", "",
+               "| a | b |", "|---|---|", "| 1 | 2 |", "", "Acceptance: met (0.9).", "Noise line.", "", "| c |", "|---|", "| 3 |", ""]
+    out = report.headline(section)
+    assert out == ["## X (benchmarks/x.py)", "", "Data: d.h5ad. Measured 2026-01-01 on Some CPU, 2 cores.", "",
+                   "| a | b |", "|---|---|", "| 1 | 2 |", "", "Acceptance: met (0.9).", "", "| c |", "|---|", "| 3 |", "",
+                   "Details: [docs/benchmarks.md](docs/benchmarks.md#x-benchmarksxpy).", ""]
 
 
 def test_benchmarks_md_is_what_report_writes():
-    """BENCHMARKS.md holds no hand edit that the next report.py run would drop: past the machine
-    section (this host's lscpu and free), it is exactly what report.py renders from the results."""
+    """BENCHMARKS.md and docs/benchmarks.md hold no hand edit that the next report.py run would drop:
+    past the machine section (this host's lscpu and free), each is exactly what report.py renders."""
     import report
 
     def body(text: str) -> str:
         return text[text.index("\n## ", text.index("## Machine")):]
 
     assert body(report.build(report.RESULTS)) == body((BENCH.parent / "BENCHMARKS.md").read_text())
+    assert body(report.build_details(report.RESULTS)) == body(report.DETAILS.read_text())
 
 
-def test_run_all_commands_name_existing_scripts(tmp_path):
+def test_registry_lists_every_script_in_benchmarks(tmp_path):
+    """A benchmark script that is not in benchmarks/registry.py would never be run by run_all.py:
+    every script there is registered or a declared helper, and every registered script exists."""
+    import registry
     import run_all
 
-    for name in run_all.BENCHMARKS:
+    scripts = {p.name for p in BENCH.iterdir() if p.suffix in (".py", ".sh")}
+    registered = {b.script for b in registry.BENCHMARKS}
+    assert scripts - registered - set(registry.HELPERS) == set()
+    assert registered | set(registry.HELPERS) <= scripts
+    assert not registered & set(registry.HELPERS)
+    assert len(registry.BY_NAME) == len(registry.BENCHMARKS)  # names are unique
+    for bench in registry.BENCHMARKS:
+        assert set(bench.needs + bench.full_needs) <= set(registry.NEEDS), bench.name
         for quick in (True, False):
-            cmd = run_all.command(name, quick, tmp_path)
-            assert Path(cmd[1]).is_file(), cmd
+            if quick and bench.quick is None:
+                continue
+            cmd = run_all.command(bench, quick, tmp_path, other=tmp_path)
+            assert Path(cmd[1]).is_file() and "{other}" not in " ".join(cmd), cmd
+
+
+def test_run_all_list_names_every_benchmark(capsys):
+    import registry
+    import run_all
+
+    assert run_all.main(["--list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert listed == [b.name for b in registry.BENCHMARKS]
+
+
+def test_run_all_skips_what_the_machine_lacks(capsys, tmp_path):
+    """A run whose needs are missing (here: no other checkout) is skipped with the reason, not failed."""
+    import run_all
+
+    assert run_all.main(["training-wall", "--results", str(tmp_path), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "== training-wall: skipped, needs" in out and "--other DIR" in out and "0 failed" in out
 
 
 def test_gpu_quick_on_cpu(results):

@@ -13,7 +13,7 @@ import pytest
 
 from inclust_plus.training.model import InClust
 from inclust_plus.training.presets import preset_config
-from inclust_plus.training.splits import per_gene_correlation, pseudo_spatial_split
+from evaluation.splits import per_gene_correlation, pseudo_spatial_split
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "merfish_scrna_reference.h5ad"
 EPOCHS = 80

@@ -1,4 +1,4 @@
-"""The integration task's defaults on the harder synthetic data (training/synthetic.py make_hard_cells, issue 15):
+"""The integration task's defaults on the harder synthetic data (evaluation/synthetic.py make_hard_cells, issue 15):
 batches mixed about as well as the generator's batch-free state mixes them, while an unlabelled batch's types are
 still transferred.
 
@@ -12,10 +12,10 @@ the previous defaults' 60 epochs), label transfer 0.979, ARI 0.980, in ~55 s on 
 
 import numpy as np
 
-from inclust_plus.training.integration_metrics import integration_scores
+from evaluation.integration_metrics import integration_scores
 from inclust_plus.training.model import InClust
 from inclust_plus.training.presets import preset_config
-from inclust_plus.training.synthetic import make_hard_cells
+from evaluation.synthetic import make_hard_cells
 
 
 def test_integration_defaults_mix_hard_batches_like_the_truth_and_keep_types():

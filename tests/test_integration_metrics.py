@@ -1,10 +1,10 @@
-"""The integration scores (training/integration_metrics.py) on embeddings whose answer is known,
-and the harder synthetic generator (training/synthetic.py make_hard_cells)."""
+"""The integration scores (evaluation/integration_metrics.py) on embeddings whose answer is known,
+and the harder synthetic generator (evaluation/synthetic.py make_hard_cells)."""
 
 import numpy as np
 
-from inclust_plus.training.integration_metrics import integration_scores, same_batch_fraction
-from inclust_plus.training.synthetic import make_hard_cells
+from evaluation.integration_metrics import integration_scores, same_batch_fraction
+from evaluation.synthetic import make_hard_cells
 
 
 def _blobs(shift_batch: float, seed: int = 0):
@@ -47,7 +47,7 @@ def test_hard_cells_are_unbalanced_and_batch_shifted():
 
 
 def test_chance_within_types_on_a_tiny_case():
-    from inclust_plus.training.integration_metrics import same_batch_chance_within_types
+    from evaluation.integration_metrics import same_batch_chance_within_types
 
     # type x: 3 cells of a, 1 of b; type y: 2 of a, 2 of b
     batch = np.array(["a", "a", "a", "b", "a", "a", "b", "b"])

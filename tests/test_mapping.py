@@ -22,7 +22,7 @@ from inclust_plus.training.mapping import _posteriors, mapping_loss
 from inclust_plus.training.model import InClust
 from inclust_plus.training.module import InClustModule, ModuleConfig
 from inclust_plus.training.query_data import align_cells
-from inclust_plus.training.synthetic import make_cells
+from evaluation.synthetic import make_cells
 
 ad = pytest.importorskip("anndata")
 PANEL = np.sort(np.random.default_rng(1).permutation(100)[:60])

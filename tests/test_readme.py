@@ -26,4 +26,4 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
     assert int(imputed.var["inclust_imputed"].sum()) == 31 and imputed.n_vars == 153
     assert np.abs(imputed.layers["inclust_imputed"] - same.layers["inclust_imputed"]).max() <= 1e-5
     assert query.obsm["X_inclust"].shape == (2000, 50) and "inclust_label" in query.obs
-    assert (tmp_path / "export" / "manifest.json").is_file()
+    assert (tmp_path / "exported" / "manifest.json").is_file()

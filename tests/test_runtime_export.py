@@ -120,7 +120,7 @@ def _merfish_description(adata) -> dict:
 
 
 def _merfish_parity(tmp_path, ckpt: Path):
-    from inclust_plus.training.splits import pseudo_spatial_split
+    from evaluation.splits import pseudo_spatial_split
 
     adata = ad.read_h5ad(MERFISH_DATA)
     split = pseudo_spatial_split(adata, seed=0)
@@ -169,7 +169,7 @@ def test_merfish_query_parity_trained(tmp_path):
     try:
         from inclust_plus.training.config import config_from_dict
         from inclust_plus.training.model import InClust
-        from inclust_plus.training.splits import pseudo_spatial_split
+        from evaluation.splits import pseudo_spatial_split
     except ImportError as err:
         pytest.skip(f"training API not available: {err}")
     adata = ad.read_h5ad(MERFISH_DATA)
@@ -202,7 +202,7 @@ def test_panel_graph_defaults_to_its_datasets_covariate(tmp_path):
     from inclust_plus.export import export_model
     from inclust_plus.runtime.cli import cli
     from inclust_plus.training.model import InClust
-    from inclust_plus.training.presets import synthetic_task
+    from evaluation.synthetic import synthetic_task
 
     st = synthetic_task("imputation", n_cells=200, seed=0, overrides={"training": {"epochs": 1}})
     model, data, _ = InClust.fit(st.config, st.objects, progress=False)

@@ -14,7 +14,8 @@ from inclust_plus.training.checkpoint import load_checkpoint
 from inclust_plus.training.ensemble import merge_members
 from inclust_plus.training.model import InClust
 from inclust_plus.training.module import InClustModule, ModuleConfig
-from inclust_plus.training.presets import preset_config, synthetic_task
+from inclust_plus.training.presets import preset_config
+from evaluation.synthetic import synthetic_task
 
 
 def _member(seed: int, **kwargs) -> InClustModule:

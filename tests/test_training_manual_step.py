@@ -15,7 +15,7 @@ from inclust_plus.training.manual_step import loss_and_grads, supported
 from inclust_plus.training.model import InClust
 from inclust_plus.training.config import LossConfig
 from inclust_plus.training.module import InClustModule, ModuleConfig
-from inclust_plus.training.presets import synthetic_task
+from evaluation.synthetic import synthetic_task
 from inclust_plus.training.stacked import StackedNetworks
 
 

@@ -17,7 +17,7 @@ import torch
 from inclust_plus.errors import InclustError
 from inclust_plus.training import members, native_step, trainer
 from inclust_plus.training.model import InClust
-from inclust_plus.training.presets import synthetic_task
+from evaluation.synthetic import synthetic_task
 
 UNLABELLED = [{"name": "scrna", "modalities": ["rna"]}, {"name": "merfish", "modalities": ["rna"]}]
 CASES = {

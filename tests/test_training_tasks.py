@@ -5,8 +5,7 @@ import pytest
 
 from inclust_plus.training.model import InClust
 from inclust_plus.training.preprocessing import Preprocessing, transform
-from inclust_plus.training.presets import synthetic_task
-from inclust_plus.training.synthetic import batch_mixing
+from evaluation.synthetic import batch_mixing, synthetic_task
 
 EPOCHS = 40
 

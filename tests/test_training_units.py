@@ -8,7 +8,7 @@ from inclust_plus.training.checkpoint import load_checkpoint, save_checkpoint
 from inclust_plus.training.model import InClust
 from inclust_plus.training.config import LossConfig
 from inclust_plus.training.module import InClustModule, ModuleConfig
-from inclust_plus.training.presets import synthetic_task
+from evaluation.synthetic import synthetic_task
 
 
 def _module(seed=0, n_features=12, n_cov=3, n_labels=4):

@@ -75,7 +75,7 @@ def test_low_spread_values_are_less_wrong_on_real_data():
 
     from inclust_plus.training.model import InClust
     from inclust_plus.training.presets import preset_config
-    from inclust_plus.training.splits import pseudo_spatial_split
+    from evaluation.splits import pseudo_spatial_split
 
     torch.set_num_threads(1)
     split = pseudo_spatial_split(anndata.read_h5ad(DATA), seed=0)

@@ -1,17 +1,12 @@
 """The paper's four tasks as presets: configs with the right views, covariates and preprocessing.
 
-Each preset has a worked TOML example in the README; :func:`synthetic_task` builds the same task on
-synthetic cells with known truth (used by the tests and the export parity check of every preset).
+Each preset has a worked TOML example in the README; ``evaluation.synthetic.synthetic_task`` (in the
+repository, not installed) builds the same task on synthetic cells with known truth for the tests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
 from .config import Config, config_from_dict
-from .synthetic import SyntheticCells, make_cells
 
 COUNT_PREP = {"normalize_total": 1e4, "log1p": True, "scale": "max"}
 PROTEIN_PREP = {"log1p": True, "scale": "max"}
@@ -62,31 +57,3 @@ def preset_config(task: str, overrides: dict | None = None) -> Config:
         else:
             base[key] = value
     return config_from_dict(base)
-
-
-@dataclass
-class SyntheticTask:
-    config: Config
-    objects: dict  # dataset name -> AnnData/MuData
-    cells: SyntheticCells
-    index: dict  # dataset name -> cell indices into ``cells``
-
-
-def synthetic_task(task: str, n_cells: int = 1500, seed: int = 0, overrides: dict | None = None) -> SyntheticTask:
-    """Task ``task`` on synthetic cells: two halves, each a dataset in its own batch."""
-    n_batches = 2
-    cells = make_cells(n_cells=n_cells, n_batches=n_batches, seed=seed, sizes={"rna": 200, "protein": 30, "atac": 300})
-    halves = [np.flatnonzero(cells.batch == f"batch{b}") for b in range(n_batches)]
-    cfg = preset_config(task, overrides)
-    objects, index = {}, {}
-    for ds, idx in zip(cfg.datasets, halves):
-        objects[ds.name] = cells.mudata(ds.modalities, idx) if len(ds.modalities) > 1 else cells.anndata(ds.modalities[0], idx)
-        index[ds.name] = idx
-    if task == "imputation":
-        # The query keeps a 60% panel of the genes; the reference measured all.
-        genes = np.random.default_rng(seed).permutation(200)[:120]
-        q = cfg.datasets[1].name
-        objects[q] = objects[q][:, np.sort(genes)].copy()
-        cfg.datasets[0].preprocessed = False
-        cfg.preprocessing = {"rna": {"log1p": True, "scale": "max"}}
-    return SyntheticTask(config=cfg, objects=objects, cells=cells, index=index)

@@ -35,7 +35,7 @@ from inclust_plus.atomic import atomic_dir, refuse_foreign_entries
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
 from inclust_plus.contract import graph_to_json, read_manifest, to_json
-from inclust_plus.runtime.manifest import verify_file
+from inclust_plus.contract.files import verify_file
 
 from .layout import CONFIG_FILE, CSR_SUFFIX, FLAVOURS, INDEX_FILE, LABELS_FILE, PYTHON_SUFFIX, REPOSITORY_FORMAT, graph_of
 from .model_config import config_text, model_config

@@ -7,6 +7,7 @@ Every modality is a non-linear map of u plus a batch effect:
     ATAC    peaks  ~ Bernoulli(sigmoid(W_atac u + beta_atac[b] - 1))
 Because all three modalities are drawn for every cell, a task can hide one and score the model's
 prediction of it against the truth, and score label transfer against the true types.
+:func:`synthetic_task` builds one of the paper's four presets on such cells (the tests' fixtures).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from inclust_plus.training.config import Config
+from inclust_plus.training.presets import preset_config
 
 MODALITY_SIZES = {"rna": 200, "protein": 30, "atac": 300}
 
@@ -129,3 +133,31 @@ def make_hard_cells(n_cells: int = 3000, n_types: int = 6, n_batches: int = 2, s
     }
     return SyntheticCells(counts=counts, cell_type=np.array([f"type{k}" for k in types]),
                           batch=np.array([f"batch{b}" for b in batches]), latent=u)
+
+
+@dataclass
+class SyntheticTask:
+    config: Config
+    objects: dict  # dataset name -> AnnData/MuData
+    cells: SyntheticCells
+    index: dict  # dataset name -> cell indices into ``cells``
+
+
+def synthetic_task(task: str, n_cells: int = 1500, seed: int = 0, overrides: dict | None = None) -> SyntheticTask:
+    """Task ``task`` on synthetic cells: two halves, each a dataset in its own batch."""
+    n_batches = 2
+    cells = make_cells(n_cells=n_cells, n_batches=n_batches, seed=seed, sizes={"rna": 200, "protein": 30, "atac": 300})
+    halves = [np.flatnonzero(cells.batch == f"batch{b}") for b in range(n_batches)]
+    cfg = preset_config(task, overrides)
+    objects, index = {}, {}
+    for ds, idx in zip(cfg.datasets, halves):
+        objects[ds.name] = cells.mudata(ds.modalities, idx) if len(ds.modalities) > 1 else cells.anndata(ds.modalities[0], idx)
+        index[ds.name] = idx
+    if task == "imputation":
+        # The query keeps a 60% panel of the genes; the reference measured all.
+        genes = np.random.default_rng(seed).permutation(200)[:120]
+        q = cfg.datasets[1].name
+        objects[q] = objects[q][:, np.sort(genes)].copy()
+        cfg.datasets[0].preprocessed = False
+        cfg.preprocessing = {"rna": {"log1p": True, "scale": "max"}}
+    return SyntheticTask(config=cfg, objects=objects, cells=cells, index=index)
