@@ -7,6 +7,7 @@ rebuild the module and to name features, covariates, labels and modality combina
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from inclust_plus import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, __version__
-from inclust_plus.atomic import atomic_path
+from inclust_plus.atomic import atomic_paths
 from inclust_plus.errors import InclustError
 
 from .module import InClustModule, ModuleConfig
@@ -24,6 +25,19 @@ from .module import InClustModule, ModuleConfig
 
 def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: dict, force: bool = True) -> Path:
     """Write ``module`` and ``description`` atomically to ``path`` (an existing file only with ``force``)."""
+    with atomic_paths([path], [".pt"], force=force) as (tmp,):  # a file system error names ``path``
+        write_checkpoint(tmp, module, description)
+    return Path(path)
+
+
+def write_checkpoint(path: str | os.PathLike, module: InClustModule, description: dict) -> None:
+    """Write the checkpoint to ``path`` as it is (callers pass a temporary: :func:`save_checkpoint`,
+    or ``inclust-train``, which commits it together with its loss plot).
+
+    torch serialises into memory first and the bytes then go to the file in one write: torch's
+    zip writer, handed a file that fails mid-way (a full disk), reports its own position check
+    ("unexpected pos") instead of the OSError, so the disk's errno would be lost. The checkpoint is
+    a few MB; holding it once more in memory costs nothing next to the training that made it."""
     desc = dict(description)
     desc.update(
         format=CHECKPOINT_FORMAT,
@@ -37,9 +51,13 @@ def save_checkpoint(path: str | os.PathLike, module: InClustModule, description:
         "description_json": json.dumps(desc, sort_keys=True),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
     }
-    with atomic_path(path, suffix=".pt", force=force) as tmp, open(tmp, "wb") as fh:
-        torch.save(payload, fh)  # through a Python file: a full disk is an OSError with its errno
-    return Path(path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        with open(path, "wb") as fh:
+            fh.write(buffer.getbuffer())
+    except OSError as err:  # a write error names no file: name it
+        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, dict]:
