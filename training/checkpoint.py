@@ -7,7 +7,6 @@ rebuild the module and to name features, covariates, labels and modality combina
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -30,14 +29,29 @@ def save_checkpoint(path: str | os.PathLike, module: InClustModule, description:
     return Path(path)
 
 
+class _Sink:
+    """The file torch.save writes to, keeping the OSError of a failed write: torch's zip writer, told
+    of it, raises its own position check ("unexpected pos") on top, and the disk's errno (a full
+    disk: ENOSPC) would be lost behind a traceback."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data):
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        return self.fh.flush()
+
+
 def write_checkpoint(path: str | os.PathLike, module: InClustModule, description: dict) -> None:
     """Write the checkpoint to ``path`` as it is (callers pass a temporary: :func:`save_checkpoint`,
-    or ``inclust-train``, which commits it together with its loss plot).
-
-    torch serialises into memory first and the bytes then go to the file in one write: torch's
-    zip writer, handed a file that fails mid-way (a full disk), reports its own position check
-    ("unexpected pos") instead of the OSError, so the disk's errno would be lost. The checkpoint is
-    a few MB; holding it once more in memory costs nothing next to the training that made it."""
+    or ``inclust-train``, which commits it together with its loss plot). A failed write is the
+    file system's OSError naming ``path`` (one line at the command's top), never torch's traceback."""
     desc = dict(description)
     desc.update(
         format=CHECKPOINT_FORMAT,
@@ -51,11 +65,15 @@ def write_checkpoint(path: str | os.PathLike, module: InClustModule, description
         "description_json": json.dumps(desc, sort_keys=True),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
     try:
         with open(path, "wb") as fh:
-            fh.write(buffer.getbuffer())
+            sink = _Sink(fh)
+            try:
+                torch.save(payload, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
     except OSError as err:  # a write error names no file: name it
         raise OSError(err.errno, err.strerror, str(path)) from None
 
