@@ -1,7 +1,8 @@
-"""inclust-train and inclust-map under hostile conditions (issue 25): a full disk while saving, outputs
-committed together or not at all, misspelt modality names, a diverged model, unsafe batch names, an
-output that appears while mapping, a read-only output folder, the help's example. Each: exit 2, one
-line ``error: <problem>; <fix>``, nothing written, a previous output untouched.
+"""inclust-train (and inclust-map where the fault is the same) under hostile conditions (issue 25): a
+full disk while saving, outputs committed together or not at all, misspelt modality names, a diverged
+training, saving an untrained model, a read-only output folder. Each: exit 2, one line
+``error: <problem>; <fix>``, nothing written, a previous output untouched. The rest of inclust-map's:
+tests/test_reliability_map.py.
 
 A full disk is a real tmpfs of a few kB where the machine lets the tests mount one (root); an
 ENOSPC injected at the checkpoint's write call stands in elsewhere (and runs everywhere).
@@ -12,12 +13,8 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shlex
-import subprocess
-import sys
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from inclust_plus import interrupt
@@ -25,28 +22,12 @@ from inclust_plus.errors import InclustError
 from inclust_plus.training import checkpoint as checkpoint_mod
 from inclust_plus.training import loss_plot
 from inclust_plus.training.cli import main as train
-from inclust_plus.training.map_cli import EPILOG as MAP_EPILOG
 from inclust_plus.training.map_cli import main as map_main
 from reliability_helpers import one_error
-from train_reliability_helpers import (fill, history_of, needs_tmpfs, run, one_line, section_data, small_disk, snapshot,
-                                       temporaries, tmpfs_available, toy_config)
+from train_reliability_helpers import (fill, map_args, needs_tmpfs, one_line, run, small_disk, snapshot, temporaries,
+                                       tmpfs_available, toy_config, trained)  # noqa: F401 - trained is a fixture
 
 PAGE = 4096
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A small model.pt from the real inclust-train, and new cells (section2.h5ad) to map onto it."""
-    folder = tmp_path_factory.mktemp("trained")
-    cfg = toy_config(folder)
-    res = CliRunner().invoke(train, [str(cfg), "--out", str(folder / "model.pt"), "--quiet"])
-    assert res.exit_code == 0, res.output
-    section_data(folder / "section2.h5ad")
-    return folder
-
-
-def map_args(trained, out, *extra):
-    return [trained / "model.pt", "--data", trained / "section2.h5ad", "--out", out, "--steps", "20", "--quiet", *extra]
 
 
 # --- 2. a full disk while the checkpoint is written ------------------------------------------------
@@ -183,12 +164,6 @@ def test_a_stop_or_failure_between_the_two_moves_puts_model_pt_back(tmp_path, mo
     assert snapshot(tmp_path) == before
 
 
-def test_diverged_ensemble_member_is_named(tmp_path):
-    cfg = toy_config(tmp_path, extra="learning_rate = 1e6\nworkers = 1", top="[model]\nensemble = 2")
-    line = one_error(train, [cfg, "--out", tmp_path / "model.pt", "--quiet"], match="of the network with seed 0", unchanged=tmp_path)
-    assert DIVERGED.fullmatch(re.sub(r" of the network with seed \d", "", line))
-
-
 def test_a_plot_that_appears_meanwhile_leaves_no_model_behind(tmp_path, monkeypatch):
     """Without --force neither output may replace a file: the plot appearing while training is refused,
     and the model.pt of the same run is not left behind on its own."""
@@ -248,75 +223,10 @@ def test_diverged_member_in_a_worker_process_is_the_same_line(tmp_path):
     assert not (tmp_path / "model.pt").exists() and not (tmp_path / "model.loss.svg").exists()
 
 
-def test_diverged_mapping_is_exit_2_and_no_model(trained, tmp_path):
-    one_error(map_main, map_args(trained, tmp_path / "mapped.pt", "--learning-rate", "1e30"),
-              match=("the mapping diverged: its loss became", "at step 2 of 20", "lower the learning rate (--learning-rate, now 1e+30)"),
-              unchanged=tmp_path)
-
-
-def test_mapping_a_model_with_non_finite_weights_is_refused(trained, tmp_path):
-    module, desc = checkpoint_mod.load_checkpoint(trained / "model.pt")
-    with torch.no_grad():
-        module.prior_means.fill_(float("nan"))
-    checkpoint_mod.save_checkpoint(tmp_path / "nan.pt", module, desc)
-    args = map_args(trained, tmp_path / "mapped.pt")
-    args[0] = tmp_path / "nan.pt"
-    one_error(map_main, args, match=("the mapping loss is nan before any step", "re-train the model"), unchanged=tmp_path)
-
-
-# --- 10. unsafe batch names ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["../evil", "a/b", "", " ", "-x"])
-def test_unsafe_batch_name_is_refused_before_anything_is_read(trained, tmp_path, monkeypatch, name):
-    from inclust_plus.training.model import InClust
-
-    monkeypatch.setattr(InClust, "load", lambda *a: (_ for _ in ()).throw(AssertionError("read the model")))
-    one_error(map_main, map_args(trained, tmp_path / "mapped.pt", "--name", name),
-              match=(f"--name {name!r} cannot name the new batch's graphs and files", "letters, digits and _.+-"), unchanged=tmp_path)
-
-
-def test_unsafe_data_file_name_needs_a_name(trained, tmp_path):
-    data = tmp_path / "my section.h5ad"
-    data.write_bytes((trained / "section2.h5ad").read_bytes())
-    args = map_args(trained, tmp_path / "mapped.pt")
-    args[2] = data
-    one_error(map_main, args, match=("'my section'", "pass --name"), unchanged=tmp_path)
-
-
-def test_unsafe_covariate_category_of_a_new_panel_is_refused(trained, tmp_path):
-    import anndata as ad
-
-    cells = ad.read_h5ad(trained / "section2.h5ad")
-    cells.obs["run"] = "run 1/2"
-    cells.write_h5ad(tmp_path / "runs.h5ad")
-    args = map_args(trained, tmp_path / "mapped.pt", "--covariate-key", "run")
-    args[2] = tmp_path / "runs.h5ad"
-    one_error(map_main, args, match=("'run 1/2' cannot name", "pass --name"), unchanged=tmp_path)
-
-
-# --- 11. an output that appears while mapping --------------------------------------------------------------
-def test_map_without_force_never_replaces_an_output_that_appeared(trained, tmp_path, monkeypatch):
-    from inclust_plus.training import mapping
-
-    out = tmp_path / "mapped.pt"
-    real = mapping.map_query
-
-    def meanwhile(*args, **kwargs):
-        result = real(*args, **kwargs)
-        out.write_bytes(b"another run's model")  # a second inclust-map to the same --out finished first
-        return result
-
-    monkeypatch.setattr(mapping, "map_query", meanwhile)
-    one_error(map_main, map_args(trained, out), match=(f"output {out} appeared while this run was writing it", "--force"))
-    assert out.read_bytes() == b"another run's model"
-    assert temporaries(tmp_path) == []
-
-
-def test_map_with_force_replaces_it(trained, tmp_path):
-    out = tmp_path / "mapped.pt"
-    out.write_bytes(b"old")
-    res = CliRunner().invoke(map_main, [str(a) for a in map_args(trained, out, "--force")])
-    assert res.exit_code == 0, res.output
-    assert checkpoint_mod.load_checkpoint(out)[1]["covariate"]["categories"] == ["b", "a", "section2"]  # first seen order, then the new batch
+def test_diverged_ensemble_member_is_named(tmp_path):
+    cfg = toy_config(tmp_path, extra="learning_rate = 1e6\nworkers = 1", top="[model]\nensemble = 2")
+    line = one_error(train, [cfg, "--out", tmp_path / "model.pt", "--quiet"], match="of the network with seed 0", unchanged=tmp_path)
+    assert DIVERGED.fullmatch(re.sub(r" of the network with seed \d", "", line))
 
 
 # --- 12. smaller ones -------------------------------------------------------------------------------------
@@ -364,43 +274,3 @@ def test_read_only_out_folder_is_said_before_any_work(trained, tmp_path, monkeyp
         else:
             argv, cmd = map_args(trained, folder / "mapped.pt"), map_main
         one_error(cmd, argv, match=(f"{problem}: {folder};", fix), unchanged=folder)
-
-
-def _help_examples(epilog: str) -> list[list[str]]:
-    lines = [line.split("#")[0].strip() for line in epilog.splitlines()]
-    return [shlex.split(line) for line in lines if line.startswith("inclust-")]
-
-
-def test_map_help_examples_are_real_command_lines(trained, tmp_path, monkeypatch):
-    """Every example of ``inclust-map --help`` parses with the real CLIs, and the chain from mapping to
-    inclust-run runs as written (in a folder holding the files it names)."""
-    import mudata as md
-
-    import anndata as ad
-
-    from inclust_plus.export.cli import main as export_main
-    from inclust_plus.runtime.cli import cli as run_cli
-
-    examples = _help_examples(MAP_EPILOG)
-    assert [e[0] for e in examples] == ["inclust-map"] * 3 + ["inclust-export", "inclust-run"]
-    commands = {"inclust-map": map_main, "inclust-export": export_main, "inclust-run": run_cli}
-    for argv in examples:  # click's own parser: an option the command lacks is an error here
-        commands[argv[0]].make_context(argv[0], argv[1:], resilient_parsing=False)
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "model.pt").write_bytes((trained / "model.pt").read_bytes())
-    (tmp_path / "section2.h5ad").write_bytes((trained / "section2.h5ad").read_bytes())
-    cells = ad.read_h5ad(tmp_path / "section2.h5ad")
-    cells.obs["batch"] = ["r1" if i % 2 else "r2" for i in range(cells.n_obs)]
-    md.MuData({"rna": cells}).write(tmp_path / "new_runs.h5mu")
-    for argv in examples[:3]:
-        res = CliRunner().invoke(map_main, argv[1:] + ["--quiet", "--steps", "20", "--force"])
-        assert res.exit_code == 0, (argv, res.output)
-    res = CliRunner().invoke(map_main, examples[0][1:] + ["--quiet", "--steps", "20", "--force"])  # mapped.pt as the first example makes it
-    assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(export_main, examples[3][1:] + ["--no-torchscript"])
-    assert res.exit_code == 0, res.output
-    proc = subprocess.run([sys.executable, "-m", "inclust_plus.launch", "run", *examples[4][1:], "-q"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    imputed = ad.read_h5ad(tmp_path / "section2.imputed.h5ad")
-    assert imputed.n_obs == cells.n_obs and imputed.layers["inclust_imputed"].shape == (cells.n_obs, 10)

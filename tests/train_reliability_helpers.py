@@ -10,7 +10,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from runtime_fixtures import RNA, make_cells, write_h5ad
@@ -109,5 +108,21 @@ def history_of(model: Path) -> dict:
     return load_checkpoint(model)[1]["training"]["history"]
 
 
-def rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small model.pt from the real inclust-train, and new cells (section2.h5ad) to map onto it."""
+    from click.testing import CliRunner
+
+    from inclust_plus.training.cli import main as train
+
+    folder = tmp_path_factory.mktemp("trained")
+    cfg = toy_config(folder)
+    res = CliRunner().invoke(train, [str(cfg), "--out", str(folder / "model.pt"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    section_data(folder / "section2.h5ad")
+    return folder
+
+
+def map_args(trained: Path, out: Path, *extra) -> list:
+    """inclust-map of section2.h5ad onto the ``trained`` model.pt (20 steps) to ``out``."""
+    return [trained / "model.pt", "--data", trained / "section2.h5ad", "--out", out, "--steps", "20", "--quiet", *extra]

@@ -20,7 +20,7 @@ Examples:
 The config names the datasets (AnnData .h5ad or MuData .h5mu), what each measured, its batch/
 technology covariate and optional cell-type column; see the README for one example per task.
 Writes model.pt (weights + description, loadable with torch.load(weights_only=True)) and a
-loss-curve plot next to it (model.loss.svg: open it in a browser).
+loss-curve plot next to it (model.loss.svg: open it in a browser): both or, on any error, neither.
 """
 
 
