@@ -17,7 +17,7 @@ from inclust_plus.training import checkpoint as checkpoint_mod
 from inclust_plus.training.map_cli import EPILOG as MAP_EPILOG
 from inclust_plus.training.map_cli import main as map_main
 from reliability_helpers import one_error
-from train_reliability_helpers import map_args, temporaries, trained  # noqa: F401 - trained is a fixture
+from train_reliability_helpers import command, map_args, temporaries, trained  # noqa: F401 - trained is a fixture
 
 
 # --- 9. a diverged mapping is an error, never a model --------------------------------------------------
@@ -81,6 +81,21 @@ def test_map_without_force_never_replaces_an_output_that_appeared(trained, tmp_p
     monkeypatch.setattr(mapping, "map_query", meanwhile)
     one_error(map_main, map_args(trained, out), match=(f"output {out} appeared while this run was writing it", "--force"))
     assert out.read_bytes() == b"another run's model"
+    assert temporaries(tmp_path) == []
+
+
+def test_two_runs_to_one_out_exactly_one_writes_it(trained, tmp_path):
+    """Two real inclust-map processes started together to one new --out: one writes it, the other
+    exits 2 (the output appeared while it ran, or already existed when it started), never both 0."""
+    out = tmp_path / "mapped.pt"
+    procs = [subprocess.Popen(command("map", *map_args(trained, out, "--seed", str(i))), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 2], results
+    err = next(e for rc, e in results if rc == 2).strip()
+    assert err in (f"error: output {out} appeared while this run was writing it; pass --force to overwrite it or choose another path",
+                   f"error: output {out} already exists; pass --force to overwrite it or choose another path"), err
+    assert checkpoint_mod.load_checkpoint(out)[1]["mapping"][-1]["seed"] == [rc for rc, _ in results].index(0)
     assert temporaries(tmp_path) == []
 
 
