@@ -52,7 +52,8 @@ def test_unsafe_data_file_name_needs_a_name(trained, tmp_path):
     data.write_bytes((trained / "section2.h5ad").read_bytes())
     args = map_args(trained, tmp_path / "mapped.pt")
     args[2] = data
-    one_error(map_main, args, match=("'my section'", "pass --name"), unchanged=tmp_path)
+    one_error(map_main, args, match=("the batch name taken from my section.h5ad, 'my section' cannot name", "pass --name (letters, digits"),
+              unchanged=tmp_path)
 
 
 def test_unsafe_covariate_category_of_a_new_panel_is_refused(trained, tmp_path):
@@ -63,7 +64,8 @@ def test_unsafe_covariate_category_of_a_new_panel_is_refused(trained, tmp_path):
     cells.write_h5ad(tmp_path / "runs.h5ad")
     args = map_args(trained, tmp_path / "mapped.pt", "--covariate-key", "run")
     args[2] = tmp_path / "runs.h5ad"
-    one_error(map_main, args, match=("'run 1/2' cannot name", "pass --name"), unchanged=tmp_path)
+    one_error(map_main, args, match=("the new batch 'run' value 'run 1/2' cannot name the new batch's graphs and files",
+                                     "rename that value in the data", "--name"), unchanged=tmp_path)
 
 
 # --- 11. an output that appears while mapping --------------------------------------------------------------

@@ -47,16 +47,16 @@ def main(model: Path, data: Path, name: str | None, covariate_key: str | None, l
     """Learn the new batches of --data into MODEL (a model.pt from inclust-train) and write --out."""
     from inclust_plus.hashing import file_sha256
 
-    from .mapping import check_batch_name, map_query
+    from .mapping import SAFE_RULE, check_batch_name, map_query
 
     if name is not None and covariate_key is not None:
         raise InclustError("--name and --covariate-key are exclusive", "pass one of them")
     if not (math.isfinite(learning_rate) and learning_rate > 0):
         raise InclustError(f"--learning-rate is {learning_rate}", "pass a positive number such as 0.05")
     if name is not None:
-        check_batch_name(name, "--name")
+        check_batch_name(name)
     elif covariate_key is None:  # the batch is named after the data file
-        check_batch_name(data.stem, f"the name of {data.name} (the default batch name)", fix_option="pass --name")
+        check_batch_name(data.stem, f"the batch name taken from {data.name},", f"pass --name ({SAFE_RULE})")
         name = data.stem
     check_output_path(out, force, inputs=(model, data))
     check_writable(out)  # a read-only or locked folder: said now, before the model and the cells are read

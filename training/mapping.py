@@ -53,13 +53,15 @@ def _posteriors(module: InClustModule, cells: QueryCells, rows: np.ndarray) -> t
     return torch.cat(mus), torch.cat(lvs)
 
 
-def check_batch_name(name: str, what: str = "the batch name", fix_option: str = "choose another") -> None:
+SAFE_RULE = "letters, digits and _.+- only, starting with a letter or digit"
+
+
+def check_batch_name(name: str, what: str = "--name", fix: str = f"choose another: {SAFE_RULE} (e.g. --name section2)") -> None:
     """Refuse a batch name that cannot name files: a new panel's feature set, and so its graphs
     (``<name>_to_rna.onnx``) and Triton models, are named after it, by the rule inclust-export
     holds every combination name to (contract/schema.py ``SAFE_NAME``)."""
     if not (isinstance(name, str) and SAFE_NAME.match(name)):
-        raise InclustError(f"{what} {name!r} cannot name the new batch's graphs and files",
-                           f"{fix_option}: letters, digits and _.+- only, starting with a letter or digit (e.g. --name section2)")
+        raise InclustError(f"{what} {name!r} cannot name the new batch's graphs and files", fix)
 
 
 def _finite_loss(loss: float, step: int, steps: int, learning_rate: float) -> None:
@@ -158,9 +160,11 @@ def map_query(model, data, name: str | None = None, covariate_key: str | None = 
         raise InclustError(f"every covariate category of the data ({', '.join(sorted(set(values.tolist())))}) is already in the model",
                            "nothing to map: run the model on these cells directly, or give them a new --name")
     set_name = str(name or (new[0] if len(new) == 1 else "mapped"))  # a new panel's feature set is named so
-    if name is not None or _existing_panel(desc, cells.measured) is None:
-        check_batch_name(set_name, "--name" if name is not None else "the new batch's name",
-                         "choose another" if name is not None else "pass --name")
+    if name is not None:
+        check_batch_name(set_name)
+    elif _existing_panel(desc, cells.measured) is None:  # a new panel named after its one new category
+        check_batch_name(set_name, f"the new batch {covariate_key!r} value",
+                         f"rename that value in the data ({SAFE_RULE}), or map its cells with --name")
     rows = np.flatnonzero(np.isin(values, new))
     position = {c: i for i, c in enumerate(new)}
     which = torch.tensor([position[c] for c in values[rows]], dtype=torch.int64)  # row of ``new`` per mapped cell
