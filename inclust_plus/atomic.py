@@ -244,3 +244,104 @@ def atomic_dir(path: str | os.PathLike, force: bool = False, replaceable: Callab
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# --- several outputs of one command: all or none --------------------------------------------------
+def _keep_previous(target: Path) -> Path:
+    """The current ``target`` under a temporary name (a hard link, else a copy), to put back on a rollback."""
+    old = temp_name(target, ".old")
+    try:
+        os.link(target, old)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        shutil.copy2(target, old)
+    return old
+
+
+def commit_files(pairs: list[tuple[Path, Path]], force: bool) -> None:
+    """Move each complete temporary onto its target (``commit_file``), all of them or none.
+
+    Every temporary is complete before the first move, so what can still fail is a move itself
+    (a file that appeared meanwhile, a stop request between two moves, the disk): then the targets
+    already moved are put back as they were (the previous file, kept under a temporary name, or
+    none). A SIGKILL or power loss in the microseconds between two moves cannot be undone by this
+    process; the kept previous file is then a stale temporary the next run removes.
+    """
+    interrupt.check()
+    if not force:
+        for _, target in pairs:
+            if target.exists() or target.is_symlink():
+                raise _appeared(target)
+    done: list[tuple[Path, Path | None]] = []  # (target moved into place, its previous file or None)
+    kept: list[Path] = []
+    try:
+        for tmp, target in pairs:
+            old = _keep_previous(target) if force and target.exists() else None
+            if old is not None:
+                kept.append(old)
+            commit_file(tmp, target, force)
+            done.append((target, old))
+    except BaseException:
+        for target, old in reversed(done):
+            with contextlib.suppress(OSError):
+                if old is None:
+                    target.unlink()
+                else:
+                    os.replace(old, target)
+        raise
+    finally:
+        for old in kept:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
+def _named(err: OSError, names: dict[str, Path], default: Path | None) -> OSError:
+    """``err`` naming the output a temporary stands for (a write error names no file at all)."""
+    where = names.get(str(err.filename)) if err.filename is not None else default
+    if where is None or err.errno is None:
+        return err
+    return OSError(err.errno, err.strerror or os.strerror(err.errno), str(where))
+
+
+@contextlib.contextmanager
+def atomic_paths(paths, suffixes=None, force: bool = False) -> Iterator[list[Path]]:
+    """Yield one temporary path beside each of ``paths``; once the block succeeds, all of them are
+    moved into place together (:func:`commit_files`), else none, and every temporary is removed.
+
+    For a command with several outputs (``inclust-train``'s model.pt and its loss plot): a failure
+    or a stop request while writing any of them leaves every previous output as it was. A file
+    system error names the output, not its temporary.
+    """
+    targets = [Path(p) for p in paths]
+    suffixes = list(suffixes) if suffixes is not None else [""] * len(targets)
+    tmps: list[Path] = []
+    try:
+        for target, suffix in zip(targets, suffixes):
+            remove_stale(target)
+            tmp = temp_name(target, suffix)
+            _new_file(tmp)
+            tmps.append(tmp)
+        yield tmps
+        commit_files(list(zip(tmps, targets)), force)
+    except OSError as err:
+        names = {str(t): target for t, target in zip(tmps, targets)}
+        folders = {target.parent for target in targets}
+        raise _named(err, names, folders.pop() if len(folders) == 1 else None) from None
+    finally:
+        for tmp in tmps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise the file system's error now if no file can be created beside ``path`` (a read-only or
+    locked folder), so that a command says so before it reads its inputs or trains, not after."""
+    target = Path(path)
+    probe = temp_name(target, ".probe")
+    try:
+        _new_file(probe)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno or 0), str(target.parent)) from None
+    with contextlib.suppress(OSError):
+        probe.unlink()

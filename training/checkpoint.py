@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from inclust_plus import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, __version__
-from inclust_plus.atomic import atomic_path
+from inclust_plus.atomic import atomic_paths
 from inclust_plus.errors import InclustError
 
 from .module import InClustModule, ModuleConfig
@@ -24,6 +24,34 @@ from .module import InClustModule, ModuleConfig
 
 def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: dict, force: bool = True) -> Path:
     """Write ``module`` and ``description`` atomically to ``path`` (an existing file only with ``force``)."""
+    with atomic_paths([path], [".pt"], force=force) as (tmp,):  # a file system error names ``path``
+        write_checkpoint(tmp, module, description)
+    return Path(path)
+
+
+class _Sink:
+    """The file torch.save writes to, keeping the OSError of a failed write: torch's zip writer, told
+    of it, raises its own position check ("unexpected pos") on top, and the disk's errno (a full
+    disk: ENOSPC) would be lost behind a traceback."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data):
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        return self.fh.flush()
+
+
+def write_checkpoint(path: str | os.PathLike, module: InClustModule, description: dict) -> None:
+    """Write the checkpoint to ``path`` as it is (callers pass a temporary: :func:`save_checkpoint`,
+    or ``inclust-train``, which commits it together with its loss plot). A failed write is the
+    file system's OSError naming ``path`` (one line at the command's top), never torch's traceback."""
     desc = dict(description)
     desc.update(
         format=CHECKPOINT_FORMAT,
@@ -37,9 +65,17 @@ def save_checkpoint(path: str | os.PathLike, module: InClustModule, description:
         "description_json": json.dumps(desc, sort_keys=True),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
     }
-    with atomic_path(path, suffix=".pt", force=force) as tmp, open(tmp, "wb") as fh:
-        torch.save(payload, fh)  # through a Python file: a full disk is an OSError with its errno
-    return Path(path)
+    try:
+        with open(path, "wb") as fh:
+            sink = _Sink(fh)
+            try:
+                torch.save(payload, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
+    except OSError as err:  # a write error names no file: name it
+        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, dict]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from inclust_plus.atomic import atomic_path, check_output_path
+from inclust_plus.atomic import atomic_paths, check_output_path, check_writable
 from inclust_plus.errors import report_errors
 
 EPILOG = """\b
@@ -20,7 +20,7 @@ Examples:
 The config names the datasets (AnnData .h5ad or MuData .h5mu), what each measured, its batch/
 technology covariate and optional cell-type column; see the README for one example per task.
 Writes model.pt (weights + description, loadable with torch.load(weights_only=True)) and a
-loss-curve plot next to it (model.loss.svg: open it in a browser).
+loss-curve plot next to it (model.loss.svg: open it in a browser): both or, on any error, neither.
 """
 
 
@@ -64,6 +64,7 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     inputs = (config, *(d.path for d in cfg.datasets))  # an output must never replace an input of the run
     check_output_path(out, force, inputs=inputs)
     check_output_path(plot, force, inputs=inputs)
+    check_writable(out)  # a read-only or locked folder: said now, not after the training
 
     from .background import Background
 
@@ -71,6 +72,7 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     try:
         from .device import resolve_device
         from .model import InClust  # torch: imported once the cheap checks passed
+        from .checkpoint import write_checkpoint
         from .loss_plot import loss_curves
 
         resolve_device(cfg.training.device)  # a GPU asked for and missing: said before the data's errors
@@ -80,9 +82,11 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     started = time.perf_counter()
     model, data, result = InClust.fit(cfg, progress=not quiet, data=data)
     wall = time.perf_counter() - started
-    model.save(out, force=force)
-    with atomic_path(plot, suffix=".svg", force=force) as tmp:
-        loss_curves(result.history, tmp, title=f"{cfg.name} ({data.label_mode})")
+    # Both outputs are written to temporaries first and then moved into place together: a failure
+    # (a full disk) or Ctrl-C while writing either leaves the previous model.pt and plot as they were.
+    with atomic_paths([out, plot], [".pt", ".svg"], force=force) as (model_tmp, plot_tmp):
+        write_checkpoint(model_tmp, model.module, model.description)
+        loss_curves(result.history, plot_tmp, title=f"{cfg.name} ({data.label_mode})")
     combos = ", ".join(c["name"] for c in model.description["combinations"])
     k = cfg.model.ensemble
     networks = f"an ensemble of {k} networks, " if k > 1 else ""

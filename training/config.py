@@ -224,6 +224,19 @@ def check_config(cfg: Config) -> None:
     for q in cfg.views.query:
         if q not in names:
             raise InclustError(f"views.query names unknown dataset {q!r}", f"datasets are: {', '.join(names)}")
+    _check_modality_names(cfg)
+
+
+def _check_modality_names(cfg: Config) -> None:
+    """Every modality named in ``modalities`` or a ``[preprocessing.<modality>]`` table is one the
+    datasets measure: a misspelt one (``RNA`` for ``rna``) would otherwise be dropped silently and
+    the model trained without that preprocessing or order."""
+    known = list(dict.fromkeys(m for d in cfg.datasets for m in d.modalities))
+    named = [(m, "key modalities") for m in cfg.modalities] + [(m, f"table [preprocessing.{m}]") for m in cfg.preprocessing]
+    for m, where in named:
+        if m not in known:
+            raise InclustError(f"config {where} names modality {m!r}, which no dataset measures",
+                               f"the datasets' modalities are: {', '.join(known) or 'none'} (names are case-sensitive)")
 
 
 def load_config(path: str | Path) -> Config:

@@ -21,6 +21,7 @@ no decoder pass at all.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from datetime import datetime, timezone
 
@@ -29,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from inclust_plus import interrupt
+from inclust_plus.contract.schema import SAFE_NAME
 from inclust_plus.errors import InclustError
 
 from .module import InClustModule, ModuleConfig
@@ -49,6 +51,29 @@ def _posteriors(module: InClustModule, cells: QueryCells, rows: np.ndarray) -> t
         mu, lv = module.encode(x, mask)
         mus.append(mu), lvs.append(lv)
     return torch.cat(mus), torch.cat(lvs)
+
+
+SAFE_RULE = "letters, digits and _.+- only, starting with a letter or digit"
+
+
+def check_batch_name(name: str, what: str = "--name", fix: str = f"choose another: {SAFE_RULE} (e.g. --name section2)") -> None:
+    """Refuse a batch name that cannot name files: a new panel's feature set, and so its graphs
+    (``<name>_to_rna.onnx``) and Triton models, are named after it, by the rule inclust-export
+    holds every combination name to (contract/schema.py ``SAFE_NAME``)."""
+    if not (isinstance(name, str) and SAFE_NAME.match(name)):
+        raise InclustError(f"{what} {name!r} cannot name the new batch's graphs and files", fix)
+
+
+def _finite_loss(loss: float, step: int, steps: int, learning_rate: float) -> None:
+    """A non-finite mapping loss is an error, never a mapped model: before any step it comes from the
+    model or the cells, later from too large a step size."""
+    if math.isfinite(loss):
+        return
+    if step == 0:
+        raise InclustError(f"the mapping loss is {loss} before any step: the model's weights or the new cells hold non-finite values",
+                           "check the cells for NaN/inf values, or re-train the model")
+    raise InclustError(f"the mapping diverged: its loss became {loss} at step {step + 1} of {steps}",
+                       f"lower the learning rate (--learning-rate, now {learning_rate:g})")
 
 
 def mapping_loss(module: InClustModule, mu: torch.Tensor, log_var: torch.Tensor, e: torch.Tensor, kl_weight: float,
@@ -78,13 +103,22 @@ def _extended(module: InClustModule, rows: torch.Tensor) -> InClustModule:
     return out.eval()
 
 
-def _panel(description: dict, measured: np.ndarray, set_name: str, categories: list[str]) -> str:
-    """The feature set the new cells measured: an existing set with the same features, or a new one
-    (with its impute and embed combinations, so inclust-export builds graphs for it)."""
+def _existing_panel(description: dict, measured: np.ndarray) -> str | None:
+    """The model's feature set with exactly the features ``measured``, if there is one."""
     features = np.flatnonzero(measured).tolist()
     for name, fs in description["feature_sets"].items():
         if sorted(map(int, fs["features"])) == features:
             return name
+    return None
+
+
+def _panel(description: dict, measured: np.ndarray, set_name: str, categories: list[str]) -> str:
+    """The feature set the new cells measured: an existing set with the same features, or a new one
+    (with its impute and embed combinations, so inclust-export builds graphs for it)."""
+    existing = _existing_panel(description, measured)
+    if existing is not None:
+        return existing
+    features = np.flatnonzero(measured).tolist()
     sets = description["feature_sets"]
     while set_name in sets:
         set_name += "_panel"
@@ -125,6 +159,12 @@ def map_query(model, data, name: str | None = None, covariate_key: str | None = 
     if not new:
         raise InclustError(f"every covariate category of the data ({', '.join(sorted(set(values.tolist())))}) is already in the model",
                            "nothing to map: run the model on these cells directly, or give them a new --name")
+    set_name = str(name or (new[0] if len(new) == 1 else "mapped"))  # a new panel's feature set is named so
+    if name is not None:
+        check_batch_name(set_name)
+    elif _existing_panel(desc, cells.measured) is None:  # a new panel named after its one new category
+        check_batch_name(set_name, f"the new batch {covariate_key!r} value",
+                         f"rename that value in the data ({SAFE_RULE}), or map its cells with --name")
     rows = np.flatnonzero(np.isin(values, new))
     position = {c: i for i, c in enumerate(new)}
     which = torch.tensor([position[c] for c in values[rows]], dtype=torch.int64)  # row of ``new`` per mapped cell
@@ -157,15 +197,18 @@ def map_query(model, data, name: str | None = None, covariate_key: str | None = 
             opt.lr = cosine_lr(learning_rate, step, steps)  # torch's CosineAnnealingLR(T_max=steps) at this step
             opt.step()
             history.append(float(loss.detach()))
+            _finite_loss(history[-1], step, steps, learning_rate)
             bar.set_postfix(loss=f"{history[-1]:.4f}")
     finally:
         for p in module.parameters():
             p.requires_grad_(True)
         bar.close()
+    if not bool(torch.isfinite(table).all()):  # the last step's update, which no loss saw
+        _finite_loss(math.nan, steps, steps, learning_rate)
     seconds = time.perf_counter() - t0
     mapped = _extended(module, table.detach())
     desc["covariate"]["categories"] = known + new
-    panel = _panel(desc, cells.measured, str(name or (new[0] if len(new) == 1 else "mapped")), new)
+    panel = _panel(desc, cells.measured, set_name, new)
     counts = {c: int((values[rows] == c).sum()) for c in new}
     desc.setdefault("datasets", []).append({"name": panel if name is None else str(name), "cells": len(rows),
                                             "measured_features": int(cells.measured.sum()), "mapped": True})

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from inclust_plus import interrupt
+from inclust_plus.errors import InclustError
 
 from .config import Config
 from .data import TrainingData
@@ -174,6 +175,9 @@ def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progres
     return modules, results, time.perf_counter() - t0
 
 
+_ONE_LINE = f"{InclustError.__module__}.{InclustError.__qualname__}: "  # how a worker's traceback ends with one
+
+
 def _groups(k: int, workers: int) -> list[list[int]]:
     """Members dealt round-robin into ``workers`` groups (sizes differ by at most one)."""
     return [list(range(k))[w::workers] for w in range(workers)]
@@ -212,6 +216,8 @@ def _train_in_workers(member, data, settings, workers: int, threads: int, precis
                     if proc.returncode != 0:
                         interrupt.check()  # a worker ended by the same Ctrl-C is the stop, not a failure
                         lines = (Path(tmp) / f"group{g}.log").read_text(errors="replace").strip().splitlines()
+                        if lines and lines[-1].startswith(_ONE_LINE):  # the worker's own one-line error (a diverged member)
+                            raise InclustError(lines[-1][len(_ONE_LINE):])
                         which = ", ".join(map(str, groups[g]))
                         raise RuntimeError(f"training ensemble member {which} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
                     bar.update(len(groups[g]))

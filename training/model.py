@@ -226,6 +226,8 @@ class InClust(AnnDataVerbs):
         return cls(module, desc)
 
     def save(self, path: str | Path, force: bool = True) -> Path:
+        if self.module is None:
+            raise InclustError("the model is not trained yet: there are no weights to save", "call model.train() first")
         return save_checkpoint(path, self.module, self.description, force=force)
 
     # --- inference --------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from inclust_plus import interrupt
+from inclust_plus.errors import InclustError
 
 from .batches import DeviceRows
 from .config import LossConfig, TrainingConfig
@@ -103,6 +104,27 @@ def _evaluate(net: StackedNetworks, rows: DeviceRows, val: torch.Tensor, weights
             total += net.loss(*rows.batch(part), None, weights, bernoulli, unsupervised)[0].double() * part.shape[1]
     net.train()
     return (total / max(val.shape[1], 1)).tolist()
+
+
+def _check_finite(epoch_terms: list[list[float]], val: list[float] | None, active: list[bool], epoch: int, settings) -> None:
+    """A diverged network is an error, never a model: checked on the loss terms the epoch already read
+    from the device (no extra host-device exchange), naming the terms that went non-finite."""
+    for i, on in enumerate(active):
+        if not on:
+            continue  # stopped early: its result is its best epoch, whatever it does now
+        bad = {t: row[i] for t, row in zip(TERMS, epoch_terms) if not math.isfinite(row[i])}
+        if val is not None and not math.isfinite(val[i]):
+            bad["validation"] = val[i]
+        if bad:
+            named = [t for t in bad if t != "total"] or ["total"]
+            who = f" of the network with seed {settings[i][0].seed}" if len(active) > 1 else ""
+            raise _diverged(f"the {' and '.join(named)} loss term{'s' if len(named) > 1 else ''}{who} became {bad[named[0]]}",
+                            epoch, settings[i][0])
+
+
+def _diverged(what: str, epoch: int, t: TrainingConfig) -> InclustError:
+    return InclustError(f"training diverged: {what} in epoch {epoch + 1}",
+                        f"lower training.learning_rate (now {t.learning_rate:g}; try {t.learning_rate / 10:g}) or check the data for extreme values")
 
 
 def _step_inputs(rows: DeviceRows, epoch_rows: torch.Tensor, batch_size: int, noises, latent: int, label_tables: bool, s: int):
@@ -210,6 +232,7 @@ def train_stacked(
                     sums += terms.detach().double() * n
             epoch_terms = (sums / n_train).tolist()  # the epoch's one read from the device
             val = _evaluate(net, rows, val_rows, full_weights, bernoulli, unsupervised, precision) if val_rows is not None else None
+            _check_finite(epoch_terms, val, active, epoch, settings)
             for i in range(k):
                 if not active[i]:
                     continue  # stopped early: keeps training with the others, but its result is its best epoch
@@ -246,6 +269,8 @@ def train_stacked(
             if state is not None:
                 for p, v in zip(net.parameters(), state):
                     p[i].copy_(v)
+    if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):  # the last update, which no loss saw
+        raise _diverged("the weights became non-finite", results[0].epochs_run - 1, cfg)
     for r in results:
         r.seconds = seconds
         r.rows_per_second = n_train * r.epochs_run / max(seconds, 1e-9)
