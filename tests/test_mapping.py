@@ -8,6 +8,7 @@ data are in benchmarks/mapping.py.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 import sys
 
@@ -52,9 +53,8 @@ def _without_last_category(model: InClust) -> InClust:
     small = InClustModule(cfg)
     state = model.module.state_dict()
     small.load_state_dict({**state, "covariate_embedding": state["covariate_embedding"][:-1]})
-    desc = copy.deepcopy(model.description)
-    desc["covariate"]["categories"] = desc["covariate"]["categories"][:-1]
-    return InClust(small, desc)
+    d = model.description
+    return InClust(small, dataclasses.replace(d, covariate=dataclasses.replace(d.covariate, categories=d.covariate.categories[:-1])))
 
 
 def test_mapping_learns_only_the_new_row(trained):

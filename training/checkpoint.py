@@ -1,8 +1,10 @@
 """``model.pt``: weights plus a JSON description, loadable with ``torch.load(weights_only=True)``.
 
 The file holds only tensors and plain strings/ints, so loading it never executes pickled code.
-The description (see docs/ARCHITECTURE.md, "Checkpoint") is everything the exporter needs to
-rebuild the module and to name features, covariates, labels and modality combinations.
+The description (:class:`~inclust_plus.contract.description.ModelDescription`; docs/ARCHITECTURE.md,
+"Checkpoint") is everything the exporter needs to rebuild the module and to name features,
+covariates, labels and modality combinations; it is written and read by the contract's one writer
+and one reader (:mod:`inclust_plus.contract.description_io`), so a broken one is a one-line error.
 """
 
 from __future__ import annotations
@@ -17,24 +19,24 @@ import torch
 
 from inclust_plus import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, __version__
 from inclust_plus.atomic import atomic_path
+from inclust_plus.contract.description import ModelDescription
+from inclust_plus.contract.description_io import RETRAIN, from_json, to_json
 from inclust_plus.errors import InclustError
 
 from .module import InClustModule, ModuleConfig
 
 
-def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: dict, force: bool = True) -> Path:
-    """Write ``module`` and ``description`` atomically to ``path`` (an existing file only with ``force``)."""
-    desc = dict(description)
-    desc.update(
-        format=CHECKPOINT_FORMAT,
-        format_version=CHECKPOINT_FORMAT_VERSION,
-        package_version=__version__,
-        module=module.config.to_dict(),
-    )
+def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: ModelDescription | dict, force: bool = True) -> Path:
+    """Write ``module`` and ``description`` atomically to ``path`` (an existing file only with ``force``).
+
+    ``module`` decides the description's ``module`` entry; a description that contradicts the
+    weights (or a JSON object that is not a valid one) is refused before anything is written."""
+    raw = to_json(description) if isinstance(description, ModelDescription) else dict(description)
+    desc = from_json({**raw, "module": module.config.to_dict(), "package_version": __version__}, f"cannot write {path}")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
-        "description_json": json.dumps(desc, sort_keys=True),
+        "description_json": json.dumps(to_json(desc), sort_keys=True),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
     }
     with atomic_path(path, suffix=".pt", force=force) as tmp, open(tmp, "wb") as fh:
@@ -42,7 +44,7 @@ def save_checkpoint(path: str | os.PathLike, module: InClustModule, description:
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, dict]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, ModelDescription]:
     """Load a checkpoint written by :func:`save_checkpoint`; clear errors for anything else."""
     p = Path(path)
     if not p.is_file():
@@ -61,8 +63,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, dict]:
             f"{p} has checkpoint format {payload.get('format_version')}, newer than this package understands",
             "upgrade inclust-plus",
         )
-    desc = json.loads(payload["description_json"])
-    module = InClustModule(ModuleConfig(**desc["module"]))
+    try:
+        raw = json.loads(payload["description_json"])
+    except (KeyError, TypeError, ValueError):
+        raise InclustError(f"checkpoint {p} has no readable description", RETRAIN) from None
+    desc = from_json(raw, f"checkpoint {p}")
+    try:
+        config = ModuleConfig(**desc.module)
+    except TypeError as err:  # a key this package does not know: written by a newer one
+        raise InclustError(f"checkpoint {p} describes its network with keys this package does not know ({err})", "upgrade inclust-plus") from None
+    module = InClustModule(config)
     try:
         module.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
