@@ -142,3 +142,22 @@ def test_the_description_is_torch_free():
     code = ("import sys, inclust_plus.contract.description_io as io, json; "
             "assert not {'torch', 'inclust_plus.training', 'inclust_plus.export'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_training_describes_a_model_as_main_did():
+    """The same seeded run as tests/data/make_main_fixture.py: the description main wrote, less the run options."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_main_fixture", DATA / "make_main_fixture.py")
+    fixture = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixture)
+    for got, stem in zip(fixture.models(), STEMS):
+        now, then = to_json(got.description), _raw(stem)
+        for raw in (now, then):  # timings and dates differ from run to run
+            for key in ("seconds", "rows_per_second"):
+                raw["training"].pop(key)
+            for entry in raw.get("mapping", ()):
+                entry.pop("seconds"), entry.pop("date")
+        for key in ("device", "threads", "workers", "native"):
+            then["hyperparameters"]["training"].pop(key)
+        assert now == then

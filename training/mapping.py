@@ -167,4 +167,4 @@ def map_query(module: InClustModule, description: ModelDescription, data, name: 
         date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
     dataset = DatasetRecord(panel if name is None else str(name), len(rows), int(cells.measured.sum()), mapped=True)
-    return mapped, dataclasses.replace(desc, datasets=desc.datasets + (dataset,), mapping=desc.mapping + (record,))
+    return mapped, dataclasses.replace(desc, module=mapped.config.to_dict(), datasets=desc.datasets + (dataset,), mapping=desc.mapping + (record,))

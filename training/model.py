@@ -7,6 +7,7 @@ saved checkpoint is self-describing.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,6 @@ from .data import TrainingData, read_training_data
 from .device import resolve_device
 from .ensemble import merge_members
 from .loading import missing_label_column
-from .mapping import map_query
 from .members import train_members
 from .module import InClustModule, ModuleConfig
 from .trainer import TrainingResult
@@ -138,6 +138,8 @@ class InClust(AnnDataVerbs):
             if description is None:
                 raise InclustError("InClust(module) needs the model description", "use InClust.load(path) or InClust(config).train()")
             self.module, self.description = module.eval(), as_description(description)
+            if self.description.module != module.config.to_dict():  # the weights decide (as save_checkpoint does)
+                self.description = dataclasses.replace(self.description, module=module.config.to_dict())
 
     @classmethod
     def setup(cls, datasets, *, modalities=None, label_key: str | dict | None = None, layer: str | None = None, batch_key=None,
@@ -255,6 +257,8 @@ class InClust(AnnDataVerbs):
         """A copy of this model that also knows the new covariate categories of ``data`` (AnnData or
         MuData, no labels needed): one embedding row each, every other weight frozen.
         See :func:`inclust_plus.training.mapping.map_query` for the options."""
+        from .mapping import map_query  # on use: it reads cells with pandas/scipy, which training itself never imports
+
         module, description = map_query(self.module, self.description, data, name=name, covariate_key=covariate_key, **options)
         return type(self)(module, description)
 

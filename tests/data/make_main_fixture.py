@@ -24,7 +24,8 @@ from inclust_plus.training.synthetic import make_cells
 HERE = Path(__file__).parent
 
 
-def main() -> None:
+def models() -> tuple[InClust, InClust]:
+    """The trained model and its mapped copy (seeded, one thread: the same weights every run)."""
     torch.set_num_threads(1)
     cells = make_cells(n_cells=300, n_batches=3, seed=0, sizes={"rna": 24, "protein": 6, "atac": 4})
     objs = {}
@@ -43,10 +44,14 @@ def main() -> None:
         "training": {"epochs": 2, "batch_size": 50, "threads": 1, "workers": 1, "device": "cpu", "native": "off"},
     })
     model, _, _ = InClust.fit(cfg, objs, progress=False)
-    model.save(HERE / "main_model.pt")
     new = objs["batch2"].copy()
     new.obs["batch"] = "batch9"
-    mapped = model.map_query(new, covariate_key="batch", steps=5, progress=False, source="fixture")
+    return model, model.map_query(new, covariate_key="batch", steps=5, progress=False, source="fixture")
+
+
+def main() -> None:
+    model, mapped = models()
+    model.save(HERE / "main_model.pt")
     mapped.save(HERE / "main_mapped.pt")
     for stem in ("main_model", "main_mapped"):
         out = HERE / f"{stem}_export"
