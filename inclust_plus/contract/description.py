@@ -166,8 +166,12 @@ class ModelDescription:
         if sets is None:
             return []
         out: list[int] = []
+        seen: set[int] = set()
         for s in (sets,) if isinstance(sets, str) else sets:
-            out += [i for i in self.feature_set(s).features if i not in out]
+            for i in self.feature_set(s).features:
+                if i not in seen:
+                    seen.add(i)
+                    out.append(i)
         return out
 
     # --- what else training recorded ------------------------------------------------------------------
