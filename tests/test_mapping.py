@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from inclust_plus.errors import InclustError
 from inclust_plus.training.config import config_from_dict
 from inclust_plus.training.map_cli import main as map_main
 from inclust_plus.training.mapping import _posteriors, mapping_loss
@@ -112,6 +113,13 @@ def test_mapping_recovers_a_held_out_batch_offset(trained):
     _, _, probs = mapped.predict(x, "batch2", "batch2")
     truth = objs["batch2"].obs["cell_type"].astype(str).to_numpy()
     assert (np.asarray(mapped.description.labels.categories)[probs.argmax(1)] == truth).mean() > 0.95
+
+
+def test_a_new_panel_needs_a_name_that_can_name_files(trained):
+    """The panel's graphs are files named after it: refused before the mapping runs or anything is written."""
+    model, objs = trained
+    with pytest.raises(InclustError, match="would be named 'slide 7': not a file name; name the new batch with letters"):
+        model.map_query(objs["batch2"][:, :30].copy(), name="slide 7", progress=False, steps=2)
 
 
 def test_new_panel_gets_its_own_feature_set_and_graphs(trained):

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from inclust_plus import interrupt
 from inclust_plus.contract.description import CombinationEntry, DatasetRecord, FeatureSet, MappingRecord, ModelDescription
+from inclust_plus.contract.schema import SAFE_NAME
 from inclust_plus.errors import InclustError
 
 from .module import InClustModule, ModuleConfig
@@ -88,6 +89,9 @@ def _panel(description: ModelDescription, measured: np.ndarray, set_name: str, c
             return description, name
     while set_name in description.feature_sets:
         set_name += "_panel"
+    if not SAFE_NAME.match(set_name):  # it names the panel's graphs, which become file names
+        raise InclustError(f"the new cells measured a panel of their own, which would be named {set_name!r}: not a file name",
+                           "name the new batch with letters, digits and _.+- (--name / name=)")
     tables = [(m.name, *description.modality_range(m.name)) for m in description.modalities]
     present = tuple(m for m, a, b in tables if measured[a:b].any())
     default = categories[0] if len(categories) == 1 else None
@@ -122,6 +126,7 @@ def map_query(module: InClustModule, description: ModelDescription, data, name: 
     rows = np.flatnonzero(np.isin(values, new))
     position = {c: i for i, c in enumerate(new)}
     which = torch.tensor([position[c] for c in values[rows]], dtype=torch.int64)  # row of ``new`` per mapped cell
+    desc, panel = _panel(desc, cells.measured, str(name or (new[0] if len(new) == 1 else "mapped")), new)
 
     module = module.eval()
     t0 = time.perf_counter()
@@ -158,7 +163,6 @@ def map_query(module: InClustModule, description: ModelDescription, data, name: 
     seconds = time.perf_counter() - t0
     mapped = _extended(module, table.detach())
     desc = dataclasses.replace(desc, covariate=dataclasses.replace(desc.covariate, categories=tuple(known + new)))
-    desc, panel = _panel(desc, cells.measured, str(name or (new[0] if len(new) == 1 else "mapped")), new)
     counts = {c: int((values[rows] == c).sum()) for c in new}
     record = MappingRecord(
         categories=tuple(new), cells=counts, skipped_known_cells=int(len(values) - len(rows)), feature_set=panel,
