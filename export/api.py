@@ -16,13 +16,13 @@ from pathlib import Path
 from inclust_plus import interrupt
 from inclust_plus.atomic import atomic_dir, check_not_inside, check_output_path, refuse_foreign_entries
 from inclust_plus.contract import GraphEntry
-from inclust_plus.contract.schema import SAFE_NAME
+from inclust_plus.contract.description import ModelDescription
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
 
 from . import onnx_graph
 from . import torchscript as ts_export
-from .combinations import Combination, feature_modalities, select_combinations
+from .combinations import Combination, select_combinations
 from .folding import fold
 from .manifest import build_manifest, graph_entry, variant_entry, write_manifest
 from .preprocess import IDENTITY, build_plan
@@ -53,34 +53,6 @@ def _load(ckpt: Path):
         raise unreadable from None
 
 
-def _check_description(module, desc: dict, combos: list[Combination]) -> None:
-    """The description must agree with the weights, or the manifest would mislabel outputs."""
-    cfg = module.config
-    try:
-        names, _ = feature_modalities(desc)
-        categories = desc["covariate"]["categories"]
-        labels = (desc.get("labels") or {}).get("categories") or []
-        desc["name"]
-    except (KeyError, TypeError) as err:
-        raise InclustError(f"checkpoint description is incomplete (missing {err})", "re-run inclust-train") from None
-    problems = []
-    if len(names) != cfg.n_features:
-        problems.append(f"{len(names)} feature names for {cfg.n_features} features")
-    if len(categories) != cfg.n_covariates:
-        problems.append(f"{len(categories)} covariate categories for {cfg.n_covariates} embeddings")
-    if labels and len(labels) != cfg.n_labels:
-        problems.append(f"{len(labels)} label categories for {cfg.n_labels} classifier outputs")
-    for c in combos:
-        if not SAFE_NAME.match(c.name):
-            problems.append(f"combination name {c.name!r} is not a safe file name")
-        if c.default_target_covariate is not None and c.default_target_covariate not in categories:
-            problems.append(f"combination {c.name!r} targets unknown covariate {c.default_target_covariate!r}")
-        if c.default_covariate is not None and c.default_covariate not in categories:
-            problems.append(f"combination {c.name!r} defaults to unknown covariate {c.default_covariate!r}")
-    if problems:
-        raise InclustError(f"checkpoint description does not match its weights: {problems[0]}", "re-run inclust-train")
-
-
 def _variants(combo: Combination, csr: bool, fp16: bool) -> list[tuple[str, str, str]]:
     """(input_format, precision, file) of the flavours written next to the dense float32 graph."""
     out = [("csr", "fp32", f"{combo.name}.csr.onnx")] if csr else []
@@ -91,13 +63,13 @@ def _variants(combo: Combination, csr: bool, fp16: bool) -> list[tuple[str, str,
     return out
 
 
-def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torchscript: bool, fold_preprocessing: bool,
+def _export_one(module, desc: ModelDescription, combo: Combination, folder: Path, want_torchscript: bool, fold_preprocessing: bool,
                 csr: bool = True, fp16: bool = False, want_torch_export: bool = False) -> tuple[GraphEntry, dict]:
     """Write one graph (its TorchScript / torch.export twins and its CSR / float16 flavours), check parity, return its manifest entry and diffs."""
     full_plan = build_plan(desc, combo.inputs)  # written into the manifest either way
     plan = full_plan if fold_preprocessing else IDENTITY
     weights = fold(module, combo, plan)
-    data = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc["name"]))
+    data = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc.name))
     onnx_file = f"{combo.name}.onnx"
     (folder / onnx_file).write_bytes(data)
     ts_file, loaded = None, None
@@ -108,7 +80,7 @@ def _export_one(module, desc: dict, combo: Combination, folder: Path, want_torch
     diffs = check_parity(module, combo, plan if fold_preprocessing else None, data, loaded)
     variants = []
     for input_format, precision, file in _variants(combo, csr, fp16):
-        vdata = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc["name"], input_format, precision))
+        vdata = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc.name, input_format, precision))
         (folder / file).write_bytes(vdata)
         vdiffs = check_variant_parity(module, combo, plan if fold_preprocessing else None, vdata, input_format, precision,
                                       dense_bytes=data if precision == "fp32" else None)
@@ -200,9 +172,8 @@ def export_model(
         check_output_path(triton_dir, force, inputs=(ckpt,))
         check_not_inside(triton_dir, (ckpt,), "--triton")
     model_sha = file_sha256(ckpt) if ckpt.is_file() else ""
-    module, desc = _load(ckpt)
+    module, desc = _load(ckpt)  # the description's reader checked it against the weights' sizes
     combos = select_combinations(desc, combinations)
-    _check_description(module, desc, combos)
 
     write_triton = _triton_writer() if triton_dir is not None else None
 

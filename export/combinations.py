@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from inclust_plus.contract.description import ModelDescription
+from inclust_plus.contract.description_io import as_description
 from inclust_plus.contract.graphs import GraphIO, graph_io
 from inclust_plus.contract.manifest import GraphSignature
 from inclust_plus.errors import InclustError
@@ -41,74 +43,38 @@ class Combination(GraphSignature):
         }
 
 
-def feature_modalities(description: dict) -> tuple[list[str], list[str]]:
-    """Global feature names and the modality of each, in the global order."""
-    names, mods = [], []
-    for mod in description["schema"]["modalities"]:
-        names += list(mod["features"])
-        mods += [mod["name"]] * len(mod["features"])
-    return names, mods
-
-
-def _features_of(sets: str | list[str] | None, description: dict, combo: str) -> list[int]:
-    """Global indices of one feature set, or of several (union, first occurrence order)."""
-    if sets is None:
-        return []
-    names = [sets] if isinstance(sets, str) else list(sets)
-    feature_sets = description["feature_sets"]
-    out: list[int] = []
-    for s in names:
-        if s not in feature_sets:
-            raise InclustError(
-                f"combination {combo!r} uses feature set {s!r} that the checkpoint does not define",
-                f"known sets: {', '.join(sorted(feature_sets))}",
-            )
-        out += [int(i) for i in feature_sets[s]["features"] if int(i) not in out]
-    return out
-
-
-def _modalities(indices: list[int], mods: list[str], order: list[str]) -> tuple[str, ...]:
+def _modalities(indices: list[int], mods: tuple[str, ...], order: list[str]) -> tuple[str, ...]:
     present = {mods[i] for i in indices}
     return tuple(m for m in order if m in present)
 
 
-def all_combinations(description: dict) -> list[Combination]:
-    """Every combination the checkpoint names, in its order."""
-    try:
-        names, mods = feature_modalities(description)
-        order = [m["name"] for m in description["schema"]["modalities"]]
-        entries = description["combinations"]
-        out = []
-        for entry in entries:
-            name = entry["name"]
-            inputs = _features_of(entry["inputs"], description, name)
-            outputs = _features_of(entry.get("outputs"), description, name)
-            for i in inputs + outputs:
-                if not 0 <= i < len(names):
-                    raise InclustError(f"combination {name!r} uses feature index {i} outside 0..{len(names) - 1}", "re-run inclust-train")
-            if not inputs:
-                raise InclustError(f"combination {name!r} has no input features", "re-run inclust-train")
-            out.append(
-                Combination(
-                    name=name,
-                    kind="impute" if outputs else "embed",
-                    inputs=tuple(inputs),
-                    outputs=tuple(outputs),
-                    input_modalities=_modalities(inputs, mods, order),
-                    output_modalities=_modalities(outputs, mods, order),
-                    input_features=tuple(names[i] for i in inputs),
-                    output_features=tuple(names[i] for i in outputs),
-                    default_target_covariate=entry.get("default_target_covariate") if outputs else None,
-                    default_covariate=entry.get("default_covariate"),
-                    members=int((description.get("module") or {}).get("members", 1)),
-                )
+def all_combinations(description: ModelDescription | dict) -> list[Combination]:
+    """Every combination the checkpoint names, in its order (its feature sets and indices were
+    checked by the description's reader)."""
+    d = as_description(description)
+    names, mods, order = d.feature_names, d.feature_modalities, [m.name for m in d.modalities]
+    out = []
+    for entry in d.combinations:
+        inputs, outputs = d.set_features(entry.inputs), d.set_features(entry.outputs)
+        out.append(
+            Combination(
+                name=entry.name,
+                kind="impute" if outputs else "embed",
+                inputs=tuple(inputs),
+                outputs=tuple(outputs),
+                input_modalities=_modalities(inputs, mods, order),
+                output_modalities=_modalities(outputs, mods, order),
+                input_features=tuple(names[i] for i in inputs),
+                output_features=tuple(names[i] for i in outputs),
+                default_target_covariate=entry.default_target_covariate if outputs else None,
+                default_covariate=entry.default_covariate,
+                members=d.members,
             )
-    except (KeyError, TypeError) as err:
-        raise InclustError(f"checkpoint description is incomplete (missing {err})", "re-run inclust-train") from None
+        )
     return out
 
 
-def select_combinations(description: dict, wanted: list[str] | tuple[str, ...] | None) -> list[Combination]:
+def select_combinations(description: ModelDescription | dict, wanted: list[str] | tuple[str, ...] | None) -> list[Combination]:
     """The requested combinations (all when ``wanted`` is empty), or a one-line error naming the valid ones."""
     combos = all_combinations(description)
     if not combos:

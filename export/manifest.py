@@ -7,7 +7,9 @@ fixed indentation, so identical exports give identical bytes); docs/ARCHITECTURE
 from __future__ import annotations
 
 from inclust_plus import COVARIATE_JOIN, MANIFEST_FORMAT_VERSION, __version__
-from inclust_plus.contract import Covariate, GraphEntry, Labels, Manifest, Modality, ModelInfo, PreprocessPlan, TensorEntry, Variant, write_manifest
+from inclust_plus.contract import Covariate, GraphEntry, Labels, Manifest, ModelInfo, PreprocessPlan, TensorEntry, Variant, write_manifest
+from inclust_plus.contract.description import ModelDescription
+from inclust_plus.contract.description_io import as_description, recipe_json
 
 from .combinations import Combination
 
@@ -67,19 +69,19 @@ def variant_entry(combination: Combination, input_format: str, precision: str, f
     return Variant(input_format, precision, file, sha256, inputs, outputs)
 
 
-def build_manifest(description: dict, model_sha256: str, graphs: list[GraphEntry]) -> Manifest:
-    labels = description.get("labels") or {}
+def build_manifest(description: ModelDescription | dict, model_sha256: str, graphs: list[GraphEntry]) -> Manifest:
+    d = as_description(description)
     return Manifest(
         format_version=MANIFEST_FORMAT_VERSION,
         exporter_version=EXPORTER_VERSION,
-        model=ModelInfo(str(description["name"]), model_sha256, int(description["module"]["latent_dim"])),
+        model=ModelInfo(d.name, model_sha256, d.latent_dim),
         covariate=Covariate(
-            keys=tuple(description["covariate"]["keys"]),
-            categories=tuple(str(c) for c in description["covariate"]["categories"]),
+            keys=d.covariate.keys,
+            categories=d.covariate.categories,
             join=COVARIATE_JOIN,  # with several keys a category is the cell's values joined by this
         ),
-        labels=Labels(labels.get("key"), tuple(str(c) for c in labels.get("categories") or ())),
-        modalities=tuple(Modality(m["name"], tuple(m["features"])) for m in description["schema"]["modalities"]),
-        preprocessing=dict(description.get("preprocessing") or {}),
+        labels=Labels(d.labels.key, d.labels.categories),
+        modalities=d.modalities,
+        preprocessing={m: recipe_json(r) for m, r in d.preprocessing.items()},
         graphs=tuple(graphs),
     )

@@ -16,32 +16,33 @@ from __future__ import annotations
 
 import numpy as np
 
+from inclust_plus.contract.description import ModelDescription, Recipe
+from inclust_plus.contract.description_io import as_description
 from inclust_plus.contract.plan import IDENTITY, ModalityPlan, PreprocessPlan
 from inclust_plus.errors import InclustError
-
-from .combinations import feature_modalities
 
 __all__ = ["IDENTITY", "PreprocessPlan", "build_plan"]
 
 
-def build_plan(description: dict, inputs: tuple[int, ...]) -> PreprocessPlan:
+def build_plan(description: ModelDescription | dict, inputs: tuple[int, ...]) -> PreprocessPlan:
     """Plan for the input columns ``inputs`` (global feature indices) of one graph."""
-    _, mods = feature_modalities(description)
+    description = as_description(description)
+    mods = description.feature_modalities
     offsets: dict[str, int] = {}
     counts: dict[str, int] = {}
     pos = 0
-    for m in description["schema"]["modalities"]:
-        offsets[m["name"]] = pos
-        counts[m["name"]] = len(m["features"])
-        pos += len(m["features"])
-    all_prep = description.get("preprocessing") or {}
+    for m in description.modalities:
+        offsets[m.name] = pos
+        counts[m.name] = len(m.features)
+        pos += len(m.features)
+    all_prep = description.preprocessing
 
     order: list[str] = []
     runs: dict[str, list[list[int]]] = {}
     scales: dict[str, list[float]] = {}
     for col, feat in enumerate(inputs):
         mod = mods[feat]
-        prep = all_prep.get(mod) or {}
+        prep = all_prep.get(mod) or Recipe()
         if mod not in runs:
             order.append(mod)
             runs[mod], scales[mod] = [], []
@@ -50,8 +51,8 @@ def build_plan(description: dict, inputs: tuple[int, ...]) -> PreprocessPlan:
             own[-1][1] = col + 1
         else:
             own.append([col, col + 1])
-        if prep.get("scale") is not None:
-            sc = prep["scale"]
+        if prep.scale is not None:
+            sc = prep.scale
             if len(sc) != counts[mod]:
                 raise InclustError(
                     f"checkpoint preprocessing.{mod}.scale has {len(sc)} values for {counts[mod]} features",
@@ -63,13 +64,13 @@ def build_plan(description: dict, inputs: tuple[int, ...]) -> PreprocessPlan:
             scales[mod].append(value)
     groups = []
     for mod in order:
-        prep = all_prep.get(mod) or {}
-        total = prep.get("normalize_total")
+        prep = all_prep.get(mod) or Recipe()
+        total = prep.normalize_total
         groups.append(ModalityPlan(
             name=mod,
             runs=tuple((s, e) for s, e in runs[mod]),
             normalize_total=None if total is None else float(total),
-            log1p=bool(prep.get("log1p", False)),
-            scale=tuple(scales[mod]) if prep.get("scale") is not None else None,
+            log1p=prep.log1p,
+            scale=tuple(scales[mod]) if prep.scale is not None else None,
         ))
     return PreprocessPlan(tuple(groups))

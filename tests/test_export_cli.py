@@ -145,13 +145,18 @@ def test_help_mentions_every_option():
 
 
 def test_description_that_contradicts_the_weights(tmp_path):
-    from export_toys import toy_description, toy_module
+    from export_toys import toy_module
     from inclust_plus.training.checkpoint import save_checkpoint
 
-    desc = toy_description()
+    good = torch.load(make_toy_checkpoint(tmp_path / "good.pt"), weights_only=True)
+    desc = json.loads(good["description_json"])
     desc["covariate"]["categories"] = ["scrna", "merfish"]  # the module has 3 embeddings
-    bad = save_checkpoint(tmp_path / "bad.pt", toy_module(), desc)
-    assert_clean_failure(run(bad, "--out", tmp_path / "out"), tmp_path, ["bad.pt"], "2 covariate categories for 3 embeddings")
+    with pytest.raises(InclustError, match="2 covariate categories for 3 embeddings"):  # the writer refuses it
+        save_checkpoint(tmp_path / "refused.pt", toy_module(), desc)
+    assert not (tmp_path / "refused.pt").exists()
+    torch.save({**good, "description_json": json.dumps(desc)}, tmp_path / "bad.pt")  # an edited file: the reader refuses it
+    (tmp_path / "good.pt").unlink()
+    assert_clean_failure(run(tmp_path / "bad.pt", "--out", tmp_path / "out"), tmp_path, ["bad.pt"], "2 covariate categories for 3 embeddings")
 
 
 def test_parity_tolerance_is_absolute_plus_float32_relative():

@@ -99,7 +99,7 @@ def test_no_mask_no_mul_no_unused_initializer_no_log_var(toy):
 def test_fold_preprocessing_divides_first_weight_by_the_scale(toy):
     _, _, folded, module, desc = toy
     w_in = module.encoder[0].weight.detach().numpy().astype(np.float64)
-    scale = np.asarray(desc["preprocessing"]["rna"]["scale"] + [1.0] * 5)
+    scale = np.asarray(list(desc.preprocessing["rna"].scale) + [1.0] * 5)
     combos = {c.name: c for c in all_combinations(desc)}
     for entry, model in _graphs(folded):
         cols = list(combos[entry["name"]].inputs)
@@ -140,12 +140,12 @@ def test_manifest_follows_the_architecture_contract(toy):
     ckpt, manifest_path, _, module, desc = toy
     m = json.loads(manifest_path.read_text())
     assert set(m) == {"format_version", "exporter_version", "model", "covariate", "labels", "modalities", "preprocessing", "graphs"}
-    assert m["modalities"] == desc["schema"]["modalities"]
+    assert m["modalities"] == desc.to_dict()["schema"]["modalities"]  # the description JSON, as the checkpoint holds it
     assert m["format_version"] == MANIFEST_FORMAT_VERSION == 2 and m["exporter_version"] == "0.1.0"
     assert m["model"] == {"name": "toy", "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "latent_dim": 4}
     assert m["covariate"] == {"keys": ["dataset"], "categories": ["scrna", "merfish", "cite"], "join": "|"}
     assert m["labels"] == {"key": "cell_type", "categories": ["B", "T", "NK"]}
-    assert m["preprocessing"] == desc["preprocessing"]
+    assert m["preprocessing"] == desc.to_dict()["preprocessing"]
     assert [g["name"] for g in m["graphs"]] == [c["name"] for c in COMBINATIONS]
     keys = {"name", "kind", "file", "sha256", "opset", "torchscript", "torchscript_sha256", "folded_preprocessing", "input_modalities",
             "output_modalities", "input_features", "output_features", "default_target_covariate", "default_covariate", "inputs", "outputs",
@@ -179,7 +179,7 @@ def test_manifest_follows_the_architecture_contract(toy):
     g = by_name["mixed_to_merfish"]
     assert g["input_features"] == ["gene001", "prot000", "prot001", "gene004", "gene000", "prot002"]
     assert g["input_modalities"] == ["rna", "protein"]
-    rna_scale = desc["preprocessing"]["rna"]["scale"]
+    rna_scale = desc.preprocessing["rna"].scale
     assert g["preprocessing_plan"] == [  # each input column's modality and that modality's steps, restricted to the graph
         {"modality": "rna", "runs": [[0, 1], [3, 5]], "normalize_total": 1e4, "log1p": True, "scale": [rna_scale[1], rna_scale[4], rna_scale[0]]},
         {"modality": "protein", "runs": [[1, 3], [5, 6]], "normalize_total": None, "log1p": True, "scale": None},

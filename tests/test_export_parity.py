@@ -62,7 +62,7 @@ def torch_reference(module, desc: dict, graph: dict, feeds: dict, raw: bool) -> 
 
 def test_every_graph_matches_pytorch_at_every_batch_size(exported):
     manifest, folder, module, desc, fold = exported
-    assert len(manifest["graphs"]) == len(desc["combinations"])
+    assert len(manifest["graphs"]) == len(desc.combinations)
     n_cov = len(manifest["covariate"]["categories"])
     worst = {"onnxruntime": 0.0, "torchscript": 0.0}
     for graph in manifest["graphs"]:

@@ -25,7 +25,7 @@ def test_every_preset_combination_matches_pytorch(task, fold, tmp_path, preset_c
     manifest_path = export_model(ckpt, tmp_path / "export", fold_preprocessing=fold)
     manifest = json.loads(manifest_path.read_text())
     module, desc = load_checkpoint(ckpt)
-    assert sorted(g["name"] for g in manifest["graphs"]) == sorted(c["name"] for c in desc["combinations"])
+    assert sorted(g["name"] for g in manifest["graphs"]) == sorted(c.name for c in desc.combinations)
     n_cov = len(manifest["covariate"]["categories"])
     for graph in manifest["graphs"]:
         sess = ort.InferenceSession(str(manifest_path.parent / graph["file"]), providers=["CPUExecutionProvider"])

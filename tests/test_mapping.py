@@ -8,6 +8,7 @@ data are in benchmarks/mapping.py.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from inclust_plus.errors import InclustError
 from inclust_plus.training.config import config_from_dict
 from inclust_plus.training.map_cli import main as map_main
 from inclust_plus.training.mapping import _posteriors, mapping_loss
@@ -52,9 +54,8 @@ def _without_last_category(model: InClust) -> InClust:
     small = InClustModule(cfg)
     state = model.module.state_dict()
     small.load_state_dict({**state, "covariate_embedding": state["covariate_embedding"][:-1]})
-    desc = copy.deepcopy(model.description)
-    desc["covariate"]["categories"] = desc["covariate"]["categories"][:-1]
-    return InClust(small, desc)
+    d = model.description
+    return InClust(small, dataclasses.replace(d, covariate=dataclasses.replace(d.covariate, categories=d.covariate.categories[:-1])))
 
 
 def test_mapping_learns_only_the_new_row(trained):
@@ -62,7 +63,7 @@ def test_mapping_learns_only_the_new_row(trained):
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
     mapped = model.map_query(objs["batch2"], name="section2", progress=False)
     after = mapped.module.state_dict()
-    assert mapped.description["covariate"]["categories"] == ["batch0", "batch1", "batch2", "section2"]
+    assert mapped.description.covariate.categories == ("batch0", "batch1", "batch2", "section2")
     for key, value in before.items():
         if key == "covariate_embedding":
             assert after[key].shape == (4, value.shape[1])
@@ -72,9 +73,9 @@ def test_mapping_learns_only_the_new_row(trained):
             assert torch.equal(after[key], value), key
     for key, value in model.module.state_dict().items():  # the source model is untouched
         assert torch.equal(value, before[key]), key
-    info = mapped.description["mapping"][-1]
-    assert info["categories"] == ["section2"] and info["cells"] == {"section2": 500} and info["feature_set"] == "batch2"
-    assert info["final_loss"] < info["initial_loss"]
+    info = mapped.description.mapping[-1]
+    assert info.categories == ("section2",) and info.cells == {"section2": 500} and info.feature_set == "batch2"
+    assert info.final_loss < info.initial_loss
 
 
 def test_mapping_uses_the_fused_adam_step_not_torch_optim(trained, monkeypatch):
@@ -86,8 +87,8 @@ def test_mapping_uses_the_fused_adam_step_not_torch_optim(trained, monkeypatch):
     monkeypatch.setattr(torch.optim, "Adam", refused)
     monkeypatch.setattr(torch.optim.lr_scheduler, "CosineAnnealingLR", refused)
     model, objs = trained
-    info = model.map_query(objs["batch2"], name="section2", progress=False, steps=20).description["mapping"][-1]
-    assert info["steps"] == 20 and info["final_loss"] < info["initial_loss"]
+    info = model.map_query(objs["batch2"], name="section2", progress=False, steps=20).description.mapping[-1]
+    assert info.steps == 20 and info.final_loss < info.initial_loss
 
 
 def test_mapping_recovers_a_held_out_batch_offset(trained):
@@ -106,22 +107,29 @@ def test_mapping_recovers_a_held_out_batch_offset(trained):
     mu, lv = _posteriors(base.module, cells, np.arange(cells.n_cells))
     with torch.no_grad():
         at_trained = float(mapping_loss(base.module, mu, lv, trained_row.expand(len(mu), -1), 1.0, 1.0, False))
-    assert mapped.description["mapping"][-1]["final_loss"] <= at_trained + 1e-4
+    assert mapped.description.mapping[-1].final_loss <= at_trained + 1e-4
     # Labels transfer to the mapped cells (the trained types, never shown for batch 2).
     x = cells.dense(0, cells.n_cells)[:, mapped.feature_set("batch2")]
     _, _, probs = mapped.predict(x, "batch2", "batch2")
     truth = objs["batch2"].obs["cell_type"].astype(str).to_numpy()
-    assert (np.asarray(mapped.description["labels"]["categories"])[probs.argmax(1)] == truth).mean() > 0.95
+    assert (np.asarray(mapped.description.labels.categories)[probs.argmax(1)] == truth).mean() > 0.95
+
+
+def test_a_new_panel_needs_a_name_that_can_name_files(trained):
+    """The panel's graphs are files named after it: refused before the mapping runs or anything is written."""
+    model, objs = trained
+    with pytest.raises(InclustError, match="--name 'slide 7' cannot name the new batch's graphs and files; choose another: letters, digits"):
+        model.map_query(objs["batch2"][:, :30].copy(), name="slide 7", progress=False, steps=2)
 
 
 def test_new_panel_gets_its_own_feature_set_and_graphs(trained):
     model, objs = trained
     small = objs["batch2"][:, :30].copy()
     mapped = model.map_query(small, name="tiny", progress=False)
-    assert mapped.description["feature_sets"]["tiny"]["features"] == PANEL[:30].tolist()
-    names = [c["name"] for c in mapped.description["combinations"]]
+    assert mapped.description.feature_sets["tiny"].features == tuple(PANEL[:30].tolist())
+    names = [c.name for c in mapped.description.combinations]
     assert "tiny_to_rna" in names and "tiny_embed" in names
-    assert "tiny" not in model.description["feature_sets"]
+    assert "tiny" not in model.description.feature_sets
 
 
 def _inclust_run(*args) -> subprocess.CompletedProcess:
@@ -140,7 +148,7 @@ def test_cli_maps_and_the_mapped_model_exports_and_runs(trained, tmp_path):
     assert res.exit_code == 0, res.output
     assert "mapped section2 (500 cells)" in res.output
     mapped = InClust.load(tmp_path / "mapped.pt")
-    assert mapped.description["covariate"]["categories"][-1] == "section2"
+    assert mapped.description.covariate.categories[-1] == "section2"
 
     # Unmapped, the runtime refuses the new batch in one line; mapped, it imputes what PyTorch predicts.
     for ckpt, name in ((tmp_path / "model.pt", "plain"), (tmp_path / "mapped.pt", "mapped")):

@@ -68,7 +68,7 @@ def test_ensemble_fit_trains_each_seed_and_saves_one_network(tmp_path):
     np.testing.assert_array_equal(model.module.covariate_embedding[:, :latent].detach(), single.module.covariate_embedding.detach())
     path = model.save(tmp_path / "model.pt")
     loaded, desc = load_checkpoint(path)
-    assert desc["module"]["members"] == 2
+    assert desc.members == 2
     for key, value in model.module.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 

@@ -23,9 +23,9 @@ def _inputs(model, data, dataset, feature_set):
 
 
 def _truth(model, cells, modality, rows):
-    prep = model.description["preprocessing"][modality]
-    scale = np.asarray(prep["scale"], dtype=np.float32) if prep["scale"] else None
-    return transform(cells.counts[modality][rows], Preprocessing(prep["normalize_total"], prep["log1p"], None), scale)
+    prep = model.description.preprocessing[modality]
+    scale = np.asarray(prep.scale, dtype=np.float32) if prep.scale else None
+    return transform(cells.counts[modality][rows], Preprocessing(prep.normalize_total, prep.log1p, None), scale)
 
 
 def _uncorrected(model, data, datasets, feature_set):
@@ -91,9 +91,9 @@ def test_generation_predicts_protein_and_transfers_labels():
     # Per-protein correlation with the truth is high.
     r = [np.corrcoef(protein[:, j], truth[:, j])[0, 1] for j in range(protein.shape[1])]
     assert np.nanmean(r) > 0.6
-    labels = np.array(model.description["labels"]["categories"])[probs.argmax(1)]
+    labels = np.array(model.description.labels.categories)[probs.argmax(1)]
     accuracy = (labels == st.cells.cell_type[st.index["query"]]).mean()
-    chance = 1 / len(model.description["labels"]["categories"])
+    chance = 1 / len(model.description.labels.categories)
     assert accuracy > 0.8 and accuracy > 4 * chance, accuracy
 
 
@@ -101,6 +101,6 @@ def test_generation_predicts_protein_and_transfers_labels():
 def test_presets_name_their_combinations(task):
     st = synthetic_task(task, n_cells=200, seed=0, overrides={"training": {"epochs": 1}})
     model, _, _ = InClust.fit(st.config, st.objects, progress=False)
-    names = [c["name"] for c in model.description["combinations"]]
+    names = [c.name for c in model.description.combinations]
     expected = {"imputation": "merfish_to_rna", "integration": "rna_to_rna_protein", "triple": "protein_atac_to_protein_atac", "generation": "rna_to_rna_protein"}
     assert expected[task] in names and any(n.endswith("_embed") for n in names)

@@ -110,14 +110,15 @@ def test_vector_arithmetic_moves_cells_between_covariates():
 
 def test_checkpoint_round_trip(tmp_path):
     m = _module()
-    desc = {"name": "toy", "covariate": {"categories": ["a", "b", "c"]}}
+    desc = {"name": "toy", "covariate": {"categories": ["a", "b", "c"]}, "schema": {"modalities": [{"name": "rna", "features": [f"g{i}" for i in range(12)]}]},
+            "feature_sets": {"rna": {"modalities": ["rna"], "features": list(range(12))}}, "combinations": [{"name": "rna_embed", "inputs": "rna"}]}
     path = save_checkpoint(tmp_path / "model.pt", m, desc)
     raw = torch.load(path, weights_only=True)  # must not need pickle of our classes
     assert raw["format"] == "inclust-plus-checkpoint"
     m2, desc2 = load_checkpoint(path)
     for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(a, b), k
-    assert desc2["name"] == "toy" and desc2["module"]["latent_dim"] == 5
+    assert desc2.name == "toy" and desc2.latent_dim == 5 and desc2.module == m.config.to_dict()
 
 
 def _fit(seed):

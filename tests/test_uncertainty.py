@@ -48,8 +48,9 @@ class _Model:
     def __init__(self, module):
         from inclust_plus.training.model import InClust
 
-        desc = {"feature_sets": {"panel": {"features": list(range(8))}, "all": {"features": list(range(12))}},
-                "covariate": {"categories": ["a", "b"]}}
+        desc = {"name": "toy", "module": module.config.to_dict(), "schema": {"modalities": [{"name": "rna", "features": [f"g{i}" for i in range(12)]}]},
+                "feature_sets": {"panel": {"modalities": ["rna"], "features": list(range(8))}, "all": {"modalities": ["rna"], "features": list(range(12))}},
+                "covariate": {"categories": ["a", "b"]}, "combinations": [{"name": "panel_to_all", "inputs": "panel", "outputs": "all"}]}
         self._m = InClust(module, desc)
 
     def __getattr__(self, name):

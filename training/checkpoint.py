@@ -1,8 +1,10 @@
 """``model.pt``: weights plus a JSON description, loadable with ``torch.load(weights_only=True)``.
 
 The file holds only tensors and plain strings/ints, so loading it never executes pickled code.
-The description (see docs/ARCHITECTURE.md, "Checkpoint") is everything the exporter needs to
-rebuild the module and to name features, covariates, labels and modality combinations.
+The description (:class:`~inclust_plus.contract.description.ModelDescription`; docs/ARCHITECTURE.md,
+"Checkpoint") is everything the exporter needs to rebuild the module and to name features,
+covariates, labels and modality combinations; it is written and read by the contract's one writer
+and one reader (:mod:`inclust_plus.contract.description_io`), so a broken one is a one-line error.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import torch
 
 from inclust_plus import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, __version__
 from inclust_plus.atomic import atomic_paths
+from inclust_plus.contract.description import ModelDescription
+from inclust_plus.contract.description_io import RETRAIN, from_json, to_json
 from inclust_plus.errors import InclustError
 
 from .module import InClustModule, ModuleConfig
 
 
-def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: dict, force: bool = True) -> Path:
+def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: ModelDescription | dict, force: bool = True) -> Path:
     """Write ``module`` and ``description`` atomically to ``path`` (an existing file only with ``force``)."""
     with atomic_paths([path], [".pt"], force=force) as (tmp,):  # a file system error names ``path``
-        write_checkpoint(tmp, module, description)
+        write_checkpoint(tmp, module, description, name=path)
     return Path(path)
 
 
@@ -48,21 +52,21 @@ class _Sink:
         return self.fh.flush()
 
 
-def write_checkpoint(path: str | os.PathLike, module: InClustModule, description: dict) -> None:
+def write_checkpoint(path: str | os.PathLike, module: InClustModule, description: ModelDescription | dict,
+                     name: str | os.PathLike | None = None) -> None:
     """Write the checkpoint to ``path`` as it is (callers pass a temporary: :func:`save_checkpoint`,
     or ``inclust-train``, which commits it together with its loss plot). A failed write is the
-    file system's OSError naming ``path`` (one line at the command's top), never torch's traceback."""
-    desc = dict(description)
-    desc.update(
-        format=CHECKPOINT_FORMAT,
-        format_version=CHECKPOINT_FORMAT_VERSION,
-        package_version=__version__,
-        module=module.config.to_dict(),
-    )
+    file system's OSError naming ``path`` (one line at the command's top), never torch's traceback.
+
+    ``module`` decides the description's ``module`` entry; a description that contradicts the
+    weights (or a JSON object that is not a valid one) is refused before anything is written; the
+    error names ``name`` (the output the temporary ``path`` stands for)."""
+    raw = to_json(description) if isinstance(description, ModelDescription) else dict(description)
+    desc = from_json({**raw, "module": module.config.to_dict(), "package_version": __version__}, f"cannot write {name or path}")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
-        "description_json": json.dumps(desc, sort_keys=True),
+        "description_json": json.dumps(to_json(desc), sort_keys=True),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
     }
     try:
@@ -78,7 +82,7 @@ def write_checkpoint(path: str | os.PathLike, module: InClustModule, description
         raise OSError(err.errno, err.strerror, str(path)) from None
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, dict]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, ModelDescription]:
     """Load a checkpoint written by :func:`save_checkpoint`; clear errors for anything else."""
     p = Path(path)
     if not p.is_file():
@@ -97,8 +101,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, dict]:
             f"{p} has checkpoint format {payload.get('format_version')}, newer than this package understands",
             "upgrade inclust-plus",
         )
-    desc = json.loads(payload["description_json"])
-    module = InClustModule(ModuleConfig(**desc["module"]))
+    try:
+        raw = json.loads(payload["description_json"])
+    except (KeyError, TypeError, ValueError):
+        raise InclustError(f"checkpoint {p} has no readable description", RETRAIN) from None
+    desc = from_json(raw, f"checkpoint {p}")
+    try:
+        config = ModuleConfig(**desc.module)
+    except TypeError as err:  # a key this package does not know: written by a newer one
+        raise InclustError(f"checkpoint {p} describes its network with keys this package does not know ({err})", "upgrade inclust-plus") from None
+    module = InClustModule(config)
     try:
         module.load_state_dict(payload["state_dict"])
     except RuntimeError as err:

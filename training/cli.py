@@ -10,6 +10,8 @@ import click
 from inclust_plus.atomic import atomic_paths, check_output_path, check_writable
 from inclust_plus.errors import report_errors
 
+from .config import TrainingConfig, choices_of
+
 EPILOG = """\b
 Examples:
   inclust-train examples/merfish_imputation.toml --out model.pt
@@ -27,13 +29,15 @@ loss-curve plot next to it (model.loss.svg: open it in a browser): both or, on a
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("model.pt"), show_default=True, help="Where to write the trained model.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override training.epochs from the config.")
+# Flags only parse; their values are checked with the config's rules (config.with_settings), so a bad
+# --epochs gets the very error a bad `epochs =` in the config file gets.
+@click.option("--epochs", type=int, default=None, help="Override training.epochs from the config.")
 @click.option("--seed", type=int, default=None, help="Override training.seed (same seed, same weights).")
-@click.option("--ensemble", type=click.IntRange(min=1), default=None,
+@click.option("--ensemble", type=int, default=None,
               help="Override model.ensemble: how many networks to train and merge (1 = one network, fastest).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+@click.option("--device", metavar=choices_of(TrainingConfig, "device"), default=None,
               help="Override training.device: where to train (auto = the GPU when torch sees one, else the CPU).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+@click.option("--precision", metavar=choices_of(TrainingConfig, "precision"), default=None,
               help="Override training.precision: bf16/fp16 run the network's matrix products in half precision.")
 @click.option("--native", type=click.Choice(["auto", "on", "off"]), default=None,
               help="Override training.native: the CPU training step in C++ (the same model, faster; auto = build it "
@@ -44,22 +48,10 @@ loss-curve plot next to it (model.loss.svg: open it in a browser): both or, on a
 def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble: int | None, device: str | None,
          precision: str | None, native: str | None, force: bool, quiet: bool) -> None:
     """Train an inClust+ model from a TOML CONFIG and save it to --out."""
-    from .config import check_config, load_config
+    from .config import load_config, with_settings
 
-    cfg = load_config(config)
-    if epochs is not None:
-        cfg.training.epochs = epochs
-    if seed is not None:
-        cfg.training.seed = seed
-    if ensemble is not None:
-        cfg.model.ensemble = ensemble
-    if device is not None:
-        cfg.training.device = device
-    if precision is not None:
-        cfg.training.precision = precision
-    if native is not None:
-        cfg.training.native = native
-    check_config(cfg)  # the overrides too, before anything is written
+    flags = {"epochs": epochs, "seed": seed, "ensemble": ensemble, "device": device, "precision": precision, "native": native}
+    cfg = with_settings(load_config(config), {k: v for k, v in flags.items() if v is not None})  # before anything is written
     plot = out.with_suffix(".loss.svg")
     inputs = (config, *(d.path for d in cfg.datasets))  # an output must never replace an input of the run
     check_output_path(out, force, inputs=inputs)
@@ -85,9 +77,9 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     # Both outputs are written to temporaries first and then moved into place together: a failure
     # (a full disk) or Ctrl-C while writing either leaves the previous model.pt and plot as they were.
     with atomic_paths([out, plot], [".pt", ".svg"], force=force) as (model_tmp, plot_tmp):
-        write_checkpoint(model_tmp, model.module, model.description)
+        write_checkpoint(model_tmp, model.module, model.description, name=out)
         loss_curves(result.history, plot_tmp, title=f"{cfg.name} ({data.label_mode})")
-    combos = ", ".join(c["name"] for c in model.description["combinations"])
+    combos = ", ".join(c.name for c in model.description.combinations)
     k = cfg.model.ensemble
     networks = f"an ensemble of {k} networks, " if k > 1 else ""
     click.echo(

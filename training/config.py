@@ -119,11 +119,11 @@ class TrainingConfig:
     patience: int = key(0, Int(min=0))  # epochs without validation improvement before stopping (0: never stop early)
     lr_schedule: str = key("constant", Choice("constant", "cosine"))
     kl_warmup_epochs: int = key(0, Int(min=0))
-    threads: int = key(0, Int(min=0))  # torch threads per training process (0: one on a CPU, see training/members.py)
-    workers: int = key(0, Int(min=0))  # processes training ensemble members on a CPU (0: one plus one per idle core for big jobs, 1: all stacked in this one)
-    device: str = key("auto", Choice("auto", "cpu", "cuda"))  # auto: CUDA when torch sees it (training/device.py)
+    threads: int = key(0, Int(min=0), run=True)  # torch threads per training process (0: one on a CPU, see training/members.py)
+    workers: int = key(0, Int(min=0), run=True)  # processes training ensemble members on a CPU (0: one plus one per idle core for big jobs, 1: all stacked in this one)
+    device: str = key("auto", Choice("auto", "cpu", "cuda"), run=True)  # auto: CUDA when torch sees it (training/device.py)
     precision: str = key("fp32", Choice("fp32", "bf16", "fp16"))  # autocast of the forward pass
-    native: str = key("auto", Choice("auto", "on", "off"))  # the C++ training step on a CPU (training/native_step.py): auto builds it once where it can
+    native: str = key("auto", Choice("auto", "on", "off"), run=True)  # the C++ training step on a CPU (training/native_step.py): auto builds it once where it can
 
 
 @dataclass
@@ -157,8 +157,19 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def record(self) -> dict:
+        """What the checkpoint keeps as ``hyperparameters``: the task and the [model], [loss], [training]
+        and [views] sections, without run options (``key(..., run=True)``: device, threads, ...)."""
+        out: dict = {"task": self.task}
+        for section in _SECTIONS:
+            obj = getattr(self, section)
+            out[section] = {f.name: copy.deepcopy(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("run")}
+        return out
+
 
 _SECTIONS = {"model": ModelConfig, "loss": LossConfig, "training": TrainingConfig, "views": ViewsConfig}
+# a setting by name (InClust.setup/train keywords, inclust-train flags) -> its section; names are unique across sections
+SECTION_OF = {f.name: section for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls)}
 
 
 def _build(cls, data: dict, where: str):
@@ -237,6 +248,26 @@ def _check_modality_names(cfg: Config) -> None:
         if m not in known:
             raise InclustError(f"config {where} names modality {m!r}, which no dataset measures",
                                f"the datasets' modalities are: {', '.join(known) or 'none'} (names are case-sensitive)")
+
+
+def choices_of(cls, name: str) -> str:
+    """``[a|b|c]``: the values a Choice key accepts, for a command-line flag's help."""
+    rule = next(f for f in dataclasses.fields(cls) if f.name == name).metadata["rule"]
+    return "[" + "|".join(rule.values) + "]"
+
+
+def with_settings(cfg: Config, settings: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with ``settings`` (field name -> value, any section) applied, checked by
+    :func:`check_config` like a config file's values: the one door for ``inclust-train``'s flags,
+    ``InClust.setup(**settings)`` and ``InClust.train(**settings)``. ``cfg`` itself is unchanged, so
+    a refused setting leaves the model as it was."""
+    out = copy.deepcopy(cfg)
+    for name, value in settings.items():
+        if name not in SECTION_OF:
+            raise InclustError(f"unknown setting {name!r}", f"settings are fields of [model], [loss], [training] or [views]: {', '.join(sorted(SECTION_OF))}")
+        setattr(getattr(out, SECTION_OF[name]), name, value)
+    check_config(out)
+    return out
 
 
 def load_config(path: str | Path) -> Config:

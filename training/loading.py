@@ -111,11 +111,16 @@ def _covariate(obs: pd.DataFrame, cfg: DatasetConfig, n: int) -> np.ndarray:
     return np.array([COVARIATE_JOIN.join(vals) for vals in zip(*parts)], dtype=object)
 
 
+def missing_label_column(dataset: str, key: str, columns) -> InclustError:
+    """The one error for a label column a dataset lacks (a config file's label_key, InClust.setup's)."""
+    return InclustError(f"dataset {dataset!r} has no label column {key!r}", f"obs columns are: {', '.join(map(str, columns))}")
+
+
 def _labels(obs: pd.DataFrame, cfg: DatasetConfig) -> np.ndarray | None:
     if cfg.label_key is None:
         return None
     if cfg.label_key not in obs.columns:
-        raise InclustError(f"dataset {cfg.name!r} has no label column {cfg.label_key!r}", f"obs columns are: {', '.join(map(str, obs.columns))}")
+        raise missing_label_column(cfg.name, cfg.label_key, obs.columns)
     col = obs[cfg.label_key]
     out = col.astype(object).to_numpy()
     missing = col.isna().to_numpy() | (col.astype(str).str.strip() == "").to_numpy()

@@ -47,7 +47,7 @@ def main(model: Path, data: Path, name: str | None, covariate_key: str | None, l
     """Learn the new batches of --data into MODEL (a model.pt from inclust-train) and write --out."""
     from inclust_plus.hashing import file_sha256
 
-    from .mapping import SAFE_RULE, check_batch_name, map_query
+    from .mapping import SAFE_RULE, check_batch_name
 
     if name is not None and covariate_key is not None:
         raise InclustError("--name and --covariate-key are exclusive", "pass one of them")
@@ -67,16 +67,16 @@ def main(model: Path, data: Path, name: str | None, covariate_key: str | None, l
     trained = InClust.load(model)
     cells = read_cells(data)
     started = time.perf_counter()
-    mapped = map_query(trained, cells, name=name, covariate_key=covariate_key, layer=layer, preprocessed=preprocessed,
-                       steps=steps, learning_rate=learning_rate, seed=seed, progress=not quiet,
-                       source=f"{data.name} sha256:{file_sha256(data)}")
+    mapped = trained.map_query(cells, name=name, covariate_key=covariate_key, layer=layer, preprocessed=preprocessed,
+                               steps=steps, learning_rate=learning_rate, seed=seed, progress=not quiet,
+                               source=f"{data.name} sha256:{file_sha256(data)}")
     mapped.save(out, force=force)  # without --force never replaces a file that appeared meanwhile
-    info = mapped.description["mapping"][-1]
-    cats = ", ".join(f"{c} ({n:,} cells)" for c, n in info["cells"].items())
-    skipped = f"; {info['skipped_known_cells']:,} cells of known batches left out" if info["skipped_known_cells"] else ""
-    click.echo(f"mapped {cats} onto {trained.description.get('name', model.stem)} in {time.perf_counter() - started:.1f} s "
-               f"(loss {info['initial_loss']:.4f} -> {info['final_loss']:.4f}, feature set {info['feature_set']}){skipped}")
-    click.echo(f"wrote {out}; covariate categories: {', '.join(mapped.description['covariate']['categories'])}")
+    info = mapped.description.mapping[-1]
+    cats = ", ".join(f"{c} ({n:,} cells)" for c, n in info.cells.items())
+    skipped = f"; {info.skipped_known_cells:,} cells of known batches left out" if info.skipped_known_cells else ""
+    click.echo(f"mapped {cats} onto {trained.description.name} in {time.perf_counter() - started:.1f} s "
+               f"(loss {info.initial_loss:.4f} -> {info.final_loss:.4f}, feature set {info.feature_set}){skipped}")
+    click.echo(f"wrote {out}; covariate categories: {', '.join(mapped.description.covariate.categories)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,7 @@ no decoder pass at all.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 import time
 from datetime import datetime, timezone
@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from inclust_plus import interrupt
+from inclust_plus.contract.description import CombinationEntry, DatasetRecord, FeatureSet, MappingRecord, ModelDescription
 from inclust_plus.contract.schema import SAFE_NAME
 from inclust_plus.errors import InclustError
 
@@ -103,58 +104,51 @@ def _extended(module: InClustModule, rows: torch.Tensor) -> InClustModule:
     return out.eval()
 
 
-def _existing_panel(description: dict, measured: np.ndarray) -> str | None:
+def _existing_panel(description: ModelDescription, measured: np.ndarray) -> str | None:
     """The model's feature set with exactly the features ``measured``, if there is one."""
     features = np.flatnonzero(measured).tolist()
-    for name, fs in description["feature_sets"].items():
-        if sorted(map(int, fs["features"])) == features:
+    for name, fs in description.feature_sets.items():
+        if sorted(fs.features) == features:
             return name
     return None
 
 
-def _panel(description: dict, measured: np.ndarray, set_name: str, categories: list[str]) -> str:
+def _panel(description: ModelDescription, measured: np.ndarray, set_name: str, categories: list[str]) -> tuple[ModelDescription, str]:
     """The feature set the new cells measured: an existing set with the same features, or a new one
     (with its impute and embed combinations, so inclust-export builds graphs for it)."""
     existing = _existing_panel(description, measured)
     if existing is not None:
-        return existing
+        return description, existing
     features = np.flatnonzero(measured).tolist()
-    sets = description["feature_sets"]
-    while set_name in sets:
+    while set_name in description.feature_sets:
         set_name += "_panel"
-    tables = description["schema"]["modalities"]
-    starts = np.cumsum([0] + [len(m["features"]) for m in tables])
-    present = [m["name"] for m, a, b in zip(tables, starts[:-1], starts[1:]) if measured[a:b].any()]
-    sets[set_name] = {"modalities": present, "features": features}
+    tables = [(m.name, *description.modality_range(m.name)) for m in description.modalities]
+    present = tuple(m for m, a, b in tables if measured[a:b].any())
     default = categories[0] if len(categories) == 1 else None
-    for m, a, b in zip(tables, starts[:-1], starts[1:]):
-        if not measured[a:b].all():  # something of this modality to impute or generate
-            description["combinations"].append({"name": f"{set_name}_to_{m['name']}", "inputs": set_name, "outputs": m["name"],
-                                                "default_target_covariate": None, "default_covariate": default})
-    description["combinations"].append({"name": f"{set_name}_embed", "inputs": set_name, "outputs": None,
-                                        "default_target_covariate": None, "default_covariate": default})
-    return set_name
+    combos = [CombinationEntry(f"{set_name}_to_{m}", set_name, m, None, default)
+              for m, a, b in tables if not measured[a:b].all()]  # something of this modality to impute or generate
+    combos.append(CombinationEntry(f"{set_name}_embed", set_name, None, None, default))
+    return dataclasses.replace(description, feature_sets={**description.feature_sets, set_name: FeatureSet(present, tuple(features))},
+                               combinations=description.combinations + tuple(combos)), set_name
 
 
-def map_query(model, data, name: str | None = None, covariate_key: str | None = None, layer: str | None = None,
-              preprocessed: bool = False, steps: int = 300, learning_rate: float = 0.05, seed: int = 0,
-              progress: bool = True, source: str | None = None):
-    """A copy of ``model`` (an :class:`~inclust_plus.training.model.InClust`) that knows the new
+def map_query(module: InClustModule, description: ModelDescription, data, name: str | None = None, covariate_key: str | None = None,
+              layer: str | None = None, preprocessed: bool = False, steps: int = 300, learning_rate: float = 0.05, seed: int = 0,
+              progress: bool = True, source: str | None = None) -> tuple[InClustModule, ModelDescription]:
+    """The weights and description of a model (``InClust.map_query`` wraps them) that knows the new
     covariate categories of ``data`` (AnnData or MuData; no labels needed).
 
     Cells belong to category ``name`` or to the categories of obs column ``covariate_key``; for each
     category the model does not know, one embedding row is learned with every other weight frozen
-    (module docstring). Cells of known categories are left out. The copy's description records
-    the mapping under ``"mapping"``; ``model`` itself is unchanged.
+    (module docstring). Cells of known categories are left out. The new description records the
+    mapping under ``mapping``; ``module`` and ``description`` themselves are unchanged.
     """
-    from .model import InClust
-
     if steps < 1:
         raise InclustError(f"steps is {steps}", "map with at least 1 optimisation step")
-    desc = copy.deepcopy(model.description)
+    desc = description
     cells = align_cells(desc, data, layer=layer, preprocessed=preprocessed)
     values = covariate_values(cells, name, covariate_key)
-    known = list(desc["covariate"]["categories"])
+    known = list(desc.covariate.categories)
     new = [c for c in dict.fromkeys(values.tolist()) if c not in known]
     if not new:
         raise InclustError(f"every covariate category of the data ({', '.join(sorted(set(values.tolist())))}) is already in the model",
@@ -168,15 +162,15 @@ def map_query(model, data, name: str | None = None, covariate_key: str | None = 
     rows = np.flatnonzero(np.isin(values, new))
     position = {c: i for i, c in enumerate(new)}
     which = torch.tensor([position[c] for c in values[rows]], dtype=torch.int64)  # row of ``new`` per mapped cell
+    desc, panel = _panel(desc, cells.measured, set_name, new)
 
-    module = model.module.eval()
+    module = module.eval()
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     mu, log_var = _posteriors(module, cells, rows)
-    loss_cfg = desc.get("hyperparameters", {}).get("loss", {})
-    kl_w, cat_w = float(loss_cfg.get("kl", 1.0)), float(loss_cfg.get("categorical", 1.0))
-    unsupervised = desc.get("labels", {}).get("mode") == "unsupervised"
+    kl_w, cat_w = desc.loss_weight("kl"), desc.loss_weight("categorical")
+    unsupervised = desc.labels.mode == "unsupervised"
     # Start from the mean of the known rows: the offset of a typical batch.
     start = module.covariate_embedding.detach().mean(0, keepdim=True).repeat(len(new), 1)
     table = torch.nn.Parameter(start.clone())
@@ -207,15 +201,13 @@ def map_query(model, data, name: str | None = None, covariate_key: str | None = 
         _finite_loss(math.nan, steps, steps, learning_rate)
     seconds = time.perf_counter() - t0
     mapped = _extended(module, table.detach())
-    desc["covariate"]["categories"] = known + new
-    panel = _panel(desc, cells.measured, set_name, new)
+    desc = dataclasses.replace(desc, covariate=dataclasses.replace(desc.covariate, categories=tuple(known + new)))
     counts = {c: int((values[rows] == c).sum()) for c in new}
-    desc.setdefault("datasets", []).append({"name": panel if name is None else str(name), "cells": len(rows),
-                                            "measured_features": int(cells.measured.sum()), "mapped": True})
-    desc.setdefault("mapping", []).append({
-        "categories": new, "cells": counts, "skipped_known_cells": int(len(values) - len(rows)), "feature_set": panel,
-        "steps": steps, "learning_rate": learning_rate, "seed": seed, "seconds": round(seconds, 3),
-        "initial_loss": round(history[0], 6), "final_loss": round(history[-1], 6), "source": source,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    })
-    return InClust(mapped, desc)
+    record = MappingRecord(
+        categories=tuple(new), cells=counts, skipped_known_cells=int(len(values) - len(rows)), feature_set=panel,
+        steps=steps, learning_rate=learning_rate, seed=seed, seconds=round(seconds, 3),
+        initial_loss=round(history[0], 6), final_loss=round(history[-1], 6), source=source,
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    dataset = DatasetRecord(panel if name is None else str(name), len(rows), int(cells.measured.sum()), mapped=True)
+    return mapped, dataclasses.replace(desc, module=mapped.config.to_dict(), datasets=desc.datasets + (dataset,), mapping=desc.mapping + (record,))

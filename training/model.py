@@ -14,38 +14,34 @@ import numpy as np
 import torch
 
 from inclust_plus import __version__
+from inclust_plus.contract import Covariate, Modality
+from inclust_plus.contract.description import CombinationEntry, DatasetRecord, FeatureSet, ModelDescription, Recipe, TrainedLabels, TrainingRecord
+from inclust_plus.contract.description_io import as_description
 from inclust_plus.errors import InclustError
 from inclust_plus.sparse import is_sparse
 
 from .api import AnnDataVerbs
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, LossConfig, ModelConfig, TrainingConfig, ViewsConfig, config_from_dict
+from .config import Config, config_from_dict, with_settings
 from .data import TrainingData, read_training_data
 from .device import resolve_device
 from .ensemble import merge_members
+from .loading import missing_label_column
 from .members import train_members
 from .module import InClustModule, ModuleConfig
 from .trainer import TrainingResult
 
 
-def _combinations(data: TrainingData) -> list[dict]:
+def _combinations(data: TrainingData) -> list[CombinationEntry]:
     names = data.mask_table.names
-    combos: dict[str, dict] = {}
+    covs_of: dict[tuple[str, str], set] = {}  # (inputs, outputs) -> covariates of the datasets trained on it
     for v in data.views:
-        name = f"{names[v.input_pattern]}_to_{names[v.output_pattern]}"
         a, b = data.cell_ranges[v.dataset]
-        covs = set(np.unique(data.covariate[a:b]).tolist())
-        entry = combos.setdefault(name, {"name": name, "inputs": names[v.input_pattern], "outputs": names[v.output_pattern], "_covs": set()})
-        entry["_covs"] |= covs
-    out = []
-    for entry in combos.values():
-        covs = entry.pop("_covs")
-        entry["default_target_covariate"] = data.covariate_categories[covs.pop()] if len(covs) == 1 else None
-        entry["default_covariate"] = _panel_covariate(data, entry["inputs"])
-        out.append(entry)
+        covs_of.setdefault((names[v.input_pattern], names[v.output_pattern]), set()).update(np.unique(data.covariate[a:b]).tolist())
+    out = [CombinationEntry(f"{i}_to_{o}", i, o, data.covariate_categories[next(iter(covs))] if len(covs) == 1 else None, _panel_covariate(data, i))
+           for (i, o), covs in covs_of.items()]
     for pat in dict.fromkeys(v.input_pattern for v in data.views):
-        out.append({"name": f"{names[pat]}_embed", "inputs": names[pat], "outputs": None, "default_target_covariate": None,
-                    "default_covariate": _panel_covariate(data, names[pat])})
+        out.append(CombinationEntry(f"{names[pat]}_embed", names[pat], None, None, _panel_covariate(data, names[pat])))
     return out
 
 
@@ -69,39 +65,58 @@ def _panel_covariate(data: TrainingData, set_name: str) -> str | None:
     return data.covariate_categories[int(covs[0])] if len(covs) == 1 else None
 
 
-def describe(data: TrainingData, cfg: Config) -> dict:
-    """The JSON description stored in ``model.pt`` (docs/ARCHITECTURE.md, "Checkpoint")."""
+def describe(data: TrainingData, cfg: Config, module: ModuleConfig, training: TrainingRecord | None = None) -> ModelDescription:
+    """The description stored in ``model.pt`` (docs/ARCHITECTURE.md, "Checkpoint")."""
     feature_sets = {}
     for m in data.modalities:
         s = data.slices[m]
-        feature_sets[m] = {"modalities": [m], "features": list(range(s.start, s.stop))}
+        feature_sets[m] = FeatureSet((m,), tuple(range(s.start, s.stop)))
     for name, mask in zip(data.mask_table.names, data.mask_table.masks):
-        idx = np.flatnonzero(mask).tolist()
-        feature_sets[name] = {"modalities": [m for m in data.modalities if mask[data.slices[m]].any()], "features": idx}
-    return {
-        "name": cfg.name,
-        "task": cfg.task,
-        "package_version": __version__,
-        "schema": {"modalities": [{"name": m, "features": data.features[m]} for m in data.modalities]},
-        "covariate": {"keys": sorted({k for d in cfg.datasets for k in d.covariate_keys}), "categories": data.covariate_categories},
-        "labels": {
-            "key": next((d.label_key for d in cfg.datasets if d.label_key), None),
-            "categories": data.label_categories,
-            "mode": data.label_mode,
-        },
-        "preprocessing": data.preprocessing,
-        "feature_sets": feature_sets,
-        "combinations": _combinations(data),
-        "datasets": [
-            {"name": n, "cells": b - a, "measured_features": int(data.measured[n].sum())} for n, (a, b) in data.cell_ranges.items()
-        ],
-        "hyperparameters": {k: v for k, v in cfg.to_dict().items() if k in ("model", "loss", "training", "views", "task")},
-    }
+        feature_sets[name] = FeatureSet(tuple(m for m in data.modalities if mask[data.slices[m]].any()), tuple(np.flatnonzero(mask).tolist()))
+    return ModelDescription(
+        name=cfg.name,
+        task=cfg.task,
+        package_version=__version__,
+        module=module.to_dict(),
+        modalities=tuple(Modality(m, tuple(data.features[m])) for m in data.modalities),
+        covariate=Covariate(tuple(sorted({k for d in cfg.datasets for k in d.covariate_keys})), tuple(data.covariate_categories)),
+        labels=TrainedLabels(next((d.label_key for d in cfg.datasets if d.label_key), None), tuple(data.label_categories), data.label_mode),
+        preprocessing={m: Recipe(p["normalize_total"], p["log1p"], None if p["scale"] is None else tuple(p["scale"]))
+                       for m, p in data.preprocessing.items()},
+        feature_sets=feature_sets,
+        combinations=tuple(_combinations(data)),
+        datasets=tuple(DatasetRecord(n, b - a, int(data.measured[n].sum())) for n, (a, b) in data.cell_ranges.items()),
+        hyperparameters=cfg.record(),
+        training=training,
+    )
 
 
-# setup()/train() keywords -> their config section (field names are unique across sections)
-_SECTION_OF = {f.name: section for section, cls in (("model", ModelConfig), ("loss", LossConfig), ("training", TrainingConfig), ("views", ViewsConfig))
-               for f in dataclasses.fields(cls)}
+def _label_keys(datasets: dict, label_key: str | dict | None) -> list[str | None]:
+    """``InClust.setup``'s label column of each dataset. One column name applies where the column
+    exists (a query without labels stays unlabelled); a column no dataset has, or one a
+    ``{dataset: column}`` entry names where it is missing, is the error a config file gets."""
+    if label_key is None:
+        return [None] * len(datasets)
+    if isinstance(label_key, dict):
+        unknown = [n for n in label_key if n not in datasets]
+        if unknown:
+            raise InclustError(f"label_key names unknown dataset {unknown[0]!r}", f"datasets are: {', '.join(datasets)}")
+        wanted = [label_key.get(n) for n in datasets]
+    else:
+        has = [label_key in _obs_columns(obj) for obj in datasets.values()]
+        wanted = [label_key if h else None for h in has] if any(has) else [label_key] * len(datasets)
+    for (ds_name, obj), key in zip(datasets.items(), wanted):
+        if key is not None and key not in _obs_columns(obj):
+            raise missing_label_column(ds_name, key, _obs_columns(obj))
+    return wanted
+
+
+def _obs_columns(obj) -> list[str]:
+    """The obs columns a dataset's labels may come from (a MuData's own and its modalities')."""
+    columns = list(map(str, obj.obs.columns))
+    for m in getattr(obj, "mod", {}).values():
+        columns += [c for c in map(str, m.obs.columns) if c not in columns]
+    return columns
 
 
 class InClust(AnnDataVerbs):
@@ -112,16 +127,19 @@ class InClust(AnnDataVerbs):
     objects (``objects`` maps dataset names to them). The AnnData verbs live in :mod:`.api`.
     """
 
-    def __init__(self, module: "InClustModule | Config", description: dict | None = None, objects: dict | None = None):
+    def __init__(self, module: "InClustModule | Config", description: ModelDescription | dict | None = None, objects: dict | None = None):
         self.config: Config | None = None
         self.objects = dict(objects or {})
         self.history: dict | None = None
+        self.description: ModelDescription | None = None  # a dict given is read by the one reader (contract/description_io.py)
         if isinstance(module, Config):
-            self.config, self.module, self.description = module, None, description
+            self.config, self.module = module, None
         else:
             if description is None:
                 raise InclustError("InClust(module) needs the model description", "use InClust.load(path) or InClust(config).train()")
-            self.module, self.description = module.eval(), description
+            self.module, self.description = module.eval(), as_description(description)
+            if self.description.module != module.config.to_dict():  # the weights decide (as save_checkpoint does)
+                self.description = dataclasses.replace(self.description, module=module.config.to_dict())
 
     @classmethod
     def setup(cls, datasets, *, modalities=None, label_key: str | dict | None = None, layer: str | None = None, batch_key=None,
@@ -143,22 +161,17 @@ class InClust(AnnDataVerbs):
         entries = []
         for ds_name, obj in datasets.items():
             mods = list(obj.mod) if hasattr(obj, "mod") else list(modalities or ["rna"])
-            obs = obj.obs
             entry = {"name": ds_name, "modalities": mods, "covariate_keys": keys, "preprocessed": preprocessed}
-            key = label_key.get(ds_name) if isinstance(label_key, dict) else label_key
-            if key is not None and (key in obs.columns or any(key in m.obs.columns for m in getattr(obj, "mod", {}).values())):
-                entry["label_key"] = key
             if layer is not None:
                 entry["layer"] = layer
             entries.append(entry)
+        for entry, key in zip(entries, _label_keys(datasets, label_key)):
+            if key is not None:
+                entry["label_key"] = key
         doc = {"task": task, "name": name, "datasets": entries, "preprocessing": dict(preprocessing or {})}
         if query:
             settings["query"] = [query] if isinstance(query, str) else list(query)
-        for key, value in settings.items():
-            if key not in _SECTION_OF:
-                raise InclustError(f"unknown setting {key!r}", f"settings are fields of [model], [loss], [training] or [views]: {', '.join(sorted(_SECTION_OF))}")
-            doc.setdefault(_SECTION_OF[key], {})[key] = value
-        return cls(config_from_dict(doc), objects=datasets)
+        return cls(with_settings(config_from_dict(doc), settings), objects=datasets)
 
     def train(self, epochs: int | None = None, progress: bool = True, **settings) -> "InClust":
         """Train on the set-up datasets (``epochs`` and other settings override the config); returns self."""
@@ -166,10 +179,7 @@ class InClust(AnnDataVerbs):
             raise InclustError("this model was not set up for training", "use InClust.setup(...) or InClust(config)")
         if epochs is not None:
             settings["epochs"] = epochs
-        for key, value in settings.items():
-            if key not in _SECTION_OF:
-                raise InclustError(f"unknown setting {key!r}", f"settings: {', '.join(sorted(_SECTION_OF))}")
-            setattr(getattr(self.config, _SECTION_OF[key]), key, value)
+        self.config = with_settings(self.config, settings)  # checked as a config file's values; refused: config unchanged
         trained, _, result = type(self).fit(self.config, self.objects, progress=progress)
         self.module, self.description, self.history = trained.module, trained.description, result.history
         return self
@@ -180,13 +190,12 @@ class InClust(AnnDataVerbs):
             return (f"InClust(untrained {c.name!r}, task {c.task}: datasets {', '.join(d.name for d in c.datasets)}; "
                     f"ensemble {c.model.ensemble}, {c.training.epochs} epochs; call .train())")
         d = self.description
-        mods = ", ".join(f"{m['name']} {len(m['features'])}" for m in d["schema"]["modalities"])
-        labels = d.get("labels") or {}
+        mods = ", ".join(f"{m.name} {len(m.features)}" for m in d.modalities)
         k = self.module.config.members
-        combos = ", ".join(c["name"] for c in d.get("combinations", []))
-        epochs = (d.get("training") or {}).get("epochs")
-        return (f"InClust({d.get('name')!r}, task {d.get('task', 'custom')}: features {mods}; covariates {d['covariate']['categories']}; "
-                f"{len(labels.get('categories') or [])} labels ({labels.get('mode')}); latent {self.module.config.latent_dim}; "
+        combos = ", ".join(c.name for c in d.combinations)
+        epochs = d.training.epochs if d.training is not None else None
+        return (f"InClust({d.name!r}, task {d.task}: features {mods}; covariates {list(d.covariate.categories)}; "
+                f"{len(d.labels.categories)} labels ({d.labels.mode}); latent {self.module.config.latent_dim}; "
                 f"{'an ensemble of ' + str(k) + ' networks' if k > 1 else 'one network'}{f', {epochs} epochs' if epochs is not None else ''}; "
                 f"combinations: {combos})")
 
@@ -210,15 +219,14 @@ class InClust(AnnDataVerbs):
         members, results, wall = train_members(member, data, cfg, progress=progress)
         module = merge_members(members)
         result = TrainingResult.combined(results, wall=wall if len(results) > 1 else None)
-        desc = describe(data, cfg)
-        desc["training"] = {
-            "epochs": result.epochs_run,
-            "best_epoch": result.best_epoch,
-            "seconds": round(result.seconds, 3),
-            "rows_per_second": round(result.rows_per_second, 1),
-            "history": {k: [round(v, 6) for v in vals] for k, vals in result.history.items()},
-        }
-        return cls(module, desc), data, result
+        record = TrainingRecord(
+            epochs=result.epochs_run,
+            best_epoch=result.best_epoch,
+            seconds=round(result.seconds, 3),
+            rows_per_second=round(result.rows_per_second, 1),
+            history={k: tuple(round(v, 6) for v in vals) for k, vals in result.history.items()},
+        )
+        return cls(module, describe(data, cfg, module.config, record)), data, result
 
     @classmethod
     def load(cls, path: str | Path) -> "InClust":
@@ -236,13 +244,10 @@ class InClust(AnnDataVerbs):
         return self.module.config.n_features
 
     def feature_set(self, name: str) -> np.ndarray:
-        sets = self.description["feature_sets"]
-        if name not in sets:
-            raise InclustError(f"unknown feature set {name!r}", f"known sets: {', '.join(sets)}")
-        return np.asarray(sets[name]["features"], dtype=np.int64)
+        return np.asarray(self.description.feature_set(name).features, dtype=np.int64)
 
     def covariate_index(self, names) -> np.ndarray:
-        cats = self.description["covariate"]["categories"]
+        cats = self.description.covariate.categories
         lookup = {c: i for i, c in enumerate(cats)}
         try:
             return np.array([lookup[str(n)] for n in np.atleast_1d(names)], dtype=np.int64)
@@ -254,9 +259,10 @@ class InClust(AnnDataVerbs):
         """A copy of this model that also knows the new covariate categories of ``data`` (AnnData or
         MuData, no labels needed): one embedding row each, every other weight frozen.
         See :func:`inclust_plus.training.mapping.map_query` for the options."""
-        from .mapping import map_query
+        from .mapping import map_query  # on use: it reads cells with pandas/scipy, which training itself never imports
 
-        return map_query(self, data, name=name, covariate_key=covariate_key, **options)
+        module, description = map_query(self.module, self.description, data, name=name, covariate_key=covariate_key, **options)
+        return type(self)(module, description)
 
     @torch.no_grad()
     def predict(self, x: np.ndarray, inputs: str, covariate, target_covariate=None, batch_size: int = 8192, return_std: bool = False,

@@ -37,7 +37,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identit
 class ModuleConfig(NetworkShape):
     """The module's config: the architecture (:class:`~.config.NetworkShape`, paper defaults) plus the
     sizes the data decides. ``to_dict`` is the checkpoint's ``module`` description, read back with
-    ``ModuleConfig(**desc["module"])``."""
+    ``ModuleConfig(**description.module)``."""
 
     n_features: int
     n_covariates: int

@@ -142,9 +142,14 @@ def _plural(text: str | None) -> str:
     return text
 
 
-def key(default: Any = _MISSING, rule: Rule | None = None, *, factory: Any = _MISSING) -> Any:
-    """A dataclass field with its validation ``rule`` (lists and dicts: pass ``factory``)."""
+def key(default: Any = _MISSING, rule: Rule | None = None, *, factory: Any = _MISSING, run: bool = False) -> Any:
+    """A dataclass field with its validation ``rule`` (lists and dicts: pass ``factory``).
+
+    ``run``: a run option (how to train here, e.g. the device), not part of what the model is, so
+    the checkpoint does not record it (:meth:`~inclust_plus.training.config.Config.record`)."""
     meta = {"rule": rule} if rule is not None else {}
+    if run:
+        meta["run"] = True
     if factory is not _MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
     if default is _MISSING:

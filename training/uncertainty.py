@@ -49,9 +49,9 @@ def impute(model, data, inputs: str, outputs: str, covariate: str | None = None,
     """
     if samples == 0 and model.module.config.members == 1:
         raise InclustError("a single network has no ensemble spread", "pass samples=K (e.g. 20) to use K posterior samples instead")
-    combos = [c for c in model.description.get("combinations", []) if c["inputs"] == inputs and c.get("outputs") == outputs]
+    combos = [c for c in model.description.combinations if c.inputs == inputs and c.outputs == outputs]
     if not combos:
-        known = ", ".join(f"{c['inputs']} -> {c['outputs']}" for c in model.description.get("combinations", []) if c.get("outputs"))
+        known = ", ".join(f"{c.inputs} -> {c.outputs}" for c in model.description.combinations if c.decodes)
         raise InclustError(f"the model has no combination {inputs} -> {outputs}", f"choose one of: {known or 'none'}")
-    return model.impute(data, combos[0]["name"], layer=layer, covariate_key=covariate_key, covariate=covariate,
+    return model.impute(data, combos[0].name, layer=layer, covariate_key=covariate_key, covariate=covariate,
                         target_covariate=target_covariate, imputed_into="X", samples=samples, seed=seed)

@@ -6,6 +6,8 @@
 * :mod:`.manifest_io` — the one writer (:func:`write_manifest`) and the one reader (:func:`read_manifest`).
 * :mod:`.schema` — the field-by-field checks the reader runs before trusting a manifest.
 * :mod:`.files` — the files a manifest pins by sha256, read checked (runtime and Triton).
+* :mod:`.description` / :mod:`.description_io` — the checkpoint's model description (training -> export) as
+  frozen dataclasses, with its one writer and one reader.
 
 Export builds these objects and writes them; the runtime, the Triton repository writer and the
 tests read them back. Nothing here imports torch, onnx or onnxruntime.
