@@ -18,9 +18,9 @@ import onnxruntime as ort
 import torch
 
 from inclust_plus.errors import InclustError
+from inclust_plus.contract.combinations import Combination
+from inclust_plus.contract.plan import PreprocessPlan
 
-from .combinations import Combination
-from .preprocess import PreprocessPlan
 
 ATOL = 1e-5
 RTOL = 1e-6

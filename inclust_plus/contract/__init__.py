@@ -5,6 +5,9 @@
 * :mod:`.manifest` — ``manifest.json`` as frozen dataclasses (:class:`Manifest`, :class:`GraphEntry`).
 * :mod:`.manifest_io` — the one writer (:func:`write_manifest`) and the one reader (:func:`read_manifest`).
 * :mod:`.schema` — the field-by-field checks the reader runs before trusting a manifest.
+* :mod:`.combinations`, :mod:`.plan_builder`, :mod:`.manifest_builder` — a checkpoint description's
+  graphs, their preprocessing plans and the manifest, built by the exporter and, for the
+  in-memory PyTorch model, by training (which may not import export).
 
 Export builds these objects and writes them; the runtime, the Triton repository writer and the
 tests read them back. Nothing here imports torch, onnx or onnxruntime.

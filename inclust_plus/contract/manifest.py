@@ -43,7 +43,7 @@ class Variant:
 @dataclass(frozen=True, kw_only=True)
 class GraphSignature:
     """What a graph maps, from the model's point of view: the modalities and features it takes and
-    returns and its default covariates. Export's :class:`~inclust_plus.export.combinations.Combination`
+    returns and its default covariates. Export's :class:`~inclust_plus.contract.combinations.Combination`
     (what to export) and :class:`GraphEntry` (what was exported) both are one."""
 
     name: str
