@@ -345,11 +345,13 @@ def decoded_anndata(obs: pd.DataFrame, sources, output_features, modality_of, va
     return out
 
 
-def spread_provenance(converter: ScaleConverter, has_spread: bool) -> dict:
-    """``uns["inclust"]`` entries about ``layers["inclust_std"]``: written (and what it is) or why not; empty for one network."""
+def spread_provenance(converter: ScaleConverter, has_spread: bool, source: str | None = None) -> dict:
+    """``uns["inclust"]`` entries about ``layers["inclust_std"]``: written (and what it is) or why not; empty for one network.
+    ``source``: what the spread is over, when not the ensemble's members (e.g. posterior samples)."""
     if not has_spread:
         return {}
     reason = converter.spread_reason
     if reason is not None:
         return {"std_layer": f"not written: {reason}"}
-    return {"std_layer": STD_LAYER, "std": f"per-feature standard deviation over the ensemble's members (divided by K), {converter.scale} scale"}
+    what = source or "over the ensemble's members (divided by K)"
+    return {"std_layer": STD_LAYER, "std": f"per-feature standard deviation {what}, {converter.scale} scale"}

@@ -24,7 +24,7 @@ from .backend import Backend, OnnxBackend
 from .chunks import chunk_reader
 from .covariates import resolve_covariates, resolve_target
 from .layout_chunk import ChunkTap, Target
-from .manifest import GraphEntry, load_manifest, select_graph
+from .manifest import GraphEntry, Manifest, load_manifest, select_graph
 from .memory import modality_views, open_memory
 from .stream import check_outputs
 
@@ -83,11 +83,20 @@ class Predictor:
     """An export folder ready to run on AnnData objects: ``Predictor("export/").impute(adata)``."""
 
     def __init__(self, export_dir, device: str = "auto", backend: Backend | None = None, batch_size: int = 4096):
-        self.manifest = load_manifest(export_dir)
-        self.backend = backend if backend is not None else OnnxBackend(device)
+        self._setup(load_manifest(export_dir), backend if backend is not None else OnnxBackend(device), batch_size)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, backend: Backend, batch_size: int = 4096) -> "Predictor":
+        """A manifest already in memory and the backend that runs its graphs (the training-side
+        ``InClust`` passes its own, built by the exporter's code, with the PyTorch module as backend)."""
+        self = cls.__new__(cls)
+        self._setup(manifest, backend, batch_size)
+        return self
+
+    def _setup(self, manifest: Manifest, backend: Backend, batch_size: int) -> None:
         if batch_size < 1:
             raise InclustError(f"batch_size must be at least 1, not {batch_size}", "pass a positive batch size")
-        self.batch_size = batch_size
+        self.manifest, self.backend, self.batch_size = manifest, backend, batch_size
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -185,7 +194,8 @@ class Predictor:
         data, library, out, prov = self._run(adata, graph, layer, covariate_key, covariate, target_covariate, allow_missing,
                                              converter.needs_library)
         values = converter.convert(out["y"], library)
-        prov.update(command=command, output_scale=output_scale, scale=converter.description(), **R.spread_provenance(converter, graph.has_spread))
+        prov.update(command=command, output_scale=output_scale, scale=converter.description(),
+                    **R.spread_provenance(converter, graph.has_spread, prov.pop("spread", None)))
         spread = None
         if graph.has_spread and converter.spread_reason is None:
             spread = converter.convert_spread(out["y_std"], library)
