@@ -11,6 +11,7 @@ fill chunks (a numpy array and a CSR matrix's three arrays stand in for the h5py
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,11 +19,28 @@ import pandas as pd
 import scipy.sparse as sp
 
 from inclust_plus.errors import InclustError, names_shown
-from inclust_plus.results import cells_obs, element
 
 from .inputs import AlignedParts, _align, read_modalities
 from .manifest import GraphEntry
 from .matrices import CsrRows, DenseRows, MatrixRows
+from .preprocess import counts_modalities, non_integer_warning
+
+
+def element(adata, layer: str | None, label: str):
+    """``adata.X`` or ``adata.layers[layer]``, with one-line errors."""
+    if layer is not None:
+        if layer not in adata.layers:
+            raise InclustError(f"{label} has no layer {layer!r}", f"layers: {names_shown(adata.layers) or 'none'}")
+        return adata.layers[layer]
+    if adata.X is None:
+        raise InclustError(f"{label} has no X", "pass layer= to read another matrix")
+    return adata.X
+
+
+def view_sources(views, layer) -> list[tuple]:
+    """(matrix read, var names, var table, layers) of each AnnData a result was computed from: what
+    the output side (:func:`inclust_plus.results.decoded_anndata`) carries over."""
+    return [(element(v, layer, label), [str(n) for n in v.var_names], v.var, dict(v.layers)) for v, label in views]
 
 
 class _Arrays(dict):
@@ -76,8 +94,25 @@ def modality_views(adata, graph: GraphEntry) -> list[tuple[object, str]]:
 
 
 def obs_table(adata, views) -> pd.DataFrame:
-    """The obs to carry over: the MuData-wide obs when it matches the cells, else the first view's."""
-    return cells_obs(adata, views[0][0].obs)
+    """The obs to carry over: the MuData-wide obs joined with its first modality's columns when it
+    matches the cells, else the first view's."""
+    first = views[0][0].obs
+    if not hasattr(adata, "mod") or not adata.obs.index.equals(first.index):
+        return first
+    extra = [c for c in first.columns if c not in adata.obs.columns]
+    return adata.obs.join(first[extra]) if extra else adata.obs
+
+
+def warn_non_integer(adata, graph: GraphEntry, layer: str | None, preprocessing: dict, stacklevel: int = 4) -> None:
+    """Warn (once) when a counts model is given non-integer values, e.g. log-normalised X."""
+    counts = [m for m in counts_modalities(preprocessing) if m in graph.input_modalities]
+    if not counts:
+        return
+    for view, label in modality_views(adata, graph):
+        text = non_integer_warning(element(view, layer, label)[:1000], counts[0])
+        if text:
+            warnings.warn(text, UserWarning, stacklevel=stacklevel)
+            return
 
 
 @dataclass

@@ -25,7 +25,7 @@ from .chunks import chunk_reader
 from .covariates import resolve_covariates, resolve_target
 from .layout_chunk import ChunkTap, Target
 from .manifest import GraphEntry, Manifest, load_manifest, select_graph
-from .memory import modality_views, open_memory
+from .memory import modality_views, open_memory, view_sources, warn_non_integer
 from .stream import check_outputs
 
 log = logging.getLogger("inclust_plus.runtime")
@@ -142,24 +142,13 @@ class Predictor:
                 "missing_features": list(data.missing), "label_key": m.label_key, **self.backend.provenance()}
         return data, {mm: np.concatenate(v) for mm, v in sizes.items()}, out, prov
 
-    def _warn_non_integer(self, adata, graph, layer):
-        """Warn (once per call) when a counts model is given non-integer values, e.g. log-normalised X."""
-        counts = [mm for mm in R.counts_modalities(self.manifest.preprocessing) if mm in graph.input_modalities]
-        if not counts:
-            return
-        for view, label in modality_views(adata, graph):
-            text = R.non_integer_warning(R.element(view, layer, label)[:1000], counts[0])
-            if text:
-                warnings.warn(text, UserWarning, stacklevel=4)
-                return
-
     # --- verbs ----------------------------------------------------------------------------------
     @_keywords
     def get_latent_representation(self, adata, combination=None, source=None, layer=None, covariate_key=None, covariate=None,
                                   allow_missing=False, inplace: bool = True) -> np.ndarray:
         """The batch-corrected latent [cells, latent_dim]; also ``adata.obsm["X_inclust"]`` when ``inplace``."""
         graph = pick_graph(self.manifest, adata, False, combination, source)
-        self._warn_non_integer(adata, graph, layer)
+        warn_non_integer(adata, graph, layer, self.manifest.preprocessing)
         _, _, out, _ = self._run(adata, graph, layer, covariate_key, covariate, None, allow_missing)
         if inplace:
             adata.obsm["X_inclust"] = out["latent"]
@@ -190,7 +179,7 @@ class Predictor:
         m = self.manifest
         graph = pick_graph(m, adata, True, combination, source, target)
         converter = R.ScaleConverter(graph.output_features, m.schema(), m.preprocessing, output_scale, graph.input_modalities)
-        self._warn_non_integer(adata, graph, layer)
+        warn_non_integer(adata, graph, layer, self.manifest.preprocessing)
         data, library, out, prov = self._run(adata, graph, layer, covariate_key, covariate, target_covariate, allow_missing,
                                              converter.needs_library)
         values = converter.convert(out["y"], library)
@@ -201,7 +190,7 @@ class Predictor:
             spread = converter.convert_spread(out["y_std"], library)
         elif graph.has_spread:
             warnings.warn(f"layers['{R.STD_LAYER}'] is not written: {converter.spread_reason}", UserWarning, stacklevel=3)
-        return R.decoded_anndata(data.frame, R.view_sources(modality_views(adata, graph), layer), graph.output_features, converter.modality_of,
+        return R.decoded_anndata(data.frame, view_sources(modality_views(adata, graph), layer), graph.output_features, converter.modality_of,
                                  values, out["latent"], out["label_probs"], m.label_categories, imputed_into, prov, per_modality=command == "generate",
                                  spread=spread)
 
