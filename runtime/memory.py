@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from inclust_plus.errors import InclustError, names_shown
 
+from .chunks import chunk_reader
 from .inputs import AlignedParts, _align, read_modalities
 from .manifest import GraphEntry
 from .matrices import CsrRows, DenseRows, MatrixRows
@@ -144,8 +145,8 @@ class MemoryInput(AlignedParts):
         pass
 
 
-def open_memory(adata, graph: GraphEntry, layer: str | None = None, allow_missing: bool = False) -> MemoryInput:
-    """Align ``adata`` (AnnData or MuData) to ``graph``'s inputs."""
+def open_memory(adata, graph: GraphEntry, layer: str | None = None, allow_missing: bool = False, quiet: bool = False) -> MemoryInput:
+    """Align ``adata`` (AnnData or MuData) to ``graph``'s inputs (``quiet``: no log line about missing features)."""
     views = modality_views(adata, graph)
     sources = []
     for view, label in views:
@@ -156,9 +157,18 @@ def open_memory(adata, graph: GraphEntry, layer: str | None = None, allow_missin
         names = [str(v) for v in view.var_names]
         sources.append((rows, names, f"{label} {'layers/' + layer if layer else 'X'}"))
     try:
-        parts, missing = _align(graph, sources, allow_missing)
+        parts, missing = _align(graph, sources, allow_missing, quiet=quiet)
     except InclustError as err:
         raise InclustError(err.problem, err.fix.replace("pass --allow-missing", "pass allow_missing=True") if err.fix else None) from None
     obs = obs_table(adata, views)
     return MemoryInput(n_obs=views[0][0].n_obs, frame=obs, parts=parts, n_inputs=len(graph.input_features), missing=missing,
                        element=f"layers/{layer}" if layer else "X")
+
+
+def read_rows(data: MemoryInput, plan, rows: int = 8192) -> sp.csr_matrix:
+    """Every cell of an opened input as the graph takes it (checked, preprocessed by ``plan``), as
+    CSR float32 [cells, graph inputs], read chunk by chunk through the run loop's own reader."""
+    read = chunk_reader(data, plan, f"the AnnData {data.element}")
+    buf = np.zeros((min(rows, data.n_obs), data.n_inputs), np.float32)
+    blocks = [sp.csr_matrix(read(s, min(data.n_obs, s + rows), buf)) for s in range(0, data.n_obs, rows)]
+    return sp.vstack(blocks, format="csr", dtype=np.float32) if len(blocks) != 1 else blocks[0]
