@@ -1,7 +1,8 @@
 """``Predictor(export_dir)``: the exported graphs on an in-memory AnnData/MuData, without files or torch.
 
-For notebooks: the verbs of ``inclust-run`` (and of the training-side ``InClust``) on an object
-in memory. Everything that decides numbers is the file runtime's own code: the manifest and graph
+For notebooks: the verbs of ``inclust-run`` on an object in memory. The training-side ``InClust``
+verbs are this class too (:meth:`Predictor.from_manifest` on the model's in-memory manifest, with
+the PyTorch module as the backend, training/torch_backend.py). Everything that decides numbers is the file runtime's own code: the manifest and graph
 choice (:mod:`.manifest`), feature alignment and chunk reading (:mod:`.memory` over
 :mod:`.inputs` / :mod:`.matrices` / :mod:`.chunks`), covariates (:mod:`.covariates`),
 preprocessing (:mod:`.preprocess`) and the backend (:class:`.backend.OnnxBackend` by default), so
