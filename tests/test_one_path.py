@@ -11,6 +11,8 @@ tensor-level ``predict_with_std`` on the same preprocessed values instead.
 
 from __future__ import annotations
 
+import dataclasses
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
 
+from inclust_plus.contract import read_manifest
 from inclust_plus.errors import InclustError
 from inclust_plus.export import export_model
 from inclust_plus.runtime import Predictor
@@ -77,6 +80,16 @@ def _cli(m, command, combination, *extra):
                                    "--combination", combination, "-q", *extra])
     assert res.exit_code == 0, res.output
     return ad.read_h5ad(out)
+
+
+def test_the_in_memory_manifest_is_the_exported_one_without_files(models):
+    """InClust's graphs are the exporter's: same builders, so the same entries but for the files."""
+    for name, m in models.items():
+        exported = read_manifest(m["export"])
+        memory = memory_manifest(m["model"].module, m["model"].description)
+        assert [dataclasses.replace(g, file=None, sha256=None, opset=None) for g in exported.graphs] == list(memory.graphs), name
+        assert dataclasses.replace(exported, graphs=(), model=dataclasses.replace(exported.model, sha256=None)) == dataclasses.replace(memory, graphs=())
+        assert all(g.file is None and g.sha256 is None for g in memory.graphs) and memory.model_sha256 is None
 
 
 # the combinations each verb runs: the two-key model has one panel (rna); the MuData model reads both modalities
@@ -186,3 +199,20 @@ def test_empty_input_is_the_same_one_line_error(models, tmp_path):
     line = one_error(cli, ["impute", "--onnx", m["export"], "--input", tmp_path / "empty.h5ad", "--output", tmp_path / "o.h5ad"],
                      "has no cells", unchanged=tmp_path)
     assert line.endswith("; pass a non-empty AnnData")
+
+
+def test_map_query_reads_cells_as_the_runtime_does(models):
+    """inclust-map's query reading is the runtime's: joined covariate keys, and the runtime's one-line errors."""
+    m = models["two_keys"]
+    query = m["data"][:40].copy()
+    query.obs["batch"] = "b3"
+    mapped = m["model"].map_query(query, covariate_key="batch|tech", steps=3, progress=False)
+    assert list(mapped.description["covariate"]["categories"]) == ["b1|10x", "b2|10x", "b1|smart", "b2|smart", "b3|10x", "b3|smart"]
+    holed = query.copy()
+    holed.obs["tech"] = pd.Categorical([None] + ["10x"] * 39)
+    with pytest.raises(InclustError) as mapping:
+        m["model"].map_query(holed, covariate_key="batch|tech", steps=3, progress=False)
+    with pytest.raises(InclustError) as running:
+        m["predictor"].get_latent_representation(holed, covariate_key="batch|tech")
+    assert mapping.value.problem == running.value.problem == "obs column 'batch|tech' is empty for 1 cells"
+    assert mapping.value.fix == "fill it or pass --name NAME" and running.value.fix == "fill it or pass covariate=NAME"
