@@ -51,9 +51,9 @@ def export(members: int, grouped: bool, folder: Path) -> Path:
     from scipy.linalg import block_diag
 
     from inclust_plus.export import onnx_graph
-    from inclust_plus.export.combinations import all_combinations
+    from inclust_plus.contract.combinations import all_combinations
     from inclust_plus.export.folding import fold
-    from inclust_plus.export.preprocess import IDENTITY
+    from inclust_plus.contract.plan_builder import IDENTITY
     from inclust_plus.training.checkpoint import load_checkpoint
 
     module, desc = load_checkpoint(folder / "model.pt")

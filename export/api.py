@@ -16,16 +16,17 @@ from pathlib import Path
 from inclust_plus import interrupt
 from inclust_plus.atomic import atomic_dir, check_not_inside, check_output_path, refuse_foreign_entries
 from inclust_plus.contract import GraphEntry
+from inclust_plus.contract.combinations import Combination, select_combinations
 from inclust_plus.contract.description import ModelDescription
+from inclust_plus.contract.manifest_builder import build_manifest, graph_entry, variant_entry, write_manifest
+from inclust_plus.contract.plan_builder import IDENTITY, build_plan
+from inclust_plus.contract.schema import SAFE_NAME
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
 
 from . import onnx_graph
 from . import torchscript as ts_export
-from .combinations import Combination, select_combinations
 from .folding import fold
-from .manifest import build_manifest, graph_entry, variant_entry, write_manifest
-from .preprocess import IDENTITY, build_plan
 from .validate import check_parity, check_variant_parity
 
 def default_out_dir(checkpoint: str | os.PathLike) -> Path:

@@ -20,9 +20,8 @@ import numpy as np
 from torch import nn
 
 from inclust_plus.training.module import GroupedLinear
-
-from .combinations import Combination
-from .preprocess import PreprocessPlan
+from inclust_plus.contract.combinations import Combination
+from inclust_plus.contract.plan import PreprocessPlan
 
 
 @dataclass(frozen=True)

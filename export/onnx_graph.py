@@ -13,11 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from inclust_plus import __version__
 from inclust_plus.errors import InclustError
+from inclust_plus.contract.combinations import Combination
+from inclust_plus.contract.plan import PreprocessPlan
 
-from .combinations import Combination
 from .csr_graph import densify
 from .folding import FoldedWeights, Layer
-from .preprocess import PreprocessPlan
 
 L2_EPS = 1e-6  # the same clamp as training.module.L2_EPS (export reads weights, not the module code)
 

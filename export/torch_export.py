@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from inclust_plus.errors import InclustError
+from inclust_plus.contract.combinations import Combination
+from inclust_plus.contract.plan import PreprocessPlan
 
-from .combinations import Combination
 from .folding import FoldedWeights
-from .preprocess import PreprocessPlan
 from .torchscript import graph_module
 from .validate import ATOL, RTOL, max_abs_diff, random_feeds, reference, run_torchscript, within_tolerance
 

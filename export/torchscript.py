@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from inclust_plus.training.module import grouped_linear
+from inclust_plus.contract.plan import PreprocessPlan
 
 from .folding import FoldedWeights, Layer
-from .preprocess import PreprocessPlan
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 

@@ -1,7 +1,7 @@
 """Parity of every written graph with the PyTorch model, checked as part of each export.
 
 The reference is the contract in docs/ARCHITECTURE.md: ``module.predict`` on a zero-filled
-full-width x with the input mask. A graph that differs by more than ``ATOL + RTOL * |value|`` on
+full-width x with the input mask, written once in training/torch_backend.py (``run_graph``). A graph that differs by more than ``ATOL + RTOL * |value|`` on
 any output fails the export, so a manifest never lists a graph that computes something else.
 
 Why a relative part: float32 keeps about 7 significant digits, and the graph sums in another order
@@ -18,9 +18,10 @@ import onnxruntime as ort
 import torch
 
 from inclust_plus.errors import InclustError
+from inclust_plus.training.torch_backend import run_graph
+from inclust_plus.contract.combinations import Combination
+from inclust_plus.contract.plan import PreprocessPlan
 
-from .combinations import Combination
-from .preprocess import PreprocessPlan
 
 ATOL = 1e-5
 RTOL = 1e-6
@@ -53,25 +54,11 @@ def random_feeds(combination: Combination, n_covariates: int, batch: int, seed: 
 
 
 def reference(module, combination: Combination, feeds: dict[str, np.ndarray], plan: PreprocessPlan | None = None) -> dict[str, np.ndarray]:
-    """What the graph must return: ``module.predict`` with the masks applied (``plan``: raw inputs)."""
+    """What the graph must return: the reference semantics of :func:`~inclust_plus.training.torch_backend.run_graph`
+    (the in-memory model's backend runs the same function; ``plan``: raw inputs)."""
     x = feeds["x"] if plan is None else plan.apply(feeds["x"])
-    batch = x.shape[0]
-    n_features = module.config.n_features
-    cols = list(combination.inputs)
-    x_full = torch.zeros(batch, n_features)
-    x_full[:, cols] = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    mask = torch.zeros(n_features)
-    mask[cols] = 1.0
-    cov = torch.from_numpy(feeds["covariate"])
-    target = torch.from_numpy(feeds["target_covariate"]) if "target_covariate" in feeds else None
     names = [t.name for t in combination.spec.outputs]
-    with torch.no_grad():
-        y, latent, probs, *std = module.predict(x_full, mask, cov, target, return_std="y_std" in names)
-    rows = list(combination.outputs)
-    out = {"y": y[:, rows].numpy(), "latent": latent.numpy(), "label_probs": probs.numpy()}
-    if std:  # an ensemble: the members' spread, checked with the same bound as y
-        out["y_std"] = std[0][:, rows].numpy()
-    return {t.name: out[t.name] for t in combination.spec.outputs}
+    return run_graph(module, combination.inputs, combination.outputs, x, feeds["covariate"], feeds.get("target_covariate"), names)
 
 
 def run_onnx(model_bytes: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,5 +1,7 @@
-"""What an inClust+ result holds and in which units: shared by the training API, the in-memory
-runtime :class:`~inclust_plus.runtime.predictor.Predictor` and the ``inclust-run`` h5ad writer.
+"""What an inClust+ result holds and in which units: the output side, shared by the in-memory
+:class:`~inclust_plus.runtime.predictor.Predictor` (and so the training-side ``InClust``) and the
+``inclust-run`` h5ad writer. Reading an input is the runtime's (runtime/inputs.py, memory.py,
+preprocess.py); data flows one way, input side -> backend -> this module, which reads no input.
 
 One layout for every decoded result (docs/ARCHITECTURE.md, "Results"):
 
@@ -29,7 +31,7 @@ import numpy as np
 if TYPE_CHECKING:  # pandas is imported on use (inclust_plus/sparse.py says why)
     import pandas as pd
 
-from .errors import InclustError, names_shown
+from .errors import InclustError
 
 SCALES = ("model", "log1p", "counts")
 IMPUTED_INTO = ("layer", "X")
@@ -56,21 +58,6 @@ def describe_preprocessing(spec: dict | None) -> str:
     if spec.get("scale") is not None:
         text = f"{text} / max per feature"
     return text
-
-
-def counts_modalities(preprocessing: dict) -> list[str]:
-    """Modalities whose model expects raw counts (library-size normalisation or log1p)."""
-    return [m for m, s in preprocessing.items() if s and (s.get("normalize_total") or s.get("log1p"))]
-
-
-def non_integer_warning(x: np.ndarray, modality: str) -> str | None:
-    """A warning text when values given to a counts model are not whole numbers (likely log-normalised)."""
-    values = x.data if hasattr(x, "data") and not isinstance(x, np.ndarray) else np.asarray(x)
-    sample = np.asarray(values).ravel()[:1_000_000]
-    if sample.size and not np.array_equal(sample, np.round(sample)):
-        return (f"the model expects raw counts for {modality!r} (it normalises and log-transforms them itself) "
-                "but the input holds non-integer values; pass raw counts (e.g. layer='counts' / --layer counts)")
-    return None
 
 
 class ScaleConverter:
@@ -164,17 +151,6 @@ class ScaleConverter:
         return out
 
 
-def modality_columns(input_features, modalities: list[dict]) -> dict[str, list[int]]:
-    """Input column positions of each modality, by feature name (the training side, which has no
-    manifest; the runtime takes them from the graph's preprocessing plan instead)."""
-    owner = {f: m["name"] for m in modalities for f in m["features"]}
-    out: dict[str, list[int]] = {}
-    for i, f in enumerate(input_features):
-        if f in owner:
-            out.setdefault(owner[f], []).append(i)
-    return out
-
-
 def library_sizes(raw: np.ndarray, columns: dict, wanted) -> dict[str, np.ndarray]:
     """Per-cell sums of the raw input columns of each modality in ``wanted`` (what normalisation divided by);
     ``columns`` maps a modality to its input columns."""
@@ -245,30 +221,6 @@ def align_columns(matrix, names, features):
     return out, present
 
 
-def cells_obs(source, first: pd.DataFrame) -> pd.DataFrame:
-    """The obs of a result: a MuData's own obs joined with its first modality's columns, else ``first``."""
-    if not hasattr(source, "mod") or not source.obs.index.equals(first.index):
-        return first
-    extra = [c for c in first.columns if c not in source.obs.columns]
-    return source.obs.join(first[extra]) if extra else source.obs
-
-
-def element(adata, layer: str | None, label: str):
-    """``adata.X`` or ``adata.layers[layer]``, with one-line errors."""
-    if layer is not None:
-        if layer not in adata.layers:
-            raise InclustError(f"{label} has no layer {layer!r}", f"layers: {names_shown(adata.layers) or 'none'}")
-        return adata.layers[layer]
-    if adata.X is None:
-        raise InclustError(f"{label} has no X", "pass layer= to read another matrix")
-    return adata.X
-
-
-def view_sources(views, layer):
-    """(matrix read, var names, var table, layers) of each AnnData a result was computed from."""
-    return [(element(v, layer, label), [str(n) for n in v.var_names], v.var, dict(v.layers)) for v, label in views]
-
-
 def _combine(aligned: list, presents: list):
     """One matrix from per-source aligned ones: each feature from the first source that has it."""
     import scipy.sparse as sp
@@ -299,8 +251,8 @@ def decoded_anndata(obs: pd.DataFrame, sources, output_features, modality_of, va
                     imputed_into: str, provenance: dict, per_modality: bool = False, spread=None):
     """The AnnData of a decoded result (layout in the module docstring), built in memory.
 
-    ``obs`` is the cells' obs table (see :func:`cells_obs`), ``sources`` the
-    :func:`view_sources` tuples of the AnnData objects the model read; ``spread`` (an
+    ``obs`` is the cells' obs table, ``sources`` the (matrix, var names, var, layers) of the
+    AnnData objects the model read (runtime/memory.py ``view_sources``); ``spread`` (an
     ensemble's members' std, already in the output scale) becomes ``layers["inclust_std"]``.
     """
     import anndata as ad
@@ -345,11 +297,13 @@ def decoded_anndata(obs: pd.DataFrame, sources, output_features, modality_of, va
     return out
 
 
-def spread_provenance(converter: ScaleConverter, has_spread: bool) -> dict:
-    """``uns["inclust"]`` entries about ``layers["inclust_std"]``: written (and what it is) or why not; empty for one network."""
+def spread_provenance(converter: ScaleConverter, has_spread: bool, source: str | None = None) -> dict:
+    """``uns["inclust"]`` entries about ``layers["inclust_std"]``: written (and what it is) or why not; empty for one network.
+    ``source``: what the spread is over, when not the ensemble's members (e.g. posterior samples)."""
     if not has_spread:
         return {}
     reason = converter.spread_reason
     if reason is not None:
         return {"std_layer": f"not written: {reason}"}
-    return {"std_layer": STD_LAYER, "std": f"per-feature standard deviation over the ensemble's members (divided by K), {converter.scale} scale"}
+    what = source or "over the ensemble's members (divided by K)"
+    return {"std_layer": STD_LAYER, "std": f"per-feature standard deviation {what}, {converter.scale} scale"}

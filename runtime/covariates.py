@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from inclust_plus import COVARIATE_JOIN
 from inclust_plus.errors import InclustError, names_shown
 
 from .inputs import InputData
@@ -62,13 +63,18 @@ def joined_column(data, keys: list[str], join: str) -> pd.Categorical:
     return pd.Categorical.from_codes(np.where(empty, -1, inverse.reshape(-1)), categories=names)
 
 
-def _column(data, key: str, manifest: Manifest) -> pd.Categorical:
-    """The obs column ``key``, or, for a model with several covariate keys, the join of the columns
-    ``key`` names (``a|b``) when the input has no column of that very name."""
-    join = manifest.covariate_join
+def covariate_names(data, key: str, join: str = COVARIATE_JOIN) -> pd.Categorical:
+    """Each cell's category name from the obs column ``key``, or, for a model with several covariate
+    keys, from the join of the columns ``key`` names (``a|b``) when the input has no column of that
+    very name; a cell empty in it is an error. (``inclust-map`` reads its new batches with it too.)"""
     if join in key and key not in _columns(data):
-        return joined_column(data, key.split(join), join)
-    return data.covariate_column(key)
+        column = joined_column(data, key.split(join), join)
+    else:
+        column = data.covariate_column(key)
+    codes = np.asarray(column.codes)
+    if (codes < 0).any():
+        raise InclustError(f"obs column {key!r} is empty for {(codes < 0).sum()} cells", "fill it or pass --covariate NAME")
+    return column
 
 
 def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, name: str | None, graph: GraphEntry | None = None) -> Covariates:
@@ -100,10 +106,8 @@ def resolve_covariates(manifest: Manifest, data: InputData, key: str | None, nam
                 "the model was trained with several covariate categories and the input does not say which one its cells belong to",
                 f"pass --covariate-key COL or --covariate NAME (known: {names_shown(list(cats))})",
             )
-    column = _column(data, key, manifest)
+    column = covariate_names(data, key, manifest.covariate_join)
     codes = np.asarray(column.codes)
-    if (codes < 0).any():
-        raise InclustError(f"obs column {key!r} is empty for {(codes < 0).sum()} cells", "fill it or pass --covariate NAME")
     used = [str(c) for c in np.asarray(column.categories)[np.unique(codes)]]
     unknown = [c for c in used if c not in manifest.covariate_categories]
     if unknown:

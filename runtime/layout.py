@@ -27,7 +27,7 @@ from inclust_plus.errors import InclustError
 from .inputs import InputData, open_input
 from .layout_chunk import ChunkTap, LayoutChunk, Target
 from .manifest import GraphEntry, Manifest
-from .preprocess import PreprocessPlan
+from .preprocess import PreprocessPlan, non_integer_warning
 
 try:  # anndata >= 0.11
     from anndata.io import read_elem
@@ -51,7 +51,7 @@ def warn_if_not_counts(data, plan: PreprocessPlan) -> None:
     n = min(CHECKED_ROWS, data.n_obs)
     x = data.read(0, n, np.zeros((n, data.n_inputs), np.float32))
     for step in counting:
-        text = R.non_integer_warning(x[:, step.columns], step.name)
+        text = non_integer_warning(x[:, step.columns], step.name)
         if text:
             log.warning(text.replace("layer='counts' / ", ""))
             return

@@ -11,6 +11,7 @@ fill chunks (a numpy array and a CSR matrix's three arrays stand in for the h5py
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,11 +19,29 @@ import pandas as pd
 import scipy.sparse as sp
 
 from inclust_plus.errors import InclustError, names_shown
-from inclust_plus.results import cells_obs, element
 
+from .chunks import chunk_reader
 from .inputs import AlignedParts, _align, read_modalities
 from .manifest import GraphEntry
 from .matrices import CsrRows, DenseRows, MatrixRows
+from .preprocess import counts_modalities, non_integer_warning
+
+
+def element(adata, layer: str | None, label: str):
+    """``adata.X`` or ``adata.layers[layer]``, with one-line errors."""
+    if layer is not None:
+        if layer not in adata.layers:
+            raise InclustError(f"{label} has no layer {layer!r}", f"layers: {names_shown(adata.layers) or 'none'}")
+        return adata.layers[layer]
+    if adata.X is None:
+        raise InclustError(f"{label} has no X", "pass layer= to read another matrix")
+    return adata.X
+
+
+def view_sources(views, layer) -> list[tuple]:
+    """(matrix read, var names, var table, layers) of each AnnData a result was computed from: what
+    the output side (:func:`inclust_plus.results.decoded_anndata`) carries over."""
+    return [(element(v, layer, label), [str(n) for n in v.var_names], v.var, dict(v.layers)) for v, label in views]
 
 
 class _Arrays(dict):
@@ -76,8 +95,25 @@ def modality_views(adata, graph: GraphEntry) -> list[tuple[object, str]]:
 
 
 def obs_table(adata, views) -> pd.DataFrame:
-    """The obs to carry over: the MuData-wide obs when it matches the cells, else the first view's."""
-    return cells_obs(adata, views[0][0].obs)
+    """The obs to carry over: the MuData-wide obs joined with its first modality's columns when it
+    matches the cells, else the first view's."""
+    first = views[0][0].obs
+    if not hasattr(adata, "mod") or not adata.obs.index.equals(first.index):
+        return first
+    extra = [c for c in first.columns if c not in adata.obs.columns]
+    return adata.obs.join(first[extra]) if extra else adata.obs
+
+
+def warn_non_integer(adata, graph: GraphEntry, layer: str | None, preprocessing: dict, stacklevel: int = 4) -> None:
+    """Warn (once) when a counts model is given non-integer values, e.g. log-normalised X."""
+    counts = [m for m in counts_modalities(preprocessing) if m in graph.input_modalities]
+    if not counts:
+        return
+    for view, label in modality_views(adata, graph):
+        text = non_integer_warning(element(view, layer, label)[:1000], counts[0])
+        if text:
+            warnings.warn(text, UserWarning, stacklevel=stacklevel)
+            return
 
 
 @dataclass
@@ -109,8 +145,8 @@ class MemoryInput(AlignedParts):
         pass
 
 
-def open_memory(adata, graph: GraphEntry, layer: str | None = None, allow_missing: bool = False) -> MemoryInput:
-    """Align ``adata`` (AnnData or MuData) to ``graph``'s inputs."""
+def open_memory(adata, graph: GraphEntry, layer: str | None = None, allow_missing: bool = False, quiet: bool = False) -> MemoryInput:
+    """Align ``adata`` (AnnData or MuData) to ``graph``'s inputs (``quiet``: no log line about missing features)."""
     views = modality_views(adata, graph)
     sources = []
     for view, label in views:
@@ -121,9 +157,18 @@ def open_memory(adata, graph: GraphEntry, layer: str | None = None, allow_missin
         names = [str(v) for v in view.var_names]
         sources.append((rows, names, f"{label} {'layers/' + layer if layer else 'X'}"))
     try:
-        parts, missing = _align(graph, sources, allow_missing)
+        parts, missing = _align(graph, sources, allow_missing, quiet=quiet)
     except InclustError as err:
         raise InclustError(err.problem, err.fix.replace("pass --allow-missing", "pass allow_missing=True") if err.fix else None) from None
     obs = obs_table(adata, views)
     return MemoryInput(n_obs=views[0][0].n_obs, frame=obs, parts=parts, n_inputs=len(graph.input_features), missing=missing,
                        element=f"layers/{layer}" if layer else "X")
+
+
+def read_rows(data: MemoryInput, plan, rows: int = 8192) -> sp.csr_matrix:
+    """Every cell of an opened input as the graph takes it (checked, preprocessed by ``plan``), as
+    CSR float32 [cells, graph inputs], read chunk by chunk through the run loop's own reader."""
+    read = chunk_reader(data, plan, f"the AnnData {data.element}")
+    buf = np.zeros((min(rows, data.n_obs), data.n_inputs), np.float32)
+    blocks = [sp.csr_matrix(read(s, min(data.n_obs, s + rows), buf)) for s in range(0, data.n_obs, rows)]
+    return sp.vstack(blocks, format="csr", dtype=np.float32) if len(blocks) != 1 else blocks[0]

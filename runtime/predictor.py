@@ -1,7 +1,8 @@
 """``Predictor(export_dir)``: the exported graphs on an in-memory AnnData/MuData, without files or torch.
 
-For notebooks: the verbs of ``inclust-run`` (and of the training-side ``InClust``) on an object
-in memory. Everything that decides numbers is the file runtime's own code: the manifest and graph
+For notebooks: the verbs of ``inclust-run`` on an object in memory. The training-side ``InClust``
+verbs are this class too (:meth:`Predictor.from_manifest` on the model's in-memory manifest, with
+the PyTorch module as the backend, training/torch_backend.py). Everything that decides numbers is the file runtime's own code: the manifest and graph
 choice (:mod:`.manifest`), feature alignment and chunk reading (:mod:`.memory` over
 :mod:`.inputs` / :mod:`.matrices` / :mod:`.chunks`), covariates (:mod:`.covariates`),
 preprocessing (:mod:`.preprocess`) and the backend (:class:`.backend.OnnxBackend` by default), so
@@ -24,8 +25,8 @@ from .backend import Backend, OnnxBackend
 from .chunks import chunk_reader
 from .covariates import resolve_covariates, resolve_target
 from .layout_chunk import ChunkTap, Target
-from .manifest import GraphEntry, load_manifest, select_graph
-from .memory import modality_views, open_memory
+from .manifest import GraphEntry, Manifest, load_manifest, select_graph
+from .memory import modality_views, open_memory, view_sources, warn_non_integer
 from .stream import check_outputs
 
 log = logging.getLogger("inclust_plus.runtime")
@@ -83,11 +84,20 @@ class Predictor:
     """An export folder ready to run on AnnData objects: ``Predictor("export/").impute(adata)``."""
 
     def __init__(self, export_dir, device: str = "auto", backend: Backend | None = None, batch_size: int = 4096):
-        self.manifest = load_manifest(export_dir)
-        self.backend = backend if backend is not None else OnnxBackend(device)
+        self._setup(load_manifest(export_dir), backend if backend is not None else OnnxBackend(device), batch_size)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, backend: Backend, batch_size: int = 4096) -> "Predictor":
+        """A manifest already in memory and the backend that runs its graphs (the training-side
+        ``InClust`` passes its own, built by the exporter's code, with the PyTorch module as backend)."""
+        self = cls.__new__(cls)
+        self._setup(manifest, backend, batch_size)
+        return self
+
+    def _setup(self, manifest: Manifest, backend: Backend, batch_size: int) -> None:
         if batch_size < 1:
             raise InclustError(f"batch_size must be at least 1, not {batch_size}", "pass a positive batch size")
-        self.batch_size = batch_size
+        self.manifest, self.backend, self.batch_size = manifest, backend, batch_size
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -133,24 +143,13 @@ class Predictor:
                 "missing_features": list(data.missing), "label_key": m.label_key, **self.backend.provenance()}
         return data, {mm: np.concatenate(v) for mm, v in sizes.items()}, out, prov
 
-    def _warn_non_integer(self, adata, graph, layer):
-        """Warn (once per call) when a counts model is given non-integer values, e.g. log-normalised X."""
-        counts = [mm for mm in R.counts_modalities(self.manifest.preprocessing) if mm in graph.input_modalities]
-        if not counts:
-            return
-        for view, label in modality_views(adata, graph):
-            text = R.non_integer_warning(R.element(view, layer, label)[:1000], counts[0])
-            if text:
-                warnings.warn(text, UserWarning, stacklevel=4)
-                return
-
     # --- verbs ----------------------------------------------------------------------------------
     @_keywords
     def get_latent_representation(self, adata, combination=None, source=None, layer=None, covariate_key=None, covariate=None,
                                   allow_missing=False, inplace: bool = True) -> np.ndarray:
         """The batch-corrected latent [cells, latent_dim]; also ``adata.obsm["X_inclust"]`` when ``inplace``."""
         graph = pick_graph(self.manifest, adata, False, combination, source)
-        self._warn_non_integer(adata, graph, layer)
+        warn_non_integer(adata, graph, layer, self.manifest.preprocessing)
         _, _, out, _ = self._run(adata, graph, layer, covariate_key, covariate, None, allow_missing)
         if inplace:
             adata.obsm["X_inclust"] = out["latent"]
@@ -181,17 +180,18 @@ class Predictor:
         m = self.manifest
         graph = pick_graph(m, adata, True, combination, source, target)
         converter = R.ScaleConverter(graph.output_features, m.schema(), m.preprocessing, output_scale, graph.input_modalities)
-        self._warn_non_integer(adata, graph, layer)
+        warn_non_integer(adata, graph, layer, self.manifest.preprocessing)
         data, library, out, prov = self._run(adata, graph, layer, covariate_key, covariate, target_covariate, allow_missing,
                                              converter.needs_library)
         values = converter.convert(out["y"], library)
-        prov.update(command=command, output_scale=output_scale, scale=converter.description(), **R.spread_provenance(converter, graph.has_spread))
+        prov.update(command=command, output_scale=output_scale, scale=converter.description(),
+                    **R.spread_provenance(converter, graph.has_spread, prov.pop("spread", None)))
         spread = None
         if graph.has_spread and converter.spread_reason is None:
             spread = converter.convert_spread(out["y_std"], library)
         elif graph.has_spread:
             warnings.warn(f"layers['{R.STD_LAYER}'] is not written: {converter.spread_reason}", UserWarning, stacklevel=3)
-        return R.decoded_anndata(data.frame, R.view_sources(modality_views(adata, graph), layer), graph.output_features, converter.modality_of,
+        return R.decoded_anndata(data.frame, view_sources(modality_views(adata, graph), layer), graph.output_features, converter.modality_of,
                                  values, out["latent"], out["label_probs"], m.label_categories, imputed_into, prov, per_modality=command == "generate",
                                  spread=spread)
 

@@ -19,10 +19,10 @@ from export_toys import COMBINATIONS, make_toy_checkpoint, toy_module
 from inclust_plus import MANIFEST_FORMAT_VERSION
 from inclust_plus.contract import dumps, read_manifest, write_manifest
 from inclust_plus.export import export_model
-from inclust_plus.export.combinations import all_combinations
+from inclust_plus.contract.combinations import all_combinations
 from inclust_plus.export.folding import fold
 from inclust_plus.export.onnx_graph import build_model, serialize
-from inclust_plus.export.preprocess import IDENTITY
+from inclust_plus.contract.plan_builder import IDENTITY
 from inclust_plus.training.checkpoint import load_checkpoint
 
 

@@ -98,8 +98,8 @@ def test_label_probs_are_distributions(exported):
 
 def test_hand_preprocessing_matches_the_exporters_plan(tmp_path):
     """The exporter's own reference (used by its built-in check) agrees with the hand-written one."""
-    from inclust_plus.export.combinations import all_combinations
-    from inclust_plus.export.preprocess import build_plan
+    from inclust_plus.contract.combinations import all_combinations
+    from inclust_plus.contract.plan_builder import build_plan
 
     ckpt = make_toy_checkpoint(tmp_path / "model.pt")
     _, desc = load_checkpoint(ckpt)

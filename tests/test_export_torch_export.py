@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from export_toys import make_toy_checkpoint
 from inclust_plus.export import export_model
 from inclust_plus.export.cli import main as export_cli
-from inclust_plus.export.combinations import select_combinations
-from inclust_plus.export.preprocess import build_plan
+from inclust_plus.contract.combinations import select_combinations
+from inclust_plus.contract.plan_builder import build_plan
 from inclust_plus.export.validate import random_feeds, reference, run_onnx, within_tolerance
 from inclust_plus.hashing import file_sha256
 from inclust_plus.runtime.cli import cli as run_cli

@@ -169,7 +169,7 @@ def test_cli_maps_and_the_mapped_model_exports_and_runs(trained, tmp_path):
     (["--out", "{model}"], "same file as input"),
     (["--out", "{tmp}/exists.pt"], "already exists"),
     (["--out", "{tmp}/o.pt", "--name", "a", "--covariate-key", "batch"], "exclusive"),
-    (["--out", "{tmp}/o.pt", "--covariate-key", "nope"], "no obs column 'nope'"),
+    (["--out", "{tmp}/o.pt", "--covariate-key", "nope"], "obs has no column 'nope'"),  # the runtime's wording (issue 23)
     (["--out", "{tmp}/o.pt", "--name", "batch1"], "already in the model"),
     (["--out", "{tmp}/o.pt", "--data", "{tmp}/missing.h5ad"], "does not exist"),
     (["--out", "{tmp}/o.pt", "--data", "{tmp}/alien.h5ad"], "shares no feature names"),

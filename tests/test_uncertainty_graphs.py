@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 from export_toys import MERFISH, N_RNA, make_toy_checkpoint, toy_description
 from inclust_plus.export import export_model
-from inclust_plus.export.combinations import all_combinations
-from inclust_plus.export.preprocess import build_plan
+from inclust_plus.contract.combinations import all_combinations
+from inclust_plus.contract.plan_builder import build_plan
 from inclust_plus.export.validate import (FP16_ATOL, FP16_RTOL, formatted, random_feeds, reference, run_onnx, sparse_batch,
                                           within_tolerance)
 from inclust_plus.runtime.cli import cli

@@ -29,6 +29,7 @@ from .ensemble import merge_members
 from .loading import missing_label_column
 from .members import train_members
 from .module import InClustModule, ModuleConfig
+from .torch_backend import run_graph
 from .trainer import TrainingResult
 
 
@@ -287,18 +288,15 @@ class InClust(AnnDataVerbs):
         n = x.shape[0]
         cov = np.array(np.broadcast_to(self.covariate_index(covariate), (n,)))  # writable: torch.from_numpy wants that
         tgt = cov if target_covariate is None else np.array(np.broadcast_to(self.covariate_index(target_covariate), (n,)))
-        mask = torch.zeros(1, self.n_features)
-        mask[0, idx] = 1.0
         if samples < 0:
             raise InclustError(f"samples is {samples}", "pass 0 (the posterior mean) or a number of posterior samples")
         generator = torch.Generator().manual_seed(seed) if samples else None
+        names = ("y", "latent", "label_probs", "y_std") if return_std or samples else ("y", "latent", "label_probs")
+        everything = np.arange(self.n_features)
         parts = []
         for s in range(0, n, batch_size):
-            full = torch.zeros(min(batch_size, n - s), self.n_features)
             block = x[s : s + batch_size]
-            full[:, idx] = torch.from_numpy(np.asarray(block.toarray() if is_sparse(block) else block, dtype=np.float32))
-            out = self.module.predict(full, mask, torch.from_numpy(np.ascontiguousarray(cov[s : s + batch_size])),
-                                      torch.from_numpy(np.ascontiguousarray(tgt[s : s + batch_size])), return_std=return_std,
-                                      samples=samples, generator=generator)
-            parts.append([t.numpy() for t in out])
+            out = run_graph(self.module, idx, everything, block.toarray() if is_sparse(block) else block, cov[s : s + batch_size],
+                            tgt[s : s + batch_size], names, samples, generator)
+            parts.append([out[k] for k in names])
         return tuple(np.concatenate(arrays) for arrays in zip(*parts))

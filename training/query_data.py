@@ -1,24 +1,28 @@
-"""New cells for a trained model: read, align to the model's features, preprocess with its recipe.
+"""New cells for a trained model (inclust-map's query), read through the runtime's input side.
 
-Mapping a new batch (training/mapping.py) and imputing with uncertainty (training/uncertainty.py)
-both start from cells the model never saw. They must enter the network exactly as training data
-did: features placed by name into the model's global order (what the new data did not measure is
-zero and masked), and values transformed by the checkpoint's preprocessing recipe (library size
-over the measured features of the modality, log1p, the stored per-feature scale).
+Mapping a new batch (training/mapping.py) starts from cells the model never saw. They must enter
+the network exactly as training data did and as ``inclust-run`` reads cells: features placed by
+name into the model's global order (what the new data did not measure is zero and masked), values
+checked and transformed by the checkpoint's preprocessing recipe (library size over the measured
+features of the modality, log1p, the stored per-feature scale). All of that is the runtime's
+(:func:`inclust_plus.runtime.open_memory` / ``read_rows`` / ``covariate_names``) on a graph over
+the features the query has, built by the exporter's builders (training/torch_backend.py), so a
+query gets the one-line errors ``inclust-run`` gives.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
+from inclust_plus.contract.description import ModelDescription
 from inclust_plus.errors import InclustError
 
-from .preprocessing import Preprocessing, transform
 from .loading import read_cells  # noqa: F401 - the one reader of cell files, re-exported for map_cli
+from .torch_backend import query_graph
 
 
 @dataclass
@@ -27,9 +31,8 @@ class QueryCells:
 
     x: sp.csr_matrix  # cells x n_features, preprocessed, zero where not measured
     measured: np.ndarray  # bool per global feature
-    obs: pd.DataFrame
-    obs_names: np.ndarray
-    unmatched: int  # features of the input the model does not know (ignored)
+    obs: object  # the cells' obs table (pandas DataFrame)
+    source: object = None  # the runtime's opened input (for the covariate columns)
 
     @property
     def n_cells(self) -> int:
@@ -39,106 +42,52 @@ class QueryCells:
         return np.asarray(self.x[start:stop].toarray(), dtype=np.float32)
 
 
-def _modality_tables(description: dict) -> tuple[dict[str, dict[str, int]], list[str]]:
-    """Per modality: feature name -> global index; and the modality order."""
-    tables, start, order = {}, 0, []
-    for mod in description["schema"]["modalities"]:
-        tables[mod["name"]] = {f: start + i for i, f in enumerate(mod["features"])}
-        start += len(mod["features"])
-        order.append(mod["name"])
-    return tables, order
+def _names(data) -> set[str]:
+    views = data.mod.values() if hasattr(data, "mod") else [data]
+    return {str(v) for view in views for v in view.var_names}
 
 
-def _pick_modality(adata, tables: dict[str, dict[str, int]]) -> str:
-    """The model modality an AnnData holds: the one sharing most feature names with it."""
-    names = set(map(str, adata.var_names))
-    overlap = {m: len(names & set(t)) for m, t in tables.items()}
-    best = max(overlap, key=overlap.get)
-    if overlap[best] == 0:
-        raise InclustError(
-            "the data shares no feature names with the model",
-            f"var_names must use the model's identifiers (e.g. {next(iter(tables[best]))!r})",
-        )
-    return best
+def align_cells(description: ModelDescription, data, layer: str | None = None, preprocessed: bool = False) -> QueryCells:
+    """Place ``data`` (AnnData or MuData) into the model's features and apply its preprocessing.
 
+    ``preprocessed``: as in training (training/data.py), normalisation and log1p are skipped, never
+    the stored per-feature scale.
+    """
+    from inclust_plus.runtime import open_memory, read_rows  # on use: the training process does not import pandas
 
-def _values(adata, layer: str | None, where: str) -> sp.csr_matrix:
-    if layer:
-        if layer not in adata.layers:
-            raise InclustError(f"{where} has no layer {layer!r}", f"layers are: {', '.join(adata.layers) or 'none'}")
-        x = adata.layers[layer]
-    else:
-        x = adata.X
-    if x is None:
-        raise InclustError(f"{where} has no X", "store the values in X or name a layer")
-    x = sp.csr_matrix(x, dtype=np.float32)
-    if not np.isfinite(x.data).all():
-        raise InclustError(f"{where} contains NaN or infinite values", "remove or impute them first")
-    if (x.data < 0).any():
-        raise InclustError(f"{where} contains negative values", "pass counts or non-negative normalised values (not z-scores)")
-    return x
-
-
-def align_cells(description: dict, data, layer: str | None = None, preprocessed: bool = False) -> QueryCells:
-    """Place ``data`` (AnnData or MuData) into the model's features and apply its preprocessing."""
-    tables, order = _modality_tables(description)
-    n_features = sum(len(t) for t in tables.values())
-    if hasattr(data, "mod"):
-        mods = {m: data.mod[m] for m in order if m in data.mod}
-        if not mods:
-            raise InclustError(f"the MuData has none of the model's modalities {order}", f"its modalities are: {', '.join(data.mod)}")
-    else:
-        mods = {_pick_modality(data, tables): data}
-    obs_names = np.asarray(data.obs_names)
-    if len(obs_names) == 0:
-        raise InclustError("the data holds no cells", "pass a file with at least one cell")
-    blocks, measured, unmatched = [], np.zeros(n_features, dtype=bool), 0
-    for m, ad in mods.items():
-        where = f"modality {m!r}"
-        if ad.n_obs != len(obs_names) or not np.array_equal(np.asarray(ad.obs_names), obs_names):
-            raise InclustError(f"{where} does not hold the same cells as the MuData", "keep only paired cells (mudata.pp.intersect_obs)")
-        names = [str(v) for v in ad.var_names]
-        if len(set(names)) != len(names):
-            raise InclustError(f"{where} has duplicate feature names", "make var_names unique (adata.var_names_make_unique())")
-        keep = [j for j, f in enumerate(names) if f in tables[m]]
-        unmatched += len(names) - len(keep)
-        if not keep:
-            continue
-        x = _values(ad, layer, where)[:, keep]
-        idx = np.array([tables[m][names[j]] for j in keep], dtype=np.int64)
-        # As in training (training/data.py): ``preprocessed`` skips normalisation and log1p, never the
-        # stored per-feature scale.
-        recipe = description["preprocessing"].get(m, {})
-        prep = Preprocessing() if preprocessed else Preprocessing(normalize_total=recipe.get("normalize_total"), log1p=bool(recipe.get("log1p")))
-        scale = recipe.get("scale")
-        s = None if scale is None else np.asarray(scale, dtype=np.float32)[idx - min(tables[m].values())]
-        if not (prep.is_identity and s is None):
-            x = sp.csr_matrix(transform(x.toarray(), prep, s))
-        coo = x.tocoo()
-        blocks.append((coo.row, idx[coo.col], coo.data))
-        measured[idx] = True
-    if not measured.any():
+    features = list(description.feature_names)
+    if not _names(data) & set(features):
         raise InclustError("the data shares no feature names with the model", "var_names must use the model's feature identifiers")
-    rows, cols, vals = (np.concatenate(p) for p in zip(*blocks))
-    x = sp.csr_matrix((vals.astype(np.float32), (rows, cols)), shape=(len(obs_names), n_features), dtype=np.float32)
-    obs = data.obs
-    if hasattr(data, "mod") and obs.shape[1] == 0:
-        obs = next(iter(mods.values())).obs
-    return QueryCells(x=x, measured=measured, obs=obs, obs_names=obs_names, unmatched=unmatched)
+    everything = query_graph(description, range(len(features)))
+    first = open_memory(data, everything, layer, allow_missing=True, quiet=True)  # which of the model's features the data has
+    missing = set(first.missing)
+    inputs = [i for i, f in enumerate(features) if f not in missing]
+    graph = query_graph(description, inputs)
+    plan = graph.runtime_plan
+    if preprocessed:
+        plan = dataclasses.replace(plan, groups=tuple(dataclasses.replace(g, normalize_total=None, log1p=False) for g in plan.groups))
+    cells = open_memory(data, graph, layer, quiet=True)
+    x = read_rows(cells, plan).tocoo()
+    full = sp.csr_matrix((x.data, (x.row, np.asarray(inputs, dtype=np.int64)[x.col])), shape=(cells.n_obs, len(features)), dtype=np.float32)
+    measured = np.zeros(len(features), dtype=bool)
+    measured[inputs] = True
+    return QueryCells(x=full, measured=measured, obs=cells.frame, source=cells)
 
 
 def covariate_values(cells: QueryCells, name: str | None, key: str | None) -> np.ndarray:
-    """The covariate category of every cell: one ``name`` for all, or the values of obs column ``key``."""
+    """The covariate category of every cell: one ``name`` for all, or the values of obs column ``key``
+    (several keys joined as training joined them, ``batch|tech``), read as ``inclust-run`` reads them."""
+    from inclust_plus.runtime import covariate_names
+
     if name is not None and key is not None:
         raise InclustError("a covariate name and a covariate key were both given", "pass one of them (--name or --covariate-key)")
     if key is None:
         if not name:
             raise InclustError("no covariate for the new cells", "pass a category name (--name) or an obs column (--covariate-key)")
         return np.full(cells.n_cells, str(name), dtype=object)
-    if key not in cells.obs.columns:
-        raise InclustError(f"the data has no obs column {key!r}", f"obs columns are: {', '.join(map(str, cells.obs.columns)) or 'none'}")
-    col = cells.obs[key]
-    missing = int(col.isna().sum())
-    if missing:
-        raise InclustError(f"obs column {key!r} has {missing} missing value(s)", "fill them (e.g. with 'unknown') or drop those cells")
-    return col.astype(str).to_numpy().astype(object)
+    try:
+        column = covariate_names(cells.source, key)
+    except InclustError as err:  # the runtime names its own flag for one name for all cells
+        fix = (err.fix or "").replace("--covariate NAME", "--name NAME").replace("covariate=NAME", "--name NAME")
+        raise InclustError(err.problem, fix or None) from None
+    return np.asarray(column.categories, dtype=object)[np.asarray(column.codes)]

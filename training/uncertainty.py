@@ -10,8 +10,10 @@ A single network has no members to disagree: ``samples = K`` instead decodes K d
 from the posterior N(mu, s^2) and reports their mean and spread (for an ensemble too, where each
 draw is decoded by the averaged members).
 
-``InClust.impute`` (training/api.py) writes the spread as ``layers["inclust_std"]`` in the layout
-of :mod:`inclust_plus.results`; :func:`impute` here is that call with the values in ``X``.
+``InClust.impute`` (training/api.py: the runtime's ``Predictor`` with the PyTorch module as its
+backend, training/torch_backend.py) writes the spread as ``layers["inclust_std"]`` in the layout of
+:mod:`inclust_plus.results`; :func:`impute` here is that call with the values in ``X``, and
+:func:`predict_with_std` the tensor-level ``InClust.predict`` (the backend's ``run_graph``).
 """
 
 from __future__ import annotations

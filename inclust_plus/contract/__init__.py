@@ -8,6 +8,9 @@
 * :mod:`.files` — the files a manifest pins by sha256, read checked (runtime and Triton).
 * :mod:`.description` / :mod:`.description_io` — the checkpoint's model description (training -> export) as
   frozen dataclasses, with its one writer and one reader.
+* :mod:`.combinations`, :mod:`.plan_builder`, :mod:`.manifest_builder` — a checkpoint description's
+  graphs, their preprocessing plans and the manifest, built by the exporter and, for the
+  in-memory PyTorch model, by training (which may not import export).
 
 Export builds these objects and writes them; the runtime, the Triton repository writer and the
 tests read them back. Nothing here imports torch, onnx or onnxruntime.

@@ -43,7 +43,7 @@ class Variant:
 @dataclass(frozen=True, kw_only=True)
 class GraphSignature:
     """What a graph maps, from the model's point of view: the modalities and features it takes and
-    returns and its default covariates. Export's :class:`~inclust_plus.export.combinations.Combination`
+    returns and its default covariates. Export's :class:`~inclust_plus.contract.combinations.Combination`
     (what to export) and :class:`GraphEntry` (what was exported) both are one."""
 
     name: str
@@ -65,8 +65,8 @@ class GraphEntry(GraphSignature):
     """One exported graph: its signature, the tensors it takes and returns, how its input is
     preprocessed, where its files are."""
 
-    file: str
-    sha256: str
+    file: str | None  # None (and no sha256): a graph run in memory (training/torch_backend.py), which no reader accepts
+    sha256: str | None
     inputs: tuple[TensorEntry, ...]
     outputs: tuple[TensorEntry, ...]
     preprocessing_plan: PreprocessPlan  # per input column: its modality and the steps (contract/plan.py)
@@ -87,8 +87,8 @@ class GraphEntry(GraphSignature):
         return Path(name) if self.folder is None else self.folder / name
 
     @property
-    def path(self) -> Path:
-        """The graph file (inside the export folder)."""
+    def path(self) -> Path | None:
+        """The graph file (inside the export folder); None for a graph in memory."""
         return self._at(self.file)
 
     @property
@@ -142,7 +142,7 @@ class GraphEntry(GraphSignature):
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    sha256: str  # of the checkpoint the graphs were exported from
+    sha256: str | None  # of the checkpoint the graphs were exported from (None: a model in memory, no file)
     latent_dim: int
 
 

@@ -1,4 +1,4 @@
-"""Which graphs to export: the combinations named in a checkpoint.
+"""Which graphs a checkpoint has: the combinations it names (exported, or run in memory).
 
 Each graph kind's inputs and outputs come from the contract's graph table
 (:data:`inclust_plus.contract.graphs.GRAPH_SPECS`), which the ONNX builder, the TorchScript

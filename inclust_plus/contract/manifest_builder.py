@@ -1,4 +1,5 @@
-"""The export's manifest: contract dataclasses built from a checkpoint description and its graphs.
+"""The manifest built from a checkpoint description and its graphs (torch-free: the exporter
+and the in-memory model, training/torch_backend.py, build theirs here).
 
 Written by the contract's one writer (:func:`inclust_plus.contract.write_manifest`: sorted keys,
 fixed indentation, so identical exports give identical bytes); docs/ARCHITECTURE.md, "Manifest".
