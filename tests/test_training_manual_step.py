@@ -77,9 +77,8 @@ def test_manual_step_covers_fp32_without_the_mixing_penalty():
 
 
 def _fit(seed=0):
-    # native = "off": these tests are about the Python step (the C++ one: tests/test_training_native_step.py)
     st = synthetic_task("imputation", n_cells=300, seed=0, overrides={
-        "model": {"ensemble": 2}, "training": {"epochs": 4, "seed": seed, "workers": 1, "threads": 1, "native": "off"}})
+        "model": {"ensemble": 2}, "training": {"epochs": 4, "seed": seed, "workers": 1, "threads": 1}})
     return InClust.fit(st.config, st.objects, progress=False)
 
 

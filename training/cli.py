@@ -35,14 +35,14 @@ loss-curve plot next to it (model.loss.svg: open it in a browser).
               help="Override training.device: where to train (auto = the GPU when torch sees one, else the CPU).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="Override training.precision: bf16/fp16 run the network's matrix products in half precision.")
-@click.option("--native", type=click.Choice(["auto", "on", "off"]), default=None,
-              help="Override training.native: the CPU training step in C++ (the same model, faster; auto = build it "
-                   "once where a compiler exists, else the Python step; off = always the Python step).")
+@click.option("--fast-step", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="Override training.fast_step: the hand-written training step (auto = for the settings it is verified "
+                   "on, autograd otherwise; on = an error for other settings; off = always autograd).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
 def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble: int | None, device: str | None,
-         precision: str | None, native: str | None, force: bool, quiet: bool) -> None:
+         precision: str | None, fast_step: str | None, force: bool, quiet: bool) -> None:
     """Train an inClust+ model from a TOML CONFIG and save it to --out."""
     from .config import check_config, load_config
 
@@ -57,8 +57,8 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
         cfg.training.device = device
     if precision is not None:
         cfg.training.precision = precision
-    if native is not None:
-        cfg.training.native = native
+    if fast_step is not None:
+        cfg.training.fast_step = fast_step
     check_config(cfg)  # the overrides too, before anything is written
     plot = out.with_suffix(".loss.svg")
     inputs = (config, *(d.path for d in cfg.datasets))  # an output must never replace an input of the run

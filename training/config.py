@@ -123,7 +123,7 @@ class TrainingConfig:
     workers: int = key(0, Int(min=0))  # processes training ensemble members on a CPU (0: one plus one per idle core for big jobs, 1: all stacked in this one)
     device: str = key("auto", Choice("auto", "cpu", "cuda"))  # auto: CUDA when torch sees it (training/device.py)
     precision: str = key("fp32", Choice("fp32", "bf16", "fp16"))  # autocast of the forward pass
-    native: str = key("auto", Choice("auto", "on", "off"))  # the C++ training step on a CPU (training/native_step.py): auto builds it once where it can
+    fast_step: str = key("auto", Choice("auto", "on", "off"))  # the hand-written step (training/manual_step.py): auto = where it is verified, on = an error elsewhere, off = autograd
 
 
 @dataclass
@@ -161,8 +161,18 @@ class Config:
 _SECTIONS = {"model": ModelConfig, "loss": LossConfig, "training": TrainingConfig, "views": ViewsConfig}
 
 
+# Keys that once existed: a config that still has one gets told what became of it (not "unknown key").
+REMOVED_KEYS = {
+    "training.native": ("config key training.native is gone with the C++ training step (the Python step trains the same model)",
+                        'delete the line (training.fast_step = "auto", "on" or "off" chooses the hand-written step)'),
+}
+
+
 def _build(cls, data: dict, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
+    for k in sorted(set(data) - names):
+        if f"{where}{k}" in REMOVED_KEYS:
+            raise InclustError(*REMOVED_KEYS[f"{where}{k}"])
     unknown = sorted(set(data) - names)
     if unknown:
         raise InclustError(

@@ -13,10 +13,6 @@ CPU with a spare core (training/step_worker.py), with the same result bit for bi
 are those of :meth:`StackedNetworks.loss` and the gradients autograd's, to float rounding
 (tests/test_training_manual_step.py).
 
-On a CPU with a dense table the trainer runs this same step written in C++ (training/native_step.cpp,
-op for op, held to this one bit for bit by tests/test_training_native_step.py): a change here is a
-change there too.
-
 Covered: every activation, both likelihoods (and a mix across members), the l2 input
 normalization, supervised and unsupervised labels, K stacked members, fp32. Anything else (the
 mixing penalty, autocast) takes the autograd path (:func:`supported`).

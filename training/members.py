@@ -29,7 +29,6 @@ from .config import Config
 from .data import TrainingData
 from .device import resolve_device
 from .module import InClustModule, ModuleConfig
-from .native_step import available
 from .trainer import TrainingResult, seed_everything, train_stacked
 
 
@@ -163,8 +162,6 @@ def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progres
         modules, results = _train_group(member, data, settings, device, cfg.training.precision, threads, progress, desc,
                                         offload_step(device, threads))
         return modules, results, time.perf_counter() - t0
-    if device.type == "cpu" and available(cfg.training.native) is None:  # built (or found missing) here, once,
-        settings = [(dataclasses.replace(t, native="off"), lo) for t, lo in settings]  # not in every worker
     states, results = _train_in_workers(member, data, settings, workers, threads, cfg.training.precision, progress)
     modules = []
     for state in states:

@@ -35,7 +35,6 @@ from .config import LossConfig, TrainingConfig
 from .data import TrainingData
 from .device import autocast, grad_scaler
 from .manual_step import ManualStep, supported
-from .native_step import native_steps
 from .step_worker import StepWorker
 from .module import InClustModule
 from .optim import adam, cosine_lr
@@ -144,12 +143,9 @@ def train_stacked(
     full_weights = dataclasses.replace(weights)
     unsupervised = data.label_mode == "unsupervised"
     scaler = grad_scaler(device, precision)
-    manual = native = None
+    manual = None
     if scaler is None and supported(net, weights, precision):  # gradients by hand (training/manual_step.py)
-        manual = ManualStep(net)
-        native = native_steps(cfg.native, manual, rows, bernoulli, unsupervised, noises, offload)  # the same step in C++
-        if native is None and offload:
-            manual.worker = StepWorker()
+        manual = ManualStep(net, StepWorker() if offload else None)
         opt = None
     else:
         opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
@@ -177,37 +173,33 @@ def train_stacked(
             perm = torch.stack([torch.randperm(n_train, generator=g) for g in shuffles]).to(device)
             epoch_rows = train_rows.gather(1, perm)
             sums = torch.zeros(len(TERMS), k, dtype=torch.float64, device=device)
-            if native is not None:  # the epoch's steps in C++, Ctrl-C seen between runs of them
-                native.epoch(epoch_rows, steps_per_epoch, cfg.batch_size, weights, [lr_at(step + s) for s in range(steps_per_epoch)], sums)
-                step += steps_per_epoch
-            else:
-                step_inputs = partial(_step_inputs, rows, epoch_rows, cfg.batch_size, noises, latent, manual is not None)
-                ahead: list = []  # the next step's inputs, gathered on the step worker during this step
-                for s in range(steps_per_epoch):
-                    interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
-                    batch, noise = ahead.pop() if ahead else step_inputs(s)
-                    n = noise.shape[1]
-                    if manual is not None:  # loss terms, gradients and update in one pass, no autograd graph
-                        *batch, tables = batch
-                        then = partial(lambda s: ahead.append(step_inputs(s)), s + 1) if s + 1 < steps_per_epoch else None
-                        terms = manual(*batch, noise, weights, bernoulli, unsupervised, label_tables=tables, lr=lr, meanwhile=then)
-                    else:
-                        with autocast(device, precision):
-                            terms = net.loss(*batch, noise, weights, bernoulli, unsupervised)
-                        opt.zero_grad()
-                        loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
-                        if scaler is None:
-                            loss.backward()
-                            opt.step()
-                        else:  # fp16: one loss scale for all members (an overflow in one skips the step of all)
-                            scaler.scale(loss).backward()
-                            scaler.step(opt.optimizer)
-                            scaler.update()
-                    step += 1
-                    lr = lr_at(step)
-                    if opt is not None:
-                        opt.lr = lr
-                    sums += terms.detach().double() * n
+            step_inputs = partial(_step_inputs, rows, epoch_rows, cfg.batch_size, noises, latent, manual is not None)
+            ahead: list = []  # the next step's inputs, gathered on the step worker during this step
+            for s in range(steps_per_epoch):
+                interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
+                batch, noise = ahead.pop() if ahead else step_inputs(s)
+                n = noise.shape[1]
+                if manual is not None:  # loss terms, gradients and update in one pass, no autograd graph
+                    *batch, tables = batch
+                    then = partial(lambda s: ahead.append(step_inputs(s)), s + 1) if s + 1 < steps_per_epoch else None
+                    terms = manual(*batch, noise, weights, bernoulli, unsupervised, label_tables=tables, lr=lr, meanwhile=then)
+                else:
+                    with autocast(device, precision):
+                        terms = net.loss(*batch, noise, weights, bernoulli, unsupervised)
+                    opt.zero_grad()
+                    loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
+                    if scaler is None:
+                        loss.backward()
+                        opt.step()
+                    else:  # fp16: one loss scale for all members (an overflow in one skips the step of all)
+                        scaler.scale(loss).backward()
+                        scaler.step(opt.optimizer)
+                        scaler.update()
+                step += 1
+                lr = lr_at(step)
+                if opt is not None:
+                    opt.lr = lr
+                sums += terms.detach().double() * n
             epoch_terms = (sums / n_train).tolist()  # the epoch's one read from the device
             val = _evaluate(net, rows, val_rows, full_weights, bernoulli, unsupervised, precision) if val_rows is not None else None
             for i in range(k):
@@ -234,11 +226,9 @@ def train_stacked(
             bar.set_postfix(shown)
             if not any(active):
                 break
-    finally:  # the step worker thread (Python or C++) stops with the loop, also on an error or Ctrl-C
+    finally:  # the step worker thread stops with the loop, also on an error or Ctrl-C
         if manual is not None:
             manual.close()
-        if native is not None:
-            native.close()
     bar.close()
     seconds = time.perf_counter() - t0
     with torch.no_grad():
