@@ -19,13 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from inclust_plus.training import activations
 from inclust_plus.training.module import grouped_linear
 
 from .folding import FoldedWeights, Layer
 from .preprocess import PreprocessPlan
-
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
-
 
 class Dense(nn.Module):
     """``x @ weight.T + bias``. Not ``nn.Linear``: its scripted code lists its constants in set
@@ -57,7 +55,7 @@ def _sequential(layers: tuple[Layer, ...]) -> nn.Sequential:
     for layer in layers:
         mods.append(Dense(layer) if layer.groups == 1 else GroupedDense(layer))
         if layer.activation != "identity":
-            mods.append(_ACTIVATIONS[layer.activation]())
+            mods.append(activations.module(layer.activation))
     return nn.Sequential(*mods)
 
 

@@ -22,11 +22,12 @@ else:  # pragma: no cover
 
 from inclust_plus.errors import InclustError
 
+from . import activations
 from .schema import Bool, Choice, Float, Int, ListOf, OneOrList, Optional, Str, Table, check_dataclass, key
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 TASKS = ("imputation", "integration", "triple", "generation", "custom")
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")  # training.module.ACTIVATIONS (a test keeps them equal)
+ACTIVATIONS = activations.NAMES  # one table: training/activations.py
 INPUT_NORMALIZATIONS = ("none", "l2")
 
 # Defaults a task brings to the [model], [loss] and [training] sections (a config's own values win).

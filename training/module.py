@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from . import activations
 from .config import INPUT_NORMALIZATIONS, LossConfig, NetworkShape
 from .mixing import mixing_penalty
 
 L2_EPS = 1e-6  # an all-zero cell stays all zero
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
 
 
 @dataclass(kw_only=True)
@@ -83,7 +83,7 @@ def _linear(n_in: int, n_out: int, groups: int) -> nn.Module:
 def _mlp(sizes: list[int], activation: str, groups: int = 1, dense_first: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers += [_linear(a, b, 1 if dense_first and i == 0 else groups), ACTIVATIONS[activation]()]
+        layers += [_linear(a, b, 1 if dense_first and i == 0 else groups), activations.module(activation)]
     return nn.Sequential(*layers)
 
 
@@ -94,8 +94,8 @@ class InClustModule(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        if c.activation not in ACTIVATIONS or c.output_activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}")
+        if c.activation not in activations.TABLE or c.output_activation not in activations.TABLE:
+            raise ValueError(f"activation must be one of {sorted(activations.TABLE)}")
         if c.input_normalization not in INPUT_NORMALIZATIONS:
             raise ValueError(f"input_normalization must be one of {INPUT_NORMALIZATIONS}")
         # An ensemble (members = K > 1, training/ensemble.py): every member reads the whole input in
@@ -114,7 +114,7 @@ class InClustModule(nn.Module):
         dec_width = c.decoder_hidden[-1] if c.decoder_hidden else c.latent_dim
         # An ensemble decodes every member's features side by side; decode() averages them.
         self.output = _linear(dec_width, k * c.n_features, k)
-        self.output_activation = ACTIVATIONS[c.output_activation]()
+        self.output_activation = activations.module(c.output_activation)
 
     # --- the pieces -----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, input_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

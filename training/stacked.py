@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .mixing import mixing_penalty
-from .module import ACTIVATIONS, L2_EPS, InClustModule, ModuleConfig
+from . import activations
+from .module import L2_EPS, InClustModule, ModuleConfig
 
 TERMS = ("total", "reconstruction", "kl", "categorical", "label", "mixing")
 
@@ -55,8 +56,8 @@ class StackedNetworks(nn.Module):
         self.covariate_embedding = nn.Parameter(torch.stack([m.covariate_embedding.detach() for m in members]).clone())
         self.prior_means = nn.Parameter(torch.stack([m.prior_means.detach() for m in members]).clone())
         self.n_encoder = len(c.encoder_hidden)
-        self.activation = ACTIVATIONS[c.activation]()
-        self.output_activation = ACTIVATIONS[c.output_activation]()
+        self.activation = activations.module(c.activation)
+        self.output_activation = activations.module(c.output_activation)
 
     def _layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
         return _apply(h, self.weights[i], self.biases[i])
