@@ -14,13 +14,12 @@ from onnx import TensorProto, helper, numpy_helper
 from inclust_plus import __version__
 from inclust_plus.errors import InclustError
 from inclust_plus.training import activations
+from inclust_plus.training.loss import L2_EPS
 
 from .combinations import Combination
 from .csr_graph import densify
 from .folding import FoldedWeights, Layer
 from .preprocess import PreprocessPlan
-
-L2_EPS = 1e-6  # the same clamp as training.module.L2_EPS (export reads weights, not the module code)
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17: loadable by onnxruntime >= 1.13

@@ -162,3 +162,10 @@ def test_a_config_that_still_chooses_the_removed_cpp_step(tmp_path):
     assert _run(tmp_path, cfg) == ('error: config key training.native is gone with the C++ training step (the Python step '
                                    'trains the same model); delete the line (training.fast_step = "auto", "on" or "off" '
                                    'chooses the hand-written step)')
+
+
+def test_fast_step_on_outside_its_allow_list(tmp_path):
+    """The hand-written step runs only verified settings; "on" with another one is a one-line error."""
+    cfg = _config(tmp_path, _adata(), _adata(genes=("g0", "g1"), seed=1), extra='fast_step = "on"\n[loss]\nmixing = 1.0' + SCALED)
+    assert _run(tmp_path, cfg) == ('error: training.fast_step = "on" but the hand-written step is not verified for loss.mixing = 1.0; '
+                                   'set training.fast_step = "auto" to train these settings with autograd')

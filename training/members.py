@@ -28,6 +28,7 @@ from inclust_plus import interrupt
 from .config import Config
 from .data import TrainingData
 from .device import resolve_device
+from .manual_step import use_fast_step
 from .module import InClustModule, ModuleConfig
 from .trainer import TrainingResult, seed_everything, train_stacked
 
@@ -153,6 +154,7 @@ def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progres
     """The ``cfg.model.ensemble`` trained members of shape ``member``, their training records and
     the wall seconds the whole ensemble took."""
     device = resolve_device(cfg.training.device)
+    use_fast_step(cfg.training.fast_step, member, cfg.loss, cfg.training.precision, device.type)  # "on" outside its list: an error now, not in a worker
     k, workers = cfg.model.ensemble, worker_count(cfg, len(data.row_cell), device)
     settings = [member_settings(cfg, i) for i in range(k)]
     t0 = time.perf_counter()

@@ -7,8 +7,9 @@ schedule (epochs, batch size, learning rate and its decay, KL warm-up), which a 
 all of them. Stacked (training/stacked.py), they train in one forward and backward pass per step.
 
 The step avoids fixed costs where it can: rows are gathered on the device from tensors placed
-there once (training/batches.py), the loss and its gradients are written out by hand for fp32
-(training/manual_step.py: no autograd graph to record), Adam runs fused (one kernel over one
+there once (training/batches.py), the loss and its gradients are written out by hand for the
+settings where that is verified (training/manual_step.py, its allow-list; no autograd graph to
+record; elsewhere autograd on training/loss.py), Adam runs fused (one kernel over one
 flat buffer of all parameters, training/flat_params.py), and the loss terms are summed on the
 device and read once per epoch - the only host-device exchange in the loop besides the epoch's
 shuffled order. On a CPU with a second core the work off the step's chain (the next batch, the
@@ -34,11 +35,12 @@ from .batches import DeviceRows
 from .config import LossConfig, TrainingConfig
 from .data import TrainingData
 from .device import autocast, grad_scaler
-from .manual_step import ManualStep, supported
+from .manual_step import ManualStep, use_fast_step
 from .step_worker import StepWorker
 from .module import InClustModule
 from .optim import adam, cosine_lr
-from .stacked import TERMS, StackedNetworks
+from .loss import TERMS
+from .stacked import StackedNetworks
 
 NOISE_SEED_OFFSET = 7919  # the noise generator's seed is the member's seed plus this (not the shuffle's stream)
 
@@ -144,7 +146,7 @@ def train_stacked(
     unsupervised = data.label_mode == "unsupervised"
     scaler = grad_scaler(device, precision)
     manual = None
-    if scaler is None and supported(net, weights, precision):  # gradients by hand (training/manual_step.py)
+    if use_fast_step(cfg.fast_step, net.config, loss_cfg, precision, device.type):  # gradients by hand (training/manual_step.py)
         manual = ManualStep(net, StepWorker() if offload else None)
         opt = None
     else:
