@@ -99,6 +99,8 @@ def test_settings_outside_the_allow_list_train_with_autograd():
     assert uncovered(cfg, LossConfig(mixing=10.0), "fp32", "cpu") == "loss.mixing = 10.0"
     assert uncovered(cfg, LossConfig(), "bf16", "cpu") == "training.precision = 'bf16'"
     assert uncovered(cfg, LossConfig(), "fp32", "mps") == "training.device = 'mps'"
+    gelu = ModuleConfig(n_features=12, n_covariates=3, n_labels=4, activation="gelu")  # in the table, not in the step's list
+    assert uncovered(gelu, LossConfig(), "fp32", "cpu") == "model.activation = 'gelu'"
 
     @dataclasses.dataclass
     class LossWithANewTerm(LossConfig):  # a loss term added later, which the step does not know

@@ -11,6 +11,7 @@ Importing this module does not import torch (the config is checked before torch 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,11 +32,20 @@ def _unary(op_type: str) -> OnnxRecipe:
     return lambda op, const, x, name: op(op_type, [x], name)
 
 
+def _gelu(op, const, x, name):
+    """The exact GELU, x * Phi(x) = (x / 2) (1 + erf(x / sqrt 2)), as torch computes it; opset 17 has
+    Erf but not Gelu (opset 20), so it is composed."""
+    erf = op("Erf", [op("Mul", [x, const("gelu.inv_sqrt2", 1 / math.sqrt(2))], f"{name}.scaled")], f"{name}.erf")
+    half_x = op("Mul", [x, const("gelu.half", 0.5)], f"{name}.half_x")
+    return op("Mul", [half_x, op("Add", [erf, const("gelu.one", 1.0)], f"{name}.erf_plus1")], name)
+
+
 TABLE: dict[str, Activation] = {a.name: a for a in (
     Activation("relu", "ReLU", _unary("Relu")),
     Activation("tanh", "Tanh", _unary("Tanh")),
     Activation("sigmoid", "Sigmoid", _unary("Sigmoid")),
     Activation("identity", "Identity", None),
+    Activation("gelu", "GELU", _gelu),
 )}
 NAMES = tuple(TABLE)
 
