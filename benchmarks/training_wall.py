@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="run the other checkout only with OMP_NUM_THREADS=1 (a short run of the code-only speedup)")
     parser.add_argument("--also-precision", choices=["bf16", "fp16"], default=None,
                         help="also run this checkout with --precision (its accuracy and time next to fp32)")
+    parser.add_argument("--other-args", default=None,
+                        help='also run the other checkout with these inclust-train arguments (e.g. "--native off": main\'s Python step)')
     parser.add_argument("--also-autograd", action="store_true",
                         help="also run this checkout with --fast-step off (autograd next to the hand-written step)")
     parser.add_argument("--preset", action="store_true", help="the 6-network imputation preset (200 epochs) instead of one network")
@@ -157,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
             contenders[args.other_name] = {**os.environ, "PYTHONPATH": os.pathsep.join([str(links), os.environ.get("PYTHONPATH", "")])}
             if args.other_one_thread or args.only_other_one_thread:
                 contenders[f"{args.other_name}, OMP_NUM_THREADS=1"] = {**contenders[args.other_name], "OMP_NUM_THREADS": "1"}
+            if args.other_args:
+                contenders[f"{args.other_name} {args.other_args}"] = {**contenders[args.other_name], "_EXTRA_ARGS": args.other_args}
             if args.only_other_one_thread:
                 del contenders[args.other_name]
                 args.other_name = f"{args.other_name}, OMP_NUM_THREADS=1"
