@@ -26,7 +26,7 @@ BAD = [  # (section, key = value as TOML, words the error must hold)
     ("training", "workers = -1", ("training.workers = -1", "integer >= 0")),
     ("model", "latent_dim = 0", ("model.latent_dim = 0", "integer >= 1")),
     ("model", "encoder_hidden = [200, -5]", ("model.encoder_hidden", "list of integers >= 1")),
-    ("model", 'activation = "gelu"', ('model.activation = "gelu"', "'relu', 'tanh', 'sigmoid', 'identity'")),
+    ("model", 'activation = "swish"', ('model.activation = "swish"', "'relu', 'tanh', 'sigmoid', 'identity', 'gelu'")),
     ("model", "ensemble = 0", ("model.ensemble = 0", "integer >= 1")),
     ("loss", "kl = -1.0", ("loss.kl = -1.0", "number >= 0")),
     ("loss", 'likelihood = "poisson"', ('loss.likelihood = "poisson"', "'gaussian', 'bernoulli'")),
