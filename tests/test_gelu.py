@@ -87,3 +87,33 @@ def test_the_runtime_gives_what_pytorch_gives(exported):
     assert list(got.var_names) == list(want.var_names)
     assert np.abs(np.asarray(got.layers["inclust_imputed"]) - np.asarray(want.layers["inclust_imputed"])).max() <= 1e-5
     assert np.abs(got.obsm["X_inclust"] - want.obsm["X_inclust"]).max() <= 1e-5
+
+
+@pytest.mark.triton
+def test_triton_serves_the_gelu_graphs_as_onnxruntime_runs_them(exported, tmp_path):
+    """Triton runs the same ONNX graphs (Erf included) in its own onnxruntime: the same outputs."""
+    from inclust_plus.triton.client import TritonBackend
+    from inclust_plus.triton.repository import write_triton_repository
+    from inclust_plus.triton.server import triton_server
+    from inclust_plus.triton.server_env import find_server_env
+
+    try:
+        find_server_env()
+    except InclustError as err:
+        pytest.skip(f"no usable tritonserver: {err.one_line()}")
+    _, _, _, ckpt, manifest, folder = exported
+    module, desc = load_checkpoint(ckpt)
+    combos = {c.name: c for c in select_combinations(desc, None)}
+    repo = write_triton_repository(folder / "manifest.json", tmp_path / "repo", max_batch_size=256, preferred_batch_sizes=(64, 256))
+    with triton_server(repo, ready_timeout=180) as server:
+        for entry in manifest["graphs"]:
+            feeds = random_feeds(combos[entry["name"]], module.config.n_covariates, 300, seed=1)
+            backend = TritonBackend(server.grpc_url, protocol="grpc", concurrency=2, request_rows=128)
+            try:
+                got = backend.infer(entry["name"] + "_python", feeds)
+            finally:
+                backend.close()
+            want = run_onnx((folder / entry["file"]).read_bytes(), feeds)
+            assert sorted(got) == sorted(want)
+            for k in want:
+                assert np.abs(got[k] - want[k]).max() <= 1e-5, (entry["name"], k)
