@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from inclust_plus.errors import InclustError
-from inclust_plus.training import manual_step, trainer
+from inclust_plus.training import trainer
 from inclust_plus.training.manual_step import COVERED, loss_and_grads, uncovered, use_fast_step
 from inclust_plus.training.model import InClust
 from inclust_plus.training.config import LossConfig
