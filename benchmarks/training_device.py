@@ -103,9 +103,7 @@ def citeseq_run(data, device: str, precision: str, epochs: int) -> dict:
 
     torch.manual_seed(0)
     member = InClustModule(ModuleConfig(n_features=data.n_features, n_covariates=1, n_labels=len(data.label_categories)))
-    # The Python step on the CPU: building the C++ one would cost ~30 s of a lent GPU machine's minutes, and at
-    # 20,200 features on every core a step is matrix products (~1 ms of ~30 ms is dispatch), where it gains little.
-    settings = [(TrainingConfig(epochs=epochs, batch_size=500, native="off"), LossConfig())]
+    settings = [(TrainingConfig(epochs=epochs, batch_size=500), LossConfig())]
     t0 = time.perf_counter()
     _, results = train_stacked([member], data, settings, torch.device(device), precision, progress=False)
     _sync(device)
@@ -143,11 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     devices = [d for d in args.devices if _available(d)]
     result["skipped"] = [f"{d}: torch sees no such device" for d in args.devices if d not in devices]
     if "preset" in args.parts:
-        from inclust_plus.training.native_step import available
         from evaluation.splits import pseudo_spatial_split
-
-        if "cpu" in devices:  # the CPU preset trains with the C++ step where it builds: built here, outside the timing
-            result["cpu_step"] = "C++" if available("auto") is not None else "Python"
 
         if args.data.is_file() and not args.quick:
             import anndata

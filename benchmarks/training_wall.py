@@ -131,8 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="run the other checkout only with OMP_NUM_THREADS=1 (a short run of the code-only speedup)")
     parser.add_argument("--also-precision", choices=["bf16", "fp16"], default=None,
                         help="also run this checkout with --precision (its accuracy and time next to fp32)")
-    parser.add_argument("--also-python-step", action="store_true",
-                        help="also run this checkout with --native off (the Python step next to the C++ one)")
+    parser.add_argument("--other-args", default=None,
+                        help='also run the other checkout with these inclust-train arguments (e.g. "--native off": main\'s Python step)')
+    parser.add_argument("--also-autograd", action="store_true",
+                        help="also run this checkout with --fast-step off (autograd next to the hand-written step)")
     parser.add_argument("--preset", action="store_true", help="the 6-network imputation preset (200 epochs) instead of one network")
     parser.add_argument("--vary-seed", action="store_true",
                         help="run i trains with --seed i (every contender the same seeds): accuracy over seeds, not one draw")
@@ -157,11 +159,13 @@ def main(argv: list[str] | None = None) -> dict:
             contenders[args.other_name] = {**os.environ, "PYTHONPATH": os.pathsep.join([str(links), os.environ.get("PYTHONPATH", "")])}
             if args.other_one_thread or args.only_other_one_thread:
                 contenders[f"{args.other_name}, OMP_NUM_THREADS=1"] = {**contenders[args.other_name], "OMP_NUM_THREADS": "1"}
+            if args.other_args:
+                contenders[f"{args.other_name} {args.other_args}"] = {**contenders[args.other_name], "_EXTRA_ARGS": args.other_args}
             if args.only_other_one_thread:
                 del contenders[args.other_name]
                 args.other_name = f"{args.other_name}, OMP_NUM_THREADS=1"
-        if args.also_python_step:
-            contenders["this checkout, Python step"] = {**os.environ, "_EXTRA_ARGS": "--native off"}
+        if args.also_autograd:
+            contenders["this checkout, autograd"] = {**os.environ, "_EXTRA_ARGS": "--fast-step off"}
         if args.also_precision:
             contenders[f"this checkout, {args.also_precision}"] = {**os.environ, "_EXTRA_ARGS": f"--precision {args.also_precision}"}
         runs: dict[str, list[dict]] = {name: [] for name in contenders}

@@ -15,17 +15,16 @@ from inclust_plus import __version__
 from inclust_plus.errors import InclustError
 from inclust_plus.contract.combinations import Combination
 from inclust_plus.contract.plan import PreprocessPlan
+from inclust_plus.training import activations
+from inclust_plus.training.loss import L2_EPS
 
 from .csr_graph import densify
 from .folding import FoldedWeights, Layer
-
-L2_EPS = 1e-6  # the same clamp as training.module.L2_EPS (export reads weights, not the module code)
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17: loadable by onnxruntime >= 1.13
 BATCH = "batch"
 _DTYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "int32": TensorProto.INT32}
-_ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "identity": None}
 
 
 class _Builder:
@@ -60,8 +59,8 @@ class _Builder:
         -> [N, G*o], then the bias.
         """
         b = self.weight(f"{layer.name}.bias", layer.bias)
-        act = _ACTIVATION_OPS[layer.activation]
-        pre = output if (act is None and output) else f"{layer.name}.gemm"
+        identity = activations.TABLE[layer.activation].onnx is None
+        pre = output if (identity and output) else f"{layer.name}.gemm"
         if layer.groups == 1:
             y = self.op("Gemm", [x, self.weight(f"{layer.name}.weight", layer.weight), b], pre, transB=1)
         else:
@@ -73,9 +72,8 @@ class _Builder:
             y = self.op("Transpose", [y], f"{layer.name}.by_cell", perm=[1, 0, 2])
             y = self.op("Reshape", [y, self.const(f"{layer.name}.out_shape", np.asarray([0, g * o], dtype=np.int64))], f"{layer.name}.joined")
             y = self.op("Add", [y, b], pre)
-        if act is None:
-            return y
-        return self.op(act, [y], output or f"{layer.name}.{layer.activation}")
+        const = lambda name, value: self.weight(name, np.asarray(value, dtype=np.float32))  # noqa: E731 (the graph's float type)
+        return activations.onnx_nodes(layer.activation, self.op, const, y, output or f"{layer.name}.{layer.activation}")
 
 
 def _log1p(b: _Builder, x: str, name: str) -> str:

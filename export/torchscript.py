@@ -19,13 +19,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from inclust_plus.training import activations
+from inclust_plus.training.loss import L2_EPS
 from inclust_plus.training.module import grouped_linear
 from inclust_plus.contract.plan import PreprocessPlan
 
 from .folding import FoldedWeights, Layer
-
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
-
 
 class Dense(nn.Module):
     """``x @ weight.T + bias``. Not ``nn.Linear``: its scripted code lists its constants in set
@@ -57,7 +56,7 @@ def _sequential(layers: tuple[Layer, ...]) -> nn.Sequential:
     for layer in layers:
         mods.append(Dense(layer) if layer.groups == 1 else GroupedDense(layer))
         if layer.activation != "identity":
-            mods.append(_ACTIVATIONS[layer.activation]())
+            mods.append(activations.module(layer.activation))
     return nn.Sequential(*mods)
 
 
@@ -110,6 +109,7 @@ class _Encoder(nn.Module):
         super().__init__()
         self.preprocess = Preprocess(plan)
         self.input_l2 = weights.input_l2
+        self.l2_eps = L2_EPS  # (an attribute: TorchScript does not read module globals)
         scale = weights.input_scale if weights.input_scale is not None else np.ones(0, dtype=np.float32)
         self.register_buffer("input_scale", torch.from_numpy(scale.copy()))
         self.encoder = _sequential(weights.encoder)
@@ -121,7 +121,7 @@ class _Encoder(nn.Module):
         if self.input_l2:
             if self.input_scale.numel() > 0:
                 h = h / self.input_scale
-            h = h / torch.linalg.vector_norm(h, dim=1, keepdim=True).clamp_min(1e-6)
+            h = h / torch.linalg.vector_norm(h, dim=1, keepdim=True).clamp_min(self.l2_eps)
         latent = self.encoder(h) - self.covariate_embedding[covariate]
         return latent, torch.softmax(self.classifier(latent), dim=-1)
 

@@ -20,9 +20,6 @@ if [ ! -x "$TRITON_ENV/bin/python" ]; then
   "$PY" -m venv "$TRITON_ENV"
 fi
 "$TRITON_ENV/bin/python" -m pip install --quiet "numpy<2" onnxruntime "nvidia-pytriton==0.7.0"
-# The C++ training step, built once into ~/.cache/inclust-plus/native (~30 s; training/native_step.py).
-# Without a C++ compiler it says so and training uses the Python step.
-"$VENV/bin/python" -m inclust_plus.training.native_step
 "$VENV/bin/python" - <<'PY'
 import importlib, torch
 for mod in ("anndata", "mudata", "onnx", "onnxruntime", "sklearn", "matplotlib", "pytest", "inclust_plus.training", "inclust_plus.export", "inclust_plus.runtime", "inclust_plus.triton.repository"):

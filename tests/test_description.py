@@ -112,7 +112,7 @@ def test_machine_settings_are_not_saved(tmp_path):
 
     cells = make_cells(n_cells=60, n_batches=1, seed=0, sizes={"rna": 10, "protein": 2, "atac": 2})
     model = InClust.setup(cells.anndata("rna"), label_key="cell_type", epochs=1, batch_size=30, threads=1, workers=1, device="cpu",
-                          native="off", preprocessing={"rna": {"log1p": True}}, encoder_hidden=[4], latent_dim=2, decoder_hidden=[4])
+                          fast_step="off", preprocessing={"rna": {"log1p": True}}, encoder_hidden=[4], latent_dim=2, decoder_hidden=[4])
     model.train(progress=False).save(tmp_path / "m.pt")
     saved = json.loads(torch.load(tmp_path / "m.pt", weights_only=True)["description_json"])["hyperparameters"]
     assert set(saved) == {"task", "model", "loss", "training", "views"}
@@ -158,6 +158,6 @@ def test_training_describes_a_model_as_main_did():
                 raw["training"].pop(key)
             for entry in raw.get("mapping", ()):
                 entry.pop("seconds"), entry.pop("date")
-        for key in ("device", "threads", "workers", "native"):
+        for key in ("device", "threads", "workers", "native"):  # run options: main saved them, no longer
             then["hyperparameters"]["training"].pop(key)
         assert now == then

@@ -28,6 +28,7 @@ VARIANTS = {
     "relu-sigmoid": {},
     "tanh-identity": {"activation": "tanh", "output_activation": "identity", "encoder_hidden": (10,), "latent_dim": 3},
     "sigmoid-relu-no-hidden": {"activation": "sigmoid", "output_activation": "relu", "encoder_hidden": (), "decoder_hidden": ()},
+    "gelu-sigmoid": {"activation": "gelu"},
     "l2-input": {"input_normalization": "l2"},
     "ensemble-3": {"members": 3},  # three networks merged block-diagonally: folds like any other
 }

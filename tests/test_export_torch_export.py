@@ -21,7 +21,8 @@ from inclust_plus.runtime.cli import cli as run_cli
 from inclust_plus.training.checkpoint import load_checkpoint
 
 
-@pytest.mark.parametrize("variant", [{"members": 2}, {"input_normalization": "l2"}], ids=["ensemble", "l2-input"])
+@pytest.mark.parametrize("variant", [{"members": 2}, {"input_normalization": "l2"}, {"activation": "gelu", "members": 2}],
+                         ids=["ensemble", "l2-input", "gelu-ensemble"])
 @pytest.mark.parametrize("fold", [False, True], ids=["runtime-preprocessing", "folded-preprocessing"])
 def test_programs_equal_pytorch_for_any_batch(tmp_path, variant, fold):
     ckpt = make_toy_checkpoint(tmp_path / "model.pt", seed=4, **variant)

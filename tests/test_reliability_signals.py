@@ -108,17 +108,16 @@ def test_runtime_signal_while_writing_keeps_the_existing_output(toy, tmp_path, m
     assert len(calls) == (2 if where == "chunk" else 1)  # stopped at the next chunk
 
 
-@pytest.mark.parametrize("native", ["off", "on"], ids=["Python step", "C++ steps"])
-def test_training_stops_between_steps(native, tmp_path, monkeypatch):
-    from inclust_plus.training import native_step, trainer
+def test_training_stops_between_steps(tmp_path, monkeypatch):
+    from inclust_plus.training import trainer
     from inclust_plus.training.cli import main as train
 
     good_input(tmp_path / "ref.h5ad", n=200)
     cfg = tmp_path / "cfg.toml"
-    cfg.write_text(f'[[datasets]]\nname = "ref"\npath = "ref.h5ad"\n[training]\nepochs = 50\nbatch_size = 20\nnative = "{native}"\n')
+    cfg.write_text('[[datasets]]\nname = "ref"\npath = "ref.h5ad"\n[training]\nepochs = 50\nbatch_size = 20\n')
     (tmp_path / "model.pt").write_bytes(b"the previous model")
-    # the loop's unit of work: one Python step (training/manual_step.py) or one call of C++ steps
-    owner, name = (trainer.ManualStep, "__call__") if native == "off" else (native_step.NativeSteps, "run")
+    # the loop's unit of work: one hand-written step (training/manual_step.py)
+    owner, name = trainer.ManualStep, "__call__"
     step = getattr(owner, name)
     steps = []
 
@@ -133,7 +132,7 @@ def test_training_stops_between_steps(native, tmp_path, monkeypatch):
     result = CliRunner().invoke(train, [str(cfg), "--out", str(tmp_path / "model.pt"), "--force", "--quiet"])
     assert result.exit_code == 130, result.output
     assert "interrupted by SIGTERM" in result.stderr
-    assert len(steps) == 3  # stopped at the next step (or call of steps), not after 50 epochs
+    assert len(steps) == 3  # stopped at the next step, not after 50 epochs
     assert snapshot(tmp_path) == before and temporaries(tmp_path) == []
 
 

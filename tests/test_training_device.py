@@ -25,7 +25,8 @@ from inclust_plus.training.config import LossConfig
 from inclust_plus.training.module import InClustModule, ModuleConfig
 from inclust_plus.training.presets import preset_config
 from evaluation.synthetic import synthetic_task
-from inclust_plus.training.stacked import TERMS, StackedNetworks
+from inclust_plus.training.loss import TERMS
+from inclust_plus.training.stacked import StackedNetworks
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="depends on the hardware: this machine has a CUDA GPU")
 

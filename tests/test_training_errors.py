@@ -156,17 +156,16 @@ def test_existing_output_not_overwritten(tmp_path):
     assert out.read_bytes() == b"keep me"
 
 
-def test_native_on_where_the_cpp_step_cannot_be_built(tmp_path, monkeypatch):
-    from inclust_plus.training import native_step
+def test_a_config_that_still_chooses_the_removed_cpp_step(tmp_path):
+    """``training.native`` went with the C++ step: an old config is told so, not "unknown key"."""
+    cfg = _config(tmp_path, _adata(), _adata(genes=("g0", "g1"), seed=1), extra='native = "auto"')
+    assert _run(tmp_path, cfg) == ('error: config key training.native is gone with the C++ training step (the Python step '
+                                   'trains the same model); delete the line (training.fast_step = "auto", "on" or "off" '
+                                   'chooses the hand-written step)')
 
-    monkeypatch.setenv("INCLUST_NATIVE_CACHE", str(tmp_path / "cache"))  # nothing built there
-    monkeypatch.setattr(native_step.shutil, "which", lambda name: None)  # and no compiler
-    cfg = _config(tmp_path, _adata(), _adata(genes=("g0", "g1"), seed=1), extra=SCALED)
-    out = tmp_path / "model.pt"
-    res = CliRunner().invoke(main, [str(cfg), "--out", str(out), "--quiet", "--native", "on"])
-    assert res.exit_code == 2, res.output
-    assert res.output.strip() == ('error: training.native = "on" but the C++ training step cannot run: no C++ compiler (c++, g++ or '
-                                  'clang++) on PATH; set training.native = "auto" to train with the Python step (the same result, slower)')
-    assert not out.exists()
-    res = CliRunner().invoke(main, [str(cfg), "--out", str(out), "--quiet", "--native", "auto"])
-    assert res.exit_code == 0, res.output  # auto: the Python step
+
+def test_fast_step_on_outside_its_allow_list(tmp_path):
+    """The hand-written step runs only verified settings; "on" with another one is a one-line error."""
+    cfg = _config(tmp_path, _adata(), _adata(genes=("g0", "g1"), seed=1), extra='fast_step = "on"\n[loss]\nmixing = 1.0' + SCALED)
+    assert _run(tmp_path, cfg) == ('error: training.fast_step = "on" but the hand-written step is not verified for loss.mixing = 1.0; '
+                                   'set training.fast_step = "auto" to train these settings with autograd')

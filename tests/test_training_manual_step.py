@@ -1,17 +1,20 @@
 """The hand-written training step (training/manual_step.py) against autograd.
 
-The trainer uses it for every fp32 run without the mixing penalty, so its loss terms must be the
-stacked module's and its gradients autograd's, for every case it claims (``supported``).
+It runs exactly the settings of its allow-list (``COVERED``): the cases below are built from that
+list, so every listed value is held equal to autograd (loss terms and every gradient, float
+rounding); a setting outside it trains with autograd, and ``fast_step = "on"`` refuses it.
 """
 
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
+from inclust_plus.errors import InclustError
 from inclust_plus.training import trainer
-from inclust_plus.training.manual_step import loss_and_grads, supported
+from inclust_plus.training.manual_step import COVERED, loss_and_grads, uncovered, use_fast_step
 from inclust_plus.training.model import InClust
 from inclust_plus.training.config import LossConfig
 from inclust_plus.training.module import InClustModule, ModuleConfig
@@ -19,7 +22,8 @@ from evaluation.synthetic import synthetic_task
 from inclust_plus.training.stacked import StackedNetworks
 
 
-def _case(k, activation="relu", output="sigmoid", norm="none", bernoulli=False, unsupervised=False, enc=(20, 8), dec=(16,), seed=0):
+def _case(k, activation="relu", output="sigmoid", norm="none", bernoulli=False, unsupervised=False, enc=(20, 8), dec=(16,), seed=0,
+          device="cpu", weights=None):
     torch.manual_seed(seed)
     cfg = ModuleConfig(n_features=12, n_covariates=3, n_labels=4, encoder_hidden=list(enc), latent_dim=5, decoder_hidden=list(dec),
                        activation=activation, output_activation=output, input_normalization=norm)
@@ -37,8 +41,13 @@ def _case(k, activation="relu", output="sigmoid", norm="none", bernoulli=False, 
     noise = torch.randn(k, n, 5)
     if bernoulli == "mixed":
         bernoulli = torch.tensor([i % 2 == 1 for i in range(k)])
-    w = LossConfig(reconstruction=5.0, kl=1.3, categorical=0.7, label=50.0)
-    return net, (x, in_mask, out_mask, cov, label, noise, w, bernoulli, unsupervised)
+    w = weights or LossConfig(reconstruction=5.0, kl=1.3, categorical=0.7, label=50.0)
+    assert uncovered(net.config, w, "fp32", device) is None  # every case is a setting of the allow-list
+    net = net.to(device)
+    if isinstance(bernoulli, torch.Tensor):
+        bernoulli = bernoulli.to(device)
+    tensors = [t.to(device) for t in (x, in_mask, out_mask, cov, label, noise)]
+    return net, (*tensors, w, bernoulli, unsupervised)
 
 
 def _autograd(net, args):
@@ -49,10 +58,25 @@ def _autograd(net, args):
     return terms.detach(), [p.grad.clone() for p in net.parameters()]
 
 
-CASES = [dict(k=k, activation=a, norm=nm, bernoulli=b, unsupervised=u)
-         for k, a, nm, b, u in itertools.product([1, 3], ["relu", "tanh"], ["none", "l2"], [False, True, "mixed"], [False, True])]
-CASES += [dict(k=2, activation="sigmoid"), dict(k=1, activation="identity", output="identity"),
-          dict(k=2, enc=(), dec=(16,)), dict(k=1, enc=(20,), dec=()), dict(k=2, enc=(), dec=())]
+def _allow_listed_cases():
+    """A case for every combination of the allow-list's values: activation x output activation x input
+    normalization x likelihood (one for all members, or a mix; Bernoulli needs a sigmoid output) x
+    labelled or not, on every listed device; then the network's shapes and term weights it takes any of."""
+    cases = []
+    for act, out, norm, unsup in itertools.product(COVERED["model.activation"], COVERED["model.output_activation"],
+                                                   COVERED["model.input_normalization"], [False, True]):
+        for bern in ([False, True, "mixed"] if out == "sigmoid" else [False]):
+            cases.append(dict(k=2, activation=act, output=out, norm=norm, bernoulli=bern, unsupervised=unsup))
+    cases += [dict(k=1), dict(k=3, bernoulli="mixed"), dict(k=2, enc=(), dec=(16,)), dict(k=1, enc=(20,), dec=()), dict(k=2, enc=(), dec=()),
+              dict(k=2, weights=LossConfig(reconstruction=1000.0, kl=0.05, categorical=0.0, label=0.0))]
+    devices = [d for d in COVERED["training.device"] if d == "cpu" or (d == "cuda" and torch.cuda.is_available())]
+    return [dict(c, device=d) for d in devices for c in cases]
+
+
+CASES = _allow_listed_cases()
+assert set(COVERED) == {"model.activation", "model.output_activation", "model.input_normalization", "training.precision",
+                        "training.device", "loss.mixing"}, "a new allow-list key needs its values in _allow_listed_cases"
+assert COVERED["training.precision"] == ("fp32",) and COVERED["loss.mixing"] == (0.0,)  # what every case uses
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
@@ -69,24 +93,48 @@ def test_manual_step_equals_autograd(case):
         torch.testing.assert_close(p.grad, want, rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
-def test_manual_step_covers_fp32_without_the_mixing_penalty():
-    net, _ = _case(1)
-    assert supported(net, LossConfig(), "fp32")
-    assert not supported(net, LossConfig(mixing=10.0), "fp32")
-    assert not supported(net, LossConfig(), "bf16")
+def test_settings_outside_the_allow_list_train_with_autograd():
+    cfg = ModuleConfig(n_features=12, n_covariates=3, n_labels=4)
+    assert uncovered(cfg, LossConfig(), "fp32", "cpu") is None
+    assert uncovered(cfg, LossConfig(mixing=10.0), "fp32", "cpu") == "loss.mixing = 10.0"
+    assert uncovered(cfg, LossConfig(), "bf16", "cpu") == "training.precision = 'bf16'"
+    assert uncovered(cfg, LossConfig(), "fp32", "mps") == "training.device = 'mps'"
+    gelu = ModuleConfig(n_features=12, n_covariates=3, n_labels=4, activation="gelu")  # in the table, not in the step's list
+    assert uncovered(gelu, LossConfig(), "fp32", "cpu") == "model.activation = 'gelu'"
+
+    @dataclasses.dataclass
+    class LossWithANewTerm(LossConfig):  # a loss term added later, which the step does not know
+        sparsity: float = 0.0
+
+    assert uncovered(cfg, LossWithANewTerm(), "fp32", "cpu") == "loss.sparsity = 0.0"
+    assert not use_fast_step("auto", cfg, LossConfig(mixing=1.0), "fp32", "cpu")
+    assert use_fast_step("auto", cfg, LossConfig(), "fp32", "cpu") and use_fast_step("on", cfg, LossConfig(), "fp32", "cpu")
+    assert not use_fast_step("off", cfg, LossConfig(), "fp32", "cpu")
+    with pytest.raises(InclustError, match=r'training.fast_step = "on" but the hand-written step is not verified for loss.mixing = 1.0'):
+        use_fast_step("on", cfg, LossConfig(mixing=1.0), "fp32", "cpu")
 
 
-def _fit(seed=0):
-    # native = "off": these tests are about the Python step (the C++ one: tests/test_training_native_step.py)
+def test_training_outside_the_allow_list_never_builds_the_hand_written_step(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("the hand-written step ran outside its allow-list")
+
+    monkeypatch.setattr(trainer, "ManualStep", refuse)
+    model, _, result = _fit(loss={"mixing": 1.0})
+    assert result.history["mixing"][-1] > 0  # the mixing term was trained, by autograd
+    with pytest.raises(InclustError, match="not verified for loss.mixing"):
+        _fit(loss={"mixing": 1.0}, fast_step="on")
+
+
+def _fit(seed=0, loss=None, model=None, fast_step="auto"):
     st = synthetic_task("imputation", n_cells=300, seed=0, overrides={
-        "model": {"ensemble": 2}, "training": {"epochs": 4, "seed": seed, "workers": 1, "threads": 1, "native": "off"}})
+        "model": {"ensemble": 2, **(model or {})}, "loss": loss or {},
+        "training": {"epochs": 4, "seed": seed, "workers": 1, "threads": 1, "fast_step": fast_step}})
     return InClust.fit(st.config, st.objects, progress=False)
 
 
 def test_training_with_the_manual_step_learns_what_autograd_learns(monkeypatch):
     manual, _, r_manual = _fit()
-    monkeypatch.setattr(trainer, "supported", lambda *a: False)
-    auto, _, r_auto = _fit()
+    auto, _, r_auto = _fit(fast_step="off")
     # the same run to float rounding: 4 epochs of 2 members (Gaussian and Bernoulli)
     np.testing.assert_allclose(r_manual.history["total"], r_auto.history["total"], rtol=1e-4)
     for key, value in auto.module.state_dict().items():

@@ -39,18 +39,18 @@ loss-curve plot next to it (model.loss.svg: open it in a browser): both or, on a
               help="Override training.device: where to train (auto = the GPU when torch sees one, else the CPU).")
 @click.option("--precision", metavar=choices_of(TrainingConfig, "precision"), default=None,
               help="Override training.precision: bf16/fp16 run the network's matrix products in half precision.")
-@click.option("--native", type=click.Choice(["auto", "on", "off"]), default=None,
-              help="Override training.native: the CPU training step in C++ (the same model, faster; auto = build it "
-                   "once where a compiler exists, else the Python step; off = always the Python step).")
+@click.option("--fast-step", metavar=choices_of(TrainingConfig, "fast_step"), default=None,
+              help="Override training.fast_step: the hand-written training step (auto = for the settings it is verified "
+                   "on, autograd otherwise; on = an error for other settings; off = always autograd).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
 def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble: int | None, device: str | None,
-         precision: str | None, native: str | None, force: bool, quiet: bool) -> None:
+         precision: str | None, fast_step: str | None, force: bool, quiet: bool) -> None:
     """Train an inClust+ model from a TOML CONFIG and save it to --out."""
     from .config import load_config, with_settings
 
-    flags = {"epochs": epochs, "seed": seed, "ensemble": ensemble, "device": device, "precision": precision, "native": native}
+    flags = {"epochs": epochs, "seed": seed, "ensemble": ensemble, "device": device, "precision": precision, "fast_step": fast_step}
     cfg = with_settings(load_config(config), {k: v for k, v in flags.items() if v is not None})  # before anything is written
     plot = out.with_suffix(".loss.svg")
     inputs = (config, *(d.path for d in cfg.datasets))  # an output must never replace an input of the run

@@ -22,11 +22,12 @@ else:  # pragma: no cover
 
 from inclust_plus.errors import InclustError
 
+from . import activations
 from .schema import Bool, Choice, Float, Int, ListOf, OneOrList, Optional, Str, Table, check_dataclass, key
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 TASKS = ("imputation", "integration", "triple", "generation", "custom")
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")  # training.module.ACTIVATIONS (a test keeps them equal)
+ACTIVATIONS = activations.NAMES  # one table: training/activations.py
 INPUT_NORMALIZATIONS = ("none", "l2")
 
 # Defaults a task brings to the [model], [loss] and [training] sections (a config's own values win).
@@ -123,7 +124,7 @@ class TrainingConfig:
     workers: int = key(0, Int(min=0), run=True)  # processes training ensemble members on a CPU (0: one plus one per idle core for big jobs, 1: all stacked in this one)
     device: str = key("auto", Choice("auto", "cpu", "cuda"), run=True)  # auto: CUDA when torch sees it (training/device.py)
     precision: str = key("fp32", Choice("fp32", "bf16", "fp16"))  # autocast of the forward pass
-    native: str = key("auto", Choice("auto", "on", "off"), run=True)  # the C++ training step on a CPU (training/native_step.py): auto builds it once where it can
+    fast_step: str = key("auto", Choice("auto", "on", "off"), run=True)  # the hand-written step (training/manual_step.py): auto = where it is verified, on = an error elsewhere, off = autograd
 
 
 @dataclass
@@ -172,8 +173,18 @@ _SECTIONS = {"model": ModelConfig, "loss": LossConfig, "training": TrainingConfi
 SECTION_OF = {f.name: section for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls)}
 
 
+# Keys that once existed: a config that still has one gets told what became of it (not "unknown key").
+REMOVED_KEYS = {
+    "training.native": ("config key training.native is gone with the C++ training step (the Python step trains the same model)",
+                        'delete the line (training.fast_step = "auto", "on" or "off" chooses the hand-written step)'),
+}
+
+
 def _build(cls, data: dict, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
+    for k in sorted(set(data) - names):
+        if f"{where}{k}" in REMOVED_KEYS:
+            raise InclustError(*REMOVED_KEYS[f"{where}{k}"])
     unknown = sorted(set(data) - names)
     if unknown:
         raise InclustError(

@@ -13,24 +13,24 @@ CPU with a spare core (training/step_worker.py), with the same result bit for bi
 are those of :meth:`StackedNetworks.loss` and the gradients autograd's, to float rounding
 (tests/test_training_manual_step.py).
 
-On a CPU with a dense table the trainer runs this same step written in C++ (training/native_step.cpp,
-op for op, held to this one bit for bit by tests/test_training_native_step.py): a change here is a
-change there too.
-
-Covered: every activation, both likelihoods (and a mix across members), the l2 input
-normalization, supervised and unsupervised labels, K stacked members, fp32. Anything else (the
-mixing penalty, autocast) takes the autograd path (:func:`supported`).
+It runs only where it is verified: :data:`COVERED` lists the settings it is held equal to autograd
+on, and any other setting - a value not listed, or a config key the list does not name, such as a
+loss term added later - trains with autograd on the one definition (training/loss.py).
+``training.fast_step`` = "auto" (that), "off" (always autograd) or "on" (an error outside the list).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import torch
 from torch import nn
 
+from inclust_plus.errors import InclustError
+
 from .flat_params import FlatParameters
-from .module import L2_EPS
+from .loss import L2_EPS
 from .step_worker import InlineWorker
 
 _ACT = {
@@ -42,11 +42,50 @@ _ACT = {
 _OUT = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "identity": lambda h: h}  # not in place: logits are kept
 
 
-def supported(net, weights, precision: str) -> bool:
-    """Whether this step computes exactly what autograd would for ``net`` with these settings."""
-    c = net.config
-    return (precision == "fp32" and not weights.mixing and c.activation in _ACT and c.output_activation in _ACT
-            and c.input_normalization in ("none", "l2"))
+# The allow-list: tests/test_training_manual_step.py builds a case for every combination of these
+# values and holds this step's loss terms and gradients equal to autograd's.
+COVERED = {
+    "model.activation": ("relu", "tanh", "sigmoid", "identity"),
+    "model.output_activation": ("relu", "tanh", "sigmoid", "identity"),
+    "model.input_normalization": ("none", "l2"),
+    "training.precision": ("fp32",),
+    "training.device": ("cpu", "cuda"),  # (the cuda cases run where torch sees a GPU)
+    "loss.mixing": (0.0,),
+}
+# Keys that may take any value, also covered by those cases: the network's shape (encoder and decoder
+# of 0-2 layers, any widths, K stacked members), the weights of the terms this step computes, and
+# the likelihood (Gaussian, Bernoulli, or a mix across members); labelled and unlabelled data.
+ANY_VALUE = {
+    "model": ("n_features", "n_covariates", "n_labels", "members", "encoder_hidden", "latent_dim", "decoder_hidden", "covariate_init_std"),
+    "loss": ("reconstruction", "kl", "categorical", "label", "likelihood"),
+}
+
+
+def uncovered(shape, loss, precision: str, device: str) -> str | None:
+    """The first setting of a network of ``shape`` (a ModuleConfig) trained with ``loss`` (a
+    LossConfig) that this step is not verified on, as ``key = value``; None: all are."""
+    values = {"model.activation": shape.activation, "model.output_activation": shape.output_activation,
+              "model.input_normalization": shape.input_normalization, "training.precision": precision,
+              "training.device": device, "loss.mixing": loss.mixing}
+    for key, value in values.items():
+        if value not in COVERED[key]:
+            return f"{key} = {value!r}"
+    for section, settings in (("model", shape), ("loss", loss)):
+        for f in dataclasses.fields(settings):
+            if f"{section}.{f.name}" not in COVERED and f.name not in ANY_VALUE[section]:
+                return f"{section}.{f.name} = {getattr(settings, f.name)!r}"
+    return None
+
+
+def use_fast_step(mode: str, shape, loss, precision: str, device: str) -> bool:
+    """Whether to train with this step for ``training.fast_step`` = ``mode`` (auto, on or off)."""
+    if mode == "off":
+        return False
+    why = uncovered(shape, loss, precision, device)
+    if why is not None and mode == "on":
+        raise InclustError(f'training.fast_step = "on" but the hand-written step is not verified for {why}',
+                           'set training.fast_step = "auto" to train these settings with autograd')
+    return why is None
 
 
 def _reconstruction(net, logits, x, out_mask, bernoulli, scale):

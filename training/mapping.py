@@ -34,6 +34,7 @@ from inclust_plus.contract.description import CombinationEntry, DatasetRecord, F
 from inclust_plus.contract.schema import SAFE_NAME
 from inclust_plus.errors import InclustError
 
+from .loss import posterior_terms
 from .module import InClustModule, ModuleConfig
 from .optim import adam, cosine_lr
 from .query_data import QueryCells, align_cells, covariate_values
@@ -79,19 +80,11 @@ def _finite_loss(loss: float, step: int, steps: int, learning_rate: float) -> No
 
 def mapping_loss(module: InClustModule, mu: torch.Tensor, log_var: torch.Tensor, e: torch.Tensor, kl_weight: float,
                  cat_weight: float, unsupervised: bool) -> torch.Tensor:
-    """The part of the training loss (training/module.py) that depends on the covariate row ``e`` [n, D]."""
-    z = mu - e
-    log_q = torch.log_softmax(module.classify(z), dim=-1)
-    q = log_q.exp()
-    # KL(N(mu, s^2) || N(m_k + e, I)) = 0.5 ||z - m_k||^2 - 0.5 sum(1 + log s^2 - s^2), expanded so
-    # that the [cells, types] table is one matrix product instead of a [cells, types, latent] tensor.
-    m = module.prior_means
-    kl_k = 0.5 * ((z * z).sum(-1, keepdim=True) - 2 * z @ m.T + (m * m).sum(-1)[None]) \
-        - 0.5 * (1 + log_var - log_var.exp()).sum(-1, keepdim=True)
-    loss = kl_weight * (q * kl_k).sum(-1).mean()
-    if unsupervised:
-        loss = loss + cat_weight * (q * log_q).sum(-1).mean()
-    return loss
+    """The part of the training loss (training/loss.py, its very term functions) that depends on the
+    covariate row ``e`` [n, D]: the KL and categorical terms of unlabeled cells at z_c = mu - e."""
+    z_c = mu - e
+    kl, cat, _, _ = posterior_terms(z_c, log_var, module.classify(z_c), module.prior_means, None, unsupervised)
+    return kl_weight * kl + cat_weight * cat
 
 
 def _extended(module: InClustModule, rows: torch.Tensor) -> InClustModule:

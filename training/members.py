@@ -29,8 +29,8 @@ from inclust_plus.errors import InclustError
 from .config import Config
 from .data import TrainingData
 from .device import resolve_device
+from .manual_step import use_fast_step
 from .module import InClustModule, ModuleConfig
-from .native_step import available
 from .trainer import TrainingResult, seed_everything, train_stacked
 
 
@@ -155,6 +155,7 @@ def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progres
     """The ``cfg.model.ensemble`` trained members of shape ``member``, their training records and
     the wall seconds the whole ensemble took."""
     device = resolve_device(cfg.training.device)
+    use_fast_step(cfg.training.fast_step, member, cfg.loss, cfg.training.precision, device.type)  # "on" outside its list: an error now, not in a worker
     k, workers = cfg.model.ensemble, worker_count(cfg, len(data.row_cell), device)
     settings = [member_settings(cfg, i) for i in range(k)]
     t0 = time.perf_counter()
@@ -164,8 +165,6 @@ def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progres
         modules, results = _train_group(member, data, settings, device, cfg.training.precision, threads, progress, desc,
                                         offload_step(device, threads))
         return modules, results, time.perf_counter() - t0
-    if device.type == "cpu" and available(cfg.training.native) is None:  # built (or found missing) here, once,
-        settings = [(dataclasses.replace(t, native="off"), lo) for t, lo in settings]  # not in every worker
     states, results = _train_in_workers(member, data, settings, workers, threads, cfg.training.precision, progress)
     modules = []
     for state in states:

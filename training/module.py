@@ -4,19 +4,9 @@ Kept apart from data handling and the AnnData-facing model class (as scvi-tools 
 modules from its models): everything here works on tensors only, so the exporter can fold the very
 same weights into ONNX graphs.
 
-Notation (BMC Bioinformatics 25:41, 2024):
-    x_in  = x * input_mask                         (input mask module)
-    mu, log s^2 = encoder(x_in)
-    e_b   = covariate_embedding[b]                  (linear on the one-hot covariate)
-    z_c   = mu - e_b                                (covariate removed by vector arithmetic)
-    q(k|x) = softmax(classifier(z_c))
-    x_hat = decoder(z_c + e_target)                 (target = b reconstructs, another b' transfers)
-    loss  = w_rec * 0.5 * sum_f out_mask * (x - x_hat)^2      (output mask module; Gaussian likelihood,
-            or w_rec * sum_f out_mask * BCE(x, x_hat) with the Bernoulli likelihood for [0, 1] data)
-          + w_kl  * sum_k q(k|x) KL(N(mu, s^2) || N(m_k + e_b, I))
-          + w_cat * sum_k q log q   (unsupervised cells)   + w_label * CE(label, q)
-          + w_mix * per-type MMD between batches of z_c (optional, default 0: training/mixing.py)
-Training decodes a reparameterised sample z; inference uses the posterior mean mu.
+The forward pass and the loss are defined once, for this module and the stacked K networks of
+training/stacked.py alike, in training/loss.py; this module adds inference (the posterior mean,
+covariate transfer, an ensemble's merged decode), which the exporter folds.
 """
 
 from __future__ import annotations
@@ -26,11 +16,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from . import activations, loss as objective
 from .config import INPUT_NORMALIZATIONS, LossConfig, NetworkShape
-from .mixing import mixing_penalty
-
-L2_EPS = 1e-6  # an all-zero cell stays all zero
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+from .loss import TERMS
 
 
 @dataclass(kw_only=True)
@@ -83,7 +71,7 @@ def _linear(n_in: int, n_out: int, groups: int) -> nn.Module:
 def _mlp(sizes: list[int], activation: str, groups: int = 1, dense_first: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers += [_linear(a, b, 1 if dense_first and i == 0 else groups), ACTIVATIONS[activation]()]
+        layers += [_linear(a, b, 1 if dense_first and i == 0 else groups), activations.module(activation)]
     return nn.Sequential(*layers)
 
 
@@ -94,8 +82,8 @@ class InClustModule(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        if c.activation not in ACTIVATIONS or c.output_activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}")
+        if c.activation not in activations.TABLE or c.output_activation not in activations.TABLE:
+            raise ValueError(f"activation must be one of {sorted(activations.TABLE)}")
         if c.input_normalization not in INPUT_NORMALIZATIONS:
             raise ValueError(f"input_normalization must be one of {INPUT_NORMALIZATIONS}")
         # An ensemble (members = K > 1, training/ensemble.py): every member reads the whole input in
@@ -114,25 +102,20 @@ class InClustModule(nn.Module):
         dec_width = c.decoder_hidden[-1] if c.decoder_hidden else c.latent_dim
         # An ensemble decodes every member's features side by side; decode() averages them.
         self.output = _linear(dec_width, k * c.n_features, k)
-        self.output_activation = ACTIVATIONS[c.output_activation]()
+        self.output_activation = activations.module(c.output_activation)
 
     # --- the pieces -----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, input_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance of a cell from its masked features.
+        """Posterior mean and log-variance of a cell from its masked features (training/loss.py)."""
+        return objective.encode(self, x, input_mask)
 
-        With ``input_normalization = "l2"`` the masked input is divided by its per-cell L2 norm
-        (over the measured features only, since masked ones are zero): the encoder then sees a
-        cell's expression profile, not its depth, as a cosine-metric neighbour search would.
-        """
-        h = x * input_mask
-        if self.config.input_normalization == "l2":
-            h = h / h.norm(dim=-1, keepdim=True).clamp_min(L2_EPS)
-        h = self.encoder(h)
-        return self.z_mean(h), self.z_log_var(h)
+    def embedding_rows(self, covariate: torch.Tensor) -> torch.Tensor:
+        """The covariate embedding e_b of each row."""
+        return self.covariate_embedding[covariate]
 
     def correct(self, z: torch.Tensor, covariate: torch.Tensor) -> torch.Tensor:
         """Remove the covariate by vector arithmetic: z - e_b."""
-        return z - self.covariate_embedding[covariate]
+        return z - self.embedding_rows(covariate)
 
     def classify(self, z_corrected: torch.Tensor) -> torch.Tensor:
         """Label logits from the covariate-free latent."""
@@ -199,44 +182,14 @@ class InClustModule(nn.Module):
         weights: LossConfig,
         unsupervised: bool,
     ) -> dict[str, torch.Tensor]:
-        """Loss terms averaged over the batch; ``label`` is -1 for unlabeled cells."""
-        mu, log_var = self.encode(x, input_mask)
-        e_b = self.covariate_embedding[covariate]
-        z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu) if self.training else mu
-        if weights.likelihood == "bernoulli":
-            if self.config.output_activation != "sigmoid" or self.config.members > 1:
-                raise ValueError("the Bernoulli likelihood needs a single network with a sigmoid output")
-            bce = nn.functional.binary_cross_entropy_with_logits(self.decode_logits(z), x, reduction="none")
-            rec = (bce * output_mask).sum(-1)
-        else:
-            rec = 0.5 * ((x - self.decode(z)) ** 2 * output_mask).sum(-1)
-
-        logits = self.classify(mu - e_b)
-        log_q = torch.log_softmax(logits, dim=-1)
-        q = log_q.exp()
-        labeled = label >= 0
-        safe_label = label.clamp(min=0)
-        # Prior responsibilities: the known label where there is one, the classifier elsewhere.
-        resp = torch.where(labeled[:, None], nn.functional.one_hot(safe_label, q.shape[-1]).to(q.dtype), q)
-        # KL(N(mu, s^2) || N(m_k + e_b, I)) for every k: [batch, K]
-        diff = mu[:, None, :] - self.prior_means[None] - e_b[:, None, :]
-        kl_k = -0.5 * (1 + log_var[:, None, :] - diff**2 - log_var.exp()[:, None, :]).sum(-1)
-        kl = (resp * kl_k).sum(-1)
-        zero = x.new_zeros(())
-        cat = (q * log_q).sum(-1).mean() if unsupervised else zero
-        ce = -(log_q.gather(1, safe_label[:, None]).squeeze(1) * labeled).sum() / x.shape[0]
-        terms = {
-            "reconstruction": rec.mean(),
-            "kl": kl.mean(),
-            "categorical": cat,
-            "label": ce,
-            "mixing": mixing_penalty(mu - e_b, covariate, resp, self.config.n_covariates) if weights.mixing else zero,
-        }
-        terms["total"] = (
-            weights.reconstruction * terms["reconstruction"]
-            + weights.kl * terms["kl"]
-            + weights.categorical * terms["categorical"]
-            + weights.label * terms["label"]
-            + weights.mixing * terms["mixing"]
-        )
-        return terms
+        """Loss terms averaged over the batch (training/loss.py, the definition the stacked trainer
+        uses); ``label`` is -1 for unlabeled cells. A reparameterised sample of z in training mode,
+        the posterior mean in eval mode."""
+        bernoulli = weights.likelihood == "bernoulli"
+        if bernoulli and self.config.output_activation != "sigmoid":
+            raise ValueError("the Bernoulli likelihood needs a single network with a sigmoid output")
+        if self.config.members > 1:
+            raise ValueError("a merged ensemble has no training loss: its members train as single networks (training/stacked.py)")
+        noise = torch.randn(x.shape[0], self.config.latent_dim, device=x.device) if self.training else None
+        terms = objective.loss_terms(self, x, input_mask, output_mask, covariate, label, noise, weights, bernoulli, unsupervised)
+        return dict(zip(TERMS, terms))

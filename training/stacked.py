@@ -9,9 +9,9 @@ members; Adam updates every element on its own, so one optimizer over the stacke
 optimizers. After training the members are unstacked into K :class:`InClustModule` s and merged
 as before (training/ensemble.py).
 
-The loss is the one of :meth:`InClustModule.loss`, computed per member. The KL term uses the
-expansion |c - m_k|^2 = |c|^2 - 2 c.m_k + |m_k|^2 (c = mu - e_b) so that it is a matrix product
-instead of a [batch, types, latent] tensor: the same value, several times cheaper on a CPU.
+The forward pass and loss are those of one network (training/loss.py, which :meth:`InClustModule.loss`
+runs too): this class offers the same pieces (``encoder``, ``z_mean``, ... ``embedding_rows``) on
+[K, n, ...] tensors, and the loss's functions are written for any leading axes.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mixing import mixing_penalty
-from .module import ACTIVATIONS, L2_EPS, InClustModule, ModuleConfig
-
-TERMS = ("total", "reconstruction", "kl", "categorical", "label", "mixing")
+from . import activations
+from .loss import loss_terms
+from .module import InClustModule, ModuleConfig
 
 
 def _linears(module: InClustModule) -> list[nn.Linear]:
@@ -55,8 +54,8 @@ class StackedNetworks(nn.Module):
         self.covariate_embedding = nn.Parameter(torch.stack([m.covariate_embedding.detach() for m in members]).clone())
         self.prior_means = nn.Parameter(torch.stack([m.prior_means.detach() for m in members]).clone())
         self.n_encoder = len(c.encoder_hidden)
-        self.activation = ACTIVATIONS[c.activation]()
-        self.output_activation = ACTIVATIONS[c.output_activation]()
+        self.activation = activations.module(c.activation)
+        self.output_activation = activations.module(c.output_activation)
 
     def _layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
         return _apply(h, self.weights[i], self.biases[i])
@@ -80,57 +79,39 @@ class StackedNetworks(nn.Module):
             out.append(module.eval())
         return out
 
+    # --- the pieces of training/loss.py, member k's layer on member k's rows ---------------------
+    def encoder(self, h: torch.Tensor) -> torch.Tensor:
+        for i in range(self.n_encoder):
+            h = self.activation(self._layer(i, h))
+        return h
+
+    def z_mean(self, h: torch.Tensor) -> torch.Tensor:
+        return self._layer(self.n_encoder, h)
+
+    def z_log_var(self, h: torch.Tensor) -> torch.Tensor:
+        return self._layer(self.n_encoder + 1, h)
+
+    def classifier(self, z_c: torch.Tensor) -> torch.Tensor:
+        return self._layer(self.n_encoder + 2, z_c)
+
+    def decoder(self, h: torch.Tensor) -> torch.Tensor:
+        first = self.n_encoder + 3
+        for i in range(first, first + len(self.config.decoder_hidden)):
+            h = self.activation(self._layer(i, h))
+        return h
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        return self._layer(len(self.weights) - 1, h)
+
+    def embedding_rows(self, covariate: torch.Tensor) -> torch.Tensor:
+        """Member k's embedding row of each of its rows: [K, n] -> [K, n, latent]."""
+        return self.covariate_embedding[torch.arange(self.k, device=covariate.device)[:, None], covariate]
+
     def loss(self, x, input_mask, output_mask, covariate, label, noise, weights, bernoulli, unsupervised: bool) -> torch.Tensor:
-        """Loss terms [len(TERMS), K], each averaged over member k's batch.
+        """Loss terms [len(TERMS), K], each averaged over member k's batch (training/loss.py).
 
         ``x`` and the masks are [K, n, features], ``covariate``/``label`` [K, n] (label -1: unlabeled),
         ``noise`` [K, n, latent] (None: decode the posterior mean), ``weights`` a LossConfig,
         ``bernoulli`` a [K] bool tensor (member k's likelihood) or a Python bool shared by all.
         """
-        k, n = x.shape[0], x.shape[1]
-        ar = torch.arange(k, device=x.device)[:, None]
-        h = x * input_mask
-        if self.config.input_normalization == "l2":
-            h = h / h.norm(dim=-1, keepdim=True).clamp_min(L2_EPS)
-        for i in range(self.n_encoder):
-            h = self.activation(self._layer(i, h))
-        e = self.n_encoder
-        mu, log_var = self._layer(e, h).float(), self._layer(e + 1, h).float()
-        e_b = self.covariate_embedding[ar, covariate]
-        z = mu if noise is None else mu + torch.exp(0.5 * log_var) * noise
-        h = z
-        n_dec = len(self.config.decoder_hidden)
-        for i in range(e + 3, e + 3 + n_dec):
-            h = self.activation(self._layer(i, h))
-        logits = self._layer(e + 3 + n_dec, h).float()
-        rec = self._reconstruction(logits, x, output_mask, bernoulli)
-
-        c = mu - e_b
-        log_q = torch.log_softmax(self._layer(e + 2, c).float(), dim=-1)
-        q = log_q.exp()
-        labeled = label >= 0
-        safe_label = label.clamp(min=0)
-        resp = torch.where(labeled[..., None], nn.functional.one_hot(safe_label, q.shape[-1]).to(q.dtype), q)
-        # KL(N(mu, s^2) || N(m_t + e_b, I)) for every type t, with |c - m_t|^2 expanded (module docstring)
-        m = self.prior_means
-        sq = (c * c).sum(-1, keepdim=True) - 2 * torch.bmm(c, m.transpose(1, 2)) + (m * m).sum(-1)[:, None, :]
-        kl_t = -0.5 * ((1 + log_var - log_var.exp()).sum(-1, keepdim=True) - sq)
-        kl = (resp * kl_t).sum(-1)
-        cat = (q * log_q).sum(-1).mean(-1) if unsupervised else x.new_zeros(k)
-        ce = -(log_q.gather(-1, safe_label[..., None]).squeeze(-1) * labeled).sum(-1) / n
-        rec, kl = rec.mean(-1), kl.mean(-1)
-        mix = mixing_penalty(c, covariate, resp, self.config.n_covariates) if weights.mixing else x.new_zeros(k)
-        total = weights.reconstruction * rec + weights.kl * kl + weights.categorical * cat + weights.label * ce + weights.mixing * mix
-        return torch.stack([total, rec, kl, cat, ce, mix])
-
-    def _reconstruction(self, logits, x, output_mask, bernoulli) -> torch.Tensor:
-        """Per row: Gaussian 0.5 * sum (x - x_hat)^2 or Bernoulli cross-entropy, over the output mask."""
-        def gaussian():
-            return 0.5 * ((x - self.output_activation(logits)) ** 2 * output_mask).sum(-1)
-
-        def cross_entropy():
-            return (nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none") * output_mask).sum(-1)
-
-        if isinstance(bernoulli, bool):
-            return cross_entropy() if bernoulli else gaussian()
-        return torch.where(bernoulli[:, None], cross_entropy(), gaussian())
+        return loss_terms(self, x, input_mask, output_mask, covariate, label, noise, weights, bernoulli, unsupervised)

@@ -7,8 +7,9 @@ schedule (epochs, batch size, learning rate and its decay, KL warm-up), which a 
 all of them. Stacked (training/stacked.py), they train in one forward and backward pass per step.
 
 The step avoids fixed costs where it can: rows are gathered on the device from tensors placed
-there once (training/batches.py), the loss and its gradients are written out by hand for fp32
-(training/manual_step.py: no autograd graph to record), Adam runs fused (one kernel over one
+there once (training/batches.py), the loss and its gradients are written out by hand for the
+settings where that is verified (training/manual_step.py, its allow-list; no autograd graph to
+record; elsewhere autograd on training/loss.py), Adam runs fused (one kernel over one
 flat buffer of all parameters, training/flat_params.py), and the loss terms are summed on the
 device and read once per epoch - the only host-device exchange in the loop besides the epoch's
 shuffled order. On a CPU with a second core the work off the step's chain (the next batch, the
@@ -35,12 +36,12 @@ from .batches import DeviceRows
 from .config import LossConfig, TrainingConfig
 from .data import TrainingData
 from .device import autocast, grad_scaler
-from .manual_step import ManualStep, supported
-from .native_step import native_steps
+from .manual_step import ManualStep, use_fast_step
 from .step_worker import StepWorker
 from .module import InClustModule
 from .optim import adam, cosine_lr
-from .stacked import TERMS, StackedNetworks
+from .loss import TERMS
+from .stacked import StackedNetworks
 
 NOISE_SEED_OFFSET = 7919  # the noise generator's seed is the member's seed plus this (not the shuffle's stream)
 
@@ -166,12 +167,9 @@ def train_stacked(
     full_weights = dataclasses.replace(weights)
     unsupervised = data.label_mode == "unsupervised"
     scaler = grad_scaler(device, precision)
-    manual = native = None
-    if scaler is None and supported(net, weights, precision):  # gradients by hand (training/manual_step.py)
-        manual = ManualStep(net)
-        native = native_steps(cfg.native, manual, rows, bernoulli, unsupervised, noises, offload)  # the same step in C++
-        if native is None and offload:
-            manual.worker = StepWorker()
+    manual = None
+    if use_fast_step(cfg.fast_step, net.config, loss_cfg, precision, device.type):  # gradients by hand (training/manual_step.py)
+        manual = ManualStep(net, StepWorker() if offload else None)
         opt = None
     else:
         opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
@@ -199,37 +197,33 @@ def train_stacked(
             perm = torch.stack([torch.randperm(n_train, generator=g) for g in shuffles]).to(device)
             epoch_rows = train_rows.gather(1, perm)
             sums = torch.zeros(len(TERMS), k, dtype=torch.float64, device=device)
-            if native is not None:  # the epoch's steps in C++, Ctrl-C seen between runs of them
-                native.epoch(epoch_rows, steps_per_epoch, cfg.batch_size, weights, [lr_at(step + s) for s in range(steps_per_epoch)], sums)
-                step += steps_per_epoch
-            else:
-                step_inputs = partial(_step_inputs, rows, epoch_rows, cfg.batch_size, noises, latent, manual is not None)
-                ahead: list = []  # the next step's inputs, gathered on the step worker during this step
-                for s in range(steps_per_epoch):
-                    interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
-                    batch, noise = ahead.pop() if ahead else step_inputs(s)
-                    n = noise.shape[1]
-                    if manual is not None:  # loss terms, gradients and update in one pass, no autograd graph
-                        *batch, tables = batch
-                        then = partial(lambda s: ahead.append(step_inputs(s)), s + 1) if s + 1 < steps_per_epoch else None
-                        terms = manual(*batch, noise, weights, bernoulli, unsupervised, label_tables=tables, lr=lr, meanwhile=then)
-                    else:
-                        with autocast(device, precision):
-                            terms = net.loss(*batch, noise, weights, bernoulli, unsupervised)
-                        opt.zero_grad()
-                        loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
-                        if scaler is None:
-                            loss.backward()
-                            opt.step()
-                        else:  # fp16: one loss scale for all members (an overflow in one skips the step of all)
-                            scaler.scale(loss).backward()
-                            scaler.step(opt.optimizer)
-                            scaler.update()
-                    step += 1
-                    lr = lr_at(step)
-                    if opt is not None:
-                        opt.lr = lr
-                    sums += terms.detach().double() * n
+            step_inputs = partial(_step_inputs, rows, epoch_rows, cfg.batch_size, noises, latent, manual is not None)
+            ahead: list = []  # the next step's inputs, gathered on the step worker during this step
+            for s in range(steps_per_epoch):
+                interrupt.check()  # Ctrl-C/SIGTERM: stop between steps, nothing is written
+                batch, noise = ahead.pop() if ahead else step_inputs(s)
+                n = noise.shape[1]
+                if manual is not None:  # loss terms, gradients and update in one pass, no autograd graph
+                    *batch, tables = batch
+                    then = partial(lambda s: ahead.append(step_inputs(s)), s + 1) if s + 1 < steps_per_epoch else None
+                    terms = manual(*batch, noise, weights, bernoulli, unsupervised, label_tables=tables, lr=lr, meanwhile=then)
+                else:
+                    with autocast(device, precision):
+                        terms = net.loss(*batch, noise, weights, bernoulli, unsupervised)
+                    opt.zero_grad()
+                    loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
+                    if scaler is None:
+                        loss.backward()
+                        opt.step()
+                    else:  # fp16: one loss scale for all members (an overflow in one skips the step of all)
+                        scaler.scale(loss).backward()
+                        scaler.step(opt.optimizer)
+                        scaler.update()
+                step += 1
+                lr = lr_at(step)
+                if opt is not None:
+                    opt.lr = lr
+                sums += terms.detach().double() * n
             epoch_terms = (sums / n_train).tolist()  # the epoch's one read from the device
             val = _evaluate(net, rows, val_rows, full_weights, bernoulli, unsupervised, precision) if val_rows is not None else None
             _check_finite(epoch_terms, val, active, epoch, settings)
@@ -257,11 +251,9 @@ def train_stacked(
             bar.set_postfix(shown)
             if not any(active):
                 break
-    finally:  # the step worker thread (Python or C++) stops with the loop, also on an error or Ctrl-C
+    finally:  # the step worker thread stops with the loop, also on an error or Ctrl-C
         if manual is not None:
             manual.close()
-        if native is not None:
-            native.close()
     bar.close()
     seconds = time.perf_counter() - t0
     with torch.no_grad():

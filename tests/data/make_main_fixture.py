@@ -41,7 +41,7 @@ def models() -> tuple[InClust, InClust]:
                      {"name": "batch1", "covariate_keys": ["batch", "tech"]}],
         "preprocessing": {"rna": {"normalize_total": 10000, "log1p": True, "scale": "max"}},
         "model": {"encoder_hidden": [8], "latent_dim": 3, "decoder_hidden": [8]},
-        "training": {"epochs": 2, "batch_size": 50, "threads": 1, "workers": 1, "device": "cpu", "native": "off"},
+        "training": {"epochs": 2, "batch_size": 50, "threads": 1, "workers": 1, "device": "cpu"},  # main also had "native": "off" here (the C++ step is gone)
     })
     model, _, _ = InClust.fit(cfg, objs, progress=False)
     new = objs["batch2"].copy()
