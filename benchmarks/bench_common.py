@@ -42,7 +42,7 @@ class ModelShape:
     outputs: str
     panel: int | None = None  # size of a partial first-modality panel (named "panel"), if the inputs are one
     preprocessing: bool = False  # counts preprocessing (normalize_total 1e4, log1p, max scale) on every modality
-    members: int = 1  # > 1: an ensemble of that many networks merged into one (training/ensemble.py)
+    members: int = 1  # > 1: an ensemble of that many networks merged into one (training/network/ensemble.py)
 
     @property
     def n_features(self) -> int:
@@ -93,9 +93,9 @@ def make_module(shape: ModelShape, seed: int = 0):
     (``shape.members`` such networks, seeds seed, seed + 1, ..., merged into one ensemble)."""
     import torch
 
-    from inclust_plus.training.module import InClustModule, ModuleConfig
+    from inclust_plus.training.network.module import InClustModule, ModuleConfig
 
-    from inclust_plus.training.ensemble import merge_members
+    from inclust_plus.training.network.ensemble import merge_members
 
     members = []
     for k in range(shape.members):
@@ -124,7 +124,7 @@ def merfish_checkpoint(path: Path, genes: int = 153, panel: int = 122, decoded: 
     import torch
 
     from inclust_plus.training.checkpoint import save_checkpoint
-    from inclust_plus.training.module import InClustModule, ModuleConfig
+    from inclust_plus.training.network.module import InClustModule, ModuleConfig
 
     torch.manual_seed(seed)
     module = InClustModule(ModuleConfig(n_features=genes, n_covariates=2, n_labels=N_LABELS)).eval()

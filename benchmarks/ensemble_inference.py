@@ -2,7 +2,7 @@
 (merfish_to_rna, 122 -> 153 genes) for one network against the preset's 6 merged networks.
 
 The ensemble's graph keeps its grouped layers grouped (one weight block per member, no
-block-diagonal zeros: training/ensemble.py); the third contender runs the same 6 networks with
+block-diagonal zeros: training/network/ensemble.py); the third contender runs the same 6 networks with
 dense block-diagonal matrices, which is what the graph would cost without grouping, so that gain
 is measured too. Seeded random weights (the cost does not depend on their values), onnxruntime CPU sessions
 with all graph optimisations and the same intra-op threads for all, one process.

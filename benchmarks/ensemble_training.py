@@ -3,7 +3,7 @@
 Trains the imputation preset's 6 networks on the standard MERFISH split for a few epochs, the
 contenders alternating run by run: ``workers = 1`` (all members stacked in this process, one
 torch thread) and ``workers = 2`` (two fresh processes, each training 3 members stacked,
-one thread each). Decides training/members.py ``worker_count``'s default.
+one thread each). Decides training/fitting/members.py ``worker_count``'s default.
 
     python benchmarks/ensemble_training.py              # 10 epochs, 2 runs each
     python benchmarks/ensemble_training.py --quick      # synthetic cells, 1 epoch, one run each

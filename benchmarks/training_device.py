@@ -68,8 +68,8 @@ def citeseq_data(n_cells: int, n_genes: int, n_proteins: int, seed: int = 0):
     """A TrainingData shaped like CITE-seq (sparse genes + dense proteins, values in [0, 1], one dataset)."""
     import scipy.sparse as sp
 
-    from inclust_plus.training.data import TrainingData
-    from inclust_plus.training.views import MaskTable, View
+    from inclust_plus.training.assembly.data import TrainingData
+    from inclust_plus.training.assembly.views import MaskTable, View
 
     rng = np.random.default_rng(seed)
     nnz_per_cell = max(1, n_genes // 10)
@@ -98,8 +98,8 @@ def citeseq_run(data, device: str, precision: str, epochs: int) -> dict:
     import torch
 
     from inclust_plus.training.config import LossConfig, TrainingConfig
-    from inclust_plus.training.module import InClustModule, ModuleConfig
-    from inclust_plus.training.trainer import train_stacked
+    from inclust_plus.training.network.module import InClustModule, ModuleConfig
+    from inclust_plus.training.fitting.trainer import train_stacked
 
     torch.manual_seed(0)
     member = InClustModule(ModuleConfig(n_features=data.n_features, n_covariates=1, n_labels=len(data.label_categories)))

@@ -5,7 +5,7 @@ columns therefore never reach the first layer, so keeping only ``W[:, inputs]`` 
 output mask selects rows of the last layer, so ``W[outputs], b[outputs]`` is exact as well. The
 log-variance head is never used at inference and is dropped; embed graphs drop the decoder.
 
-An ensemble (training/ensemble.py) keeps its grouped layers grouped (one weight block per member,
+An ensemble (training/network/ensemble.py) keeps its grouped layers grouped (one weight block per member,
 no block-diagonal zeros): each member's block of the output layer is sliced like any output
 layer, and the graph ends with the mean over the K blocks of outputs.
 Both the ONNX builder and the TorchScript wrapper consume the same :class:`FoldedWeights`.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from inclust_plus.training.module import GroupedLinear
+from inclust_plus.training.network.module import GroupedLinear
 from inclust_plus.contract.combinations import Combination
 from inclust_plus.contract.plan import PreprocessPlan
 

@@ -15,8 +15,8 @@ from inclust_plus import __version__
 from inclust_plus.errors import InclustError
 from inclust_plus.contract.combinations import Combination
 from inclust_plus.contract.plan import PreprocessPlan
-from inclust_plus.training import activations
-from inclust_plus.training.loss import L2_EPS
+from inclust_plus.training.network import activations
+from inclust_plus.training.network.loss import L2_EPS
 
 from .csr_graph import densify
 from .folding import FoldedWeights, Layer

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from inclust_plus.training import activations
-from inclust_plus.training.loss import L2_EPS
-from inclust_plus.training.module import grouped_linear
+from inclust_plus.training.network import activations
+from inclust_plus.training.network.loss import L2_EPS
+from inclust_plus.training.network.module import grouped_linear
 from inclust_plus.contract.plan import PreprocessPlan
 
 from .folding import FoldedWeights, Layer

@@ -23,5 +23,5 @@ from .predictor import Predictor
 from .runner import RunOptions, run
 
 # open_memory, read_rows and covariate_names: the input side for a reader of new cells that is not a
-# graph run (inclust-map's query, training/query_data.py)
+# graph run (inclust-map's query, training/assembly/query_data.py)
 __all__ = ["Predictor", "RunOptions", "covariate_names", "open_memory", "read_rows", "run"]

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from inclust_plus.training.checkpoint import save_checkpoint
-from inclust_plus.training.ensemble import merge_members
-from inclust_plus.training.module import InClustModule, ModuleConfig
+from inclust_plus.training.network.ensemble import merge_members
+from inclust_plus.training.network.module import InClustModule, ModuleConfig
 
 N_RNA = 12
 N_PROTEIN = 5

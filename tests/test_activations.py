@@ -1,4 +1,4 @@
-"""The activation table (training/activations.py): each entry's torch module and its ONNX nodes compute
+"""The activation table (training/network/activations.py): each entry's torch module and its ONNX nodes compute
 the same function, in float32 and in a float16 graph, and the config offers exactly the table."""
 
 import numpy as np
@@ -8,7 +8,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from inclust_plus.training import activations, config
+from inclust_plus.training.network import activations
+from inclust_plus.training import config
 
 X = np.concatenate([np.linspace(-8, 8, 161), [-30.0, -1e-3, 0.0, 1e-3, 30.0]]).astype(np.float32)[None]
 

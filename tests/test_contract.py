@@ -9,7 +9,7 @@ import pytest
 
 from inclust_plus.contract import ModalityPlan, PreprocessPlan, apply, dumps, read_manifest, write_manifest
 from inclust_plus.errors import InclustError
-from inclust_plus.training.preprocessing import Preprocessing, transform
+from inclust_plus.training.assembly.preprocessing import Preprocessing, transform
 from reference import preprocess_by_hand
 from runtime_fixtures import RNA, make_toy_export
 

@@ -17,7 +17,7 @@ from inclust_plus.export import export_model
 from inclust_plus.contract.combinations import select_combinations
 from inclust_plus.export.validate import random_feeds, reference, run_onnx, within_tolerance
 from inclust_plus.runtime.predictor import Predictor
-from inclust_plus.training import trainer
+from inclust_plus.training.fitting import trainer
 from inclust_plus.training.checkpoint import load_checkpoint
 from inclust_plus.training.model import InClust
 from evaluation.synthetic import synthetic_task

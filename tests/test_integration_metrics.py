@@ -61,7 +61,7 @@ def test_chance_within_types_on_a_tiny_case():
 def test_mixing_penalty_is_zero_for_mixed_batches_and_grows_with_a_batch_shift():
     import torch
 
-    from inclust_plus.training.mixing import mixing_penalty
+    from inclust_plus.training.network.mixing import mixing_penalty
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(40, 3, generator=g)

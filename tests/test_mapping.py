@@ -22,8 +22,8 @@ from inclust_plus.training.config import config_from_dict
 from inclust_plus.training.map_cli import main as map_main
 from inclust_plus.training.mapping import _posteriors, mapping_loss
 from inclust_plus.training.model import InClust
-from inclust_plus.training.module import InClustModule, ModuleConfig
-from inclust_plus.training.query_data import align_cells
+from inclust_plus.training.network.module import InClustModule, ModuleConfig
+from inclust_plus.training.assembly.query_data import align_cells
 from evaluation.synthetic import make_cells
 
 ad = pytest.importorskip("anndata")
@@ -199,7 +199,7 @@ def test_cli_errors_are_one_line(trained, tmp_path, args, message):
 def test_mapping_an_ensemble_learns_each_members_block(trained):
     """Two identical members merged: the new row's two blocks both equal the single network's mapped row
     (the objective sums the members' blocks, and Adam's step ignores the factor 2), and the other weights stay."""
-    from inclust_plus.training.ensemble import merge_members
+    from inclust_plus.training.network.ensemble import merge_members
 
     model, objs = trained
     pair = InClust(merge_members([copy.deepcopy(model.module), copy.deepcopy(model.module)]), copy.deepcopy(model.description))

@@ -109,14 +109,14 @@ def test_runtime_signal_while_writing_keeps_the_existing_output(toy, tmp_path, m
 
 
 def test_training_stops_between_steps(tmp_path, monkeypatch):
-    from inclust_plus.training import trainer
+    from inclust_plus.training.fitting import trainer
     from inclust_plus.training.cli import main as train
 
     good_input(tmp_path / "ref.h5ad", n=200)
     cfg = tmp_path / "cfg.toml"
     cfg.write_text('[[datasets]]\nname = "ref"\npath = "ref.h5ad"\n[training]\nepochs = 50\nbatch_size = 20\n')
     (tmp_path / "model.pt").write_bytes(b"the previous model")
-    # the loop's unit of work: one hand-written step (training/manual_step.py)
+    # the loop's unit of work: one hand-written step (training/fast_step/manual_step.py)
     owner, name = trainer.ManualStep, "__call__"
     step = getattr(owner, name)
     steps = []

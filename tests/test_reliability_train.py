@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from inclust_plus import interrupt
 from inclust_plus.errors import InclustError
 from inclust_plus.training import checkpoint as checkpoint_mod
-from inclust_plus.training import loss_plot
+from inclust_plus.training.fitting import loss_plot
 from inclust_plus.training.cli import main as train
 from inclust_plus.training.map_cli import main as map_main
 from reliability_helpers import one_error

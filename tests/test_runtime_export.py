@@ -147,7 +147,7 @@ def _merfish_parity(tmp_path, ckpt: Path):
 def test_merfish_query_parity_untrained(tmp_path):
     """The standard split's 9,111 query cells, 122 panel genes -> 153 genes, vs PyTorch (random weights)."""
     from inclust_plus.training.checkpoint import save_checkpoint
-    from inclust_plus.training.module import InClustModule, ModuleConfig
+    from inclust_plus.training.network.module import InClustModule, ModuleConfig
 
     adata = ad.read_h5ad(MERFISH_DATA, backed="r")
     desc = _merfish_description(adata)

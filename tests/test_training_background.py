@@ -1,4 +1,4 @@
-"""The forked background call (training/background.py) and inclust-train's data read through it."""
+"""The forked background call (training/assembly/background.py) and inclust-train's data read through it."""
 
 import os
 import signal
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from inclust_plus.errors import InclustError
-from inclust_plus.training.background import Background, fork_is_safe
+from inclust_plus.training.assembly.background import Background, fork_is_safe
 
 from test_training_errors import _adata, _config
 
@@ -93,7 +93,7 @@ def test_no_fork_once_torch_is_loaded():
 @linux_only
 def test_the_forked_read_assembles_what_the_in_process_read_does(tmp_path):
     from inclust_plus.training.config import load_config
-    from inclust_plus.training.data import read_training_data
+    from inclust_plus.training.assembly.data import read_training_data
 
     cfg = load_config(_config(tmp_path, _adata(), _adata(genes=("g0", "g1"), seed=1)))
     here = read_training_data(cfg)
@@ -130,7 +130,7 @@ def test_a_bad_file_read_in_the_background_is_one_line_and_exit_2(tmp_path):
 
 def test_the_training_process_imports_no_pandas_scipy_anndata_or_matplotlib():
     """They cost ~1.5 s of every run; the reading child imports them, the training process does not."""
-    code = ("import sys; import inclust_plus.training.cli, inclust_plus.training.model, inclust_plus.training.loss_plot, "
-            "inclust_plus.training.background; print(sorted(m for m in ('pandas', 'scipy', 'anndata', 'matplotlib') if m in sys.modules))")
+    code = ("import sys; import inclust_plus.training.cli, inclust_plus.training.model, inclust_plus.training.fitting.loss_plot, "
+            "inclust_plus.training.assembly.background; print(sorted(m for m in ('pandas', 'scipy', 'anndata', 'matplotlib') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

@@ -1,6 +1,6 @@
 """Training on a chosen device, in a chosen precision, with ensemble members stacked in one network.
 
-The stacked trainer (training/stacked.py, training/trainer.py) must give every member exactly what
+The stacked trainer (training/network/stacked.py, training/fitting/trainer.py) must give every member exactly what
 it would learn alone, compute the loss of InClustModule.loss, and gather the same batches from a
 sparse matrix as from a dense one.
 """
@@ -14,19 +14,19 @@ import torch
 from click.testing import CliRunner
 
 from inclust_plus.errors import InclustError
-from inclust_plus.training.batches import DeviceRows
+from inclust_plus.training.assembly.batches import DeviceRows
 from inclust_plus.training.cli import main as train_cli
-from inclust_plus.training.data import assemble
-from inclust_plus.training.device import resolve_device
-from inclust_plus.training.ensemble import merge_members
-from inclust_plus.training.loading import load_dataset
+from inclust_plus.training.assembly.data import assemble
+from inclust_plus.training.fitting.device import resolve_device
+from inclust_plus.training.network.ensemble import merge_members
+from inclust_plus.training.assembly.loading import load_dataset
 from inclust_plus.training.model import InClust
 from inclust_plus.training.config import LossConfig
-from inclust_plus.training.module import InClustModule, ModuleConfig
+from inclust_plus.training.network.module import InClustModule, ModuleConfig
 from inclust_plus.training.presets import preset_config
 from evaluation.synthetic import synthetic_task
-from inclust_plus.training.loss import TERMS
-from inclust_plus.training.stacked import StackedNetworks
+from inclust_plus.training.network.loss import TERMS
+from inclust_plus.training.network.stacked import StackedNetworks
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="depends on the hardware: this machine has a CUDA GPU")
 
@@ -159,7 +159,7 @@ def test_unknown_device_or_precision_is_a_config_error(key, value):
 
 
 def test_fused_adam_and_cosine_decay_equal_torch_optim():
-    from inclust_plus.training.optim import FusedAdam, cosine_lr
+    from inclust_plus.training.fitting.optim import FusedAdam, cosine_lr
 
     g = torch.Generator().manual_seed(0)
     ours = [torch.nn.Parameter(torch.randn(4, 3, generator=g)), torch.nn.Parameter(torch.randn(5, generator=g))]
@@ -181,7 +181,7 @@ def test_fused_adam_and_cosine_decay_equal_torch_optim():
 
 
 def test_idle_cores_come_from_the_cpus_busy_time_now_not_the_lagging_load_average(monkeypatch):
-    from inclust_plus.training import members
+    from inclust_plus.training.fitting import members
 
     monkeypatch.setattr(members.os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(members.os, "getloadavg", lambda: (2.0, 2.0, 2.0))  # a run that ended a moment ago
@@ -199,14 +199,14 @@ def test_idle_cores_come_from_the_cpus_busy_time_now_not_the_lagging_load_averag
 def test_cpu_ticks_read_this_machines_cpus():
     import os
 
-    from inclust_plus.training import members
+    from inclust_plus.training.fitting import members
 
     busy, total = members._cpu_ticks(os.sched_getaffinity(0))
     assert 0 <= busy <= total and total > 0 and members._cpu_ticks({10_000}) is None
 
 
 def test_worker_processes_only_for_big_cpu_jobs_with_an_idle_core(monkeypatch):
-    from inclust_plus.training import members
+    from inclust_plus.training.fitting import members
 
     cfg = preset_config("imputation")  # 6 members, 200 epochs
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

@@ -1,4 +1,4 @@
-"""Ensembles: K trained networks merged into one inClust+ network (training/ensemble.py).
+"""Ensembles: K trained networks merged into one inClust+ network (training/network/ensemble.py).
 
 The merged network must decode exactly the mean of its members' decodes, embed into their
 concatenated latents and classify with their averaged logits, so that everything downstream
@@ -11,9 +11,9 @@ import torch
 
 from inclust_plus.errors import InclustError
 from inclust_plus.training.checkpoint import load_checkpoint
-from inclust_plus.training.ensemble import merge_members
+from inclust_plus.training.network.ensemble import merge_members
 from inclust_plus.training.model import InClust
-from inclust_plus.training.module import InClustModule, ModuleConfig
+from inclust_plus.training.network.module import InClustModule, ModuleConfig
 from inclust_plus.training.presets import preset_config
 from evaluation.synthetic import synthetic_task
 
@@ -93,9 +93,9 @@ def test_ensemble_below_one_is_a_config_error():
 
 
 def test_a_failing_worker_is_reported_with_its_last_line():
-    from inclust_plus.training.data import assemble
-    from inclust_plus.training.loading import load_dataset
-    from inclust_plus.training.members import _train_in_workers, member_settings
+    from inclust_plus.training.assembly.data import assemble
+    from inclust_plus.training.assembly.loading import load_dataset
+    from inclust_plus.training.fitting.members import _train_in_workers, member_settings
 
     st = synthetic_task("imputation", n_cells=100, seed=0, overrides={"model": {"ensemble": 2}, "training": {"epochs": 1}})
     data = assemble([load_dataset(d, st.objects[d.name]) for d in st.config.datasets], st.config)

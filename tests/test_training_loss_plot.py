@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from inclust_plus.training.loss_plot import PANEL_H, PANEL_W, TITLE_H, loss_curves, loss_curves_svg, nice_ticks
+from inclust_plus.training.fitting.loss_plot import PANEL_H, PANEL_W, TITLE_H, loss_curves, loss_curves_svg, nice_ticks
 
 NS = {"s": "http://www.w3.org/2000/svg"}
 

@@ -1,4 +1,4 @@
-"""The hand-written training step (training/manual_step.py) against autograd.
+"""The hand-written training step (training/fast_step/manual_step.py) against autograd.
 
 It runs exactly the settings of its allow-list (``COVERED``): the cases below are built from that
 list, so every listed value is held equal to autograd (loss terms and every gradient, float
@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from inclust_plus.errors import InclustError
-from inclust_plus.training import trainer
-from inclust_plus.training.manual_step import COVERED, loss_and_grads, uncovered, use_fast_step
+from inclust_plus.training.fitting import trainer
+from inclust_plus.training.fast_step.manual_step import COVERED, loss_and_grads, uncovered, use_fast_step
 from inclust_plus.training.model import InClust
 from inclust_plus.training.config import LossConfig
-from inclust_plus.training.module import InClustModule, ModuleConfig
+from inclust_plus.training.network.module import InClustModule, ModuleConfig
 from evaluation.synthetic import synthetic_task
-from inclust_plus.training.stacked import StackedNetworks
+from inclust_plus.training.network.stacked import StackedNetworks
 
 
 def _case(k, activation="relu", output="sigmoid", norm="none", bernoulli=False, unsupervised=False, enc=(20, 8), dec=(16,), seed=0,
@@ -143,7 +143,7 @@ def test_training_with_the_manual_step_learns_what_autograd_learns(monkeypatch):
 
 
 def test_the_step_worker_thread_trains_bit_for_bit_what_one_thread_does(monkeypatch):
-    from inclust_plus.training import members
+    from inclust_plus.training.fitting import members
 
     runs = {}
     for offload in (False, True):
@@ -156,7 +156,7 @@ def test_the_step_worker_thread_trains_bit_for_bit_what_one_thread_does(monkeypa
 
 
 def test_offload_only_with_a_second_core_and_one_thread_per_op(monkeypatch):
-    from inclust_plus.training import members
+    from inclust_plus.training.fitting import members
 
     monkeypatch.setattr(members, "available_cores", lambda: 2)
     assert members.offload_step(torch.device("cpu"), 1)
@@ -167,7 +167,7 @@ def test_offload_only_with_a_second_core_and_one_thread_per_op(monkeypatch):
 
 
 def test_one_flat_adam_step_is_adam_on_every_parameter():
-    from inclust_plus.training.flat_params import FlatParameters
+    from inclust_plus.training.fast_step.flat_params import FlatParameters
 
     net, _ = _case(3)
     ref = [p.detach().clone().requires_grad_() for p in net.parameters()]
@@ -187,7 +187,7 @@ def test_one_flat_adam_step_is_adam_on_every_parameter():
 
 
 def test_the_step_worker_hands_an_error_to_the_training_thread():
-    from inclust_plus.training.step_worker import StepWorker
+    from inclust_plus.training.fast_step.step_worker import StepWorker
 
     worker, ran = StepWorker(), []
     worker.submit(lambda: ran.append(1))
@@ -206,7 +206,7 @@ def test_the_step_worker_hands_an_error_to_the_training_thread():
 def test_training_leaves_no_worker_thread_behind(monkeypatch):
     import threading
 
-    from inclust_plus.training import members
+    from inclust_plus.training.fitting import members
 
     monkeypatch.setattr(members, "offload_step", lambda *a: True)
     before = threading.active_count()
@@ -219,7 +219,8 @@ def test_training_leaves_no_worker_thread_behind(monkeypatch):
 def test_an_error_on_the_worker_thread_ends_training_with_that_error(monkeypatch):
     import threading
 
-    from inclust_plus.training import manual_step, members
+    from inclust_plus.training.fast_step import manual_step
+    from inclust_plus.training.fitting import members
 
     monkeypatch.setattr(members, "offload_step", lambda *a: True)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from inclust_plus.training.model import InClust
-from inclust_plus.training.preprocessing import Preprocessing, transform
+from inclust_plus.training.assembly.preprocessing import Preprocessing, transform
 from evaluation.synthetic import batch_mixing, synthetic_task
 
 EPOCHS = 40

@@ -7,7 +7,7 @@ import torch
 from inclust_plus.training.checkpoint import load_checkpoint, save_checkpoint
 from inclust_plus.training.model import InClust
 from inclust_plus.training.config import LossConfig
-from inclust_plus.training.module import InClustModule, ModuleConfig
+from inclust_plus.training.network.module import InClustModule, ModuleConfig
 from evaluation.synthetic import synthetic_task
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from inclust_plus.errors import InclustError
-from inclust_plus.training.ensemble import merge_members
-from inclust_plus.training.module import InClustModule, ModuleConfig
+from inclust_plus.training.network.ensemble import merge_members
+from inclust_plus.training.network.module import InClustModule, ModuleConfig
 from inclust_plus.training.uncertainty import STD_LAYER, impute, predict_with_std
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "merfish_scrna_reference.h5ad"

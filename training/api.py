@@ -34,7 +34,7 @@ class AnnDataVerbs:
             raise InclustError("the model is not trained yet", "call model.train() first")
         from inclust_plus.runtime import Predictor  # on use: the training process does not import pandas/anndata
 
-        from .torch_backend import TorchBackend, memory_manifest
+        from inclust_plus.training.torch_backend import TorchBackend, memory_manifest
 
         manifest = memory_manifest(self.module, self.description, spread=samples > 0)
         return Predictor.from_manifest(manifest, TorchBackend(self.module, manifest, samples, seed), batch_size)

@@ -23,7 +23,7 @@ from inclust_plus.contract.description import ModelDescription
 from inclust_plus.contract.description_io import RETRAIN, from_json, to_json
 from inclust_plus.errors import InclustError
 
-from .module import InClustModule, ModuleConfig
+from inclust_plus.training.network.module import InClustModule, ModuleConfig
 
 
 def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: ModelDescription | dict, force: bool = True) -> Path:

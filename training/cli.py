@@ -10,7 +10,7 @@ import click
 from inclust_plus.atomic import atomic_paths, check_output_path, check_writable
 from inclust_plus.errors import report_errors
 
-from .config import TrainingConfig, choices_of
+from inclust_plus.training.config import TrainingConfig, choices_of
 
 EPILOG = """\b
 Examples:
@@ -48,7 +48,7 @@ loss-curve plot next to it (model.loss.svg: open it in a browser): both or, on a
 def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble: int | None, device: str | None,
          precision: str | None, fast_step: str | None, force: bool, quiet: bool) -> None:
     """Train an inClust+ model from a TOML CONFIG and save it to --out."""
-    from .config import load_config, with_settings
+    from inclust_plus.training.config import load_config, with_settings
 
     flags = {"epochs": epochs, "seed": seed, "ensemble": ensemble, "device": device, "precision": precision, "fast_step": fast_step}
     cfg = with_settings(load_config(config), {k: v for k, v in flags.items() if v is not None})  # before anything is written
@@ -58,14 +58,14 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     check_output_path(plot, force, inputs=inputs)
     check_writable(out)  # a read-only or locked folder: said now, not after the training
 
-    from .background import Background
+    from inclust_plus.training.assembly.background import Background
 
     reading = Background(_read_data, cfg)  # the files are read in a child while torch is imported
     try:
-        from .device import resolve_device
-        from .model import InClust  # torch: imported once the cheap checks passed
-        from .checkpoint import write_checkpoint
-        from .loss_plot import loss_curves
+        from inclust_plus.training.fitting.device import resolve_device
+        from inclust_plus.training.model import InClust  # torch: imported once the cheap checks passed
+        from inclust_plus.training.checkpoint import write_checkpoint
+        from inclust_plus.training.fitting.loss_plot import loss_curves
 
         resolve_device(cfg.training.device)  # a GPU asked for and missing: said before the data's errors
         data = reading.result()
@@ -93,7 +93,7 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
 def _read_data(cfg):
     """The training data of ``cfg``. Its modules (numpy, anndata, ...) are imported only here, in the
     process that reads: before the fork they would delay both processes."""
-    from .data import read_training_data
+    from inclust_plus.training.assembly.data import read_training_data
 
     return read_training_data(cfg)
 

@@ -22,12 +22,12 @@ else:  # pragma: no cover
 
 from inclust_plus.errors import InclustError
 
-from . import activations
-from .schema import Bool, Choice, Float, Int, ListOf, OneOrList, Optional, Str, Table, check_dataclass, key
+from inclust_plus.training.network import activations
+from inclust_plus.training.schema import Bool, Choice, Float, Int, ListOf, OneOrList, Optional, Str, Table, check_dataclass, key
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 TASKS = ("imputation", "integration", "triple", "generation", "custom")
-ACTIVATIONS = activations.NAMES  # one table: training/activations.py
+ACTIVATIONS = activations.NAMES  # one table: training/network/activations.py
 INPUT_NORMALIZATIONS = ("none", "l2")
 
 # Defaults a task brings to the [model], [loss] and [training] sections (a config's own values win).
@@ -44,7 +44,7 @@ TASK_DEFAULTS: dict[str, dict[str, dict]] = {
     },
     # Tuned on make_hard_cells (benchmarks/results/integration_experiments.md): a light KL term (at 1 the
     # per-type prior keeps batch-specific places in z - e_b), the per-type mixing penalty
-    # (training/mixing.py) and a longer run in batches of 100 (the penalty keeps pulling the batches
+    # (training/network/mixing.py) and a longer run in batches of 100 (the penalty keeps pulling the batches
     # together long after the reconstruction has settled): same-batch neighbour fraction 0.79 -> 0.59
     # on seed 0 (ground truth, the generator's batch-free state: 0.57), label transfer to an
     # unlabelled batch 0.99.
@@ -101,7 +101,7 @@ class LossConfig:
     kl: float = key(1.0, Float(min=0))
     categorical: float = key(1.0, Float(min=0))
     label: float = key(50.0, Float(min=0))
-    mixing: float = key(0.0, Float(min=0))  # >0: per-type batch-mixing penalty on z - e_b (training/mixing.py)
+    mixing: float = key(0.0, Float(min=0))  # >0: per-type batch-mixing penalty on z - e_b (training/network/mixing.py)
     # "gaussian" (squared error, the paper's) or "bernoulli" (cross-entropy; sigmoid output, features in [0, 1]);
     # a list is cycled through the members of an ensemble (member k uses entry k mod its length).
     likelihood: str | list[str] = key("gaussian", OneOrList(Choice(*LIKELIHOODS)))
@@ -120,16 +120,16 @@ class TrainingConfig:
     patience: int = key(0, Int(min=0))  # epochs without validation improvement before stopping (0: never stop early)
     lr_schedule: str = key("constant", Choice("constant", "cosine"))
     kl_warmup_epochs: int = key(0, Int(min=0))
-    threads: int = key(0, Int(min=0), run=True)  # torch threads per training process (0: one on a CPU, see training/members.py)
+    threads: int = key(0, Int(min=0), run=True)  # torch threads per training process (0: one on a CPU, see training/fitting/members.py)
     workers: int = key(0, Int(min=0), run=True)  # processes training ensemble members on a CPU (0: one plus one per idle core for big jobs, 1: all stacked in this one)
-    device: str = key("auto", Choice("auto", "cpu", "cuda"), run=True)  # auto: CUDA when torch sees it (training/device.py)
+    device: str = key("auto", Choice("auto", "cpu", "cuda"), run=True)  # auto: CUDA when torch sees it (training/fitting/device.py)
     precision: str = key("fp32", Choice("fp32", "bf16", "fp16"))  # autocast of the forward pass
-    fast_step: str = key("auto", Choice("auto", "on", "off"), run=True)  # the hand-written step (training/manual_step.py): auto = where it is verified, on = an error elsewhere, off = autograd
+    fast_step: str = key("auto", Choice("auto", "on", "off"), run=True)  # the hand-written step (training/fast_step/manual_step.py): auto = where it is verified, on = an error elsewhere, off = autograd
 
 
 @dataclass
 class ViewsConfig:
-    """Which (input -> output) rows to train on; see :mod:`inclust_plus.training.views`."""
+    """Which (input -> output) rows to train on; see :mod:`inclust_plus.training.assembly.views`."""
 
     query: list[str] = key(rule=ListOf(Str()), factory=list)  # datasets to impute/generate for
     translation: bool = key(True, Bool())  # add rows from one measured modality to the others measured with it

@@ -47,7 +47,7 @@ def main(model: Path, data: Path, name: str | None, covariate_key: str | None, l
     """Learn the new batches of --data into MODEL (a model.pt from inclust-train) and write --out."""
     from inclust_plus.hashing import file_sha256
 
-    from .mapping import SAFE_RULE, check_batch_name
+    from inclust_plus.training.mapping import SAFE_RULE, check_batch_name
 
     if name is not None and covariate_key is not None:
         raise InclustError("--name and --covariate-key are exclusive", "pass one of them")
@@ -61,8 +61,8 @@ def main(model: Path, data: Path, name: str | None, covariate_key: str | None, l
     check_output_path(out, force, inputs=(model, data))
     check_writable(out)  # a read-only or locked folder: said now, before the model and the cells are read
 
-    from .model import InClust
-    from .query_data import read_cells
+    from inclust_plus.training.model import InClust
+    from inclust_plus.training.assembly.query_data import read_cells
 
     trained = InClust.load(model)
     cells = read_cells(data)

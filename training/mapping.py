@@ -34,10 +34,10 @@ from inclust_plus.contract.description import CombinationEntry, DatasetRecord, F
 from inclust_plus.contract.schema import SAFE_NAME
 from inclust_plus.errors import InclustError
 
-from .loss import posterior_terms
-from .module import InClustModule, ModuleConfig
-from .optim import adam, cosine_lr
-from .query_data import QueryCells, align_cells, covariate_values
+from inclust_plus.training.network.loss import posterior_terms
+from inclust_plus.training.network.module import InClustModule, ModuleConfig
+from inclust_plus.training.fitting.optim import adam, cosine_lr
+from inclust_plus.training.assembly.query_data import QueryCells, align_cells, covariate_values
 
 CHUNK = 8192  # cells per encoder pass
 FULL_BATCH = 65536  # up to this many cells every step sees all of them; above, a random subset of this size
@@ -80,7 +80,7 @@ def _finite_loss(loss: float, step: int, steps: int, learning_rate: float) -> No
 
 def mapping_loss(module: InClustModule, mu: torch.Tensor, log_var: torch.Tensor, e: torch.Tensor, kl_weight: float,
                  cat_weight: float, unsupervised: bool) -> torch.Tensor:
-    """The part of the training loss (training/loss.py, its very term functions) that depends on the
+    """The part of the training loss (training/network/loss.py, its very term functions) that depends on the
     covariate row ``e`` [n, D]: the KL and categorical terms of unlabeled cells at z_c = mu - e."""
     z_c = mu - e
     kl, cat, _, _ = posterior_terms(z_c, log_var, module.classify(z_c), module.prior_means, None, unsupervised)
@@ -170,7 +170,7 @@ def map_query(module: InClustModule, description: ModelDescription, data, name: 
     for p in module.parameters():
         p.requires_grad_(False)
     # torch's fused Adam kernel and the cosine decay in closed form: constructing torch.optim.Adam
-    # imports torch._dynamo, ~1.2 s of a mapping that takes seconds (training/optim.py)
+    # imports torch._dynamo, ~1.2 s of a mapping that takes seconds (training/fitting/optim.py)
     opt = adam([table], learning_rate, table.device)
     history = []
     bar = tqdm(range(steps), desc=f"mapping {len(rows):,} cells", unit="step", disable=not progress, dynamic_ncols=True)

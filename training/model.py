@@ -1,6 +1,6 @@
 """``InClust``: the user-facing model that speaks AnnData/MuData and writes ``model.pt``.
 
-It wraps the tensor-level :class:`~inclust_plus.training.module.InClustModule` with the schema,
+It wraps the tensor-level :class:`~inclust_plus.training.network.module.InClustModule` with the schema,
 covariate and label categories, the preprocessing recipe and the export combinations, so that a
 saved checkpoint is self-describing.
 """
@@ -20,17 +20,17 @@ from inclust_plus.contract.description_io import as_description
 from inclust_plus.errors import InclustError
 from inclust_plus.sparse import is_sparse
 
-from .api import AnnDataVerbs
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, config_from_dict, with_settings
-from .data import TrainingData, read_training_data
-from .device import resolve_device
-from .ensemble import merge_members
-from .loading import missing_label_column
-from .members import train_members
-from .module import InClustModule, ModuleConfig
-from .torch_backend import run_graph
-from .trainer import TrainingResult
+from inclust_plus.training.api import AnnDataVerbs
+from inclust_plus.training.checkpoint import load_checkpoint, save_checkpoint
+from inclust_plus.training.config import Config, config_from_dict, with_settings
+from inclust_plus.training.assembly.data import TrainingData, read_training_data
+from inclust_plus.training.fitting.device import resolve_device
+from inclust_plus.training.network.ensemble import merge_members
+from inclust_plus.training.assembly.loading import missing_label_column
+from inclust_plus.training.fitting.members import train_members
+from inclust_plus.training.network.module import InClustModule, ModuleConfig
+from inclust_plus.training.torch_backend import run_graph
+from inclust_plus.training.fitting.trainer import TrainingResult
 
 
 def _combinations(data: TrainingData) -> list[CombinationEntry]:
@@ -206,7 +206,7 @@ class InClust(AnnDataVerbs):
             data: TrainingData | None = None) -> tuple["InClust", TrainingData, TrainingResult]:
         """Load and validate the datasets of ``cfg`` (or the in-memory ``objects`` by dataset name), train.
         ``data``: the datasets already read and assembled (inclust-train reads them in the
-        background, training/background.py)."""
+        background, training/assembly/background.py)."""
         resolve_device(cfg.training.device)  # a GPU asked for and missing: say so before reading any data
         if data is None:
             data = read_training_data(cfg, objects)
@@ -260,7 +260,7 @@ class InClust(AnnDataVerbs):
         """A copy of this model that also knows the new covariate categories of ``data`` (AnnData or
         MuData, no labels needed): one embedding row each, every other weight frozen.
         See :func:`inclust_plus.training.mapping.map_query` for the options."""
-        from .mapping import map_query  # on use: it reads cells with pandas/scipy, which training itself never imports
+        from inclust_plus.training.mapping import map_query  # on use: it reads cells with pandas/scipy, which training itself never imports
 
         module, description = map_query(self.module, self.description, data, name=name, covariate_key=covariate_key, **options)
         return type(self)(module, description)

@@ -1,5 +1,5 @@
 """Figures a person would rather look at than read: imputed vs measured (the loss curves are
-training/loss_plot.py, an SVG drawn without matplotlib)."""
+training/fitting/loss_plot.py, an SVG drawn without matplotlib)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ repository, not installed) builds the same task on synthetic cells with known tr
 
 from __future__ import annotations
 
-from .config import Config, config_from_dict
+from inclust_plus.training.config import Config, config_from_dict
 
 COUNT_PREP = {"normalize_total": 1e4, "log1p": True, "scale": "max"}
 PROTEIN_PREP = {"log1p": True, "scale": "max"}

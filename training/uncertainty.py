@@ -1,7 +1,7 @@
 """How sure is each imputed value: the spread of an ensemble's members, or of posterior samples.
 
 Imputed genes correlate with the truth at r ~ 0.3-0.5, so a user needs to know which values to
-trust. The imputation preset is an ensemble of independently trained networks (training/ensemble.py)
+trust. The imputation preset is an ensemble of independently trained networks (training/network/ensemble.py)
 whose decodes are averaged; where they disagree, the mean is less reliable. The spread kept here is
 the members' per-feature standard deviation of the decoded values (population form, over the K
 members actually trained), measured against the error on real data in benchmarks/uncertainty.py.

@@ -193,7 +193,7 @@ class ModelDescription:
         return to_json(self)
 
     # --- transitional: the JSON's entries by name, for code not yet on the attributes -----------------
-    # (training/api.py and training/query_data.py, being rewritten onto the runtime's input path.)
+    # (training/api.py and training/assembly/query_data.py, being rewritten onto the runtime's input path.)
     @functools.cached_property
     def _as_dict(self) -> dict:
         return _frozen(self.to_dict())

@@ -39,7 +39,7 @@ def _text(v) -> str | None:
     return None if isinstance(v, str) else "must be a string"
 
 
-MODULE = {  # the sizes export and the reader rely on; the rest is ModuleConfig's (training/module.py)
+MODULE = {  # the sizes export and the reader rely on; the rest is ModuleConfig's (training/network/module.py)
     "n_features": (REQUIRED, integer(1)),
     "n_covariates": (REQUIRED, integer(1)),
     "n_labels": (REQUIRED, integer(1)),

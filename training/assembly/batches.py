@@ -3,10 +3,10 @@
 Everything a step needs - the feature matrix, the mask table, each row's cell, masks, covariate
 and label - is moved to the device once. A step then gathers its batch with a few index
 operations on the device: no per-row Python objects, no host-to-device copy per step. A sparse
-matrix (too big to hold dense, see training/data.py DENSE_LIMIT) stays CSR on the device and only
+matrix (too big to hold dense, see training/assembly/data.py DENSE_LIMIT) stays CSR on the device and only
 the batch's rows are densified, there.
 
-Batches are [K, n, ...]: member k of an ensemble trained side by side (training/stacked.py) gets
+Batches are [K, n, ...]: member k of an ensemble trained side by side (training/network/stacked.py) gets
 its own rows in block k.
 """
 
@@ -19,8 +19,8 @@ import torch
 
 from inclust_plus.sparse import is_sparse
 
-from .data import TrainingData
-from .manual_step import label_rows
+from inclust_plus.training.assembly.data import TrainingData
+from inclust_plus.training.fast_step.manual_step import label_rows
 
 
 class DeviceRows:

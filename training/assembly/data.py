@@ -17,10 +17,10 @@ if TYPE_CHECKING:  # scipy is imported on use (inclust_plus/sparse.py says why)
 
 from inclust_plus.errors import InclustError
 
-from .config import Config
-from .loading import LoadedDataset, load_dataset
-from .preprocessing import Preprocessing, fit_scale, transform
-from .views import MaskTable, View, build_views
+from inclust_plus.training.config import Config
+from inclust_plus.training.assembly.loading import LoadedDataset, load_dataset
+from inclust_plus.training.assembly.preprocessing import Preprocessing, fit_scale, transform
+from inclust_plus.training.assembly.views import MaskTable, View, build_views
 
 DENSE_LIMIT = 300_000_000  # values; above this the matrix stays sparse and is densified per batch
 
@@ -190,6 +190,6 @@ def assemble(datasets: list[LoadedDataset], cfg: Config) -> TrainingData:
 def read_training_data(cfg: Config, objects: dict | None = None) -> TrainingData:
     """Load and validate every dataset of ``cfg`` (read from its path, or the in-memory object of
     that dataset name in ``objects``) and assemble them. Torch-free: inclust-train runs it in a
-    forked child while it imports torch (training/background.py)."""
+    forked child while it imports torch (training/assembly/background.py)."""
     objects = objects or {}
     return assemble([load_dataset(d, objects.get(d.name)) for d in cfg.datasets], cfg)

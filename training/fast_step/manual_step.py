@@ -5,17 +5,17 @@ of a step was autograd bookkeeping, not arithmetic: recording ~80 graph nodes, t
 backward copies of the stacked layers, zero-filled gradient buffers and the many small elementwise
 ops of the KL term's backward. Here the forward pass keeps what the backward needs and the gradient
 of every parameter is one or two matrix products or reductions, written in place into a flat
-gradient buffer that one fused Adam call then steps (training/flat_params.py). Products that share
+gradient buffer that one fused Adam call then steps (training/fast_step/flat_params.py). Products that share
 an input are one product (the mu and log-variance heads; the classifier and the KL term's cross
 term z_c . m_t). What is off the chain of dependencies (the next batch, the classifier/KL branch,
 the reconstruction loss's value, the weight gradients) goes to a step worker, a second thread on a
-CPU with a spare core (training/step_worker.py), with the same result bit for bit. The loss terms
+CPU with a spare core (training/fast_step/step_worker.py), with the same result bit for bit. The loss terms
 are those of :meth:`StackedNetworks.loss` and the gradients autograd's, to float rounding
 (tests/test_training_manual_step.py).
 
 It runs only where it is verified: :data:`COVERED` lists the settings it is held equal to autograd
 on, and any other setting - a value not listed, or a config key the list does not name, such as a
-loss term added later - trains with autograd on the one definition (training/loss.py).
+loss term added later - trains with autograd on the one definition (training/network/loss.py).
 ``training.fast_step`` = "auto" (that), "off" (always autograd) or "on" (an error outside the list).
 """
 
@@ -29,9 +29,9 @@ from torch import nn
 
 from inclust_plus.errors import InclustError
 
-from .flat_params import FlatParameters
-from .loss import L2_EPS
-from .step_worker import InlineWorker
+from inclust_plus.training.fast_step.flat_params import FlatParameters
+from inclust_plus.training.network.loss import L2_EPS
+from inclust_plus.training.fast_step.step_worker import InlineWorker
 
 _ACT = {
     "relu": (torch.relu_, lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0)),
@@ -129,10 +129,10 @@ def label_rows(label: torch.Tensor, n_labels: int, dtype=torch.float32) -> tuple
 class ManualStep:
     """The training step of ``net`` with its gradients by hand: built once per training run.
 
-    ``net``'s parameters move into flat buffers (training/flat_params.py). A call computes the loss
+    ``net``'s parameters move into flat buffers (training/fast_step/flat_params.py). A call computes the loss
     terms [len(TERMS), K] of :meth:`StackedNetworks.loss` for a batch (``noise`` given), writes the
     gradient of their sum into the parameters' ``.grad`` and, given ``lr``, steps Adam. The work off
-    the step's chain runs on ``worker`` (training/step_worker.py: a second thread, or inline); a call
+    the step's chain runs on ``worker`` (training/fast_step/step_worker.py: a second thread, or inline); a call
     returns when all of it, its ``meanwhile`` included, is done and the update is in the parameters.
     """
 

@@ -21,8 +21,8 @@ import scipy.sparse as sp
 from inclust_plus.contract.description import ModelDescription
 from inclust_plus.errors import InclustError
 
-from .loading import read_cells  # noqa: F401 - the one reader of cell files, re-exported for map_cli
-from .torch_backend import query_graph
+from inclust_plus.training.assembly.loading import read_cells  # noqa: F401 - the one reader of cell files, re-exported for map_cli
+from inclust_plus.training.torch_backend import query_graph
 
 
 @dataclass
@@ -50,7 +50,7 @@ def _names(data) -> set[str]:
 def align_cells(description: ModelDescription, data, layer: str | None = None, preprocessed: bool = False) -> QueryCells:
     """Place ``data`` (AnnData or MuData) into the model's features and apply its preprocessing.
 
-    ``preprocessed``: as in training (training/data.py), normalisation and log1p are skipped, never
+    ``preprocessed``: as in training (training/assembly/data.py), normalisation and log1p are skipped, never
     the stored per-feature scale.
     """
     from inclust_plus.runtime import open_memory, read_rows  # on use: the training process does not import pandas

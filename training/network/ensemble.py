@@ -27,7 +27,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from .module import GroupedLinear, InClustModule, ModuleConfig
+from inclust_plus.training.network.module import GroupedLinear, InClustModule, ModuleConfig
 
 
 def merged_config(member: ModuleConfig, k: int) -> ModuleConfig:

@@ -1,6 +1,6 @@
 """A stacked network's parameters, gradients and Adam moments in single flat buffers.
 
-Why: the hand-written step (training/manual_step.py) has ~20 parameter tensors, and on a CPU the
+Why: the hand-written step (training/fast_step/manual_step.py) has ~20 parameter tensors, and on a CPU the
 fixed cost of an op (~2-15 us of dispatch) matters as much as its arithmetic at inClust+'s size.
 With every parameter a view of one buffer, Adam is one fused kernel over one tensor instead of one
 per parameter, gradients are written in place into their views (``out=``) instead of allocated,
@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .optim import fused_adam
+from inclust_plus.training.fitting.optim import fused_adam
 
 
 class FlatParameters:
@@ -69,6 +69,6 @@ class FlatParameters:
 
     @torch.no_grad()
     def adam_step(self, lr: float) -> None:
-        """One Adam step (betas 0.9/0.999, eps 1e-8, no weight decay: training/optim.py) over every parameter."""
+        """One Adam step (betas 0.9/0.999, eps 1e-8, no weight decay: training/fitting/optim.py) over every parameter."""
         self.steps += 1
         fused_adam([self.data], [self.grad], [self.exp_avg], [self.exp_avg_sq], [self.steps], lr)

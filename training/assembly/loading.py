@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pandas and scipy are imported on use (inclust_plus/sparse.p
 from inclust_plus import COVARIATE_JOIN
 from inclust_plus.errors import InclustError
 
-from .config import DatasetConfig
+from inclust_plus.training.config import DatasetConfig
 
 
 @dataclass

@@ -4,17 +4,17 @@ Each member keeps everything it would have alone: its seed's initial weights (ma
 caller), its own shuffle of the rows and its own reparameterisation noise (one generator each),
 its own validation split and early stopping, and its likelihood. The members share only the
 schedule (epochs, batch size, learning rate and its decay, KL warm-up), which a config sets for
-all of them. Stacked (training/stacked.py), they train in one forward and backward pass per step.
+all of them. Stacked (training/network/stacked.py), they train in one forward and backward pass per step.
 
 The step avoids fixed costs where it can: rows are gathered on the device from tensors placed
-there once (training/batches.py), the loss and its gradients are written out by hand for the
-settings where that is verified (training/manual_step.py, its allow-list; no autograd graph to
-record; elsewhere autograd on training/loss.py), Adam runs fused (one kernel over one
-flat buffer of all parameters, training/flat_params.py), and the loss terms are summed on the
+there once (training/assembly/batches.py), the loss and its gradients are written out by hand for the
+settings where that is verified (training/fast_step/manual_step.py, its allow-list; no autograd graph to
+record; elsewhere autograd on training/network/loss.py), Adam runs fused (one kernel over one
+flat buffer of all parameters, training/fast_step/flat_params.py), and the loss terms are summed on the
 device and read once per epoch - the only host-device exchange in the loop besides the epoch's
 shuffled order. On a CPU with a second core the work off the step's chain (the next batch, the
 classifier/KL branch, the weight gradients) runs on a second thread during the step
-(training/step_worker.py), with the same result bit for bit.
+(training/fast_step/step_worker.py), with the same result bit for bit.
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ from tqdm.auto import tqdm
 from inclust_plus import interrupt
 from inclust_plus.errors import InclustError
 
-from .batches import DeviceRows
-from .config import LossConfig, TrainingConfig
-from .data import TrainingData
-from .device import autocast, grad_scaler
-from .manual_step import ManualStep, use_fast_step
-from .step_worker import StepWorker
-from .module import InClustModule
-from .optim import adam, cosine_lr
-from .loss import TERMS
-from .stacked import StackedNetworks
+from inclust_plus.training.assembly.batches import DeviceRows
+from inclust_plus.training.config import LossConfig, TrainingConfig
+from inclust_plus.training.assembly.data import TrainingData
+from inclust_plus.training.fitting.device import autocast, grad_scaler
+from inclust_plus.training.fast_step.manual_step import ManualStep, use_fast_step
+from inclust_plus.training.fast_step.step_worker import StepWorker
+from inclust_plus.training.network.module import InClustModule
+from inclust_plus.training.fitting.optim import adam, cosine_lr
+from inclust_plus.training.network.loss import TERMS
+from inclust_plus.training.network.stacked import StackedNetworks
 
 NOISE_SEED_OFFSET = 7919  # the noise generator's seed is the member's seed plus this (not the shuffle's stream)
 
@@ -149,7 +149,7 @@ def train_stacked(
 ) -> tuple[list[InClustModule], list[TrainingResult]]:
     """Train ``members`` (initialised by the caller) side by side; member k with ``settings[k]``.
     ``offload``: the hand-written step's work off its chain runs on a second thread
-    (training/step_worker.py; bit for bit the same result)."""
+    (training/fast_step/step_worker.py; bit for bit the same result)."""
     _shared_schedule(settings)
     cfg, loss_cfg = settings[0]
     k = len(members)
@@ -168,7 +168,7 @@ def train_stacked(
     unsupervised = data.label_mode == "unsupervised"
     scaler = grad_scaler(device, precision)
     manual = None
-    if use_fast_step(cfg.fast_step, net.config, loss_cfg, precision, device.type):  # gradients by hand (training/manual_step.py)
+    if use_fast_step(cfg.fast_step, net.config, loss_cfg, precision, device.type):  # gradients by hand (training/fast_step/manual_step.py)
         manual = ManualStep(net, StepWorker() if offload else None)
         opt = None
     else:

@@ -3,7 +3,7 @@
 Why one table: an activation appears in the config's choices, the torch module (training and the
 TorchScript/torch.export twins build it from here), and the ONNX writer (export/onnx_graph.py writes
 the nodes given here). Adding one is one entry. The hand-written training step
-(training/manual_step.py) is not driven by this table: it covers only the activations it lists and
+(training/fast_step/manual_step.py) is not driven by this table: it covers only the activations it lists and
 is tested on, and any other one trains with autograd.
 
 Importing this module does not import torch (the config is checked before torch is loaded).

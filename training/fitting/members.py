@@ -1,7 +1,7 @@
 """Train the members of an ensemble: side by side in this process, or in groups in worker processes.
 
 Member k always starts from the weights of seed ``seed + k`` and trains with its own shuffle,
-noise and likelihood (training/trainer.py), so where it trains - stacked with the others in one
+noise and likelihood (training/fitting/trainer.py), so where it trains - stacked with the others in one
 process, or in a group of a fresh worker process - changes only floating-point rounding, never
 what it learns. On a GPU all members train stacked in this process; on a CPU a big job adds a
 worker process per idle core (each training its share of the members stacked, one torch thread
@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 from inclust_plus import interrupt
 from inclust_plus.errors import InclustError
 
-from .config import Config
-from .data import TrainingData
-from .device import resolve_device
-from .manual_step import use_fast_step
-from .module import InClustModule, ModuleConfig
-from .trainer import TrainingResult, seed_everything, train_stacked
+from inclust_plus.training.config import Config
+from inclust_plus.training.assembly.data import TrainingData
+from inclust_plus.training.fitting.device import resolve_device
+from inclust_plus.training.fast_step.manual_step import use_fast_step
+from inclust_plus.training.network.module import InClustModule, ModuleConfig
+from inclust_plus.training.fitting.trainer import TrainingResult, seed_everything, train_stacked
 
 
 def available_cores() -> int:
@@ -70,7 +70,7 @@ def default_threads(device: torch.device) -> int:
 
 def offload_step(device: torch.device, threads: int) -> bool:
     """Whether this process's training step hands the work off its chain to a second thread
-    (training/step_worker.py): on a CPU with a second core, one torch thread per op. The result is
+    (training/fast_step/step_worker.py): on a CPU with a second core, one torch thread per op. The result is
     the same either way; on the 2-core machine of BENCHMARKS.md it makes one network's step faster."""
     return device.type == "cpu" and threads == 1 and available_cores() >= 2
 
@@ -183,7 +183,7 @@ def _groups(k: int, workers: int) -> list[list[int]]:
 
 
 def _train_in_workers(member, data, settings, workers: int, threads: int, precision: str, progress: bool):
-    """Each group of members stacked in a fresh ``python -m inclust_plus.training.members`` process.
+    """Each group of members stacked in a fresh ``python -m inclust_plus.training.fitting.members`` process.
 
     Fresh interpreters rather than multiprocessing: a spawned multiprocessing child re-imports the
     caller's main script (which breaks scripts read from stdin and re-runs scripts without a
@@ -203,7 +203,7 @@ def _train_in_workers(member, data, settings, workers: int, threads: int, precis
         try:
             for g in range(len(groups)):
                 log = open(Path(tmp) / f"group{g}.log", "wb")
-                cmd = [sys.executable, "-m", "inclust_plus.training.members", str(job), str(g), tmp]
+                cmd = [sys.executable, "-m", "inclust_plus.training.fitting.members", str(job), str(g), tmp]
                 running[g] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
             while running:
                 interrupt.check()  # Ctrl-C/SIGTERM: the finally below stops the workers

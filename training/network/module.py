@@ -5,7 +5,7 @@ modules from its models): everything here works on tensors only, so the exporter
 same weights into ONNX graphs.
 
 The forward pass and the loss are defined once, for this module and the stacked K networks of
-training/stacked.py alike, in training/loss.py; this module adds inference (the posterior mean,
+training/network/stacked.py alike, in training/network/loss.py; this module adds inference (the posterior mean,
 covariate transfer, an ensemble's merged decode), which the exporter folds.
 """
 
@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from . import activations, loss as objective
-from .config import INPUT_NORMALIZATIONS, LossConfig, NetworkShape
-from .loss import TERMS
+from inclust_plus.training.network import activations
+from inclust_plus.training.network import loss as objective
+from inclust_plus.training.config import INPUT_NORMALIZATIONS, LossConfig, NetworkShape
+from inclust_plus.training.network.loss import TERMS
 
 
 @dataclass(kw_only=True)
@@ -30,7 +31,7 @@ class ModuleConfig(NetworkShape):
     n_features: int
     n_covariates: int
     n_labels: int
-    members: int = 1  # >1: K networks merged into one, later layers grouped (training/ensemble.py); widths are the merged ones
+    members: int = 1  # >1: K networks merged into one, later layers grouped (training/network/ensemble.py); widths are the merged ones
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +49,7 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
 class GroupedLinear(nn.Module):
     """``groups`` independent linear maps side by side: input block g -> output block g.
 
-    An ensemble's layer (training/ensemble.py): the same as a block-diagonal ``nn.Linear`` without
+    An ensemble's layer (training/network/ensemble.py): the same as a block-diagonal ``nn.Linear`` without
     storing or multiplying its zeros. Weight [groups, out, in] (per group), bias [groups * out].
     """
 
@@ -86,7 +87,7 @@ class InClustModule(nn.Module):
             raise ValueError(f"activation must be one of {sorted(activations.TABLE)}")
         if c.input_normalization not in INPUT_NORMALIZATIONS:
             raise ValueError(f"input_normalization must be one of {INPUT_NORMALIZATIONS}")
-        # An ensemble (members = K > 1, training/ensemble.py): every member reads the whole input in
+        # An ensemble (members = K > 1, training/network/ensemble.py): every member reads the whole input in
         # the first layer; every later layer is grouped, member k's block k.
         k = c.members
         self.encoder = _mlp([c.n_features, *c.encoder_hidden], c.activation, k, dense_first=True)
@@ -106,7 +107,7 @@ class InClustModule(nn.Module):
 
     # --- the pieces -----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, input_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance of a cell from its masked features (training/loss.py)."""
+        """Posterior mean and log-variance of a cell from its masked features (training/network/loss.py)."""
         return objective.encode(self, x, input_mask)
 
     def embedding_rows(self, covariate: torch.Tensor) -> torch.Tensor:
@@ -128,7 +129,7 @@ class InClustModule(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """All features from a latent point that carries its covariate (z = z_c + e_b).
 
-        For an ensemble this is the mean of the members' decoded features (training/ensemble.py).
+        For an ensemble this is the mean of the members' decoded features (training/network/ensemble.py).
         """
         y = self.output_activation(self.decode_logits(z))
         if self.config.members > 1:
@@ -182,14 +183,14 @@ class InClustModule(nn.Module):
         weights: LossConfig,
         unsupervised: bool,
     ) -> dict[str, torch.Tensor]:
-        """Loss terms averaged over the batch (training/loss.py, the definition the stacked trainer
+        """Loss terms averaged over the batch (training/network/loss.py, the definition the stacked trainer
         uses); ``label`` is -1 for unlabeled cells. A reparameterised sample of z in training mode,
         the posterior mean in eval mode."""
         bernoulli = weights.likelihood == "bernoulli"
         if bernoulli and self.config.output_activation != "sigmoid":
             raise ValueError("the Bernoulli likelihood needs a single network with a sigmoid output")
         if self.config.members > 1:
-            raise ValueError("a merged ensemble has no training loss: its members train as single networks (training/stacked.py)")
+            raise ValueError("a merged ensemble has no training loss: its members train as single networks (training/network/stacked.py)")
         noise = torch.randn(x.shape[0], self.config.latent_dim, device=x.device) if self.training else None
         terms = objective.loss_terms(self, x, input_mask, output_mask, covariate, label, noise, weights, bernoulli, unsupervised)
         return dict(zip(TERMS, terms))

@@ -5,7 +5,7 @@ One network (:class:`~.module.InClustModule`, tensors [n, ...]) and K networks t
 same pieces (``encoder``, ``z_mean``, ``z_log_var``, ``classifier``, ``decoder``, ``output``,
 ``output_activation``, ``embedding_rows``, ``prior_means``), and every term below is written for any
 leading axes. Query mapping (training/mapping.py) optimises a part of the same loss with the same
-term functions. The hand-written step (training/manual_step.py) is a derivative of this definition,
+term functions. The hand-written step (training/fast_step/manual_step.py) is a derivative of this definition,
 held equal to it by tests and run only where it is (its allow-list).
 
 Notation (BMC Bioinformatics 25:41, 2024):
@@ -16,7 +16,7 @@ Notation (BMC Bioinformatics 25:41, 2024):
     loss  = w_rec * 0.5 * sum_f out_mask * (x - x_hat(z))^2     (Gaussian; Bernoulli: cross-entropy)
           + w_kl  * sum_k r_k KL(N(mu, s^2) || N(m_k + e_b, I))  (r: the label where known, else q)
           + w_cat * sum_k q log q   (unsupervised)   + w_label * CE(label, q)
-          + w_mix * per-type MMD between batches of z_c (training/mixing.py; 0 by default)
+          + w_mix * per-type MMD between batches of z_c (training/network/mixing.py; 0 by default)
 with z = mu + s * noise in training (the posterior mean without noise).
 """
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mixing import mixing_penalty
+from inclust_plus.training.network.mixing import mixing_penalty
 
 TERMS = ("total", "reconstruction", "kl", "categorical", "label", "mixing")
 L2_EPS = 1e-6  # an all-zero cell stays all zero

@@ -7,9 +7,9 @@ own batches ([K, batch, in]), so one forward and one backward pass train all of 
 loss has a separate term per member and no parameter is shared, so no gradient mixes between
 members; Adam updates every element on its own, so one optimizer over the stacked tensors equals K
 optimizers. After training the members are unstacked into K :class:`InClustModule` s and merged
-as before (training/ensemble.py).
+as before (training/network/ensemble.py).
 
-The forward pass and loss are those of one network (training/loss.py, which :meth:`InClustModule.loss`
+The forward pass and loss are those of one network (training/network/loss.py, which :meth:`InClustModule.loss`
 runs too): this class offers the same pieces (``encoder``, ``z_mean``, ... ``embedding_rows``) on
 [K, n, ...] tensors, and the loss's functions are written for any leading axes.
 """
@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import activations
-from .loss import loss_terms
-from .module import InClustModule, ModuleConfig
+from inclust_plus.training.network import activations
+from inclust_plus.training.network.loss import loss_terms
+from inclust_plus.training.network.module import InClustModule, ModuleConfig
 
 
 def _linears(module: InClustModule) -> list[nn.Linear]:
@@ -79,7 +79,7 @@ class StackedNetworks(nn.Module):
             out.append(module.eval())
         return out
 
-    # --- the pieces of training/loss.py, member k's layer on member k's rows ---------------------
+    # --- the pieces of training/network/loss.py, member k's layer on member k's rows ---------------------
     def encoder(self, h: torch.Tensor) -> torch.Tensor:
         for i in range(self.n_encoder):
             h = self.activation(self._layer(i, h))
@@ -108,7 +108,7 @@ class StackedNetworks(nn.Module):
         return self.covariate_embedding[torch.arange(self.k, device=covariate.device)[:, None], covariate]
 
     def loss(self, x, input_mask, output_mask, covariate, label, noise, weights, bernoulli, unsupervised: bool) -> torch.Tensor:
-        """Loss terms [len(TERMS), K], each averaged over member k's batch (training/loss.py).
+        """Loss terms [len(TERMS), K], each averaged over member k's batch (training/network/loss.py).
 
         ``x`` and the masks are [K, n, features], ``covariate``/``label`` [K, n] (label -1: unlabeled),
         ``noise`` [K, n, latent] (None: decode the posterior mean), ``weights`` a LossConfig,

@@ -1,0 +1,1 @@
+"""Data assembly: AnnData/MuData files or objects -> the aligned, preprocessed training tables."""

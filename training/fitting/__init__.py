@@ -1,0 +1,1 @@
+"""The training loop: members, schedules, devices, optimiser, loss curves."""
