@@ -104,7 +104,7 @@ def ours(split, overrides: dict, threads: int):
     t2 = time.perf_counter()
     genes = data.features["rna"]
     pred = y[:, [genes.index(g) for g in split.held_out]]
-    info = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "hyperparameters": model.description["hyperparameters"]}
+    info = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "hyperparameters": model.description.hyperparameters}
     return (pred, t1 - t0, t2 - t1), info
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import CITESEQ, MERFISH, ModelShape, best_time, description, machine, make_export, now, write_result  # noqa: E402
+from bench_common import CITESEQ, MERFISH, ModelShape, best_time, machine, make_export, now, write_result  # noqa: E402
 
 BATCHES = (1, 64, 1024, 16384)
 QUICK_SHAPES = (
@@ -101,6 +101,7 @@ class Contenders:
 
         from inclust_plus.runtime.backend import OnnxBackend
         from inclust_plus.runtime.manifest import load_manifest
+        from inclust_plus.training.checkpoint import load_checkpoint
 
         self.torch = torch
         self.module, manifest_path = make_export(shape, folder)
@@ -110,9 +111,9 @@ class Contenders:
         self.backend.prepare(self.graph)
         self.session = self.backend.sessions[str(self.graph.path)][0]
         self.scripted = torch.jit.load(str(self.graph.torchscript)).eval()
-        desc = description(shape)
-        self.inputs = torch.tensor(desc["feature_sets"][shape.inputs]["features"])
-        self.outputs = torch.tensor(desc["feature_sets"][shape.outputs]["features"])
+        desc = load_checkpoint(folder / "model.pt")[1]  # the description make_export wrote
+        self.inputs = torch.tensor(desc.feature_set(shape.inputs).features)
+        self.outputs = torch.tensor(desc.feature_set(shape.outputs).features)
         self.n_features = shape.n_features
         self.mask = torch.zeros(self.n_features)
         self.mask[self.inputs] = 1.0

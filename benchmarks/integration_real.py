@@ -73,12 +73,12 @@ def _train(reference, query, settings: dict, epochs: int | None, seed: int):
     t0 = time.perf_counter()
     model, data, _ = InClust.fit(cfg, {"reference": reference, "query": query}, progress=False)
     seconds = time.perf_counter() - t0
-    genes = model.description["schema"]["modalities"][0]["features"]
+    genes = list(model.description.modalities[0].features)
     z_ref = model.predict(_dense(reference[:, genes].X), "rna", "reference")[1]
     panel = {str(g) for g in query.var_names}
-    sets = model.description["feature_sets"]
-    name = next(n for n, s in sets.items() if {genes[i] for i in s["features"]} == panel)  # the query's own panel
-    z_q = model.predict(_dense(query[:, [genes[i] for i in sets[name]["features"]]].X), name, "query")[1]
+    sets = model.description.feature_sets
+    name = next(n for n, s in sets.items() if {genes[i] for i in s.features} == panel)  # the query's own panel
+    z_q = model.predict(_dense(query[:, [genes[i] for i in sets[name].features]].X), name, "query")[1]
     return np.concatenate([z_ref, z_q]), seconds, cfg.training
 
 

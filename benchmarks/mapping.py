@@ -24,6 +24,7 @@ the two trainings and the mapping run one after another in this one process, onc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -90,7 +91,7 @@ def run(adata, epochs: int, threads: int) -> dict:
     s = out["scores"]
     out["pearson_gap"] = round(s["full (trained with every query cell)"]["mean_pearson"] - s["partial + half B mapped as a new batch"]["mean_pearson"], 4)
     out["time_ratio"] = round(out["map_seconds"] / out["full_train_seconds"], 4)
-    out["mapping"] = mapped.description["mapping"][-1]
+    out["mapping"] = dataclasses.asdict(mapped.description.mapping[-1])
     return out
 
 

@@ -91,7 +91,7 @@ def mean_pearson(model_path: Path, split) -> float:
     x = split.query.X
     x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
     y, _, _ = model.predict(x, "merfish", "merfish", target_covariate="scrna")
-    genes = model.description["schema"]["modalities"][0]["features"]
+    genes = list(model.description.modalities[0].features)
     pred = y[:, [genes.index(g) for g in split.held_out]]
     return round(float(np.nanmean(per_gene_correlation(pred, split.truth))), 4)
 

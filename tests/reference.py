@@ -10,28 +10,44 @@ from __future__ import annotations
 
 import numpy as np
 
+from inclust_plus.contract.description import ModelDescription, Recipe
+from inclust_plus.contract.manifest import Covariate, Modality
 
-def feature_names(desc: dict) -> list[str]:
-    return [f for m in desc["schema"]["modalities"] for f in m["features"]]
+
+def recipe_description(modalities: dict[str, list[str]], recipes: dict[str, dict]) -> ModelDescription:
+    """A description holding only what :func:`preprocess_by_hand` reads, for tests of the preprocessing
+    alone: ``modalities`` {name: feature names}, ``recipes`` {name: {normalize_total, log1p, scale}}."""
+    return ModelDescription(
+        name="recipes", module={}, modalities=tuple(Modality(m, tuple(f)) for m, f in modalities.items()),
+        covariate=Covariate((), ("none",)),
+        preprocessing={m: Recipe(r.get("normalize_total"), bool(r.get("log1p")), None if r.get("scale") is None else tuple(r["scale"]))
+                       for m, r in recipes.items() if r},
+    )
 
 
-def preprocess_by_hand(raw: np.ndarray, desc: dict, inputs: list[int]) -> np.ndarray:
-    """Per modality x/sum*total (sum over its present columns; 0 -> 1), log1p, /scale (0 -> 1); float64."""
+def feature_names(desc: ModelDescription) -> list[str]:
+    return list(desc.feature_names)
+
+
+def preprocess_by_hand(raw: np.ndarray, desc: ModelDescription, inputs: list[int]) -> np.ndarray:
+    """Per modality x/sum*total (sum over its present columns; 0 -> 1), log1p, /scale (0 -> 1); float64.
+
+    ``desc``: the checkpoint's ModelDescription (its ``modalities`` and ``preprocessing`` recipes)."""
     x = np.asarray(raw, dtype=np.float64).copy()
     start = 0
-    for mod in desc["schema"]["modalities"]:
-        n = len(mod["features"])
-        prep = (desc.get("preprocessing") or {}).get(mod["name"]) or {}
+    for mod in desc.modalities:
+        n = len(mod.features)
+        prep = desc.preprocessing.get(mod.name)
         cols = [c for c, f in enumerate(inputs) if start <= f < start + n]
-        if cols:
+        if cols and prep is not None:
             part = x[:, cols]
-            if prep.get("normalize_total") is not None:
+            if prep.normalize_total is not None:
                 lib = part.sum(1, keepdims=True)
-                part = part / np.where(lib == 0, 1.0, lib) * prep["normalize_total"]
-            if prep.get("log1p"):
+                part = part / np.where(lib == 0, 1.0, lib) * prep.normalize_total
+            if prep.log1p:
                 part = np.log1p(part)
-            if prep.get("scale") is not None:
-                scale = np.asarray([prep["scale"][inputs[c] - start] for c in cols], dtype=np.float64)
+            if prep.scale is not None:
+                scale = np.asarray([prep.scale[inputs[c] - start] for c in cols], dtype=np.float64)
                 part = part / np.where(scale == 0, 1.0, scale)
             x[:, cols] = part
         start += n
@@ -65,7 +81,7 @@ def predict_masked(module, inputs: list[int], outputs: list[int], x: np.ndarray,
     return out
 
 
-def graph_reference(module, desc: dict, graph: dict, x: np.ndarray, covariate, target=None, raw: bool = False,
+def graph_reference(module, desc: ModelDescription, graph: dict, x: np.ndarray, covariate, target=None, raw: bool = False,
                     double: bool = False) -> dict[str, np.ndarray]:
     """The outputs of manifest graph entry ``graph`` for its input ``x`` (``raw``: preprocess by hand first)."""
     names = feature_names(desc)

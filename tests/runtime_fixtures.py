@@ -56,12 +56,11 @@ class ToyModel:
 
     def preprocess(self, name: str, x: np.ndarray) -> np.ndarray:
         """The manifest preprocessing of graph ``name``'s inputs, by hand in float64 (tests/reference.py)."""
-        from reference import preprocess_by_hand
+        from reference import preprocess_by_hand, recipe_description
 
         if self.folded:
             return np.asarray(x, np.float64).copy()
-        desc = {"schema": {"modalities": [{"name": "rna", "features": RNA}, {"name": "protein", "features": PROTEIN}]},
-                "preprocessing": self.preprocessing}
+        desc = recipe_description({"rna": RNA, "protein": PROTEIN}, self.preprocessing)
         return preprocess_by_hand(x, desc, [self.features.index(f) for f in self.graph(name)[4]])
 
     def reference(self, name: str, x_raw: np.ndarray, cov: np.ndarray, tgt: np.ndarray | None = None) -> dict:

@@ -184,7 +184,7 @@ def test_setup_with_a_batch_key(tmp_path):
     with pytest.raises(InclustError, match="unknown setting 'epochz'"):
         InClust.setup(query, epochz=1)
     model = InClust.setup({"panel": query}, batch_key="batch", epochs=1, latent_dim=4, encoder_hidden=[16, 8], decoder_hidden=[16]).train(progress=False)
-    assert model.description["covariate"] == {"keys": ["batch"], "categories": ["run1", "run2"]}
+    assert (model.description.covariate.keys, model.description.covariate.categories) == (("batch",), ("run1", "run2"))
     auto = model.get_latent_representation(query, inplace=False)  # the model's covariate column, found by name
     explicit = model.get_latent_representation(query, covariate_key="batch", inplace=False)
     np.testing.assert_array_equal(auto, explicit)

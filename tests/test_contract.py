@@ -10,7 +10,7 @@ import pytest
 from inclust_plus.contract import ModalityPlan, PreprocessPlan, apply, dumps, read_manifest, write_manifest
 from inclust_plus.errors import InclustError
 from inclust_plus.training.assembly.preprocessing import Preprocessing, transform
-from reference import preprocess_by_hand
+from reference import preprocess_by_hand, recipe_description
 from runtime_fixtures import RNA, make_toy_export
 
 
@@ -44,8 +44,7 @@ def test_training_export_and_runtime_share_the_arithmetic():
     runtime = apply(x.copy(), plan)
     np.testing.assert_array_equal(transform(x, Preprocessing(1e4, True), scale), runtime)  # training's numpy path
     np.testing.assert_array_equal(plan.apply(x), runtime)  # export's parity reference
-    desc = {"schema": {"modalities": [{"name": "rna", "features": list("abcdef")}]},
-            "preprocessing": {"rna": {"normalize_total": 1e4, "log1p": True, "scale": scale.tolist()}}}
+    desc = recipe_description({"rna": list("abcdef")}, {"rna": {"normalize_total": 1e4, "log1p": True, "scale": scale.tolist()}})
     np.testing.assert_allclose(runtime, preprocess_by_hand(x, desc, list(range(6))), rtol=2e-6)  # and the formula
 
 

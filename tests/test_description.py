@@ -61,6 +61,15 @@ def test_fields_of_a_main_checkpoint():
     assert d.loss_weight("kl") == 1.0 and d.loss_weight("label") == 50.0
 
 
+def test_the_description_is_read_by_attribute_only():
+    """No second reader by string key (issue 23): the JSON's names are the reader's business alone."""
+    _, d = load_checkpoint(DATA / "main_model.pt")
+    with pytest.raises(TypeError, match="not subscriptable"):
+        d["name"]
+    assert not hasattr(d, "get") and not hasattr(d, "keys")
+    assert d.name == "main_fixture"
+
+
 def _broken(edit) -> dict:
     raw = copy.deepcopy(_raw("main_mapped"))
     edit(raw)

@@ -39,5 +39,5 @@ def test_reduced_run_imputes_held_out_genes_above_floor():
     assert np.mean(r) >= max(FLOOR, ISSUE_FLOOR), np.mean(r)
     # Label transfer comes with the same model: query types predicted far above chance (1/13).
     truth_types = split.query.obs["cell_type"].astype(str).to_numpy()
-    predicted = np.asarray(model.description["labels"]["categories"])[probs.argmax(1)]
+    predicted = np.asarray(model.description.labels.categories)[probs.argmax(1)]
     assert (predicted == truth_types).mean() > 0.9  # measured 0.951

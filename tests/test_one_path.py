@@ -207,7 +207,7 @@ def test_map_query_reads_cells_as_the_runtime_does(models):
     query = m["data"][:40].copy()
     query.obs["batch"] = "b3"
     mapped = m["model"].map_query(query, covariate_key="batch|tech", steps=3, progress=False)
-    assert list(mapped.description["covariate"]["categories"]) == ["b1|10x", "b2|10x", "b1|smart", "b2|smart", "b3|10x", "b3|smart"]
+    assert list(mapped.description.covariate.categories) == ["b1|10x", "b2|10x", "b1|smart", "b2|smart", "b3|10x", "b3|smart"]
     holed = query.copy()
     holed.obs["tech"] = pd.Categorical([None] + ["10x"] * 39)
     with pytest.raises(InclustError) as mapping:

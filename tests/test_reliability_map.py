@@ -97,7 +97,7 @@ def test_two_runs_to_one_out_exactly_one_writes_it(trained, tmp_path):
     err = next(e for rc, e in results if rc == 2).strip()
     assert err in (f"error: output {out} appeared while this run was writing it; pass --force to overwrite it or choose another path",
                    f"error: output {out} already exists; pass --force to overwrite it or choose another path"), err
-    assert checkpoint_mod.load_checkpoint(out)[1]["mapping"][-1]["seed"] == [rc for rc, _ in results].index(0)
+    assert checkpoint_mod.load_checkpoint(out)[1].mapping[-1].seed == [rc for rc, _ in results].index(0)
     assert temporaries(tmp_path) == []
 
 
@@ -106,7 +106,7 @@ def test_map_with_force_replaces_it(trained, tmp_path):
     out.write_bytes(b"old")
     res = CliRunner().invoke(map_main, [str(a) for a in map_args(trained, out, "--force")])
     assert res.exit_code == 0, res.output
-    assert checkpoint_mod.load_checkpoint(out)[1]["covariate"]["categories"] == ["b", "a", "section2"]  # first seen order, then the new batch
+    assert checkpoint_mod.load_checkpoint(out)[1].covariate.categories == ("b", "a", "section2")  # first seen order, then the new batch
 
 
 # --- 12. the help's example ---------------------------------------------------------------------------

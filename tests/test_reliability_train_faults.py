@@ -59,7 +59,7 @@ def signature(name: str, folder: Path):
     from inclust_plus.training.checkpoint import load_checkpoint
 
     desc = load_checkpoint(folder / "mapped.pt")[1]
-    return desc["covariate"]["categories"], desc["mapping"][-1]["final_loss"]
+    return desc.covariate.categories, desc.mapping[-1].final_loss
 
 
 def _run_to_end(name: str, inputs: Path, out: Path, seed: int) -> tuple[float, float]:

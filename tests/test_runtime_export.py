@@ -53,12 +53,12 @@ def toy_export(request, tmp_path_factory):
 
 def test_every_exported_graph(toy_export):
     man, folder, module, desc, root = toy_export
-    names = [f for m in desc["schema"]["modalities"] for f in m["features"]]
+    names = list(desc.feature_names)
     rng = np.random.default_rng(0)
     n = 203
     raw = np.round(rng.gamma(0.5, 30.0, (n, len(names)))).astype(np.float32)
     raw[3] = 0.0  # an empty cell stays finite
-    cats = desc["covariate"]["categories"]
+    cats = list(desc.covariate.categories)
     cov = rng.integers(0, len(cats), n)
     src = root / "cells.h5ad"
     if not src.exists():
@@ -88,7 +88,7 @@ def test_every_exported_graph(toy_export):
 
 def test_torchscript_export_matches(toy_export):
     man, folder, module, desc, root = toy_export
-    names = [f for m in desc["schema"]["modalities"] for f in m["features"]]
+    names = list(desc.feature_names)
     rng = np.random.default_rng(1)
     raw = np.round(rng.gamma(0.5, 30.0, (50, len(names)))).astype(np.float32)
     ad.AnnData(raw, obs=pd.DataFrame(index=[f"c{i}" for i in range(50)]), var=pd.DataFrame(index=names)).write_h5ad(root / "ts.h5ad")
@@ -134,7 +134,7 @@ def _merfish_parity(tmp_path, ckpt: Path):
     g = next(g for g in man["graphs"] if g["name"] == "merfish_to_rna")
     x = query[:, g["input_features"]].X
     x = np.asarray(x.toarray() if hasattr(x, "toarray") else x)
-    cats = desc["covariate"]["categories"]
+    cats = list(desc.covariate.categories)
     ref = reference(module, desc, g, x, np.full(len(x), cats.index("merfish")), np.full(len(x), cats.index("scrna")))
     out = ad.read_h5ad(tmp_path / "imputed.h5ad")
     assert out.n_obs == 9111 and list(out.obs_names) == list(query.obs_names)
@@ -152,7 +152,7 @@ def test_merfish_query_parity_untrained(tmp_path):
     adata = ad.read_h5ad(MERFISH_DATA, backed="r")
     desc = _merfish_description(adata)
     torch.manual_seed(0)
-    module = InClustModule(ModuleConfig(n_features=adata.n_vars, n_covariates=2, n_labels=len(desc["labels"]["categories"]))).eval()
+    module = InClustModule(ModuleConfig(n_features=adata.n_vars, n_covariates=2, n_labels=len(adata.obs["cell_type"].cat.categories))).eval()
     adata.file.close()
     _merfish_parity(tmp_path, save_checkpoint(tmp_path / "model.pt", module, desc))
 
@@ -189,8 +189,8 @@ def test_merfish_query_parity_trained(tmp_path):
         pytest.skip(f"training API differs from what this test expects: {err}")
     ckpt = model.save(tmp_path / "model.pt")
     man_desc = load_checkpoint(ckpt)[1]
-    if "merfish_to_rna" not in [c["name"] for c in man_desc["combinations"]]:
-        pytest.skip(f"trained model names its combinations {[c['name'] for c in man_desc['combinations']]}")
+    if "merfish_to_rna" not in [c.name for c in man_desc.combinations]:
+        pytest.skip(f"trained model names its combinations {[c.name for c in man_desc.combinations]}")
     _merfish_parity(tmp_path, ckpt)
 
 
@@ -206,8 +206,8 @@ def test_panel_graph_defaults_to_its_datasets_covariate(tmp_path):
 
     st = synthetic_task("imputation", n_cells=200, seed=0, overrides={"training": {"epochs": 1}})
     model, data, _ = InClust.fit(st.config, st.objects, progress=False)
-    combo = next(c for c in model.description["combinations"] if c["name"] == "merfish_to_rna")
-    assert combo["default_covariate"] == "merfish" and combo["default_target_covariate"] == "scrna"
+    combo = model.description.combination("merfish_to_rna")
+    assert combo.default_covariate == "merfish" and combo.default_target_covariate == "scrna"
     manifest = export_model(model.save(tmp_path / "model.pt"), tmp_path / "export", torchscript=False)
     query = st.objects["merfish"].copy()
     query.obs = query.obs[[]]  # no covariate column at all

@@ -97,7 +97,7 @@ def test_base_install_runs_without_torch(tmp_path):
     if ckpt is None:
         ref = model.reference("panel_to_rna", x[:, [RNA.index(f) for f in PANEL]], np.arange(64) % 3, np.zeros(64, int))
     else:
-        cats = desc["covariate"]["categories"]
+        cats = list(desc.covariate.categories)
         tgt = np.full(64, cats.index(graph["default_target_covariate"])) if graph["default_target_covariate"] else None
         ref = reference(module, desc, graph, x, np.full(64, cats.index("merfish")), tgt)
         assert torch  # the reference ran here, in the dev environment, not in the fresh venv

@@ -70,7 +70,7 @@ def test_ensemble_override_trains_one_gaussian_network(tmp_path):
     res = CliRunner().invoke(main, [str(cfg), "--out", str(tmp_path / "model.pt"), "--quiet", "--ensemble", "1"])
     assert res.exit_code == 0, res.output
     assert "an ensemble of" not in res.output
-    assert load_checkpoint(tmp_path / "model.pt")[1]["module"]["members"] == 1
+    assert load_checkpoint(tmp_path / "model.pt")[1].module["members"] == 1
 
 
 def test_bernoulli_likelihood_on_unscaled_counts(tmp_path):

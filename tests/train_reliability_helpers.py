@@ -105,7 +105,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def history_of(model: Path) -> dict:
     from inclust_plus.training.checkpoint import load_checkpoint
 
-    return load_checkpoint(model)[1]["training"]["history"]
+    return load_checkpoint(model)[1].training.history
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ the config sections the model was trained with (``training/config.py`` defines t
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 from dataclasses import dataclass, field
@@ -192,20 +191,6 @@ class ModelDescription:
 
         return to_json(self)
 
-    # --- transitional: the JSON's entries by name, for code not yet on the attributes -----------------
-    # (training/api.py and training/assembly/query_data.py, being rewritten onto the runtime's input path.)
-    @functools.cached_property
-    def _as_dict(self) -> dict:
-        return _frozen(self.to_dict())
-
-    def __getitem__(self, key: str):
-        """The JSON's top-level entry ``key``, read-only (editing it raises: use dataclasses.replace)."""
-        return self._as_dict[key]
-
-    def get(self, key: str, default=None):
-        """As :meth:`__getitem__`, with a default."""
-        return self._as_dict.get(key, default)
-
     def __getstate__(self) -> dict:
         """Copies and pickles carry the fields only, never the caches above."""
         return {k: v for k, v in self.__dict__.items() if k in _FIELDS}
@@ -213,32 +198,3 @@ class ModelDescription:
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(ModelDescription))
 
-
-def _refuse(self, *args, **kwargs):
-    raise TypeError("the model description is frozen: build a changed copy with dataclasses.replace")
-
-
-class _FrozenDict(dict):
-    """A read-only dict (equal to the plain one); a deep copy of it is a plain, editable dict."""
-
-    __setitem__ = __delitem__ = update = pop = popitem = setdefault = clear = __ior__ = _refuse
-
-    def __deepcopy__(self, memo):
-        return copy.deepcopy(dict(self), memo)
-
-
-class _FrozenList(list):
-    """A read-only list (equal to the plain one); a deep copy of it is a plain, editable list."""
-
-    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = __iadd__ = __imul__ = _refuse
-
-    def __deepcopy__(self, memo):
-        return copy.deepcopy(list(self), memo)
-
-
-def _frozen(value):
-    if isinstance(value, dict):
-        return _FrozenDict({k: _frozen(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return _FrozenList(_frozen(v) for v in value)
-    return value
