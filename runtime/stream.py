@@ -31,7 +31,7 @@ from inclust_plus import interrupt
 from .backend import OnnxBackend
 from .chunks import Cancelled, chunk_reader, ordered_chunks
 from .csr_feed import CsrBuffers, csr_chunk_reader
-from .output import OutputWriter
+from .output import OutputWriter, disk_errors
 from .pinned import host_registry
 
 log = logging.getLogger("inclust_plus.runtime")
@@ -156,7 +156,8 @@ def stream(options, manifest, graph, data, covariates, target, plan, backend, tm
         with tqdm(total=n, unit="cells", unit_scale=True, desc=graph.name, file=sys.stderr, disable=options.quiet or not sys.stderr.isatty()) as bar:
             for start, stop, (views, laid) in results:
                 interrupt.check()
-                writer.write(start, views["y"], views["latent"], views["label_probs"], views["y_std"], laid)
+                with disk_errors():
+                    writer.write(start, views["y"], views["latent"], views["label_probs"], views["y_std"], laid)
                 bar.update(stop - start)
         seconds = time.perf_counter() - started
         provenance.update(backend.provenance())
