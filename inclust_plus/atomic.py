@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -208,39 +209,149 @@ def _new_dir(path: Path) -> None:
     os.mkdir(path)  # 0777 less the umask: exports are shared with servers
 
 
+@dataclass(frozen=True)
+class Output:
+    """One output of a command: a file, or a folder (``folder``), and how it may replace what is there."""
+
+    path: Path
+    folder: bool = False
+    force: bool = False
+    replaceable: Callable[[Path], None] | None = None  # folders: raises if an existing one holds foreign files
+    suffix: str = ""
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _check_commit(out: Output) -> None:
+    """What :func:`commit_file` / :func:`commit_dir` would refuse, asked of every output before any moves."""
+    target = out.path
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not out.force:
+        raise _appeared(target)
+    if out.folder and (not target.is_dir() or target.is_symlink()):
+        raise InclustError(f"output {target} is not a folder", "choose another output folder")
+    if out.folder and out.replaceable is not None:
+        out.replaceable(target)
+
+
+def _move_in(out: Output, tmp: Path) -> Path | None:
+    """Put ``tmp`` at ``out.path``, keeping any previous output aside; returns where it is kept (None: there was none)."""
+    target = out.path
+    if not (target.exists() or target.is_symlink()):
+        if out.folder:
+            if not _renameat2(tmp, target, _RENAME_NOREPLACE):
+                os.rename(tmp, target)
+        else:
+            os.link(tmp, target)  # FileExistsError: it appeared meanwhile
+        return None
+    if out.folder and _renameat2(tmp, target, _RENAME_EXCHANGE):
+        return tmp  # the previous folder, under the temporary name
+    old = temp_name(target, ".old")
+    if out.folder:
+        os.rename(target, old)
+        os.rename(tmp, target)
+        return old
+    try:
+        os.link(target, old)  # the previous file stays whole under a second name; the replace is atomic
+    except OSError:
+        os.rename(target, old)
+    os.replace(tmp, target)
+    return old
+
+
+def _move_back(out: Output, tmp: Path, old: Path | None) -> None:
+    """Undo :func:`_move_in`: the previous output (or nothing) back at ``out.path``."""
+    target = out.path
+    if old is None:
+        os.rename(target, tmp) if out.folder else target.unlink()
+    elif old == tmp:
+        _renameat2(tmp, target, _RENAME_EXCHANGE)
+    elif out.folder:
+        os.rename(target, tmp)
+        os.rename(old, target)
+    else:
+        os.replace(old, target)
+
+
+def _commit_together(outputs: list[Output], tmps: list[Path]) -> None:
+    """Move every temporary into place, or none: all are checked first, and a move that still fails
+    (an output that appeared in between) puts back the ones already moved."""
+    interrupt.check()
+    for out in outputs:
+        _check_commit(out)
+    moved: list[tuple[Output, Path, Path | None]] = []
+    try:
+        for out, tmp in zip(outputs, tmps):
+            try:
+                moved.append((out, tmp, _move_in(out, tmp)))
+            except FileExistsError:
+                raise _appeared(out.path) from None
+    except BaseException:
+        for out, tmp, old in reversed(moved):
+            with contextlib.suppress(OSError):
+                _move_back(out, tmp, old)
+        raise
+    for out, tmp, old in moved:
+        if old is not None:
+            _remove(old)
+        if not out.folder:
+            _remove(tmp)  # the file was linked into place: its temporary name goes
+
+
+@contextlib.contextmanager
+def atomic_outputs(*outputs: Output) -> Iterator[list[Path]]:
+    """Yield one temporary path (file or folder) per output, beside it; they replace the outputs
+    only if the block succeeds, and all of them together or none (issue 25: a command's outputs
+    appear together or not at all).
+
+    A folder's ``replaceable(existing)`` raises if an existing one holds anything the caller did not
+    write; with ``force`` it is called on entry, so that a refusal comes before the work, and again
+    just before the move, in case it changed meanwhile. A single output is committed by
+    :func:`commit_file` / :func:`commit_dir`; several by :func:`_commit_together`.
+    """
+    outputs = tuple(Output(Path(o.path), o.folder, o.force, o.replaceable, o.suffix) for o in outputs)
+    for out in outputs:
+        if out.folder and out.force and out.replaceable is not None and out.path.is_dir():
+            out.replaceable(out.path)
+    tmps: list[Path] = []
+    try:
+        for out in outputs:
+            remove_stale(out.path)
+            tmp = temp_name(out.path, out.suffix)
+            (_new_dir if out.folder else _new_file)(tmp)
+            tmps.append(tmp)
+        yield tmps
+        if len(outputs) == 1:
+            out = outputs[0]
+            if out.folder:
+                commit_dir(tmps[0], out.path, out.force, out.replaceable)
+            else:
+                commit_file(tmps[0], out.path, out.force)
+        else:
+            _commit_together(list(outputs), tmps)
+    except BaseException:
+        for tmp in tmps:
+            _remove(tmp)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "", force: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
-    target = Path(path)
-    remove_stale(target)
-    tmp = temp_name(target, suffix)
-    _new_file(tmp)
-    try:
+    with atomic_outputs(Output(Path(path), force=force, suffix=suffix)) as (tmp,):
         yield tmp
-        commit_file(tmp, target, force)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, force: bool = False, replaceable: Callable[[Path], None] | None = None) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; it replaces ``path`` only if the block succeeds.
-
-    ``replaceable(existing)`` raises if an existing folder holds anything the caller did not write.
-    With ``force`` it is called twice: on entry, so that a refusal comes before the work, and again
-    just before the folder is replaced, in case it changed meanwhile.
-    """
-    target = Path(path)
-    if force and replaceable is not None and target.is_dir():
-        replaceable(target)
-    remove_stale(target)
-    tmp = temp_name(target)
-    _new_dir(tmp)
-    try:
+    """Yield a temporary folder next to ``path``; it replaces ``path`` only if the block succeeds
+    (``replaceable``: see :func:`atomic_outputs`)."""
+    with atomic_outputs(Output(Path(path), folder=True, force=force, replaceable=replaceable)) as (tmp,):
         yield tmp
-        commit_dir(tmp, target, force, replaceable)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -124,11 +124,13 @@ def write_triton_repository(
     preferred_batch_sizes: tuple[int, ...] = (256, 1024),
     max_queue_delay_us: int = 500,
     instance_count: int = 1,
+    into: Path | None = None,
 ) -> Path:
     """Write the repository for every graph of ``manifest_path`` into ``out_dir`` (atomically).
 
     ``flavour``: ``"onnxruntime"`` (NGC container), ``"python"`` (PyPI server build) or ``"both"``.
-    Returns ``out_dir``.
+    Returns ``out_dir``. ``into``: an empty temporary folder to fill instead, that the caller moves
+    onto ``out_dir`` together with its other outputs (``inclust-export --triton``: issue 25).
 
     Batching defaults: requests of up to 4096 cells; the dynamic batcher runs a batch as soon as
     256 or 1024 cells are queued, else after 0.5 ms. On a 2-core CPU server, larger preferred sizes
@@ -158,8 +160,14 @@ def write_triton_repository(
     names = [m.name for m in plan]
     if len(set(names)) != len(names):
         raise InclustError("two graphs map to the same Triton model name", "rename one of the combinations and re-export")
-    with atomic_dir(out, force=force, replaceable=written_by_triton_export) as tmp:
+    def fill(tmp: Path) -> None:
         for model in plan:
             _write_model(tmp / model.name, model, labels)
         (tmp / INDEX_FILE).write_text(json.dumps(_index(manifest, flavour, plan), indent=2, sort_keys=True) + "\n")
+
+    if into is not None:
+        fill(into)
+        return out
+    with atomic_dir(out, force=force, replaceable=written_by_triton_export) as tmp:
+        fill(tmp)
     return out
