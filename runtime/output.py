@@ -226,12 +226,33 @@ class OutputWriter:
         with contextlib.suppress(Exception):
             if self.f.id.valid:
                 _discard_writes(self.f.id.get_vfd_handle())
-        self.x = self.latent = self.codes = self.prob = None
-        self.layers, self.per_modality = {}, {}
-        try:
-            self.f.close()
-        except Exception:  # noqa: BLE001 - closing after a failure must not hide the failure
-            pass
+        with _file_size_unlimited():
+            self.x = self.latent = self.codes = self.prob = None
+            self.layers, self.per_modality = {}, {}
+            try:
+                self.f.close()
+            except Exception:  # noqa: BLE001 - closing after a failure must not hide the failure
+                pass
+
+
+@contextlib.contextmanager
+def _file_size_unlimited():
+    """A ``ulimit -f`` soft limit (the failure being cleaned up) raised to the hard one meanwhile: it
+    applies to the in-memory file too, and must not fail the last flushes into it."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    except (ImportError, OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def _discard_writes(fd: int) -> None:
