@@ -26,6 +26,7 @@ from .covariates import resolve_covariates, resolve_target
 from .layout_chunk import ChunkTap, Target
 from .manifest import GraphEntry, load_manifest, select_graph
 from .memory import modality_views, open_memory
+from .signature import prepare as prepare_graph
 from .stream import check_outputs
 
 log = logging.getLogger("inclust_plus.runtime")
@@ -107,7 +108,7 @@ class Predictor:
         data = open_memory(adata, graph, layer, allow_missing)
         covs = resolve_covariates(m, data, covariate_key, covariate, graph)
         tgt, tgt_name = resolve_target(m, graph, target_covariate) if graph.decodes else (None, "none")
-        self.backend.prepare(graph)
+        prepare_graph(self.backend, graph, m)
         n, bs = data.n_obs, self.batch_size
         read = chunk_reader(data, graph.runtime_plan, f"the AnnData {data.element}")
         buf, cbuf = np.zeros((min(bs, n), data.n_inputs), np.float32), np.zeros(min(bs, n), np.int64)

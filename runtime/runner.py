@@ -39,6 +39,7 @@ from .covariates import resolve_covariates, resolve_target
 from .inputs import open_input
 from .layout import plan_layout, warn_if_not_counts
 from .manifest import GraphEntry, Manifest, load_manifest, select_graph
+from .signature import prepare as prepare_graph
 from .stream import DECODING, stream
 
 log = logging.getLogger("inclust_plus.runtime")
@@ -170,7 +171,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
         graph = choose_flavour(graph, backend, options)
         workers = concurrent_calls(backend, math.ceil(data.n_obs / plan_chunks(data, graph, manifest, options, 1, layout)))
         rows = plan_chunks(data, graph, manifest, options, workers, layout)
-        backend.prepare(graph)
+        prepare_graph(backend, graph, manifest)  # sha256, signature against the manifest, covariate probe
         provenance = {
             "command": options.command,
             "graph": graph.name,

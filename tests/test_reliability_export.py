@@ -39,7 +39,8 @@ def test_triton_repository_not_replaced_when_the_export_folder_is_refused_late(c
     assert CliRunner().invoke(export, [str(ckpt), "--out", str(x), "--triton", str(y), *COMBO]).exit_code == 0
     before = snapshot(tmp_path)
     _late(monkeypatch, lambda: (x / "notes.txt").write_text("mine"))
-    line = one_error(export, [ckpt, "--out", x, "--triton", y, "--force", *COMBO])
+    other = ["--combination", "merfish_to_rna", "--no-torchscript"]  # a replaced folder would differ from the previous one
+    line = one_error(export, [ckpt, "--out", x, "--triton", y, "--force", *other])
     assert line == (f"error: output folder {x} holds files inclust-export did not write (notes.txt); --force replaces only a previous "
                     "export; choose another --out folder or move those files out first")
     after = snapshot(tmp_path)

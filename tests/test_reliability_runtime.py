@@ -1,0 +1,132 @@
+"""inclust-run against hostile inputs and exports (issue 25): CSR indices stored as floats (defect 4),
+a manifest that disagrees with its graphs (5), ``info`` over every file (6), non-finite outputs (9),
+and the runtime's message nits (12). Each: exit 2, the exact line, nothing written, a previous output
+untouched; through the real command (click's runner on ``inclust-run``) and, where it applies, the Predictor."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from export_toys import make_toy_checkpoint
+from inclust_plus.errors import InclustError
+from inclust_plus.export import export_model
+from inclust_plus.runtime import Predictor
+from inclust_plus.runtime.cli import cli
+from reliability_helpers import one_error, snapshot
+
+N = 30
+GRAPH = "merfish_to_rna"  # 6 input features (rna), 12 outputs, covariates scrna/merfish/cite
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    ckpt = make_toy_checkpoint(root / "model.pt", seed=2)
+    export_model(ckpt, root / "exp", torchscript=False)
+    return root / "exp"
+
+
+def cells(export: Path, path: Path) -> Path:
+    features = next(g for g in json.loads((export / "manifest.json").read_text())["graphs"] if g["name"] == GRAPH)["input_features"]
+    rng = np.random.default_rng(0)
+    x = (rng.gamma(1.0, 5.0, (N, len(features))) * (rng.random((N, len(features))) < 0.5)).round().astype(np.float32)
+    obs = pd.DataFrame({"dataset": pd.Categorical(["merfish"] * N)}, index=[f"c{i}" for i in range(N)])
+    ad.AnnData(sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=features)).write_h5ad(path)
+    return path
+
+
+def copy_export(export: Path, to: Path, edit=None) -> Path:
+    shutil.copytree(export, to)
+    if edit is not None:
+        raw = json.loads((to / "manifest.json").read_text())
+        edit(raw)
+        (to / "manifest.json").write_text(json.dumps(raw))
+    return to
+
+
+def impute(export: Path, inp: Path, out: Path, *extra) -> list:
+    return ["impute", "--onnx", export, "--input", inp, "--output", out, "--combination", GRAPH, "--covariate-key", "dataset", "--quiet", *extra]
+
+
+def expect(tmp_path: Path, argv: list, line: str) -> None:
+    """Exit 2 with exactly ``line``; the previous output (o.h5ad) and everything else under tmp_path unchanged."""
+    (tmp_path / "o.h5ad").write_bytes(b"previous")
+    assert one_error(cli, argv + ["--force"], unchanged=tmp_path) == line
+
+
+# --- defect 4: CSR indices stored as floats -------------------------------------------------------
+@pytest.mark.parametrize("part", ["indices", "indptr"])
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_float_csr_indices_are_one_line(export, tmp_path, part, fmt):
+    inp = cells(export, tmp_path / "in.h5ad")
+    with h5py.File(inp, "a") as f:
+        values = f[f"X/{part}"][()]
+        del f[f"X/{part}"]
+        f[f"X/{part}"] = values.astype(np.float64)
+    expect(tmp_path, impute(export, inp, tmp_path / "o.h5ad", "--input-format", fmt),
+           f"error: /X is a corrupt CSR matrix ({part} stored as float64, not integers); re-write the h5ad with anndata or scanpy")
+
+
+# --- defect 5: a manifest that disagrees with its own graph ---------------------------------------
+def _graph(raw: dict) -> dict:
+    return next(g for g in raw["graphs"] if g["name"] == GRAPH)
+
+
+def _extra_category(raw):
+    raw["covariate"]["categories"].append("extra")
+
+
+def _shorten(raw, shapes: bool):
+    g = _graph(raw)
+    g["input_features"] = g["input_features"][:5]
+    for group in g["preprocessing_plan"]:
+        group["runs"], group["scale"] = [[0, 5]], group["scale"][:5]
+    if shapes:  # the declared shapes edited too: only the graph file itself can tell
+        for flavour in [g, *g["variants"]]:
+            for t in flavour.get("inputs") or []:
+                if t["name"] == "x":
+                    t["shape"] = ["batch", 5]
+
+
+EDITED = "the manifest was edited or belongs to another export; re-export the model with inclust-export"
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_manifest_with_an_extra_covariate_category(export, tmp_path, fmt):
+    edited = copy_export(export, tmp_path / "exp", _extra_category)
+    inp = cells(export, tmp_path / "in.h5ad")
+    line = (f"error: graph '{GRAPH}' cannot take the manifest's 4 covariate categories (the last is 'extra'): "
+            "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running Gather node. ")
+    got = one_error(cli, impute(edited, inp, tmp_path / "o.h5ad", "--input-format", fmt), unchanged=tmp_path)
+    assert got.startswith(line[: line.index(": [ONNX")]) and got.endswith(EDITED), got
+    with pytest.raises(InclustError, match="cannot take the manifest's 4 covariate categories"):
+        Predictor(edited).impute(ad.read_h5ad(inp), combination=GRAPH, covariate_key="dataset")
+
+
+def test_manifest_with_shortened_input_features(export, tmp_path):
+    """The feature list and plan cut to 5 of the graph's 6 inputs: the schema ties the declared x width to it."""
+    edited = copy_export(export, tmp_path / "exp", lambda raw: _shorten(raw, shapes=False))
+    inp = cells(export, tmp_path / "in.h5ad")
+    expect(tmp_path, impute(edited, inp, tmp_path / "o.h5ad"),
+           f"error: manifest {edited / 'manifest.json'}: graph '{GRAPH}': its x is 6 wide, the manifest lists 5 input features; "
+           "re-export the model with inclust-export")
+
+
+def test_manifest_with_shortened_inputs_and_shapes(export, tmp_path):
+    """Declared shapes edited to match: the graph file's own signature is compared when it is loaded (CLI and Predictor)."""
+    edited = copy_export(export, tmp_path / "exp", lambda raw: _shorten(raw, shapes=True))
+    inp = cells(export, tmp_path / "in.h5ad")
+    line = f"error: graph '{GRAPH}' ({GRAPH}.onnx) has x float32[batch, 6], the manifest says x float32[batch, 5]; {EDITED}"
+    expect(tmp_path, impute(edited, inp, tmp_path / "o.h5ad"), line)
+    with pytest.raises(InclustError) as err:
+        Predictor(edited).impute(ad.read_h5ad(inp), combination=GRAPH, covariate_key="dataset")
+    assert f"error: {err.value.one_line()}" == line
