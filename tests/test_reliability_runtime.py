@@ -31,7 +31,7 @@ GRAPH = "merfish_to_rna"  # 6 input features (rna), 12 outputs, covariates scrna
 def export(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     ckpt = make_toy_checkpoint(root / "model.pt", seed=2)
-    export_model(ckpt, root / "exp", torchscript=False)
+    export_model(ckpt, root / "exp", torchscript=False, fp16=True)
     return root / "exp"
 
 
@@ -130,3 +130,26 @@ def test_manifest_with_shortened_inputs_and_shapes(export, tmp_path):
     with pytest.raises(InclustError) as err:
         Predictor(edited).impute(ad.read_h5ad(inp), combination=GRAPH, covariate_key="dataset")
     assert f"error: {err.value.one_line()}" == line
+
+
+# --- defect 6: info lists and checks every file the manifest names ---------------------------------
+@pytest.mark.parametrize("flavour, damage", [("csr.onnx", "tampered"), ("csr.onnx", "deleted"), ("fp16.onnx", "tampered"),
+                                             ("csr.fp16.onnx", "deleted")])
+def test_info_checks_the_csr_and_fp16_flavours(export, tmp_path, flavour, damage):
+    from click.testing import CliRunner
+
+    folder = copy_export(export, tmp_path / "exp")
+    n_files = sum(1 + len(g["variants"]) for g in json.loads((folder / "manifest.json").read_text())["graphs"])
+    clean = CliRunner().invoke(cli, ["info", str(folder)])
+    assert clean.exit_code == 0 and clean.stdout.count(" ok\n") == n_files == 28, clean.output  # 7 graphs x 4 flavours
+    target = folder / f"{GRAPH}.{flavour}"
+    target.write_bytes(target.read_bytes() + b"x") if damage == "tampered" else target.unlink()
+    before = snapshot(tmp_path)
+    check = "MISMATCH" if damage == "tampered" else "missing"
+    line = one_error(cli, ["info", folder])
+    assert line == (f"error: 1 of the {n_files} files the manifest names are not as exported ({target.name} {check}); "
+                    "re-export the model with inclust-export or copy the whole export folder again")
+    listing = CliRunner().invoke(cli, ["info", str(folder)]).stdout
+    kind = "onnx " + flavour.removesuffix(".onnx").replace(".", " ")
+    assert f"    {kind}: {target.name} sha256 " in listing and listing.count(f" {check}\n") == 1 and listing.count(" ok\n") == n_files - 1
+    assert snapshot(tmp_path) == before
