@@ -26,7 +26,7 @@ from .combinations import Combination, feature_modalities, select_combinations
 from .folding import fold
 from .manifest import build_manifest, graph_entry, variant_entry, write_manifest
 from .preprocess import IDENTITY, build_plan
-from .validate import check_parity, check_variant_parity
+from .validate import check_finite_weights, check_parity, check_variant_parity
 
 def default_out_dir(checkpoint: str | os.PathLike) -> Path:
     """``<model stem>_export`` next to the checkpoint."""
@@ -201,6 +201,7 @@ def export_model(
         check_not_inside(triton_dir, (ckpt,), "--triton")
     model_sha = file_sha256(ckpt) if ckpt.is_file() else ""
     module, desc = _load(ckpt)
+    check_finite_weights(module)
     combos = select_combinations(desc, combinations)
     _check_description(module, desc, combos)
 

@@ -27,7 +27,7 @@ from .layout_chunk import ChunkTap, Target
 from .manifest import GraphEntry, load_manifest, select_graph
 from .memory import modality_views, open_memory
 from .signature import prepare as prepare_graph
-from .stream import check_outputs
+from .stream import check_finite, check_outputs
 
 log = logging.getLogger("inclust_plus.runtime")
 # The shared runtime code names its fixes as CLI flags; a notebook user passes keyword arguments.
@@ -126,6 +126,7 @@ class Predictor:
                     sizes[mm].append(v)
             res = self.backend.run(graph, x, covs.take(s, e, cbuf), None if tgt is None else tgt.take(s, e, tbuf))
             check_outputs(graph, m, res, e - s)
+            check_finite(graph, res, s)
             for k, v in res.items():
                 out.setdefault(k, np.empty((n, v.shape[1]), np.float32))[s:e] = v
         prov = {"graph": graph.name, "graph_sha256": graph.sha256, "model_name": m.model_name, "model_sha256": m.model_sha256,

@@ -65,3 +65,22 @@ def test_triton_folder_with_foreign_files_refused_before_the_work(ckpt, tmp_path
     line = one_error(export, [ckpt, "--out", x, "--triton", y, "--force", *COMBO], unchanged=tmp_path)
     assert line == (f"error: Triton folder {y} holds files inclust-export did not write (notes.txt); --force replaces only a previous "
                     "repository; choose another --triton folder or move those files out first")
+
+
+# --- defect 9: a diverged model ---------------------------------------------------------------------
+def test_export_refuses_non_finite_weights(tmp_path):
+    import torch
+
+    from export_toys import toy_description, toy_module
+    from inclust_plus.training.checkpoint import save_checkpoint
+
+    module = toy_module(seed=2)
+    name, weight = next(iter(module.named_parameters()))
+    with torch.no_grad():
+        weight.view(-1)[:3] = float("nan")  # what a diverged training leaves
+    ckpt = save_checkpoint(tmp_path / "model.pt", module, toy_description(seed=2))
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "manifest.json").write_text("{}")  # a previous output stays as it was
+    line = one_error(export, [ckpt, "--out", tmp_path / "x", "--triton", tmp_path / "y", "--force"], unchanged=tmp_path)
+    assert line == (f"error: the model's weights are not finite (3 of {weight.numel()} values of {name} are NaN or infinite): its training "
+                    "diverged; retrain with a lower learning rate (inclust-train stops when the loss is not finite) and export that model")

@@ -153,3 +153,35 @@ def test_info_checks_the_csr_and_fp16_flavours(export, tmp_path, flavour, damage
     kind = "onnx " + flavour.removesuffix(".onnx").replace(".", " ")
     assert f"    {kind}: {target.name} sha256 " in listing and listing.count(f" {check}\n") == 1 and listing.count(" ok\n") == n_files - 1
     assert snapshot(tmp_path) == before
+
+
+# --- defect 9: non-finite outputs are an error, never a result ------------------------------------------
+def _diverged(folder: Path) -> None:
+    """Every weight of the graph's first initializer NaN (dense and CSR files), sha256s re-pinned."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    raw = json.loads((folder / "manifest.json").read_text())
+    g = _graph(raw)
+    for entry in [g, *g["variants"]]:
+        model = onnx.load(folder / entry["file"])
+        init = next(i for i in model.graph.initializer if numpy_helper.to_array(i).dtype.kind == "f" and numpy_helper.to_array(i).ndim == 2)
+        init.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(init), np.nan), init.name))
+        onnx.save(model, folder / entry["file"])
+        entry["sha256"] = hashlib.sha256((folder / entry["file"]).read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_non_finite_outputs_are_refused(export, tmp_path, fmt):
+    folder = copy_export(export, tmp_path / "exp")
+    _diverged(folder)
+    inp = cells(export, tmp_path / "in.h5ad")
+    line = (f"error: graph '{GRAPH}' returned non-finite values (NaN or infinity) in y, first for the cell in row 0: the model's training "
+            "diverged or its graph is damaged; retrain with a lower learning rate and export again")
+    expect(tmp_path, impute(folder, inp, tmp_path / "o.h5ad", "--input-format", fmt), line)
+    with pytest.raises(InclustError) as err:
+        Predictor(folder).impute(ad.read_h5ad(inp), combination=GRAPH, covariate_key="dataset")
+    assert f"error: {err.value.one_line()}" == line
