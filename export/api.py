@@ -58,11 +58,14 @@ def _check_description(module, desc: dict, combos: list[Combination]) -> None:
     cfg = module.config
     try:
         names, _ = feature_modalities(desc)
-        categories = desc["covariate"]["categories"]
-        labels = (desc.get("labels") or {}).get("categories") or []
+        categories = list(desc["covariate"]["categories"])
+        labels = list((desc.get("labels") or {}).get("categories") or [])
         desc["name"]
-    except (KeyError, TypeError) as err:
-        raise InclustError(f"checkpoint description is incomplete (missing {err})", "re-run inclust-train") from None
+    except KeyError as err:
+        raise InclustError(f"checkpoint description is incomplete (no field {err})", "re-run inclust-train") from None
+    except (TypeError, AttributeError, ValueError):  # a field of the wrong type: its Python message would mean nothing here
+        raise InclustError("checkpoint description is malformed (its covariate, labels or feature sets are not what inclust-train writes)",
+                           "re-run inclust-train") from None
     problems = []
     if len(names) != cfg.n_features:
         problems.append(f"{len(names)} feature names for {cfg.n_features} features")

@@ -146,9 +146,9 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
         raise InclustError(f"--min-shared-fraction must be between 0 and 1, not {options.min_shared_fraction}", "pass e.g. 0.5")
     if options.layer and options.obsm:
         raise InclustError("--layer and --obsm are exclusive", "pass one of them")
+    if Path(options.output).is_dir():  # before "already exists": --force would not help
+        raise InclustError(f"output {options.output} is a folder", "pass a file path ending in .h5ad (e.g. inside that folder)")
     out_path = check_output_path(options.output, options.force, inputs=(options.input,))
-    if out_path.is_dir():
-        raise InclustError(f"output {out_path} is a folder", "pass a file path ending in .h5ad")
     manifest = load_manifest(options.onnx)
     decode = options.command in DECODING
     graph = select_graph(manifest, decode, options.combination, options.source, options.target)

@@ -84,3 +84,27 @@ def test_export_refuses_non_finite_weights(tmp_path):
     line = one_error(export, [ckpt, "--out", tmp_path / "x", "--triton", tmp_path / "y", "--force"], unchanged=tmp_path)
     assert line == (f"error: the model's weights are not finite (3 of {weight.numel()} values of {name} are NaN or infinite): its training "
                     "diverged; retrain with a lower learning rate (inclust-train stops when the loss is not finite) and export that model")
+
+
+# --- defect 12 (export side): a broken checkpoint description ------------------------------------------
+@pytest.mark.parametrize("case, line", [
+    ("covariate", "checkpoint description is malformed (its covariate, labels or feature sets are not what inclust-train writes)"),
+    ("categories", "checkpoint description is malformed (its covariate, labels or feature sets are not what inclust-train writes)"),
+    ("labels", "checkpoint description is malformed (its covariate, labels or feature sets are not what inclust-train writes)"),
+    ("no-name", "checkpoint description is incomplete (no field 'name')"),
+])
+def test_broken_checkpoint_description_is_one_clear_line(tmp_path, case, line):
+    from export_toys import toy_description, toy_module
+    from inclust_plus.training.checkpoint import save_checkpoint
+
+    desc = toy_description(seed=2)
+    if case == "covariate":
+        desc["covariate"] = "dataset"
+    elif case == "categories":
+        desc["covariate"]["categories"] = None
+    elif case == "labels":
+        desc["labels"] = ["B", "T", "NK"]
+    else:
+        del desc["name"]
+    ckpt = save_checkpoint(tmp_path / "model.pt", toy_module(seed=2), desc)
+    assert one_error(export, [ckpt, "--out", tmp_path / "x"], unchanged=tmp_path) == f"error: {line}; re-run inclust-train"

@@ -185,3 +185,41 @@ def test_non_finite_outputs_are_refused(export, tmp_path, fmt):
     with pytest.raises(InclustError) as err:
         Predictor(folder).impute(ad.read_h5ad(inp), combination=GRAPH, covariate_key="dataset")
     assert f"error: {err.value.one_line()}" == line
+
+
+# --- defect 12: --triton '' and --triton-concurrency, message nits ---------------------------------------
+def test_empty_triton_url_is_refused_not_run_locally(export, tmp_path):
+    inp = cells(export, tmp_path / "in.h5ad")
+    expect(tmp_path, impute(export, inp, tmp_path / "o.h5ad", "--triton", ""),
+           "error: --triton was given an empty URL; pass the server as HOST:PORT (e.g. localhost:8001), or drop --triton to run locally")
+
+
+@pytest.mark.parametrize("value", ["0", "-4"])
+@pytest.mark.parametrize("with_url", [True, False], ids=["with-triton", "without"])
+def test_triton_concurrency_below_one_is_refused_alike(export, tmp_path, value, with_url):
+    inp = cells(export, tmp_path / "in.h5ad")
+    url = ["--triton", "localhost:1"] if with_url else []  # nothing listens there: the check comes before any connection
+    expect(tmp_path, impute(export, inp, tmp_path / "o.h5ad", *url, "--triton-concurrency", value),
+           f"error: --triton-concurrency must be at least 1, not {value}; pass the requests in flight at once, e.g. 4")
+
+
+def test_h5ad_with_no_genes(export, tmp_path):
+    obs = pd.DataFrame({"dataset": pd.Categorical(["merfish"] * N)}, index=[f"c{i}" for i in range(N)])
+    ad.AnnData(np.zeros((N, 0), np.float32), obs=obs).write_h5ad(tmp_path / "in.h5ad")
+    expect(tmp_path, impute(export, tmp_path / "in.h5ad", tmp_path / "o.h5ad"),
+           f"error: in.h5ad X has no features (0 columns); graph '{GRAPH}' takes 6; pass the file with its measured features "
+           "(e.g. gene000, gene002, gene003, gene005, gene007, ... (1 more))")
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_folder_given_as_output(export, tmp_path, force):
+    inp = cells(export, tmp_path / "in.h5ad")
+    (tmp_path / "results").mkdir()
+    line = one_error(cli, impute(export, inp, tmp_path / "results", *(["--force"] if force else [])), unchanged=tmp_path)
+    assert line == f"error: output {tmp_path / 'results'} is a folder; pass a file path ending in .h5ad (e.g. inside that folder)"
+
+
+def test_folder_given_as_dataset(export, tmp_path):
+    (tmp_path / "data").mkdir()
+    expect(tmp_path, impute(export, tmp_path / "data", tmp_path / "o.h5ad"),
+           f"error: input {tmp_path / 'data'} is a folder, not a dataset file; pass the .h5ad (or .h5mu) file itself")
