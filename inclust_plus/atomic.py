@@ -325,7 +325,10 @@ def atomic_outputs(*outputs: Output) -> Iterator[list[Path]]:
         for out in outputs:
             remove_stale(out.path)
             tmp = temp_name(out.path, out.suffix)
-            (_new_dir if out.folder else _new_file)(tmp)
+            try:
+                (_new_dir if out.folder else _new_file)(tmp)
+            except OSError as err:  # the user asked for out.path: name it, not the temporary
+                raise OSError(err.errno, err.strerror, str(out.path)) from err
             tmps.append(tmp)
         yield tmps
         if len(outputs) == 1:
