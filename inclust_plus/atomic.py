@@ -34,6 +34,7 @@ TEMP_TAG = ".inclust-"
 _NAME_KEPT = 100  # characters of the target name kept in a temporary name (room for the tag, pid, suffix)
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _AT_FDCWD = -100
+_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write that failed for want of room: the folder's disk is named
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -339,10 +340,29 @@ def atomic_outputs(*outputs: Output) -> Iterator[list[Path]]:
                 commit_file(tmps[0], out.path, out.force)
         else:
             _commit_together(list(outputs), tmps)
+    except OSError as err:
+        for tmp in tmps:
+            _remove(tmp)
+        where = _output_of(err.filename, outputs, tmps) if err.filename or err.errno in _SPACE else None
+        if where is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(where)) from err  # a full disk names the output asked for, not a temporary
     except BaseException:
         for tmp in tmps:
             _remove(tmp)
         raise
+
+
+def _output_of(filename, outputs, tmps: list[Path]) -> Path | None:
+    """The output whose temporary file (or a file in its temporary folder) is ``filename``, else None."""
+    if not filename:  # a failed write() names no file: one folder holding every output is where space ran out
+        parents = {out.path.parent for out in outputs}
+        return parents.pop() if len(parents) == 1 else None
+    path = Path(os.fsdecode(filename))
+    for out, tmp in zip(outputs, tmps):
+        if path == tmp or path.is_relative_to(tmp):
+            return out.path
+    return None
 
 
 @contextlib.contextmanager

@@ -191,12 +191,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
             **(layout.provenance() if layout is not None else {}),
         }
         with atomic_path(out_path, suffix=".h5ad", force=options.force) as tmp:
-            try:
-                stream(options, manifest, graph, data, covariates, target, plan, backend, tmp, provenance, rows, workers, layout)
-            except OSError as err:  # a full disk names the output the user asked for, not its (removed) temporary
-                if err.filename != str(tmp):
-                    raise
-                raise OSError(err.errno, err.strerror, str(out_path)) from err
+            stream(options, manifest, graph, data, covariates, target, plan, backend, tmp, provenance, rows, workers, layout)
     finally:
         data.close()
         if layout is not None:

@@ -115,3 +115,87 @@ def test_full_disk_in_inclust_run_is_one_line_and_no_crash(work, disk, size):
         assert snapshot(folder) == before  # the previous output byte for byte, no temporary left
         if disk.mountable:
             assert shutil.disk_usage(folder).used <= 4096 + len(b"previous result")  # the temporary's space was freed
+
+
+SEED, CASES = 25, 5
+
+
+def _outcomes(results: list[int]) -> None:
+    assert results.count(2) >= 3, results  # the seeded sizes do hit the runs
+
+
+def test_full_disk_at_a_random_byte_inclust_run(work, disk, tmp_path):
+    """Seeded disk sizes from 16 KiB to past the whole output: exit 2 with the line and the previous output
+    byte for byte, or exit 0 with the complete result; never a partial or replaced output, never a crash."""
+    reference = tmp_path / "ref.h5ad"
+    assert subprocess.run(impute(work, reference), capture_output=True).returncode == 0
+    whole = reference.stat().st_size
+    rng = np.random.default_rng(SEED)
+    codes = []
+    for size in sorted(int(s) for s in rng.integers(16 << 10, whole + (whole >> 2), CASES)):
+        with disk.of(size) as folder:
+            out = folder / "o.h5ad"
+            out.write_bytes(b"previous result")
+            before = snapshot(folder)
+            done = disk.run(impute(work, out, "--force"))
+            codes.append(done.returncode)
+            if done.returncode == 0:
+                import anndata as ad
+
+                got, want = ad.read_h5ad(out), ad.read_h5ad(reference)
+                np.testing.assert_array_equal(got.layers["inclust_imputed"], want.layers["inclust_imputed"])
+                assert sorted(os.listdir(folder)) == ["o.h5ad"]
+            else:
+                assert (done.returncode, done.stderr.strip()) == (2, disk.line(out)), (size, done.stderr[-2000:])
+                assert snapshot(folder) == before, size
+    print(f"inclust-run on disks of random sizes: exit codes {codes}")
+    _outcomes(codes)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from export_toys import make_toy_checkpoint
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    ckpt = make_toy_checkpoint(folder / "model.pt", seed=2)
+    previous = folder / "previous"
+    previous.mkdir()
+    argv = script("export") + [str(ckpt), "--out", str(previous / "x"), "--triton", str(previous / "y"), "--combination", "merfish_embed", "--no-torchscript"]
+    assert subprocess.run(argv, capture_output=True).returncode == 0
+    return ckpt, previous
+
+
+def test_full_disk_at_a_random_byte_inclust_export(checkpoint, disk, tmp_path):
+    """inclust-export --out X --triton Y --force over a previous export and repository on a disk of a seeded size:
+    exit 2 with one line naming the disk (or an output on it) and both previous folders byte for byte, or exit 0
+    with both new folders complete; never one replaced without the other."""
+    import re
+
+    ckpt, previous = checkpoint
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    argv = lambda x, y: script("export") + [str(ckpt), "--out", str(x), "--triton", str(y), "--combination", "merfish_to_rna",
+                                            "--no-torchscript", "--force"]
+    assert subprocess.run(argv(ref / "x", ref / "y"), capture_output=True).returncode == 0
+    used = lambda folder: sum(-(-f.stat().st_size // 4096) * 4096 for f in folder.rglob("*") if f.is_file())  # tmpfs counts whole pages
+    base, whole = used(previous), used(ref)
+    rng = np.random.default_rng(SEED)
+    codes = []
+    largest = max(f.stat().st_size for f in ref.rglob("*") if f.is_file())
+    low, high = (base + (16 << 10), base + whole + (whole >> 1)) if disk.mountable else (1 << 10, largest + (largest >> 2))  # ulimit -f: per file
+    for size in sorted(int(s) for s in rng.integers(low, high, CASES)):
+        with disk.of(size) as folder:
+            for name in ("x", "y"):
+                shutil.copytree(previous / name, folder / name)
+            before = snapshot(folder)
+            done = disk.run(argv(folder / "x", folder / "y"))
+            codes.append(done.returncode)
+            if done.returncode == 0:
+                assert snapshot(folder) == snapshot(ref)  # both new, complete (the export is deterministic)
+            else:
+                fix = FIXES[disk.errno]
+                pattern = rf"error: {re.escape(os.strerror(disk.errno))}: {re.escape(str(folder))}(/x|/y|/\S+)?; {re.escape(fix)}"
+                assert done.returncode == 2 and re.fullmatch(pattern, done.stderr.strip()), (size, done.stderr[-2000:])
+                assert snapshot(folder) == before, size
+    print(f"inclust-export on disks of random sizes: exit codes {codes}")
+    _outcomes(codes)

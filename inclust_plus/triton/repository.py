@@ -25,6 +25,7 @@ checked against its sha256 first, so a repository is never built from a graph ch
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -90,15 +91,25 @@ def _served_graphs(manifest) -> list[tuple[dict, str, Path, str]]:
     return served
 
 
+def _copy(src: Path, dst: Path) -> None:
+    """``shutil.copyfile``, whose failed write (a full disk) names the source file: it names ``dst`` here."""
+    try:
+        shutil.copyfile(src, dst)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise OSError(err.errno, err.strerror, str(dst)) from err
+
+
 def _write_model(folder: Path, model: _Model, labels: str | None) -> None:
     version = folder / "1"
     version.mkdir(parents=True)
     (folder / CONFIG_FILE).write_text(model.config)
-    shutil.copyfile(model.onnx_file, version / "model.onnx")
+    _copy(model.onnx_file, version / "model.onnx")
     if labels is not None:
         (folder / LABELS_FILE).write_text(labels)
     if model.python:
-        shutil.copyfile(_PYTHON_MODEL, version / "model.py")
+        _copy(_PYTHON_MODEL, version / "model.py")
 
 
 def _index(manifest, flavour: str, plan: list[_Model]) -> dict:
