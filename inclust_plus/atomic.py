@@ -252,6 +252,8 @@ def _move_in(out: Output, tmp: Path) -> Path | None:
         else:
             os.link(tmp, target)  # FileExistsError: it appeared meanwhile
         return None
+    if not out.force:
+        raise _appeared(target)  # it came after _check_commit
     if out.folder and _renameat2(tmp, target, _RENAME_EXCHANGE):
         return tmp  # the previous folder, under the temporary name
     old = temp_name(target, ".old")
