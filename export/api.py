@@ -1,7 +1,7 @@
 """``export_model``: checkpoint -> folder of ONNX graphs, TorchScript modules and ``manifest.json``.
 
 All checks on the user's input (paths, checkpoint, combination names) run before any file is
-written; the folder itself is written through :func:`inclust_plus.atomic.atomic_dir`, so a
+written; the folder (and a --triton one) through :func:`inclust_plus.atomic.atomic_outputs`, so a
 failure at any point (including a failed parity check) leaves nothing behind.
 """
 
@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 from inclust_plus import interrupt
-from inclust_plus.atomic import atomic_dir, check_not_inside, check_output_path, refuse_foreign_entries
+from inclust_plus.atomic import Output, atomic_outputs, check_not_inside, check_output_path, refuse_foreign_entries
 from inclust_plus.contract import GraphEntry
 from inclust_plus.contract.combinations import Combination, select_combinations
 from inclust_plus.contract.description import ModelDescription
@@ -27,7 +27,7 @@ from inclust_plus.hashing import file_sha256
 from . import onnx_graph
 from . import torchscript as ts_export
 from .folding import fold
-from .validate import check_parity, check_variant_parity
+from .validate import check_finite_weights, check_parity, check_variant_parity
 
 def default_out_dir(checkpoint: str | os.PathLike) -> Path:
     """``<model stem>_export`` next to the checkpoint."""
@@ -131,15 +131,15 @@ def written_by_export(folder: Path) -> None:
 
 
 def _triton_writer():
-    """The Triton repository writer, imported only when asked for (it is optional)."""
+    """The Triton repository writer and its check of a folder it may replace, imported only when asked for (it is optional)."""
     try:
-        from inclust_plus.triton.repository import write_triton_repository
+        from inclust_plus.triton.repository import write_triton_repository, written_by_triton_export
     except ImportError as err:
         raise InclustError(f"--triton is unavailable in this install ({err})", "export without --triton") from None
     from inclust_plus.triton.model_config import require_protobuf
 
     require_protobuf()  # no tritonclient[grpc]: said before anything is exported
-    return write_triton_repository
+    return write_triton_repository, written_by_triton_export
 
 
 def export_model(
@@ -174,11 +174,16 @@ def export_model(
         check_not_inside(triton_dir, (ckpt,), "--triton")
     model_sha = file_sha256(ckpt) if ckpt.is_file() else ""
     module, desc = _load(ckpt)  # the description's reader checked it against the weights' sizes
+    check_finite_weights(module)
     combos = select_combinations(desc, combinations)
 
-    write_triton = _triton_writer() if triton_dir is not None else None
+    write_triton, triton_replaceable = _triton_writer() if triton_dir is not None else (None, None)
+    outputs = [Output(out, folder=True, force=force, replaceable=written_by_export)]
+    if triton_dir is not None:  # both folders appear together or not at all, both checked before any work
+        outputs.append(Output(Path(triton_dir), folder=True, force=force, replaceable=triton_replaceable))
 
-    with atomic_dir(out, force=force, replaceable=written_by_export) as tmp:
+    with atomic_outputs(*outputs) as tmps:
+        tmp = tmps[0]
         graphs = []
         for combo in combos:
             interrupt.check()  # Ctrl-C/SIGTERM between graphs: the temporary folder is removed
@@ -188,7 +193,6 @@ def export_model(
                 report[combo.name] = diffs
         write_manifest(build_manifest(desc, model_sha, graphs), tmp / "manifest.json")
         if write_triton is not None:
-            # Inside the block: a failing Triton writer removes the export folder too.
-            write_triton(tmp / "manifest.json", Path(triton_dir), force=force)
+            write_triton(tmp / "manifest.json", Path(triton_dir), force=force, into=tmps[1])
     manifest = out / "manifest.json"
     return manifest

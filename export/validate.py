@@ -27,6 +27,18 @@ ATOL = 1e-5
 RTOL = 1e-6
 
 
+def check_finite_weights(module) -> None:
+    """Refuse a model whose parameters or buffers hold NaN or infinity (a training run that diverged):
+    every graph would compute NaN, and an all-NaN parity check would pass as 0.0 (issue 25)."""
+    bad = [(name, int((~torch.isfinite(t)).sum()), t.numel()) for name, t in (*module.named_parameters(), *module.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        name, n, total = bad[0]
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise InclustError(f"the model's weights are not finite ({n} of {total} values of {name} are NaN or infinite{more}): its training diverged",
+                           "retrain with a lower learning rate (inclust-train stops when the loss is not finite) and export that model")
+
+
 def random_feeds(combination: Combination, n_covariates: int, batch: int, seed: int = 0, plan: PreprocessPlan | None = None) -> dict[str, np.ndarray]:
     """A seeded batch for ``combination`` in the range the graph is fed in use.
 

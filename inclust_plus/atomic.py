@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -33,6 +34,7 @@ TEMP_TAG = ".inclust-"
 _NAME_KEPT = 100  # characters of the target name kept in a temporary name (room for the tag, pid, suffix)
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _AT_FDCWD = -100
+_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write that failed for want of room: the folder's disk is named
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -208,130 +210,177 @@ def _new_dir(path: Path) -> None:
     os.mkdir(path)  # 0777 less the umask: exports are shared with servers
 
 
+@dataclass(frozen=True)
+class Output:
+    """One output of a command: a file, or a folder (``folder``), and how it may replace what is there."""
+
+    path: Path
+    folder: bool = False
+    force: bool = False
+    replaceable: Callable[[Path], None] | None = None  # folders: raises if an existing one holds foreign files
+    suffix: str = ""
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _check_commit(out: Output) -> None:
+    """What :func:`commit_file` / :func:`commit_dir` would refuse, asked of every output before any moves."""
+    target = out.path
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not out.force:
+        raise _appeared(target)
+    if out.folder and (not target.is_dir() or target.is_symlink()):
+        raise InclustError(f"output {target} is not a folder", "choose another output folder")
+    if out.folder and out.replaceable is not None:
+        out.replaceable(target)
+
+
+def _move_in(out: Output, tmp: Path) -> Path | None:
+    """Put ``tmp`` at ``out.path``, keeping any previous output aside; returns where it is kept (None: there was none)."""
+    target = out.path
+    if not (target.exists() or target.is_symlink()):
+        if out.folder:
+            if not _renameat2(tmp, target, _RENAME_NOREPLACE):
+                os.rename(tmp, target)
+        else:
+            os.link(tmp, target)  # FileExistsError: it appeared meanwhile
+        return None
+    if not out.force:
+        raise _appeared(target)  # it came after _check_commit
+    if out.folder and _renameat2(tmp, target, _RENAME_EXCHANGE):
+        return tmp  # the previous folder, under the temporary name
+    old = temp_name(target, ".old")
+    if out.folder:
+        os.rename(target, old)
+        os.rename(tmp, target)
+        return old
+    try:
+        os.link(target, old)  # the previous file stays whole under a second name; the replace is atomic
+    except OSError:
+        os.rename(target, old)
+    os.replace(tmp, target)
+    return old
+
+
+def _move_back(out: Output, tmp: Path, old: Path | None) -> None:
+    """Undo :func:`_move_in`: the previous output (or nothing) back at ``out.path``."""
+    target = out.path
+    if old is None:
+        os.rename(target, tmp) if out.folder else target.unlink()
+    elif old == tmp:
+        _renameat2(tmp, target, _RENAME_EXCHANGE)
+    elif out.folder:
+        os.rename(target, tmp)
+        os.rename(old, target)
+    else:
+        os.replace(old, target)
+
+
+def _commit_together(outputs: list[Output], tmps: list[Path]) -> None:
+    """Move every temporary into place, or none: all are checked first, and a move that still fails
+    (an output that appeared in between) puts back the ones already moved."""
+    interrupt.check()
+    for out in outputs:
+        _check_commit(out)
+    moved: list[tuple[Output, Path, Path | None]] = []
+    try:
+        for out, tmp in zip(outputs, tmps):
+            interrupt.check()  # a stop request between two moves: the ones already moved go back
+            try:
+                moved.append((out, tmp, _move_in(out, tmp)))
+            except FileExistsError:
+                raise _appeared(out.path) from None
+    except BaseException:
+        for out, tmp, old in reversed(moved):
+            with contextlib.suppress(OSError):
+                _move_back(out, tmp, old)
+        raise
+    for out, tmp, old in moved:
+        if old is not None:
+            _remove(old)
+        if not out.folder:
+            _remove(tmp)  # the file was linked into place: its temporary name goes
+
+
+@contextlib.contextmanager
+def atomic_outputs(*outputs: Output) -> Iterator[list[Path]]:
+    """Yield one temporary path (file or folder) per output, beside it; they replace the outputs
+    only if the block succeeds, and all of them together or none (issue 25: a command's outputs
+    appear together or not at all).
+
+    A folder's ``replaceable(existing)`` raises if an existing one holds anything the caller did not
+    write; with ``force`` it is called on entry, so that a refusal comes before the work, and again
+    just before the move, in case it changed meanwhile. A single output is committed by
+    :func:`commit_file` / :func:`commit_dir`; several by :func:`_commit_together`.
+    """
+    outputs = tuple(Output(Path(o.path), o.folder, o.force, o.replaceable, o.suffix) for o in outputs)
+    for out in outputs:
+        if out.folder and out.force and out.replaceable is not None and out.path.is_dir():
+            out.replaceable(out.path)
+    tmps: list[Path] = []
+    try:
+        for out in outputs:
+            remove_stale(out.path)
+            tmp = temp_name(out.path, out.suffix)
+            try:
+                (_new_dir if out.folder else _new_file)(tmp)
+            except OSError as err:  # the user asked for out.path: name it, not the temporary
+                raise OSError(err.errno, err.strerror, str(out.path)) from err
+            tmps.append(tmp)
+        yield tmps
+        if len(outputs) == 1:
+            out = outputs[0]
+            if out.folder:
+                commit_dir(tmps[0], out.path, out.force, out.replaceable)
+            else:
+                commit_file(tmps[0], out.path, out.force)
+        else:
+            _commit_together(list(outputs), tmps)
+    except OSError as err:
+        for tmp in tmps:
+            _remove(tmp)
+        where = _output_of(err.filename, outputs, tmps) if err.filename or err.errno in _SPACE else None
+        if where is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(where)) from err  # a full disk names the output asked for, not a temporary
+    except BaseException:
+        for tmp in tmps:
+            _remove(tmp)
+        raise
+
+
+def _output_of(filename, outputs, tmps: list[Path]) -> Path | None:
+    """The output whose temporary file (or a file in its temporary folder) is ``filename``, else None."""
+    if not filename:  # a failed write() names no file: one folder holding every output is where space ran out
+        parents = {out.path.parent for out in outputs}
+        return parents.pop() if len(parents) == 1 else None
+    path = Path(os.fsdecode(filename))
+    for out, tmp in zip(outputs, tmps):
+        if path == tmp or path.is_relative_to(tmp):
+            return out.path
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "", force: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
-    target = Path(path)
-    remove_stale(target)
-    tmp = temp_name(target, suffix)
-    _new_file(tmp)
-    try:
+    with atomic_outputs(Output(Path(path), force=force, suffix=suffix)) as (tmp,):
         yield tmp
-        commit_file(tmp, target, force)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, force: bool = False, replaceable: Callable[[Path], None] | None = None) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; it replaces ``path`` only if the block succeeds.
-
-    ``replaceable(existing)`` raises if an existing folder holds anything the caller did not write.
-    With ``force`` it is called twice: on entry, so that a refusal comes before the work, and again
-    just before the folder is replaced, in case it changed meanwhile.
-    """
-    target = Path(path)
-    if force and replaceable is not None and target.is_dir():
-        replaceable(target)
-    remove_stale(target)
-    tmp = temp_name(target)
-    _new_dir(tmp)
-    try:
+    """Yield a temporary folder next to ``path``; it replaces ``path`` only if the block succeeds
+    (``replaceable``: see :func:`atomic_outputs`)."""
+    with atomic_outputs(Output(Path(path), folder=True, force=force, replaceable=replaceable)) as (tmp,):
         yield tmp
-        commit_dir(tmp, target, force, replaceable)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-# --- several outputs of one command: all or none --------------------------------------------------
-def _keep_previous(target: Path) -> Path:
-    """The current ``target`` under a temporary name (a hard link, else a copy), to put back on a rollback."""
-    old = temp_name(target, ".old")
-    try:
-        os.link(target, old)
-    except OSError as err:
-        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
-            raise
-        shutil.copy2(target, old)
-    return old
-
-
-def commit_files(pairs: list[tuple[Path, Path]], force: bool) -> None:
-    """Move each complete temporary onto its target (``commit_file``), all of them or none.
-
-    Every temporary is complete before the first move, so what can still fail is a move itself
-    (a file that appeared meanwhile, a stop request between two moves, the disk): then the targets
-    already moved are put back as they were (the previous file, kept under a temporary name, or
-    none). A SIGKILL or power loss in the microseconds between two moves cannot be undone by this
-    process; the kept previous file is then a stale temporary the next run removes.
-    """
-    interrupt.check()
-    if not force:
-        for _, target in pairs:
-            if target.exists() or target.is_symlink():
-                raise _appeared(target)
-    done: list[tuple[Path, Path | None]] = []  # (target moved into place, its previous file or None)
-    kept: list[Path] = []
-    try:
-        for tmp, target in pairs:
-            old = _keep_previous(target) if force and target.exists() else None
-            if old is not None:
-                kept.append(old)
-            commit_file(tmp, target, force)
-            done.append((target, old))
-    except BaseException:
-        for target, old in reversed(done):
-            with contextlib.suppress(OSError):
-                if old is None:
-                    target.unlink()
-                else:
-                    os.replace(old, target)
-        raise
-    finally:
-        for old in kept:
-            with contextlib.suppress(OSError):
-                old.unlink()
-
-
-def _named(err: OSError, names: dict[str, Path], default: Path | None) -> OSError:
-    """``err`` naming the output a temporary stands for (a write error names no file at all)."""
-    where = names.get(str(err.filename)) if err.filename is not None else default
-    if where is None or err.errno is None:
-        return err
-    return OSError(err.errno, err.strerror or os.strerror(err.errno), str(where))
-
-
-@contextlib.contextmanager
-def atomic_paths(paths, suffixes=None, force: bool = False) -> Iterator[list[Path]]:
-    """Yield one temporary path beside each of ``paths``; once the block succeeds, all of them are
-    moved into place together (:func:`commit_files`), else none, and every temporary is removed.
-
-    For a command with several outputs (``inclust-train``'s model.pt and its loss plot): a failure
-    or a stop request while writing any of them leaves every previous output as it was. A file
-    system error names the output, not its temporary.
-    """
-    targets = [Path(p) for p in paths]
-    suffixes = list(suffixes) if suffixes is not None else [""] * len(targets)
-    tmps: list[Path] = []
-    try:
-        for target, suffix in zip(targets, suffixes):
-            remove_stale(target)
-            tmp = temp_name(target, suffix)
-            _new_file(tmp)
-            tmps.append(tmp)
-        yield tmps
-        commit_files(list(zip(tmps, targets)), force)
-    except OSError as err:
-        names = {str(t): target for t, target in zip(tmps, targets)}
-        folders = {target.parent for target in targets}
-        raise _named(err, names, folders.pop() if len(folders) == 1 else None) from None
-    finally:
-        for tmp in tmps:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
 
 def check_writable(path: str | os.PathLike) -> None:

@@ -5,7 +5,9 @@ takes a second or more. A Ctrl-C or SIGTERM in that window would otherwise end t
 KeyboardInterrupt traceback; with :func:`inclust_plus.interrupt.install` run before the import it
 is a stop request like any other, honoured as soon as the command starts (exit 130). Once the
 command has returned, further signals are ignored and the process ends at once with the command's
-exit code (:func:`exit_now`), without the interpreter's teardown of every module.
+exit code (:func:`exit_now`), without the interpreter's teardown of every module. That holds for a
+command's error exits (``sys.exit(2)``) too: the teardown would release what the failed command
+still held (an HDF5 file a full disk left half closed crashed it: rc 139, issue 25).
 """
 
 from __future__ import annotations
@@ -24,12 +26,22 @@ def _launch(load: Callable, prog_name: str | None = None) -> None:
     interrupt.install()
     try:
         code = _run_click(load(), prog_name)
+    except SystemExit as done:  # the commands' errors (exit 2, 130) end here too, not in the interpreter's teardown
+        code = _exit_code(done)
     finally:
         # The command is over (its output committed or cleaned up): a signal during interpreter
         # shutdown, where Python resets the handlers, would only turn its exit code into -SIGINT.
         for s in interrupt.SIGNALS:
             signal.signal(s, signal.SIG_IGN)
     exit_now(code)  # an exception (a bug's traceback) takes the normal way out above
+
+
+def _exit_code(done: SystemExit) -> int:
+    """The status ``sys.exit(value)`` would give: an int as is, None 0, anything else (a message) 1."""
+    if done.code is None or isinstance(done.code, int):
+        return done.code or 0
+    print(done.code, file=sys.stderr)
+    return 1
 
 
 def exit_now(code: int) -> None:

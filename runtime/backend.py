@@ -25,6 +25,7 @@ import numpy as np
 from inclust_plus.errors import InclustError
 
 from .manifest import GraphEntry, read_verified
+from .signature import check_signature
 
 log = logging.getLogger("inclust_plus.runtime")
 CUDA = "CUDAExecutionProvider"
@@ -169,6 +170,7 @@ class OnnxBackend:
         if not data_inputs | {"covariate"} <= names:
             raise InclustError(f"graph {graph.name!r} has inputs {sorted(names)}, expected {', '.join(sorted(data_inputs))} and covariate",
                                "re-export the model with inclust-export")
+        check_signature(graph, session)
         takes_target = "target_covariate" in names
         outputs = [o.name for o in session.get_outputs()]
         self.sessions[key] = (session, takes_target, outputs)
@@ -192,6 +194,14 @@ class OnnxBackend:
                 own[key] = self._session(self._models[key])
             session = own[key]
         return session, takes_target, outputs
+
+    def probe(self, graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One plain call with onnxruntime's own log silenced (its failure is reported as one line by the caller)."""
+        session, takes_target, _ = self._entry(graph)
+        quiet = self.ort.RunOptions()
+        quiet.log_severity_level = 4
+        names = {i.name for i in session.get_inputs()}
+        return session.run(None, {k: v for k, v in feeds.items() if k in names}, quiet)
 
     def run(self, graph, x, covariate, target_covariate):
         return self.run_feeds(graph, {"x": x}, covariate, target_covariate)

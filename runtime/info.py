@@ -1,9 +1,10 @@
 """``inclust-run info EXPORT``: what an export folder holds, without reading its JSON by hand.
 
 Lists the model, its covariate and label categories, the modalities and their preprocessing,
-and every graph with its inputs and outputs, default covariates and files, each file's sha256
-checked against the manifest (``ok``, ``MISMATCH`` or ``missing``). ``--json`` prints the same as
-one JSON object for scripts.
+and every graph with its inputs and outputs, default covariates and files (the graph, its CSR and
+float16 flavours, TorchScript and torch.export twins), each file's sha256 checked against the
+manifest (``ok``, ``MISMATCH`` or ``missing``); any file not ``ok`` ends the listing with a one-line
+error and exit 2. ``--json`` prints the same as one JSON object for scripts.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from inclust_plus.errors import report_errors
+from inclust_plus.errors import InclustError, names_shown, report_errors
 from inclust_plus.hashing import file_sha256
 from inclust_plus.results import describe_preprocessing
 
@@ -34,6 +35,10 @@ def summary(location) -> dict:
     graphs = []
     for g in m.graphs:
         files = [{"kind": "onnx", "file": g.path.name, "sha256": g.sha256, "check": _check(g.path, g.sha256)}]
+        for v in g.variants:  # the CSR and float16 flavours (issue 25: they were not listed, so never checked)
+            path = g.folder / v.file if g.folder is not None else Path(v.file)
+            kind = " ".join(["onnx", *(["csr"] if v.input_format == "csr" else []), *(["fp16"] if v.precision == "fp16" else [])])
+            files.append({"kind": kind, "file": v.file, "sha256": v.sha256, "check": _check(path, v.sha256)})
         if g.torchscript is not None:
             files.append({"kind": "torchscript", "file": g.torchscript.name, "sha256": g.torchscript_sha256,
                           "check": _check(g.torchscript, g.torchscript_sha256)})
@@ -101,3 +106,8 @@ def render(s: dict) -> str:
 def info_command(export, as_json):
     s = summary(export)
     click.echo(json.dumps(s, indent=2) if as_json else render(s))
+    files = [f for g in s["graphs"] for f in g["files"]]
+    bad = [f"{f['file']} {f['check']}" for f in files if f["check"] != "ok"]
+    if bad:  # after the listing: scripts (and the exit code) learn that the export cannot be trusted
+        raise InclustError(f"{len(bad)} of the {len(files)} files the manifest names are not as exported ({names_shown(bad)})",
+                           "re-export the model with inclust-export or copy the whole export folder again")

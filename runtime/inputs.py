@@ -205,6 +205,8 @@ def open_input(path: str | Path, graph: GraphEntry, layer: str | None = None, ob
     """Open ``path`` (h5ad or h5mu) for ``graph``; errors for anything unreadable, empty or misaligned.
     ``quiet``: no log lines about missing or unnamed columns (see :func:`_align`)."""
     p = Path(path)
+    if p.is_dir():
+        raise InclustError(f"input {p} is a folder, not a dataset file", "pass the .h5ad (or .h5mu) file itself")
     if not p.is_file():
         raise InclustError(f"input {p} does not exist", "check the --input path")
     try:
@@ -253,6 +255,10 @@ def _open(f: h5py.File, p: Path, graph: GraphEntry, layer, obsm, allow_missing, 
         if root_obs is not None and _index(root_obs).shape[0] == n_obs and _index_values(root_obs) == mod_index:
             obs = root_obs  # the MuData-wide obs carries the columns shared by modalities
     sources = [(rows, names, f"{label} {where}") for (rows, names, _, where), _, label in opened]
+    for rows, _, label in sources:
+        if rows.n_cols == 0:  # else read as an unnamed array "of 0 columns"
+            raise InclustError(f"{label} has no features (0 columns); graph {graph.name!r} takes {len(graph.input_features)}",
+                               f"pass the file with its measured features (e.g. {names_shown(graph.input_features)})")
     parts, missing = _align(graph, sources, allow_missing, min_fraction, quiet)
     element = opened[0][0][3]
     return InputData(path=p, file=f, n_obs=n_obs, obs=obs, element=element, parts=parts, n_inputs=len(graph.input_features), missing=missing)

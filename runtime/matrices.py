@@ -100,6 +100,10 @@ class DenseRows(MatrixRows):
 def check_indptr(group: h5py.Group, indptr: np.ndarray, n_major: int, kind: str) -> None:
     """``indptr`` of a CSR (rows) or CSC (columns) matrix: length, start 0, monotone, in range."""
     fix = "re-write the h5ad with anndata or scanpy"
+    for part in ("indices", "indptr"):  # float positions would index wrongly or fail deep in numpy (issue 25)
+        dtype = group[part].dtype
+        if dtype.kind not in "iu":
+            raise InclustError(f"{group.name} is a corrupt {kind} matrix ({part} stored as {dtype}, not integers)", fix)
     n_stored = min(group["data"].shape[0] if group["data"].ndim else 0, group["indices"].shape[0] if group["indices"].ndim else 0)
     if indptr.ndim != 1 or indptr.shape[0] != n_major + 1:
         raise InclustError(f"{group.name} is a corrupt {kind} matrix (indptr length {indptr.shape[0] if indptr.ndim else 0} for {n_major} {'rows' if kind == 'CSR' else 'columns'})", fix)

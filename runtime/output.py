@@ -10,6 +10,9 @@ mirror what ``anndata.write_h5ad`` produces (checked by reading the file back in
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 from pathlib import Path
 
 import h5py
@@ -28,6 +31,23 @@ LATENT_KEY = "X_inclust"
 LABEL_KEY = "inclust_label"
 PROBABILITY_KEY = "inclust_label_probability"
 ARRAY = {"encoding-type": "array", "encoding-version": "0.2.0"}
+
+
+@contextlib.contextmanager
+def disk_errors():
+    """HDF5's failed writes as ``OSError(errno, strerror, filename)``. Why: h5py raises some of them
+    as ``RuntimeError`` (a failed object copy, a failed flush while closing) and all of them with the
+    errno and file only in the text, while the commands turn an ``OSError`` into a one-line error
+    (a full disk: ENOSPC) naming its file."""
+    try:
+        yield
+    except (RuntimeError, OSError) as err:
+        found = re.search(r"errno = (\d+)", str(err))
+        if found is None or (isinstance(err, OSError) and err.filename is not None):
+            raise
+        code = int(found.group(1))
+        name = re.search(r"filename = '([^']*)'", str(err))
+        raise OSError(code, os.strerror(code), name.group(1) if name else None) from err
 
 
 def _array(parent: h5py.Group, name: str, shape: tuple, dtype) -> h5py.Dataset:
@@ -102,6 +122,14 @@ class OutputWriter:
         layout=None,
     ):
         self.f = h5py.File(path, "w")
+        try:
+            with disk_errors():
+                self._create(n_obs, obs_source, features, latent_dim, label_categories, layout)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _create(self, n_obs, obs_source, features, latent_dim, label_categories, layout) -> None:
         f = self.f
         f.attrs["encoding-type"] = "anndata"
         f.attrs["encoding-version"] = "0.1.0"
@@ -182,11 +210,59 @@ class OutputWriter:
             self.prob[start : start + len(best)] = probs[np.arange(len(best)), best]
 
     def finish(self, provenance: dict) -> None:
-        write_elem(self.f, "uns", {"inclust": _plain(provenance)})
-        self.f.close()
+        """Write uns and close. Everything is flushed before the close: a full disk then fails the
+        flush, with every handle still open for :meth:`abort`, never half way through a close."""
+        with disk_errors():
+            write_elem(self.f, "uns", {"inclust": _plain(provenance)})
+            self.f.flush()
+            self.f.close()
 
     def abort(self) -> None:
-        try:
-            self.f.close()
-        except Exception:  # noqa: BLE001 - closing after a failure must not hide the failure
-            pass
+        """Close the file after a failure, for good, writing nothing more to it. Why: on a full disk
+        HDF5's close flushes its caches, fails, and leaves handles that crash the process when
+        Python releases them (a segfault after the error line, issue 25). The file is garbage about
+        to be deleted, so HDF5's descriptor is pointed at an anonymous in-memory file first: its last
+        writes land there, every handle closes, and the disk space is freed at once."""
+        with contextlib.suppress(Exception):
+            if self.f.id.valid:
+                _discard_writes(self.f.id.get_vfd_handle())
+        with _file_size_unlimited():
+            self.x = self.latent = self.codes = self.prob = None
+            self.layers, self.per_modality = {}, {}
+            try:
+                self.f.close()
+            except Exception:  # noqa: BLE001 - closing after a failure must not hide the failure
+                pass
+
+
+@contextlib.contextmanager
+def _file_size_unlimited():
+    """A ``ulimit -f`` soft limit (the failure being cleaned up) raised to the hard one meanwhile: it
+    applies to the in-memory file too, and must not fail the last flushes into it."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    except (ImportError, OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _discard_writes(fd: int) -> None:
+    """Make ``fd`` an empty in-memory file (Linux memfd), else empty the file it is (space for the flush)."""
+    try:
+        spare = os.memfd_create("inclust-discarded")
+    except (AttributeError, OSError):
+        os.ftruncate(fd, 0)
+        return
+    try:
+        os.dup2(spare, fd)
+    finally:
+        os.close(spare)

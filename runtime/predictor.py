@@ -27,7 +27,8 @@ from .covariates import resolve_covariates, resolve_target
 from .layout_chunk import ChunkTap, Target
 from .manifest import GraphEntry, Manifest, load_manifest, select_graph
 from .memory import modality_views, open_memory, view_sources, warn_non_integer
-from .stream import check_outputs
+from .signature import prepare as prepare_graph
+from .stream import check_finite, check_outputs
 
 log = logging.getLogger("inclust_plus.runtime")
 # The shared runtime code names its fixes as CLI flags; a notebook user passes keyword arguments.
@@ -117,7 +118,7 @@ class Predictor:
         data = open_memory(adata, graph, layer, allow_missing)
         covs = resolve_covariates(m, data, covariate_key, covariate, graph)
         tgt, tgt_name = resolve_target(m, graph, target_covariate) if graph.decodes else (None, "none")
-        self.backend.prepare(graph)
+        prepare_graph(self.backend, graph, m)
         n, bs = data.n_obs, self.batch_size
         read = chunk_reader(data, graph.runtime_plan, f"the AnnData {data.element}")
         buf, cbuf = np.zeros((min(bs, n), data.n_inputs), np.float32), np.zeros(min(bs, n), np.int64)
@@ -135,6 +136,7 @@ class Predictor:
                     sizes[mm].append(v)
             res = self.backend.run(graph, x, covs.take(s, e, cbuf), None if tgt is None else tgt.take(s, e, tbuf))
             check_outputs(graph, m, res, e - s)
+            check_finite(graph, res, s)
             for k, v in res.items():
                 out.setdefault(k, np.empty((n, v.shape[1]), np.float32))[s:e] = v
         prov = {"graph": graph.name, "graph_sha256": graph.sha256, "model_name": m.model_name, "model_sha256": m.model_sha256,

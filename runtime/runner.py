@@ -39,6 +39,7 @@ from .covariates import resolve_covariates, resolve_target
 from .inputs import open_input
 from .layout import plan_layout, warn_if_not_counts
 from .manifest import GraphEntry, Manifest, load_manifest, select_graph
+from .signature import prepare as prepare_graph
 from .stream import DECODING, stream
 
 log = logging.getLogger("inclust_plus.runtime")
@@ -145,9 +146,9 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
         raise InclustError(f"--min-shared-fraction must be between 0 and 1, not {options.min_shared_fraction}", "pass e.g. 0.5")
     if options.layer and options.obsm:
         raise InclustError("--layer and --obsm are exclusive", "pass one of them")
+    if Path(options.output).is_dir():  # before "already exists": --force would not help
+        raise InclustError(f"output {options.output} is a folder", "pass a file path ending in .h5ad (e.g. inside that folder)")
     out_path = check_output_path(options.output, options.force, inputs=(options.input,))
-    if out_path.is_dir():
-        raise InclustError(f"output {out_path} is a folder", "pass a file path ending in .h5ad")
     manifest = load_manifest(options.onnx)
     decode = options.command in DECODING
     graph = select_graph(manifest, decode, options.combination, options.source, options.target)
@@ -170,7 +171,7 @@ def run(options: RunOptions, backend: Backend | None = None) -> Path:
         graph = choose_flavour(graph, backend, options)
         workers = concurrent_calls(backend, math.ceil(data.n_obs / plan_chunks(data, graph, manifest, options, 1, layout)))
         rows = plan_chunks(data, graph, manifest, options, workers, layout)
-        backend.prepare(graph)
+        prepare_graph(backend, graph, manifest)  # sha256, signature against the manifest, covariate probe
         provenance = {
             "command": options.command,
             "graph": graph.name,

@@ -31,7 +31,7 @@ from inclust_plus import interrupt
 from .backend import OnnxBackend
 from .chunks import Cancelled, chunk_reader, ordered_chunks
 from .csr_feed import CsrBuffers, csr_chunk_reader
-from .output import OutputWriter
+from .output import OutputWriter, disk_errors
 from .pinned import host_registry
 
 log = logging.getLogger("inclust_plus.runtime")
@@ -74,6 +74,20 @@ def check_outputs(graph, manifest, result: dict, n: int) -> None:
                 f"graph {graph.name!r} returned {name} of shape {None if got is None else got.shape}, the manifest says ({n}, {width})",
                 "re-export the model with inclust-export",
             )
+
+
+def check_finite(graph, result: dict, start: int) -> None:
+    """Refuse NaN or infinity in a graph's outputs (a diverged model computes NaN for every cell;
+    issue 25): an error, never a result. Two reductions per output and chunk, no copies; the
+    offending cell is looked for only on failure."""
+    from inclust_plus.errors import InclustError
+
+    for key, a in result.items():
+        if a is None or a.size == 0 or (np.isfinite(a.min()) and np.isfinite(a.max())):
+            continue
+        row = start + int(np.argmin(np.isfinite(a).reshape(len(a), -1).all(axis=1)))
+        raise InclustError(f"graph {graph.name!r} returned non-finite values (NaN or infinity) in {key}, first for the cell in row {row}: "
+                           "the model's training diverged or its graph is damaged", "retrain with a lower learning rate and export again")
 
 
 def stream(options, manifest, graph, data, covariates, target, plan, backend, tmp, provenance, rows, workers, layout=None) -> None:
@@ -122,7 +136,9 @@ def stream(options, manifest, graph, data, covariates, target, plan, backend, tm
             for key, buf in bufs.out.items():
                 if not np.may_share_memory(out[key], buf):
                     buf[b:e] = out[key]
-        return {k: bufs.out[k][: stop - start] if k in bufs.out else None for k in OUTPUTS}
+        views = {k: bufs.out[k][: stop - start] if k in bufs.out else None for k in OUTPUTS}
+        check_finite(graph, views, start)
+        return views
 
     def read_into(start, stop, bufs):
         """The chunk's graph input and its output-layout pieces, taken from the same rows as read (input read once)."""
@@ -156,7 +172,8 @@ def stream(options, manifest, graph, data, covariates, target, plan, backend, tm
         with tqdm(total=n, unit="cells", unit_scale=True, desc=graph.name, file=sys.stderr, disable=options.quiet or not sys.stderr.isatty()) as bar:
             for start, stop, (views, laid) in results:
                 interrupt.check()
-                writer.write(start, views["y"], views["latent"], views["label_probs"], views["y_std"], laid)
+                with disk_errors():
+                    writer.write(start, views["y"], views["latent"], views["label_probs"], views["y_std"], laid)
                 bar.update(stop - start)
         seconds = time.perf_counter() - started
         provenance.update(backend.provenance())

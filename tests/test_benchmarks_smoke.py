@@ -159,7 +159,7 @@ def test_gpu_quick_on_cpu(results):
     assert row["batch"] == 256 and row["csr_bytes_per_cell"] < row["dense_bytes_per_cell"]
     for k in ("dense_numpy", "csr_numpy", "dense_iobinding", "csr_iobinding"):
         assert row[f"{k}_cells_per_s"] > 0
-    assert out["precision"]["cuda_fp32"] is None and 0 < out["precision"]["cpu_fp16_graph"] < 0.1
+    assert out["precision"]["cuda_fp32"] is None and 0 < out["precision"]["cpu_fp16_graph"] < 2e-4  # 9.6e-05 measured: float16 weights' rounding
     e2e = out["e2e"][0]
     assert e2e["cells"] == 20_000 and e2e["cells_per_s"]["cpu_dense"] > 0 and e2e["cells_per_s"]["cpu_csr"] > 0
     assert all(v is not None for v in e2e["startup_s"].values())
@@ -169,7 +169,8 @@ def test_training_wall_quick(results):
 
     out = training_wall.main(["--quick", "--out", str(results)])
     run = out["runs"]["this checkout"][0]
-    assert run["wall_s"] > run["loop_s"] > 0 and "2 epochs" in run["line"] and -1 <= run["mean_pearson"] <= 1
+    # 2 epochs on 2,000 rows learn next to nothing: 0.0069 measured (seeded, same on every run); the score is pinned, not bounded by [-1, 1]
+    assert run["wall_s"] > run["loop_s"] > 0 and "2 epochs" in run["line"] and abs(run["mean_pearson"] - 0.0069) <= 0.005, run["mean_pearson"]
     assert (results / "training_wall_quick.json").is_file()
 
 

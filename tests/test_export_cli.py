@@ -105,16 +105,17 @@ def test_failed_parity_check_writes_nothing(ckpt, tmp_path, monkeypatch):
 def _fake_triton(monkeypatch, fail: bool):
     calls = []
 
-    def write_triton_repository(manifest_path, out_dir, force=False):
+    def write_triton_repository(manifest_path, out_dir, force=False, into=None):
         manifest = json.loads(manifest_path.read_text())
         assert all((manifest_path.parent / g["file"]).is_file() for g in manifest["graphs"])
         calls.append((manifest_path.name, out_dir, force))
         if fail:
             raise InclustError("fake Triton writer failed")
-        out_dir.mkdir()
+        (into / "model").mkdir()  # the export moves this temporary folder onto out_dir with its own
 
     fake = types.ModuleType("inclust_plus.triton.repository")
     fake.write_triton_repository = write_triton_repository
+    fake.written_by_triton_export = lambda folder: None
     monkeypatch.setitem(sys.modules, "inclust_plus.triton.repository", fake)
     return calls
 

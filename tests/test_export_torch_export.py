@@ -53,7 +53,7 @@ def test_cli_flag_and_info(tmp_path):
     assert "merfish_to_rna: max |diff| vs PyTorch: onnxruntime" in res.output and ", torch.export " in res.output
     assert (tmp_path / "e" / "merfish_to_rna.pt2").is_file() and (tmp_path / "e" / "merfish_to_rna.ts").is_file()
     info = CliRunner().invoke(run_cli, ["info", str(tmp_path / "e")])
-    assert "torch.export: merfish_to_rna.pt2" in info.output and info.output.count(" ok") == 3
+    assert "torch.export: merfish_to_rna.pt2" in info.output and info.output.count(" ok") == 4  # onnx, its CSR flavour, ts, pt2
     (tmp_path / "e" / "merfish_to_rna.pt2").write_bytes(b"tampered")
     assert "torch.export: merfish_to_rna.pt2 sha256" in (out := CliRunner().invoke(run_cli, ["info", str(tmp_path / "e")]).output) and "MISMATCH" in out
     plain = json.loads(export_model(ckpt, tmp_path / "plain", torchscript=False, combinations=["merfish_to_rna"]).read_text())

@@ -1,16 +1,20 @@
 """File-system failures (issue 12): permission denied, read-only file system, full disk, name too
 long: one line ``error: ...; ...``, exit 2, nothing left behind, an existing output intact.
 
-Root ignores chmod, and a full disk or a read-only mount cannot be made in a test, so those
-failures are injected where the operating system would report them (creating the temporary file,
-writing into it) with the errno and message the real call gives; a real permission test runs
-too when the tests do not run as root.
+These failures are injected where the operating system would report them (creating the temporary
+file, writing into it) with the errno and message the real call gives. A real permission test runs
+too: as root (CI) the command runs as the user nobody without capabilities (setpriv), since root
+writes anywhere; a real full disk is tests/test_reliability_disk.py.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,7 @@ from inclust_plus import atomic
 from inclust_plus.errors import filesystem_error
 from inclust_plus.runtime import output as output_mod
 from inclust_plus.runtime.cli import cli
-from reliability_helpers import good_input, one_error, temporaries
+from reliability_helpers import good_input, one_error, snapshot, temporaries
 from runtime_fixtures import make_toy_export
 
 
@@ -50,18 +54,55 @@ def test_runtime_cannot_create_the_output(toy, tmp_path, monkeypatch, code, fix)
     assert str(tmp_path) in line  # names the place
 
 
-def test_real_permission_denied_when_not_root(toy, tmp_path):
-    inp = good_input(tmp_path / "in.h5ad")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    if os.geteuid() == 0:  # root writes anywhere: the injected case above stands in for it
-        assert os.access(locked, os.W_OK)
-        return
-    locked.chmod(0o500)
+def _as_nobody() -> list[str]:
+    """The prefix that runs a command as the unprivileged user nobody, without root's capabilities
+    (root writes anywhere: the permission check only happens for another user)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.fail("root runs the tests but setpriv (util-linux) is missing: the permission case cannot drop privileges")
+    return [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"]
+
+
+def _ids() -> tuple[int, int]:
+    import pwd
+
+    user = pwd.getpwnam("nobody")
+    return user.pw_uid, user.pw_gid
+
+
+def test_real_permission_denied(toy):
+    """A folder the user may not write to: as root (CI), the command runs as nobody on a root-owned 0755 folder."""
+    root = Path(tempfile.mkdtemp(prefix="inclust-perm-"))  # pytest's tmp folders are 0700 to everyone but their owner
     try:
-        one_error(cli, impute(toy, inp, locked / "o.h5ad"), match=("Permission denied", "permissions"), unchanged=tmp_path)
+        root.chmod(0o755)
+        shutil.copytree(toy.folder, root / "toy")
+        inp = good_input(root / "in.h5ad")
+        locked = root / "locked"
+        locked.mkdir()
+        (locked / "o.h5ad").write_bytes(b"previous")
+        for p in (root, root / "toy", locked):
+            p.chmod(0o755)
+        for p in [inp, locked / "o.h5ad", *(root / "toy").iterdir()]:
+            p.chmod(0o644)
+        before = snapshot(root)
+        exe = Path(sys.executable).with_name("inclust-run")
+        command = [str(exe), "impute", "--onnx", str(root / "toy"), "--input", str(inp), "--output", str(locked / "o.h5ad"),
+                   "--combination", "panel_to_rna", "--quiet", "--force"]
+        if os.geteuid() == 0:
+            command = _as_nobody() + command
+            assert subprocess.run(_as_nobody() + ["sh", "-c", f"test -w {locked}"]).returncode != 0  # nobody really cannot write there
+        else:
+            locked.chmod(0o555)
+        home = Path(tempfile.mkdtemp(prefix="inclust-home-"))  # a real user has a home to write to (onnxruntime keeps an id there)
+        os.chown(home, *(_ids() if os.geteuid() == 0 else (-1, -1)))
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(home)})
+        shutil.rmtree(home, ignore_errors=True)
+        locked.chmod(0o755)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip() == f"error: Permission denied: {locked / 'o.h5ad'}; check the permissions of that path or choose another one", done.stderr
+        assert snapshot(root) == before
     finally:
-        locked.chmod(0o700)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_disk_full_while_writing_the_h5ad(toy, tmp_path, monkeypatch):

@@ -141,18 +141,19 @@ def test_a_stop_or_failure_between_the_two_moves_puts_model_pt_back(tmp_path, mo
     out = tmp_path / "model.pt"
     assert CliRunner().invoke(train, [str(cfg), "--out", str(out), "--quiet"]).exit_code == 0
     before = snapshot(tmp_path)
-    real, moved = atomic.commit_file, []
+    real, moved = atomic._move_in, []
 
-    def then_stop(tmp, target, force):
+    def then_stop(output, tmp):
         if moved:  # the second move
             if stop == "EIO":
-                raise OSError(errno.EIO, os.strerror(errno.EIO), str(target))
-        real(tmp, target, force)
-        moved.append(target)
+                raise OSError(errno.EIO, os.strerror(errno.EIO), str(output.path))
+        kept = real(output, tmp)
+        moved.append(output.path)
         if stop == "SIGINT":
             interrupt.request("SIGINT")
+        return kept
 
-    monkeypatch.setattr(atomic, "commit_file", then_stop)
+    monkeypatch.setattr(atomic, "_move_in", then_stop)
     res = CliRunner().invoke(train, [str(cfg), "--out", str(out), "--quiet", "--force", "--seed", "3"])
     assert moved[0] == out
     if stop == "SIGINT":

@@ -96,4 +96,4 @@ def test_obsm_array_in_graph_order_and_numeric_covariate(toy, tmp_path):
     bad = CliRunner().invoke(cli, args + ["--output", str(tmp_path / "o2.h5ad"), "--obsm", "X_wrong"])
     assert bad.exit_code == 2 and "5 unnamed columns but the graph takes 6 features" in bad.stderr
     assert not (tmp_path / "o2.h5ad").exists()
-    assert COVARIATES  # the toy's own categories stay untouched in its manifest.json
+    assert json.loads(toy.manifest.read_text())["covariate"]["categories"] == COVARIATES  # the edit went to a copy: the toy's manifest is untouched

@@ -78,7 +78,6 @@ def test_base_install_runs_without_torch(tmp_path):
         import json
 
         import pandas as pd
-        import torch
 
         from test_runtime_export import reference
 
@@ -100,6 +99,6 @@ def test_base_install_runs_without_torch(tmp_path):
         cats = list(desc.covariate.categories)
         tgt = np.full(64, cats.index(graph["default_target_covariate"])) if graph["default_target_covariate"] else None
         ref = reference(module, desc, graph, x, np.full(64, cats.index("merfish")), tgt)
-        assert torch  # the reference ran here, in the dev environment, not in the fresh venv
+        assert ref["y"].shape == (64, len(graph["output_features"]))  # PyTorch's reference, computed here (the fresh venv has no torch: above)
     assert np.abs(result.layers["inclust_imputed"] - ref["y"]).max() <= 1e-5
     assert result.uns["inclust"]["provider"] == "CPUExecutionProvider"

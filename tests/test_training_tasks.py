@@ -53,7 +53,7 @@ def test_integration_mixes_batches():
     from sklearn.decomposition import PCA
 
     pca = batch_mixing(PCA(20, random_state=0).fit_transform(x_all), batch)
-    assert mixed > 0.6, mixed
+    assert mixed > 0.9, mixed  # 0.949 measured (seeded)
     assert mixed > raw + 0.2 and mixed > pca + 0.2, (mixed, raw, pca)
     # Correction must not blur cell types: kNN type purity stays high.
     assert batch_mixing(zc, types) < 0.3
@@ -90,11 +90,11 @@ def test_generation_predicts_protein_and_transfers_labels():
     assert mse_ours < 0.5 * mse_mean, (mse_ours, mse_mean)
     # Per-protein correlation with the truth is high.
     r = [np.corrcoef(protein[:, j], truth[:, j])[0, 1] for j in range(protein.shape[1])]
-    assert np.nanmean(r) > 0.6
+    assert np.nanmean(r) > 0.85, np.nanmean(r)  # 0.894 measured (seeded)
     labels = np.array(model.description.labels.categories)[probs.argmax(1)]
     accuracy = (labels == st.cells.cell_type[st.index["query"]]).mean()
     chance = 1 / len(model.description.labels.categories)
-    assert accuracy > 0.8 and accuracy > 4 * chance, accuracy
+    assert accuracy > 0.97 and accuracy > 4 * chance, accuracy  # 0.991 measured (seeded)
 
 
 @pytest.mark.parametrize("task", ["imputation", "integration", "triple", "generation"])

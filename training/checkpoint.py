@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from inclust_plus import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, __version__
-from inclust_plus.atomic import atomic_paths
+from inclust_plus.atomic import atomic_path
 from inclust_plus.contract.description import ModelDescription
 from inclust_plus.contract.description_io import RETRAIN, from_json, to_json
 from inclust_plus.errors import InclustError
@@ -28,7 +28,7 @@ from inclust_plus.training.network.module import InClustModule, ModuleConfig
 
 def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: ModelDescription | dict, force: bool = True) -> Path:
     """Write ``module`` and ``description`` atomically to ``path`` (an existing file only with ``force``)."""
-    with atomic_paths([path], [".pt"], force=force) as (tmp,):  # a file system error names ``path``
+    with atomic_path(path, ".pt", force=force) as tmp:  # a file system error names ``path``
         write_checkpoint(tmp, module, description, name=path)
     return Path(path)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from inclust_plus.atomic import atomic_paths, check_output_path, check_writable
+from inclust_plus.atomic import Output, atomic_outputs, check_output_path, check_writable
 from inclust_plus.errors import report_errors
 
 from inclust_plus.training.config import TrainingConfig, choices_of
@@ -76,7 +76,7 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     wall = time.perf_counter() - started
     # Both outputs are written to temporaries first and then moved into place together: a failure
     # (a full disk) or Ctrl-C while writing either leaves the previous model.pt and plot as they were.
-    with atomic_paths([out, plot], [".pt", ".svg"], force=force) as (model_tmp, plot_tmp):
+    with atomic_outputs(Output(out, force=force, suffix=".pt"), Output(plot, force=force, suffix=".svg")) as (model_tmp, plot_tmp):
         write_checkpoint(model_tmp, model.module, model.description, name=out)
         loss_curves(result.history, plot_tmp, title=f"{cfg.name} ({data.label_mode})")
     combos = ", ".join(c.name for c in model.description.combinations)

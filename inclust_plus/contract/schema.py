@@ -249,6 +249,7 @@ def validate(raw: Any, path: Path) -> None:
                 raise InclustError(f"{where}: {key} {value!r} is not a covariate category", REEXPORT)
         _check_plan(g, features, where)
         _check_io(g, where)
+        _check_widths(g, raw, where)
         for key in ("file", "torchscript", "torch_export"):
             if g.get(key):
                 confined(path.parent, g[key], f"graph {g['name']!r} {key}", path)
@@ -293,3 +294,23 @@ def _check_io(g: dict, where: str) -> None:
             raise InclustError(f"{where}: its {fmt} inputs are {[t['name'] for t in inputs]}, an {g['kind']} graph takes {want_in}", REEXPORT)
         if [t["name"] for t in outputs] != want_out:
             raise InclustError(f"{where}: its {fmt} outputs are {[t['name'] for t in outputs]}, an {g['kind']} graph returns {want_out}", REEXPORT)
+
+
+def _check_widths(g: dict, raw: dict, where: str) -> None:
+    """Each flavour's declared static widths are the manifest's own sizes: ``x`` its input features,
+    ``y``/``y_std`` its output features, ``latent`` the model's latent size, ``label_probs`` its label
+    count. An edited feature list (issue 25) is refused here, before a graph is run on it."""
+    labels = (raw.get("labels") or {}).get("categories") or []
+    sizes = {"x": len(g["input_features"]), "y": len(g.get("output_features") or []), "y_std": len(g.get("output_features") or []),
+             "latent": raw["model"]["latent_dim"], "label_probs": len(labels) if labels else None}
+    tensors = [*g["inputs"], *g["outputs"]]
+    for v in g.get("variants") or ():
+        tensors += [*(v.get("inputs") or []), *(v.get("outputs") or [])]
+    for t in tensors:
+        want = sizes.get(t["name"])
+        if want is None or len(t["shape"]) < 2 or not isinstance(t["shape"][1], int):
+            continue
+        if t["shape"][1] != want:
+            what = {"x": "input features", "y": "output features", "y_std": "output features", "latent": "latent dimensions",
+                    "label_probs": "label categories"}[t["name"]]
+            raise InclustError(f"{where}: its {t['name']} is {t['shape'][1]} wide, the manifest lists {want} {what}", REEXPORT)

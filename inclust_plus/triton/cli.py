@@ -37,13 +37,18 @@ def triton_backend(extra: dict, options) -> TritonBackend | None:
     """The Triton backend when ``--triton URL`` was given (``extra``: the values of :data:`RUN_OPTIONS`
     by parameter name), else None; the Triton-only flags without ``--triton`` are an error."""
     url = extra.get("triton")
+    concurrency = extra.get("triton_concurrency", DEFAULT_CONCURRENCY)
+    if concurrency is not None and concurrency < 1:  # 0 and -4 alike, with or without --triton (issue 25)
+        raise InclustError(f"--triton-concurrency must be at least 1, not {concurrency}", f"pass the requests in flight at once, e.g. {DEFAULT_CONCURRENCY}")
+    if url is not None and not url.strip():  # an empty URL is a mistake (an unset shell variable), not "run locally"
+        raise InclustError("--triton was given an empty URL", "pass the server as HOST:PORT (e.g. localhost:8001), or drop --triton to run locally")
     if not url:
         if extra.get("triton_model") or extra.get("triton_protocol"):
             raise InclustError("--model and --triton-protocol only apply with --triton URL", "add --triton or drop them")
         return None
     if getattr(options, "torchscript", False):
         raise InclustError("--triton and --torchscript are exclusive", "pass one of them")
-    return TritonBackend(url, extra.get("triton_model"), extra.get("triton_protocol"), extra.get("triton_concurrency") or DEFAULT_CONCURRENCY)
+    return TritonBackend(url, extra.get("triton_model"), extra.get("triton_protocol"), concurrency or DEFAULT_CONCURRENCY)
 
 
 @click.command("serve")

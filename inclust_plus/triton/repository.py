@@ -25,6 +25,7 @@ checked against its sha256 first, so a repository is never built from a graph ch
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -90,15 +91,25 @@ def _served_graphs(manifest) -> list[tuple[dict, str, Path, str]]:
     return served
 
 
+def _copy(src: Path, dst: Path) -> None:
+    """``shutil.copyfile``, whose failed write (a full disk) names the source file: it names ``dst`` here."""
+    try:
+        shutil.copyfile(src, dst)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise OSError(err.errno, err.strerror, str(dst)) from err
+
+
 def _write_model(folder: Path, model: _Model, labels: str | None) -> None:
     version = folder / "1"
     version.mkdir(parents=True)
     (folder / CONFIG_FILE).write_text(model.config)
-    shutil.copyfile(model.onnx_file, version / "model.onnx")
+    _copy(model.onnx_file, version / "model.onnx")
     if labels is not None:
         (folder / LABELS_FILE).write_text(labels)
     if model.python:
-        shutil.copyfile(_PYTHON_MODEL, version / "model.py")
+        _copy(_PYTHON_MODEL, version / "model.py")
 
 
 def _index(manifest, flavour: str, plan: list[_Model]) -> dict:
@@ -124,11 +135,13 @@ def write_triton_repository(
     preferred_batch_sizes: tuple[int, ...] = (256, 1024),
     max_queue_delay_us: int = 500,
     instance_count: int = 1,
+    into: Path | None = None,
 ) -> Path:
     """Write the repository for every graph of ``manifest_path`` into ``out_dir`` (atomically).
 
     ``flavour``: ``"onnxruntime"`` (NGC container), ``"python"`` (PyPI server build) or ``"both"``.
-    Returns ``out_dir``.
+    Returns ``out_dir``. ``into``: an empty temporary folder to fill instead, that the caller moves
+    onto ``out_dir`` together with its other outputs (``inclust-export --triton``: issue 25).
 
     Batching defaults: requests of up to 4096 cells; the dynamic batcher runs a batch as soon as
     256 or 1024 cells are queued, else after 0.5 ms. On a 2-core CPU server, larger preferred sizes
@@ -158,8 +171,14 @@ def write_triton_repository(
     names = [m.name for m in plan]
     if len(set(names)) != len(names):
         raise InclustError("two graphs map to the same Triton model name", "rename one of the combinations and re-export")
-    with atomic_dir(out, force=force, replaceable=written_by_triton_export) as tmp:
+    def fill(tmp: Path) -> None:
         for model in plan:
             _write_model(tmp / model.name, model, labels)
         (tmp / INDEX_FILE).write_text(json.dumps(_index(manifest, flavour, plan), indent=2, sort_keys=True) + "\n")
+
+    if into is not None:
+        fill(into)
+        return out
+    with atomic_dir(out, force=force, replaceable=written_by_triton_export) as tmp:
+        fill(tmp)
     return out
