@@ -106,3 +106,16 @@ def test_good_config_and_presets_pass():
     cfg = config_mod.config_from_dict({"task": "imputation", "datasets": [{"name": "a", "path": "a.h5ad"}]})
     assert cfg.training.epochs == 200 and cfg.loss.likelihood == ["gaussian", "bernoulli"]
     config_mod.check_config(cfg)
+
+
+def test_a_preset_on_fewer_modalities_keeps_only_their_recipes():
+    """The integration preset names RNA and protein recipes; RNA-only datasets keep the RNA one (not an
+    error about protein), while a recipe the user names for an absent modality is still refused."""
+    from inclust_plus.errors import InclustError
+    from inclust_plus.training.presets import COUNT_PREP, preset_config
+
+    rna_only = [{"name": "b0", "modalities": ["rna"]}, {"name": "b1", "modalities": ["rna"]}]
+    cfg = preset_config("integration", {"datasets": rna_only})
+    assert set(cfg.preprocessing) == {"rna"} and cfg.preprocessing["rna"]["log1p"] is COUNT_PREP["log1p"]
+    with pytest.raises(InclustError, match=r"table \[preprocessing.RNA\] names modality 'RNA', which no dataset measures"):
+        preset_config("integration", {"datasets": rna_only, "preprocessing": {"RNA": {"log1p": True}}})

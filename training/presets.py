@@ -56,4 +56,10 @@ def preset_config(task: str, overrides: dict | None = None) -> Config:
             base[key] = {**base[key], **value}
         else:
             base[key] = value
+    # The preset's own recipes cover every modality its task may have (RNA and protein); datasets that
+    # measure fewer keep only theirs. A recipe the overrides name for an absent modality stays, so the
+    # config check still calls a misspelt one an error.
+    measured = {m for d in base["datasets"] for m in d.get("modalities", ())}
+    asked = set((overrides or {}).get("preprocessing") or {})
+    base["preprocessing"] = {m: r for m, r in (base.get("preprocessing") or {}).items() if m in measured or m in asked}
     return config_from_dict(base)
