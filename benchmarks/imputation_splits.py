@@ -13,10 +13,12 @@ correlation over the query cells):
 - kNN (k=30, scikit-learn) on the shared genes: euclidean (uniform weights) and cosine with
   distance weights; and the strongest simple baseline found (``kNN cosine, per-dataset z``: each
   dataset's genes standardised on their own before the cosine kNN, which undoes per-gene gains);
-- inClust+ (the imputation preset with its defaults unless ``--ensemble``/``--epochs``), three read-outs
-  of the same trained model: the decoder's output; the latent neighbours (each query cell's k
-  nearest reference cells in the batch-corrected latent, cosine, distance-weighted mean of their
-  measured values: training/neighbours.py); and the blend the model keeps (``--blend``).
+- inClust+ (the imputation preset with its defaults unless ``--ensemble``/``--epochs``), read-outs of
+  the same trained model: the decoder's output (what the preset imputes today); the latent
+  neighbours (each query cell's k nearest reference cells in the batch-corrected latent, cosine,
+  distance-weighted mean of their measured values: training/neighbours.py, k = ``--latent-k``);
+  and two candidate blends, equal weights: decoder + latent neighbours, and decoder + latent
+  neighbours + the cosine kNN on the shared genes.
 
     python benchmarks/imputation_splits.py                         # every split: ~10 trainings
     python benchmarks/imputation_splits.py --splits standard --conditions plain --ensemble 1 --epochs 50   # screening
@@ -42,7 +44,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "merfish_scrna_reference.h5ad"
 SPLITS = {"standard": (0, None), "A": (3, 31), "B": (4, 31), "C": (5, 31), "D": (6, 31)}
 EUCLID, COSINE, ZCOS = "kNN euclidean", "kNN cosine, distance-weighted", "kNN cosine, per-dataset z"
-DECODER, LATENT, BLEND = "inClust+ decoder", "inClust+ latent neighbours", "inClust+ (default read-out)"
+DECODER, LATENT = "inClust+ decoder (today's default)", "inClust+ latent neighbours"
+BLEND2, BLEND3 = "decoder + latent neighbours", "decoder + latent neighbours + kNN cosine"
+MODEL = [DECODER, LATENT, BLEND2, BLEND3]
 
 
 def _dense(x) -> np.ndarray:
@@ -70,8 +74,8 @@ def baselines(ref_in: np.ndarray, ref_out: np.ndarray, query: np.ndarray, k: int
     }
 
 
-def ours(reference, query_x: np.ndarray, panel: list[str], held: list[str], overrides: dict, k: int, blend: float):
-    """Train on reference + query; the decoder's, the latent neighbours' and the blended imputation."""
+def ours(reference, query_x: np.ndarray, panel: list[str], held: list[str], overrides: dict, k: int, raw_knn: np.ndarray):
+    """Train on reference + query; the decoder's, the latent neighbours' and the blended imputations."""
     import anndata
 
     from inclust_plus.training.model import InClust
@@ -90,7 +94,7 @@ def ours(reference, query_x: np.ndarray, panel: list[str], held: list[str], over
     z_r = model.predict(_dense(reference[:, panel].X), "merfish", "scrna")[1]
     knn = neighbour_impute(z_r, _dense(reference[:, held].X), z_q, k)
     dec = y[:, out]
-    return {DECODER: dec, LATENT: knn, BLEND: blend * dec + (1 - blend) * knn}, seconds
+    return {DECODER: dec, LATENT: knn, BLEND2: (dec + knn) / 2, BLEND3: (dec + knn + raw_knn) / 3}, seconds
 
 
 def mean_pearson(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -100,19 +104,22 @@ def mean_pearson(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def markdown(r: dict) -> str:
-    methods = [EUCLID, COSINE, ZCOS, DECODER, LATENT, BLEND]
+    methods = [EUCLID, COSINE, ZCOS] + (MODEL if r["model"] else [])
     lines = ["## Imputation on held-back splits, plain and shifted (issue 24, benchmarks/imputation_splits.py)", "",
-             f"Measured {r['date']} on {r['machine']}. inClust+: the imputation preset ({r['settings']}); latent neighbours k = "
-             f"{r['k']}; default read-out = {r['blend']:g} x decoder + {1 - r['blend']:g} x latent neighbours. Mean over the "
-             "held-back genes of the per-gene Pearson over the query cells. Ratio: default read-out / the better of the "
-             "two kNN of the issue (best baseline: / the best of the three).", "",
-             "| split | " + " | ".join(methods) + " | ratio | ratio to best baseline | train s |", "|---|" + "---:|" * (len(methods) + 3)]
+             f"Measured {r['date']} on {r['machine']}. "
+             + (f"inClust+: the imputation preset ({r['settings']}); latent neighbours k = {r['latent_k']}. " if r["model"] else
+                "Baselines only (``--baselines-only``). ")
+             + f"kNN: k = {r['k']} on the shared genes. Mean over the held-back genes of the per-gene Pearson over the query cells."
+             + (" Ratios: a read-out / the better of the two kNN of the issue (euclidean, cosine)." if r["model"] else ""), "",
+             "| split | " + " | ".join(methods) + (" | decoder ratio | best blend ratio | train s |" if r["model"] else " |"),
+             "|---|" + "---:|" * (len(methods) + (3 if r["model"] else 0))]
     for name, s in r["results"].items():
         m = s["scores"]
-        better = max(m[EUCLID], m[COSINE])
-        best = max(better, m[ZCOS])
-        lines.append(f"| {name} | " + " | ".join(f"{m[x]:.3f}" for x in methods)
-                     + f" | {m[BLEND] / better:.3f}x | {m[BLEND] / best:.3f}x | {s['train_seconds']:.0f} |")
+        row = f"| {name} | " + " | ".join(f"{m[x]:.3f}" for x in methods)
+        if r["model"]:
+            better = max(m[EUCLID], m[COSINE])
+            row += f" | {m[DECODER] / better:.3f}x | {max(m[BLEND2], m[BLEND3]) / better:.3f}x | {s['train_seconds']:.0f}"
+        lines.append(row + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -121,12 +128,13 @@ def markdown(r: dict) -> str:
 @click.option("--conditions", multiple=True, type=click.Choice(["plain", "shifted"]), default=("plain", "shifted"), show_default=True)
 @click.option("--ensemble", type=int, default=None, help="Networks (default: the preset's).")
 @click.option("--epochs", type=int, default=None, help="Epochs (default: the preset's).")
-@click.option("--k", type=int, default=30, show_default=True, help="Neighbours of every kNN read-out.")
-@click.option("--blend", type=float, default=0.5, show_default=True, help="Weight of the decoder in the default read-out.")
+@click.option("--k", type=int, default=30, show_default=True, help="Neighbours of the kNN baselines.")
+@click.option("--latent-k", type=int, default=60, show_default=True, help="Neighbours of the latent read-out.")
+@click.option("--baselines-only", is_flag=True, help="Only the kNN baselines (no training).")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--tag", default="", help="Suffix of the result files (screening runs).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
-def main(only, conditions, ensemble, epochs, k, blend, threads, tag, out) -> None:
+def main(only, conditions, ensemble, epochs, k, latent_k, baselines_only, threads, tag, out) -> None:
     import anndata
     import torch
 
@@ -136,7 +144,7 @@ def main(only, conditions, ensemble, epochs, k, blend, threads, tag, out) -> Non
     adata = anndata.read_h5ad(DATA)
     overrides = {"model": {"ensemble": ensemble} if ensemble else {}, "training": {"epochs": epochs} if epochs else {}}
     settings = ", ".join(f"{k_} {v}" for sec in overrides.values() for k_, v in sec.items()) or "its defaults"
-    r = {"k": k, "blend": blend, "settings": settings, "results": {}}
+    r = {"k": k, "latent_k": latent_k, "model": not baselines_only, "settings": settings, "results": {}}
     stem = "imputation_splits" + (f"_{tag}" if tag else "")
     for name in only or SPLITS:
         seed, n_random = SPLITS[name]
@@ -146,8 +154,10 @@ def main(only, conditions, ensemble, epochs, k, blend, threads, tag, out) -> Non
         for cond in conditions:
             q = _dense(split.query.X) if cond == "plain" else shifted(_dense(split.query.X), seed)
             preds = baselines(ref_in, ref_out, q, k)
-            theirs, seconds = ours(split.reference, q, panel, split.held_out, overrides, k, blend)
-            preds.update(theirs)
+            seconds = 0.0
+            if not baselines_only:
+                theirs, seconds = ours(split.reference, q, panel, split.held_out, overrides, latent_k, preds[COSINE])
+                preds.update(theirs)
             scores = {m: mean_pearson(p, split.truth) for m, p in preds.items()}
             key = f"{name} {cond}"
             r["results"][key] = {"seed": seed, "held_out": split.held_out, "train_seconds": round(seconds, 1), "scores": scores}
