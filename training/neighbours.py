@@ -43,17 +43,69 @@ def neighbour_impute(z_ref: np.ndarray, values_ref: np.ndarray, z_query: np.ndar
 
 @dataclass
 class NeighbourTable:
-    """The reference side of the read-out: unit-length latents [n, d] and measured values [n, features]."""
+    """The reference side of the read-out, everything a model needs to impute from neighbours.
+
+    ``latents``: the reference cells' unit-length corrected latents [n, d]; ``inputs``: their unit-length
+    input rows [n, p] (the query's feature set, for the neighbours on the measured genes) or None;
+    ``values``: their measured values [n, g] of the model's ``features``. The imputed value of those
+    features is ``weights[0]`` x the decoder's + ``weights[1]`` x the latent neighbours' (``k_latent``)
+    + ``weights[2]`` x the input neighbours' (``k_inputs``).
+    """
 
     latents: np.ndarray
     values: np.ndarray
-    features: list[int]  # the model's feature indices the values are of
-    k: int = 30
-    blend: float = 0.5  # weight of the decoder's output; 1 - blend goes to the neighbours
+    features: list[int]
+    inputs: np.ndarray | None = None
+    k_latent: int = 60
+    k_inputs: int = 30
+    weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
 
-    def impute(self, z_query: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    def impute(self, z_query: np.ndarray, decoded: np.ndarray, x_query: np.ndarray | None = None) -> np.ndarray:
         """``decoded`` (full width) with the table's features replaced by the blend."""
+        w_dec, w_lat, w_in = self.weights
         out = np.array(decoded, dtype=np.float32, copy=True)
-        knn = neighbour_impute(self.latents, self.values, z_query, self.k)
-        out[:, self.features] = self.blend * out[:, self.features] + (1 - self.blend) * knn
+        blend = w_dec * out[:, self.features] + w_lat * neighbour_impute(self.latents, self.values, z_query, self.k_latent)
+        if w_in:
+            if self.inputs is None or x_query is None:
+                raise ValueError("this table blends the input neighbours: it needs its inputs and the query's x")
+            blend += w_in * neighbour_impute(self.inputs, self.values, x_query, self.k_inputs)
+        out[:, self.features] = blend
         return out
+
+    def save(self, path) -> None:
+        """An .npz of plain arrays (loaded without pickle)."""
+        arrays = {"latents": self.latents, "values": self.values, "features": np.asarray(self.features, dtype=np.int64),
+                  "k": np.asarray([self.k_latent, self.k_inputs], dtype=np.int64), "weights": np.asarray(self.weights, dtype=np.float64)}
+        if self.inputs is not None:
+            arrays["inputs"] = self.inputs
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "NeighbourTable":
+        with np.load(path, allow_pickle=False) as f:
+            k = f["k"].tolist()
+            return cls(latents=f["latents"], values=f["values"], features=f["features"].tolist(),
+                       inputs=f["inputs"] if "inputs" in f.files else None, k_latent=k[0], k_inputs=k[1],
+                       weights=tuple(f["weights"].tolist()))
+
+
+def build_table(model, reference_x: np.ndarray, reference_values: np.ndarray, inputs: str, covariate: str, features: list[int],
+                weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), k_latent: int = 60, k_inputs: int = 30) -> NeighbourTable:
+    """The table of a trained ``model`` (an InClust): the reference cells encoded from feature set ``inputs``
+    (``reference_x``: cells x those features, the model's input scale) in their own ``covariate``, with
+    their measured values of the model's ``features`` (``reference_values``: cells x len(features)).
+    The query is encoded from the same set, so both sides' latents come from the same features,
+    each corrected for its own covariate."""
+    from inclust_plus.errors import InclustError
+
+    _, z, _ = model.predict(reference_x, inputs, covariate)
+    values = np.asarray(reference_values, dtype=np.float32)
+    if values.shape != (len(z), len(features)) or not np.isfinite(values).all():
+        raise InclustError(f"reference values have shape {values.shape} (or non-finite entries), expected {(len(z), len(features))}",
+                           "pass the reference cells' measured values of exactly the table's features")
+    if abs(sum(weights) - 1) > 1e-6 or min(weights) < 0:
+        raise InclustError(f"blend weights {weights} do not sum to 1", "pass three non-negative weights (decoder, latent, inputs) summing to 1")
+    x = unit_rows(np.asarray(reference_x, dtype=np.float32)) if weights[2] else None
+    return NeighbourTable(latents=unit_rows(z), values=values, features=list(features), inputs=x, k_latent=k_latent,
+                          k_inputs=k_inputs, weights=tuple(weights))
