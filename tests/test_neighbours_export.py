@@ -66,3 +66,40 @@ def test_a_feature_the_graph_does_not_output_is_refused(exported):
     table = build_table(model, rng.random((50, 6), dtype=np.float32), rng.random((50, 1), dtype=np.float32), "merfish", "scrna", [13])
     with pytest.raises(InclustError, match="does not output"):
         append_neighbours(graph, table, list(range(12)))
+
+
+def test_the_torch_free_runtime_imputes_with_the_read_out(tmp_path):
+    """inclust-run on an export whose graph carries the table: the blended values, the twins dropped."""
+    import subprocess
+    import sys
+
+    ad = pytest.importorskip("anndata")
+    pd = pytest.importorskip("pandas")
+    from export_toys import MERFISH
+    from inclust_plus.contract import read_manifest
+    from inclust_plus.export.neighbours_graph import add_to_export
+
+    ckpt = make_toy_checkpoint(tmp_path / "model.pt", seed=4, preprocessing=False, members=2)
+    manifest = export_model(ckpt, tmp_path / "out", combinations=["merfish_to_rna"])
+    model = InClust(*load_checkpoint(ckpt))
+    rng = np.random.default_rng(2)
+    table = build_table(model, rng.random((200, 6), dtype=np.float32), rng.random((200, 3), dtype=np.float32), "merfish", "scrna", HELD,
+                        k_latent=15, k_inputs=8)
+    add_to_export(manifest.parent, "merfish_to_rna", table, list(range(12)))
+    entry = read_manifest(manifest.parent).graphs[0]
+    assert entry.torchscript_file is None and entry.variants == ()
+    assert sorted(p.name for p in manifest.parent.iterdir()) == ["manifest.json", "merfish_to_rna.onnx"]
+
+    x = rng.random((40, 6), dtype=np.float32)
+    cells = ad.AnnData(X=x, obs=pd.DataFrame({"dataset": ["merfish"] * 40}, index=[f"c{i}" for i in range(40)]),
+                       var=pd.DataFrame(index=[f"gene{i:03d}" for i in MERFISH]))
+    cells.write_h5ad(tmp_path / "q.h5ad")
+    code = "import sys; from inclust_plus.runtime.cli import main; sys.argv[0] = 'inclust-run'; main()"
+    run = subprocess.run([sys.executable, "-c", code, "impute", "--onnx", str(manifest.parent), "--input", str(tmp_path / "q.h5ad"),
+                          "--output", str(tmp_path / "o.h5ad"), "--combination", "merfish_to_rna", "--covariate-key", "dataset", "-q"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    y, z, _ = model.predict(x, "merfish", "merfish", target_covariate="scrna")
+    want = table.impute(z, y, x)[:, :12]
+    got = np.asarray(ad.read_h5ad(tmp_path / "o.h5ad").layers["inclust_imputed"], dtype=np.float64)
+    assert np.abs(got - want).max() <= 2e-5
