@@ -220,12 +220,14 @@ def build(results: Path = RESULTS) -> str:
         *compare_section(results),
         *triton_section(results),
         *accuracy_section(results),
+        *written_section(results, "imputation_splits_issue24"),  # issue 24 (hand-assembled from its JSON results)
         *ensemble_section(results),
         *written_section(results, "mapping"),  # issue 15
         *written_section(results, "uncertainty", "uncertainty_reduced"),  # issue 15
         *written_section(results, "integration"),  # issue 15
         *written_section(results, "integration_real"),  # issue 15
         *written_section(results, "integration_real_effect0"),  # issue 15: the panels' difference only
+        *written_section(results, "integration_real_issue24_summary"),  # issue 24: loss settings against the paper's
     ]
     if NOTES.is_file():
         lines += [NOTES.read_text().strip(), ""]
