@@ -82,7 +82,13 @@ def _train(reference, query, settings: dict, epochs: int | None, seed: int):
     return np.concatenate([z_ref, z_q]), seconds, cfg.training
 
 
-def run(effect: float, epochs: int | None, seed: int) -> dict:
+def _contender(spec: str) -> tuple[str, dict]:
+    """``"kl=1,mixing=3"`` -> its row name and loss overrides (issue 24: candidates for the integration defaults)."""
+    loss = {k.strip(): float(v) for k, v in (part.split("=") for part in spec.split(","))}
+    return "inClust+ " + ", ".join(f"{k} {v:g}" for k, v in loss.items()), {"loss": loss}
+
+
+def run(effect: float, epochs: int | None, seed: int, contenders: tuple[str, ...] = ()) -> dict:
     import anndata
     import torch
     from sklearn.decomposition import PCA
@@ -112,6 +118,9 @@ def run(effect: float, epochs: int | None, seed: int) -> dict:
     seconds = {}
     embeddings[OURS], seconds[OURS], used = _train(reference, query, {}, epochs, seed)
     embeddings[PAPER], seconds[PAPER], _ = _train(reference, query, {"loss": {"kl": 1.0, "mixing": 0.0}}, epochs, seed)
+    for spec in contenders:
+        name, settings = _contender(spec)
+        embeddings[name], seconds[name], _ = _train(reference, query, settings, epochs, seed)
     scores = {}
     for name, z in embeddings.items():
         scores[name] = integration_scores(z, batch, types, "reference", asw_sample=ASW_CELLS)
@@ -165,11 +174,13 @@ def markdown(r: dict) -> str:
 @click.option("--effect", type=float, default=1.0, show_default=True, help="Strength of the query's simulated technical effect (0: none).")
 @click.option("--epochs", type=int, default=None, help="Epochs of inClust+ (default: the integration task's, training/config.py TASK_DEFAULTS).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--contender", "contenders", multiple=True, help='Further loss settings to train side by side, e.g. "kl=1,mixing=3" (repeatable).')
+@click.option("--stem", default=None, help="Result file name (default: integration_real[_effect<e>]).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
-def main(effect: float, epochs: int, seed: int, out: Path) -> None:
-    r = run(effect, epochs, seed)
+def main(effect: float, epochs: int, seed: int, contenders: tuple[str, ...], stem: str | None, out: Path) -> None:
+    r = run(effect, epochs, seed, contenders)
     r.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), machine=machine_line(1))
-    stem = "integration_real" if effect == 1.0 else f"integration_real_effect{effect:g}"
+    stem = stem or ("integration_real" if effect == 1.0 else f"integration_real_effect{effect:g}")
     publish(stem, r, markdown(r), out)
 
 

@@ -221,12 +221,14 @@ def sections(results: Path) -> list[tuple[bool, list[str]]]:
         (False, compare_section(results)),
         (True, triton_section(results)),
         (True, accuracy_section(results)),
+        (True, written_section(results, "imputation_splits_summary")),  # kNN baselines and read-outs, every split (hand-assembled from the JSON)
         (True, ensemble_section(results)),
         (True, written_section(results, "mapping")),
         (True, written_section(results, "uncertainty", "uncertainty_reduced")),
         (True, written_section(results, "integration")),
         (True, written_section(results, "integration_real")),
         (False, written_section(results, "integration_real_effect0")),  # the panels' difference only
+        (True, written_section(results, "integration_contenders")),  # loss settings against the paper's
     ]
 
 

@@ -2,7 +2,8 @@
 
 A reduced run of benchmarks/imputation_accuracy.py: the task (a) preset with its default settings
 except 80 instead of 200 epochs and 2 instead of 4 ensemble members (one Gaussian, one Bernoulli),
-on the standard split (about 80 s on 2 cores). The full benchmark (every split, every baseline)
+on the standard split (about 80 s on 2 cores); the same model read out through the neighbour
+table (issue 24) too. The full benchmark (every split, every baseline)
 lives in benchmarks/; this only guards against a change that silently ruins accuracy.
 """
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from inclust_plus.training.model import InClust
+from inclust_plus.training.neighbours import build_table
 from inclust_plus.training.presets import preset_config
 from evaluation.splits import per_gene_correlation, pseudo_spatial_split
 
@@ -19,6 +21,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "merfish_scrna_
 EPOCHS = 80
 MEMBERS = 2
 ISSUE_FLOOR = 0.25  # issue 2 asks for at least this on a reduced run
+BLEND_FLOOR = 0.36  # issue 24: the blended read-out of the same reduced run measured 0.380 (decoder 0.327)
 FLOOR = 0.31  # this reduced run measured 0.329 (2 members in 2 processes, torch 2.13); the full benchmark 0.364
 
 
@@ -41,3 +44,11 @@ def test_reduced_run_imputes_held_out_genes_above_floor():
     truth_types = split.query.obs["cell_type"].astype(str).to_numpy()
     predicted = np.asarray(model.description.labels.categories)[probs.argmax(1)]
     assert (predicted == truth_types).mean() > 0.9  # measured 0.951
+    # Issue 24: the same model read out through the neighbour table (decoder, latent neighbours and
+    # shared-gene neighbours, equal weights; training/neighbours.py) beats its decoder and kNN alone.
+    panel = [str(g) for g in split.query.var_names]
+    held = [genes.index(g) for g in split.held_out]
+    table = build_table(model, split.reference[:, panel].X.toarray(), split.reference[:, split.held_out].X.toarray(), "merfish", "scrna", held)
+    y, z, _ = model.predict(split.query.X.toarray(), "merfish", "merfish", target_covariate="scrna")
+    blended = per_gene_correlation(table.impute(z, y, split.query.X.toarray())[:, held], split.truth)
+    assert np.mean(blended) >= BLEND_FLOOR and np.mean(blended) > np.mean(r) + 0.02, (np.mean(blended), np.mean(r))

@@ -1,0 +1,141 @@
+"""Append the neighbour read-out (training/neighbours.py, issue 24) to an exported decoding graph.
+
+The reference side of the read-out is a graph constant, so the graph stays self-contained and every
+runner of ONNX (the torch-free runtime, Triton's onnxruntime backend) runs it unchanged: same inputs,
+same outputs, only ``y``'s table columns become the blend. Per lookup: unit rows (ReduceL2, as
+``unit_rows``), cosine similarities as one MatMul against the reference's unit rows, TopK, weights
+1 / (1 - cos + eps), Gather of the reference's measured values, weighted mean. The latent lookup reads
+the graph's ``latent``; the input lookup reads the graph's input ``x`` as fed, so a table with input
+rows needs a graph whose ``x`` is in the table's scale (no folded preprocessing, or none to fold).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from inclust_plus.errors import InclustError
+
+from .onnx_graph import check
+
+EPS = 1e-6  # training.neighbours.EPS (export reads the table, not the training code)
+L2_EPS = 1e-12  # the clamp of training.neighbours.unit_rows
+
+
+class _Nodes:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value) -> str:
+        self.inits.append(numpy_helper.from_array(np.array(value, order="C"), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str, outputs: list[str] | None = None, **attrs) -> str:
+        self.nodes.append(helper.make_node(op_type, inputs, outputs or [output], name=output, **attrs))
+        return output
+
+
+def _lookup(g: _Nodes, query: str, rows: np.ndarray, values: str, k: int, tag: str) -> str:
+    """[batch, g]: distance-weighted mean of ``values`` over the ``k`` cosine-nearest ``rows`` of each query row."""
+    k = min(int(k), len(rows))
+    norm = g.op("ReduceL2", [query], f"nb.{tag}.norm", axes=[1], keepdims=1)
+    norm = g.op("Max", [norm, g.const(f"nb.{tag}.eps", np.asarray(L2_EPS, dtype=np.float32))], f"nb.{tag}.norm.clamped")
+    unit = g.op("Div", [query, norm], f"nb.{tag}.unit")
+    sim = g.op("MatMul", [unit, g.const(f"nb.{tag}.reference", np.ascontiguousarray(rows.T, dtype=np.float32))], f"nb.{tag}.cosine")
+    top, idx = f"nb.{tag}.top", f"nb.{tag}.index"
+    g.op("TopK", [sim, g.const(f"nb.{tag}.k", np.asarray([k], dtype=np.int64))], top, outputs=[top, idx], axis=-1, largest=1, sorted=1)
+    w = g.op("Sub", [g.const(f"nb.{tag}.one", np.asarray(1 + EPS, dtype=np.float32)), top], f"nb.{tag}.distance")
+    w = g.op("Reciprocal", [w], f"nb.{tag}.weight")
+    gathered = g.op("Gather", [values, idx], f"nb.{tag}.values", axis=0)  # [batch, k, g]
+    w3 = g.op("Unsqueeze", [w, g.const(f"nb.{tag}.axis1", np.asarray([1], dtype=np.int64))], f"nb.{tag}.weight.row")  # [batch, 1, k]
+    num = g.op("MatMul", [w3, gathered], f"nb.{tag}.weighted")  # [batch, 1, g]
+    num = g.op("Squeeze", [num, f"nb.{tag}.axis1"], f"nb.{tag}.sum")
+    den = g.op("ReduceSum", [w, f"nb.{tag}.axis1"], f"nb.{tag}.weight.sum", keepdims=1)
+    return g.op("Div", [num, den], f"nb.{tag}.mean")
+
+
+def append_neighbours(model: onnx.ModelProto, table, output_features: list[int]) -> onnx.ModelProto:
+    """A copy of the dense float32 decoding ``model`` whose ``y`` blends in ``table`` (a NeighbourTable).
+
+    ``output_features``: the model's feature indices of ``y``'s columns in order (the combination's
+    outputs); every feature of the table must be among them.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    producers = [n for n in graph.node if "y" in n.output]
+    if len(producers) != 1 or "latent" not in {o.name for o in graph.output}:
+        raise InclustError(f"graph {graph.name!r} has no decoder output 'y' and latent to read", "append the lookup to a decoding graph")
+    column = {f: i for i, f in enumerate(output_features)}
+    missing = [f for f in table.features if f not in column]
+    if missing:
+        raise InclustError(f"the neighbour table imputes features {missing} that graph {graph.name!r} does not output",
+                           "build the table for the combination's output features")
+    w_dec, w_lat, w_in = (float(v) for v in table.weights)
+    if w_in and table.inputs is None:
+        raise InclustError("the neighbour table blends input neighbours but holds no input rows", "rebuild it with build_table")
+    for node in graph.node:  # the decoder's y becomes an intermediate
+        node.output[:] = ["y.decoder" if o == "y" else o for o in node.output]
+        node.input[:] = ["y.decoder" if i == "y" else i for i in node.input]
+        if node.name == "y":
+            node.name = "y.decoder"
+    g = _Nodes()
+    values = g.const("nb.values", np.asarray(table.values, dtype=np.float32))
+    blend = g.op("Mul", [_lookup(g, "latent", table.latents, values, table.k_latent, "latent"),
+                         g.const("nb.latent.share", np.asarray(w_lat, dtype=np.float32))], "nb.latent.blend")
+    if w_in:
+        inp = g.op("Mul", [_lookup(g, "x", table.inputs, values, table.k_inputs, "inputs"),
+                           g.const("nb.inputs.share", np.asarray(w_in, dtype=np.float32))], "nb.inputs.blend")
+        blend = g.op("Add", [blend, inp], "nb.blend")
+    n_out = len(output_features)
+    place = np.zeros((len(table.features), n_out), dtype=np.float32)  # table column -> y column
+    keep = np.ones(n_out, dtype=np.float32)
+    for j, f in enumerate(table.features):
+        place[j, column[f]] = 1.0
+        keep[column[f]] = w_dec
+    placed = g.op("MatMul", [blend, g.const("nb.place", place)], "nb.placed")
+    kept = g.op("Mul", ["y.decoder", g.const("nb.keep", keep)], "nb.decoder.kept")
+    g.op("Add", [kept, placed], "y")
+    graph.node.extend(g.nodes)
+    graph.initializer.extend(g.inits)
+    graph.doc_string += f"; neighbour read-out: {len(table.latents)} reference cells, weights {w_dec:.3g}/{w_lat:.3g}/{w_in:.3g}"
+    check(out)
+    return out
+
+
+def add_to_export(folder, combination: str, table, output_features: list[int]) -> Path:
+    """Rewrite ``combination``'s dense float32 graph in the export ``folder`` with the read-out, and its manifest entry.
+
+    The graph's twins (TorchScript, CSR/float16 flavours, torch.export) lack the lookup, so the entry
+    drops them and their files go: a runner can then only pick the graph that imputes with it.
+    The graph must read its input unpreprocessed by the graph (``folded_preprocessing`` off).
+    """
+    import dataclasses
+
+    from inclust_plus.contract import read_manifest, write_manifest
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    entries = {g.name: g for g in manifest.graphs}
+    if combination not in entries or not entries[combination].decodes:
+        raise InclustError(f"export {folder} has no decoding graph {combination!r}", f"graphs: {', '.join(entries)}")
+    entry = entries[combination]
+    if table.inputs is not None and entry.folded_preprocessing and float(table.weights[2]):
+        raise InclustError("the input neighbours read x as fed, but this graph folds its preprocessing", "export without --fold-preprocessing")
+    graph = append_neighbours(onnx.load(str(entry.path)), table, output_features)
+    data = graph.SerializeToString(deterministic=True)
+    stale = [entry.torchscript, entry.torch_export] + [folder / v.file for v in entry.variants]
+    entry.path.write_bytes(data)
+    new = dataclasses.replace(entry, sha256=hashlib.sha256(data).hexdigest(), torchscript_file=None, torchscript_sha256=None,
+                              torch_export_file=None, torch_export_sha256=None, variants=())
+    write_manifest(dataclasses.replace(manifest, graphs=tuple(new if g.name == combination else g for g in manifest.graphs)),
+                   manifest.path)
+    for path in stale:
+        if path is not None and path.exists():
+            path.unlink()
+    return manifest.path

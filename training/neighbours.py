@@ -1,0 +1,111 @@
+"""Imputation from neighbours in the batch-corrected latent space (issue 24).
+
+A query cell's k nearest reference cells by cosine similarity of the corrected latent (``z - e_b``,
+what ``predict`` returns second), and the distance-weighted mean (weights 1 / (1 - cos + eps), as
+scikit-learn's ``weights="distance"`` with the cosine metric) of their *measured* values. Measured
+values carry each reference cell's own detail that the decoder's smooth output averages away, and
+the latent is free of the query's technology, so this beats kNN on the raw genes when the query
+comes from another platform; the model keeps the reference side (:class:`NeighbourTable`) so that
+the same read-out runs wherever the model does.
+
+This module is the one definition of the read-out in numpy; the exported graph's lookup
+(export/neighbours_graph.py) is parity-tested against :func:`neighbour_impute`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = 1e-6  # keeps an exact match's weight finite
+
+
+def unit_rows(z: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    z = np.asarray(z, dtype=np.float32)
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def neighbour_impute(z_ref: np.ndarray, values_ref: np.ndarray, z_query: np.ndarray, k: int = 30, chunk: int = 4096) -> np.ndarray:
+    """Distance-weighted mean of ``values_ref`` over each query row's ``k`` cosine-nearest ``z_ref`` rows."""
+    ref = unit_rows(z_ref)
+    values_ref = np.asarray(values_ref, dtype=np.float32)
+    k = min(k, len(ref))
+    out = np.empty((len(z_query), values_ref.shape[1]), dtype=np.float32)
+    for s in range(0, len(z_query), chunk):
+        sim = unit_rows(z_query[s : s + chunk]) @ ref.T
+        idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        w = 1.0 / (1.0 - np.take_along_axis(sim, idx, axis=1) + EPS)
+        out[s : s + chunk] = np.einsum("nk,nkg->ng", w, values_ref[idx]) / w.sum(1, keepdims=True)
+    return out
+
+
+@dataclass
+class NeighbourTable:
+    """The reference side of the read-out, everything a model needs to impute from neighbours.
+
+    ``latents``: the reference cells' unit-length corrected latents [n, d]; ``inputs``: their unit-length
+    input rows [n, p] (the query's feature set, for the neighbours on the measured genes) or None;
+    ``values``: their measured values [n, g] of the model's ``features``. The imputed value of those
+    features is ``weights[0]`` x the decoder's + ``weights[1]`` x the latent neighbours' (``k_latent``)
+    + ``weights[2]`` x the input neighbours' (``k_inputs``).
+    """
+
+    latents: np.ndarray
+    values: np.ndarray
+    features: list[int]
+    inputs: np.ndarray | None = None
+    k_latent: int = 60
+    k_inputs: int = 30
+    weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+
+    def impute(self, z_query: np.ndarray, decoded: np.ndarray, x_query: np.ndarray | None = None) -> np.ndarray:
+        """``decoded`` (full width) with the table's features replaced by the blend."""
+        w_dec, w_lat, w_in = self.weights
+        out = np.array(decoded, dtype=np.float32, copy=True)
+        blend = w_dec * out[:, self.features] + w_lat * neighbour_impute(self.latents, self.values, z_query, self.k_latent)
+        if w_in:
+            if self.inputs is None or x_query is None:
+                raise ValueError("this table blends the input neighbours: it needs its inputs and the query's x")
+            blend += w_in * neighbour_impute(self.inputs, self.values, x_query, self.k_inputs)
+        out[:, self.features] = blend
+        return out
+
+    def save(self, path) -> None:
+        """An .npz of plain arrays (loaded without pickle)."""
+        arrays = {"latents": self.latents, "values": self.values, "features": np.asarray(self.features, dtype=np.int64),
+                  "k": np.asarray([self.k_latent, self.k_inputs], dtype=np.int64), "weights": np.asarray(self.weights, dtype=np.float64)}
+        if self.inputs is not None:
+            arrays["inputs"] = self.inputs
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "NeighbourTable":
+        with np.load(path, allow_pickle=False) as f:
+            k = f["k"].tolist()
+            return cls(latents=f["latents"], values=f["values"], features=f["features"].tolist(),
+                       inputs=f["inputs"] if "inputs" in f.files else None, k_latent=k[0], k_inputs=k[1],
+                       weights=tuple(f["weights"].tolist()))
+
+
+def build_table(model, reference_x: np.ndarray, reference_values: np.ndarray, inputs: str, covariate: str, features: list[int],
+                weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), k_latent: int = 60, k_inputs: int = 30) -> NeighbourTable:
+    """The table of a trained ``model`` (an InClust): the reference cells encoded from feature set ``inputs``
+    (``reference_x``: cells x those features, the model's input scale) in their own ``covariate``, with
+    their measured values of the model's ``features`` (``reference_values``: cells x len(features)).
+    The query is encoded from the same set, so both sides' latents come from the same features,
+    each corrected for its own covariate."""
+    from inclust_plus.errors import InclustError
+
+    _, z, _ = model.predict(reference_x, inputs, covariate)
+    values = np.asarray(reference_values, dtype=np.float32)
+    if values.shape != (len(z), len(features)) or not np.isfinite(values).all():
+        raise InclustError(f"reference values have shape {values.shape} (or non-finite entries), expected {(len(z), len(features))}",
+                           "pass the reference cells' measured values of exactly the table's features")
+    if abs(sum(weights) - 1) > 1e-6 or min(weights) < 0:
+        raise InclustError(f"blend weights {weights} do not sum to 1", "pass three non-negative weights (decoder, latent, inputs) summing to 1")
+    x = unit_rows(np.asarray(reference_x, dtype=np.float32)) if weights[2] else None
+    return NeighbourTable(latents=unit_rows(z), values=values, features=list(features), inputs=x, k_latent=k_latent,
+                          k_inputs=k_inputs, weights=tuple(weights))
