@@ -292,3 +292,11 @@ def write_h5ad(path: str | Path, x: np.ndarray, var_names: list[str], covariate:
         a = ad.AnnData(X=mat, obs=obs, var=pd.DataFrame(index=var_names))
     a.write_h5ad(path)
     return a
+
+
+def make_toy_workdir(folder: Path, n_cells: int) -> Path:
+    """``folder`` with the toy export (``toy/``) and ``in.h5ad`` of ``n_cells`` cells over the three
+    covariate categories in turn: the input of the fault and full-disk tests of ``inclust-run``."""
+    make_toy_export(folder / "toy")
+    write_h5ad(folder / "in.h5ad", make_cells(n_cells, RNA, seed=3), RNA, [COVARIATES[i % 3] for i in range(n_cells)])
+    return folder

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from reliability_helpers import snapshot
-from runtime_fixtures import COVARIATES, RNA, make_cells, make_toy_export, write_h5ad
+from runtime_fixtures import make_toy_workdir
 
 N_CELLS = 20_000
 FIXES = {errno.ENOSPC: "free some disk space or write to another disk",
@@ -85,10 +85,7 @@ def script(name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("disk")
-    make_toy_export(folder / "toy")
-    write_h5ad(folder / "in.h5ad", make_cells(N_CELLS, RNA, seed=3), RNA, [COVARIATES[i % 3] for i in range(N_CELLS)])
-    return folder
+    return make_toy_workdir(tmp_path_factory.mktemp("disk"), N_CELLS)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from runtime_fixtures import COVARIATES, RNA, make_cells, make_toy_export, write_h5ad
+from runtime_fixtures import make_toy_workdir
 
 N_CELLS, BATCH, ROUNDS, SEED = 20_000, 64, 12, 12
 MIN_SIGINT_DELAY = 0.15  # before this the interpreter may not have reached the launcher's handler yet
@@ -51,10 +51,7 @@ def _complete(out: Path, reference: np.ndarray) -> bool:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("faults")
-    make_toy_export(folder / "toy")
-    write_h5ad(folder / "in.h5ad", make_cells(N_CELLS, RNA, seed=3), RNA, [COVARIATES[i % 3] for i in range(N_CELLS)])
-    return folder
+    return make_toy_workdir(tmp_path_factory.mktemp("faults"), N_CELLS)
 
 
 def _run_to_end(folder: Path, out: Path) -> tuple[float, float]:

@@ -10,6 +10,7 @@ ENOSPC injected at the checkpoint's write call stands in elsewhere (and runs eve
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -41,12 +42,19 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
         assert sorted(os.listdir(disk)) == []  # no partial model.pt, no plot, no temporary
 
 
-@needs_tmpfs
-def test_train_on_a_full_disk_keeps_the_previous_outputs(tmp_path):
+@contextlib.contextmanager
+def trained_on_a_small_disk(tmp_path):
+    """A 1 MiB file system holding the model.pt (and plot) of one toy training: (config, disk, model.pt)."""
     cfg = toy_config(tmp_path)
     with small_disk(tmp_path / "disk", 1024 * 1024) as disk:
         out = disk / "model.pt"
         assert CliRunner().invoke(train, [str(cfg), "--out", str(out), "--quiet"]).exit_code == 0
+        yield cfg, disk, out
+
+
+@needs_tmpfs
+def test_train_on_a_full_disk_keeps_the_previous_outputs(tmp_path):
+    with trained_on_a_small_disk(tmp_path) as (cfg, disk, out):
         fill(disk, 40 * 1024)
         before = snapshot(disk)
         proc = run("train", cfg, "--out", out, "--quiet", "--force", "--seed", "3")
@@ -99,10 +107,7 @@ def test_injected_full_disk_at_the_checkpoint_write(trained, tmp_path, monkeypat
 @needs_tmpfs
 def test_full_disk_at_the_plot_leaves_model_and_plot_as_they_were(tmp_path):
     """Room for the new model.pt but not for its plot: before, model.pt was replaced and the plot was not."""
-    cfg = toy_config(tmp_path)
-    with small_disk(tmp_path / "disk", 1024 * 1024) as disk:
-        out = disk / "model.pt"
-        assert CliRunner().invoke(train, [str(cfg), "--out", str(out), "--quiet"]).exit_code == 0
+    with trained_on_a_small_disk(tmp_path) as (cfg, disk, out):
         model_pages = -(-out.stat().st_size // PAGE)
         assert (disk / "model.loss.svg").stat().st_size > PAGE  # the plot needs two pages: one more than is left
         free = fill(disk, (model_pages + 1) * PAGE)
