@@ -19,10 +19,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from inclust_plus.errors import InclustError
+from inclust_plus.training.neighbours import EPS
 
 from .onnx_graph import check
 
-EPS = 1e-6  # training.neighbours.EPS (export reads the table, not the training code)
 L2_EPS = 1e-12  # the clamp of training.neighbours.unit_rows
 
 
