@@ -20,7 +20,6 @@ from inclust_plus.contract.combinations import Combination, select_combinations
 from inclust_plus.contract.description import ModelDescription
 from inclust_plus.contract.manifest_builder import build_manifest, graph_entry, variant_entry, write_manifest
 from inclust_plus.contract.plan_builder import IDENTITY, build_plan
-from inclust_plus.contract.schema import SAFE_NAME
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
 

@@ -16,31 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from inclust_plus.errors import InclustError
+from inclust_plus.training.neighbours import EPS
 
-from .onnx_graph import check
+from .onnx_graph import _Builder, check, serialize
 
-EPS = 1e-6  # training.neighbours.EPS (export reads the table, not the training code)
 L2_EPS = 1e-12  # the clamp of training.neighbours.unit_rows
 
 
-class _Nodes:
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-
-    def const(self, name: str, value) -> str:
-        self.inits.append(numpy_helper.from_array(np.array(value, order="C"), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], output: str, outputs: list[str] | None = None, **attrs) -> str:
-        self.nodes.append(helper.make_node(op_type, inputs, outputs or [output], name=output, **attrs))
-        return output
-
-
-def _lookup(g: _Nodes, query: str, rows: np.ndarray, values: str, k: int, tag: str) -> str:
+def _lookup(g: _Builder, query: str, rows: np.ndarray, values: str, k: int, tag: str) -> str:
     """[batch, g]: distance-weighted mean of ``values`` over the ``k`` cosine-nearest ``rows`` of each query row."""
     k = min(int(k), len(rows))
     norm = g.op("ReduceL2", [query], f"nb.{tag}.norm", axes=[1], keepdims=1)
@@ -48,7 +33,7 @@ def _lookup(g: _Nodes, query: str, rows: np.ndarray, values: str, k: int, tag: s
     unit = g.op("Div", [query, norm], f"nb.{tag}.unit")
     sim = g.op("MatMul", [unit, g.const(f"nb.{tag}.reference", np.ascontiguousarray(rows.T, dtype=np.float32))], f"nb.{tag}.cosine")
     top, idx = f"nb.{tag}.top", f"nb.{tag}.index"
-    g.op("TopK", [sim, g.const(f"nb.{tag}.k", np.asarray([k], dtype=np.int64))], top, outputs=[top, idx], axis=-1, largest=1, sorted=1)
+    g.ops("TopK", [sim, g.const(f"nb.{tag}.k", np.asarray([k], dtype=np.int64))], [top, idx], axis=-1, largest=1, sorted=1)
     w = g.op("Sub", [g.const(f"nb.{tag}.one", np.asarray(1 + EPS, dtype=np.float32)), top], f"nb.{tag}.distance")
     w = g.op("Reciprocal", [w], f"nb.{tag}.weight")
     gathered = g.op("Gather", [values, idx], f"nb.{tag}.values", axis=0)  # [batch, k, g]
@@ -84,7 +69,7 @@ def append_neighbours(model: onnx.ModelProto, table, output_features: list[int])
         node.input[:] = ["y.decoder" if i == "y" else i for i in node.input]
         if node.name == "y":
             node.name = "y.decoder"
-    g = _Nodes()
+    g = _Builder()  # the graph builder's own node and constant collector
     values = g.const("nb.values", np.asarray(table.values, dtype=np.float32))
     blend = g.op("Mul", [_lookup(g, "latent", table.latents, values, table.k_latent, "latent"),
                          g.const("nb.latent.share", np.asarray(w_lat, dtype=np.float32))], "nb.latent.blend")
@@ -102,7 +87,7 @@ def append_neighbours(model: onnx.ModelProto, table, output_features: list[int])
     kept = g.op("Mul", ["y.decoder", g.const("nb.keep", keep)], "nb.decoder.kept")
     g.op("Add", [kept, placed], "y")
     graph.node.extend(g.nodes)
-    graph.initializer.extend(g.inits)
+    graph.initializer.extend(g.initializers.values())
     graph.doc_string += f"; neighbour read-out: {len(table.latents)} reference cells, weights {w_dec:.3g}/{w_lat:.3g}/{w_in:.3g}"
     check(out)
     return out
@@ -128,7 +113,7 @@ def add_to_export(folder, combination: str, table, output_features: list[int]) -
     if table.inputs is not None and entry.folded_preprocessing and float(table.weights[2]):
         raise InclustError("the input neighbours read x as fed, but this graph folds its preprocessing", "export without --fold-preprocessing")
     graph = append_neighbours(onnx.load(str(entry.path)), table, output_features)
-    data = graph.SerializeToString(deterministic=True)
+    data = serialize(graph)
     stale = [entry.torchscript, entry.torch_export] + [folder / v.file for v in entry.variants]
     entry.path.write_bytes(data)
     new = dataclasses.replace(entry, sha256=hashlib.sha256(data).hexdigest(), torchscript_file=None, torchscript_sha256=None,

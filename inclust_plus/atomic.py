@@ -34,7 +34,7 @@ TEMP_TAG = ".inclust-"
 _NAME_KEPT = 100  # characters of the target name kept in a temporary name (room for the tag, pid, suffix)
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _AT_FDCWD = -100
-_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write that failed for want of room: the folder's disk is named
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write that failed for want of room: the folder's disk is named
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -346,7 +346,7 @@ def atomic_outputs(*outputs: Output) -> Iterator[list[Path]]:
     except OSError as err:
         for tmp in tmps:
             _remove(tmp)
-        where = _output_of(err.filename, outputs, tmps) if err.filename or err.errno in _SPACE else None
+        where = _output_of(err.filename, outputs, tmps) if err.filename or err.errno in NO_SPACE else None
         if where is None:
             raise
         raise OSError(err.errno, err.strerror, str(where)) from err  # a full disk names the output asked for, not a temporary

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inclust_plus import interrupt
+from inclust_plus.errors import InclustError
 
 from .backend import OnnxBackend
 from .chunks import Cancelled, chunk_reader, ordered_chunks
@@ -58,8 +59,6 @@ def _bound_runner(backend):
 
 
 def check_outputs(graph, manifest, result: dict, n: int) -> None:
-    from inclust_plus.errors import InclustError
-
     want = {"latent": manifest.latent_dim, "label_probs": len(manifest.label_categories)}
     if graph.decodes:
         want["y"] = len(graph.output_features)
@@ -80,8 +79,6 @@ def check_finite(graph, result: dict, start: int) -> None:
     """Refuse NaN or infinity in a graph's outputs (a diverged model computes NaN for every cell;
     issue 25): an error, never a result. Two reductions per output and chunk, no copies; the
     offending cell is looked for only on failure."""
-    from inclust_plus.errors import InclustError
-
     for key, a in result.items():
         if a is None or a.size == 0 or (np.isfinite(a.min()) and np.isfinite(a.max())):
             continue

@@ -29,7 +29,7 @@ def read_verified(path: Path | None, expected: str | None, what: str) -> bytes:
     _pinned(path, expected, what)
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != expected.lower():
-        raise InclustError(f"{what} file {path} does not match the sha256 in the manifest: tampered or corrupt", f"{REEXPORT} or copy the folder again")
+        raise _mismatch(path, what)
     return data
 
 
@@ -46,5 +46,10 @@ def verify_file(path: Path | None, expected: str | None, what: str) -> Path:
     """Refuse a graph file whose sha256 differs from the manifest (tampered, corrupt or swapped)."""
     _pinned(path, expected, what)
     if file_sha256(path) != expected.lower():
-        raise InclustError(f"{what} file {path} does not match the sha256 in the manifest: tampered or corrupt", f"{REEXPORT} or copy the folder again")
+        raise _mismatch(path, what)
     return path
+
+
+def _mismatch(path: Path, what: str) -> InclustError:
+    """The one refusal of a file whose bytes differ from the manifest's sha256 (both reads raise it)."""
+    return InclustError(f"{what} file {path} does not match the sha256 in the manifest: tampered or corrupt", f"{REEXPORT} or copy the folder again")

@@ -25,14 +25,13 @@ checked against its sha256 first, so a repository is never built from a graph ch
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from inclust_plus.atomic import atomic_dir, refuse_foreign_entries
+from inclust_plus.atomic import NO_SPACE, atomic_dir, refuse_foreign_entries
 from inclust_plus.errors import InclustError
 from inclust_plus.hashing import file_sha256
 from inclust_plus.contract import graph_to_json, read_manifest, to_json
@@ -96,7 +95,7 @@ def _copy(src: Path, dst: Path) -> None:
     try:
         shutil.copyfile(src, dst)
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if err.errno not in NO_SPACE:
             raise
         raise OSError(err.errno, err.strerror, str(dst)) from err
 
