@@ -91,7 +91,8 @@ def query_graph(description: ModelDescription, inputs: Sequence[int], name: str 
     built as a checkpoint combination of that feature set would be."""
     d = as_description(description)
     features = tuple(int(i) for i in inputs)
-    present = tuple(m.name for m in d.modalities if any(d.modality_range(m.name)[0] <= i < d.modality_range(m.name)[1] for i in features))
+    measured = {d.feature_modalities[i] for i in features}
+    present = tuple(m.name for m in d.modalities if m.name in measured)
     desc = dataclasses.replace(d, feature_sets={**d.feature_sets, name: FeatureSet(present, features)},
                                combinations=(CombinationEntry(name, name, None),))
     combo: Combination = all_combinations(desc)[0]
