@@ -69,7 +69,7 @@ class DatasetConfig:
 @dataclass(kw_only=True)
 class NetworkShape:
     """The network's architecture: the one definition of these keys, for the ``[model]`` section
-    (:class:`ModelConfig`) and the torch module's config (``training.module.ModuleConfig``), which
+    (:class:`ModelConfig`) and the torch module's config (``training.network.module.ModuleConfig``), which
     both extend it; :meth:`shape` hands them from the one to the other."""
 
     encoder_hidden: list[int] = key(rule=ListOf(Int(min=1), non_empty=True), factory=lambda: [200, 50])

@@ -6,7 +6,7 @@ the checkpoint writes it with the one writer and reads it back with the one read
 Torch-free: it is data, shared by training and export like the manifest is by export and runtime.
 The fields are those of docs/ARCHITECTURE.md, "Checkpoint".
 
-``module`` stays the dict of ``training.module.ModuleConfig`` (the one definition of the network's
+``module`` stays the dict of ``training.network.module.ModuleConfig`` (the one definition of the network's
 keys); the sizes export needs are read through properties here. ``hyperparameters`` is the record of
 the config sections the model was trained with (``training/config.py`` defines them); run options
 (device, threads, workers, the fast-step choice) are not part of it.
@@ -108,7 +108,7 @@ class ModelDescription:
     """Everything a checkpoint says about its weights: names, categories, recipe, graphs, history."""
 
     name: str
-    module: dict  # training.module.ModuleConfig.to_dict()
+    module: dict  # training.network.module.ModuleConfig.to_dict()
     modalities: tuple[Modality, ...]  # JSON: schema.modalities; global feature order = their concatenation
     covariate: Covariate
     labels: TrainedLabels = TrainedLabels()
