@@ -234,7 +234,8 @@ def config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Conf
 def check_config(cfg: Config) -> None:
     """Every key's type, range and choice (:mod:`.schema`), then the rules that relate keys.
 
-    Called again by ``inclust-train`` after its command-line overrides, before anything is written.
+    Called again by :func:`with_settings` on every override (``inclust-train``'s flags, before anything
+    is written; ``InClust.setup``/``train`` keywords).
     """
     check_dataclass(cfg, "")
     if "bernoulli" in cfg.loss.likelihoods() and cfg.model.output_activation != "sigmoid":
