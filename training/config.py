@@ -69,7 +69,7 @@ class DatasetConfig:
 @dataclass(kw_only=True)
 class NetworkShape:
     """The network's architecture: the one definition of these keys, for the ``[model]`` section
-    (:class:`ModelConfig`) and the torch module's config (``training.module.ModuleConfig``), which
+    (:class:`ModelConfig`) and the torch module's config (``training.network.module.ModuleConfig``), which
     both extend it; :meth:`shape` hands them from the one to the other."""
 
     encoder_hidden: list[int] = key(rule=ListOf(Int(min=1), non_empty=True), factory=lambda: [200, 50])
@@ -234,7 +234,8 @@ def config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Conf
 def check_config(cfg: Config) -> None:
     """Every key's type, range and choice (:mod:`.schema`), then the rules that relate keys.
 
-    Called again by ``inclust-train`` after its command-line overrides, before anything is written.
+    Called again by :func:`with_settings` on every override (``inclust-train``'s flags, before anything
+    is written; ``InClust.setup``/``train`` keywords).
     """
     check_dataclass(cfg, "")
     if "bernoulli" in cfg.loss.likelihoods() and cfg.model.output_activation != "sigmoid":

@@ -62,7 +62,7 @@ def main(model: Path, data: Path, name: str | None, covariate_key: str | None, l
     check_writable(out)  # a read-only or locked folder: said now, before the model and the cells are read
 
     from inclust_plus.training.model import InClust
-    from inclust_plus.training.assembly.query_data import read_cells
+    from inclust_plus.training.assembly.loading import read_cells
 
     trained = InClust.load(model)
     cells = read_cells(data)

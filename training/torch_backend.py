@@ -57,6 +57,12 @@ def run_graph(module, inputs: Sequence[int], outputs: Sequence[int], x: np.ndarr
     return {name: out[name].numpy() for name in names}
 
 
+def _unwritten_entry(desc: ModelDescription, combo: Combination, latent_dim: int, n_labels: int):
+    """The graph entry ``inclust-export`` would write for ``combo``, with no file behind it (nothing pinned)."""
+    return graph_entry(combo, file=None, sha256=None, opset=None, torchscript=None, torchscript_sha256=None, folded_preprocessing=False,
+                       latent_dim=latent_dim, n_labels=n_labels, plan=build_plan(desc, combo.inputs))
+
+
 def _with_spread(entry):
     """A decoding graph entry that also returns ``y_std`` (posterior samples give one network a spread)."""
     if not entry.decodes or entry.has_spread:
@@ -75,8 +81,7 @@ def memory_manifest(module, description: ModelDescription, spread: bool = False)
     desc = dataclasses.replace(as_description(description), module=module.config.to_dict())
     graphs = []
     for combo in all_combinations(desc):
-        entry = graph_entry(combo, file=None, sha256=None, opset=None, torchscript=None, torchscript_sha256=None, folded_preprocessing=False,
-                            latent_dim=module.config.latent_dim, n_labels=module.config.n_labels, plan=build_plan(desc, combo.inputs))
+        entry = _unwritten_entry(desc, combo, module.config.latent_dim, module.config.n_labels)
         graphs.append(_with_spread(entry) if spread else entry)
     return build_manifest(desc, None, graphs)
 
@@ -86,12 +91,12 @@ def query_graph(description: ModelDescription, inputs: Sequence[int], name: str 
     built as a checkpoint combination of that feature set would be."""
     d = as_description(description)
     features = tuple(int(i) for i in inputs)
-    present = tuple(m.name for m in d.modalities if any(d.modality_range(m.name)[0] <= i < d.modality_range(m.name)[1] for i in features))
+    measured = {d.feature_modalities[i] for i in features}
+    present = tuple(m.name for m in d.modalities if m.name in measured)
     desc = dataclasses.replace(d, feature_sets={**d.feature_sets, name: FeatureSet(present, features)},
                                combinations=(CombinationEntry(name, name, None),))
     combo: Combination = all_combinations(desc)[0]
-    return graph_entry(combo, file=None, sha256=None, opset=None, torchscript=None, torchscript_sha256=None, folded_preprocessing=False,
-                       latent_dim=0, n_labels=0, plan=build_plan(desc, combo.inputs))
+    return _unwritten_entry(desc, combo, 0, 0)
 
 
 class TorchBackend:

@@ -40,7 +40,7 @@ _Y = TensorSpec("y", "float32", "n_outputs")
 _LATENT = TensorSpec("latent", "float32", "latent_dim")
 _PROBS = TensorSpec("label_probs", "float32", "n_labels")
 # An ensemble's decoding graphs also return the members' per-feature standard deviation (population
-# form, divided by K: training.network.module.predict(return_std=True)); one network's graphs do not.
+# form, divided by K: training.network.module.InClustModule.predict(return_std=True)); one network's graphs do not.
 Y_STD = TensorSpec("y_std", "float32", "n_outputs")
 
 GRAPH_SPECS: dict[str, GraphIO] = {

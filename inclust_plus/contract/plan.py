@@ -7,7 +7,7 @@ those numbers restricted to the graph's columns (:class:`PreprocessPlan`, the gr
 ``preprocessing``); the runtime reads it back instead of re-deriving it from feature names.
 
 :func:`apply` is the only implementation of that arithmetic: the runtime's dense path, export's
-parity reference and training's numpy path (``training.preprocessing.transform``) all call it,
+parity reference and training's numpy path (``training.assembly.preprocessing.transform``) all call it,
 and the runtime's sparse fast path (runtime/chunks.py) does the same float32 steps on stored
 values, with its numbers taken from the same plan. Guards, so valid input never gives NaN: a cell
 whose modality sums to 0 stays all zeros (training's "a zero library counts as 1" gives the same

@@ -28,13 +28,9 @@ def build_plan(description: ModelDescription | dict, inputs: tuple[int, ...]) ->
     """Plan for the input columns ``inputs`` (global feature indices) of one graph."""
     description = as_description(description)
     mods = description.feature_modalities
-    offsets: dict[str, int] = {}
-    counts: dict[str, int] = {}
-    pos = 0
-    for m in description.modalities:
-        offsets[m.name] = pos
-        counts[m.name] = len(m.features)
-        pos += len(m.features)
+    ranges = {m.name: description.modality_range(m.name) for m in description.modalities}
+    offsets = {name: start for name, (start, _) in ranges.items()}
+    counts = {name: stop - start for name, (start, stop) in ranges.items()}
     all_prep = description.preprocessing
 
     order: list[str] = []

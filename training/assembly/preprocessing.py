@@ -27,10 +27,6 @@ class Preprocessing:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @property
-    def is_identity(self) -> bool:
-        return self.normalize_total is None and not self.log1p and self.scale is None
-
 
 def transform(x: np.ndarray, prep: Preprocessing, scale: np.ndarray | None = None) -> np.ndarray:
     """Normalise and log-transform dense ``x`` (cells x the modality's *measured* features).

@@ -21,7 +21,6 @@ import scipy.sparse as sp
 from inclust_plus.contract.description import ModelDescription
 from inclust_plus.errors import InclustError
 
-from inclust_plus.training.assembly.loading import read_cells  # noqa: F401 - the one reader of cell files, re-exported for map_cli
 from inclust_plus.training.torch_backend import query_graph
 
 

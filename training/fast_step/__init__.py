@@ -1,1 +1,1 @@
-"""The hand-written CPU training step, allowed only for configurations it is tested to equal autograd on."""
+"""The hand-written training step (CPU and CUDA), allowed only for configurations it is tested to equal autograd on."""

@@ -8,7 +8,7 @@ and the mu and log-variance heads are one [K, 2 * latent, hidden] block, so thei
 backward are one product with no concatenation. Adam updates every element on its own, so one
 call over the flat buffer computes what one call per parameter does.
 
-The parameters stay ``nn.Parameter`` s of the :class:`~.stacked.StackedNetworks` (their ``.data``
+The parameters stay ``nn.Parameter`` s of the :class:`~inclust_plus.training.network.stacked.StackedNetworks` (their ``.data``
 becomes the view, their ``.grad`` the gradient view): the autograd path, validation and unstacking
 the members read them as before.
 """

@@ -89,7 +89,7 @@ def loss_terms(net, x, input_mask, output_mask, covariate, label, noise, weights
     """The loss terms [len(TERMS), ...] of ``net`` (each the mean over a batch's rows).
 
     ``noise`` (shaped like mu) draws z = mu + s * noise; None decodes the posterior mean. ``weights``
-    is a :class:`~.config.LossConfig`; ``label`` is -1 for unlabeled rows."""
+    is a :class:`~inclust_plus.training.config.LossConfig`; ``label`` is -1 for unlabeled rows."""
     mu, log_var = encode(net, x, input_mask)
     z = mu if noise is None else mu + torch.exp(0.5 * log_var) * noise
     logits = net.output(net.decoder(z)).float()

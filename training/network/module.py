@@ -24,7 +24,7 @@ from inclust_plus.training.network.loss import TERMS
 
 @dataclass(kw_only=True)
 class ModuleConfig(NetworkShape):
-    """The module's config: the architecture (:class:`~.config.NetworkShape`, paper defaults) plus the
+    """The module's config: the architecture (:class:`~inclust_plus.training.config.NetworkShape`, paper defaults) plus the
     sizes the data decides. ``to_dict`` is the checkpoint's ``module`` description, read back with
     ``ModuleConfig(**description.module)``."""
 
