@@ -169,3 +169,21 @@ def test_fast_step_on_outside_its_allow_list(tmp_path):
     cfg = _config(tmp_path, _adata(), _adata(genes=("g0", "g1"), seed=1), extra='fast_step = "on"\n[loss]\nmixing = 1.0' + SCALED)
     assert _run(tmp_path, cfg) == ('error: training.fast_step = "on" but the hand-written step is not verified for loss.mixing = 1.0; '
                                    'set training.fast_step = "auto" to train these settings with autograd')
+
+
+def test_raw_counts_that_diverge_are_told_to_take_log1p():
+    """Raw counts (thousands) with no preprocessing diverge in the first epoch: the error names the
+    modality, how large its values are and the recipe to set, not only the learning rate."""
+    from evaluation.synthetic import make_cells
+    from inclust_plus.errors import InclustError
+    from inclust_plus.training.model import InClust
+
+    cells = make_cells(n_cells=60, n_batches=1, seed=0, sizes={"rna": 10, "protein": 2, "atac": 2})
+    model = InClust.setup(cells.anndata("rna"), label_key="cell_type", epochs=1, batch_size=30, encoder_hidden=[4],
+                          latent_dim=2, decoder_hidden=[4])
+    with pytest.raises(InclustError) as info:
+        model.train(progress=False)
+    assert info.value.problem.startswith("training diverged: ")
+    assert info.value.fix == ("the rna values reach 2,928 with no log1p, like raw counts: set preprocessing "
+                              "{'rna': {'normalize_total': 10000, 'log1p': True}} (a [preprocessing.rna] table), then train again")
+    assert model.module is None  # no model from a diverged run

@@ -56,6 +56,19 @@ def _check_unit_interval(data: TrainingData) -> None:
         )
 
 
+def _counts_hint(data: TrainingData) -> str | None:
+    """What to change when training diverged on raw counts: a modality whose values reach the hundreds
+    with neither log1p nor a scale (a Gaussian decoder cannot follow them; the usual first-epoch NaN)."""
+    for m in data.modalities:
+        recipe = data.preprocessing.get(m) or {}
+        block = data.x[:, data.slices[m]]
+        top = float(block.max()) if block.shape[1] else 0.0
+        if not (recipe.get("log1p") or recipe.get("scale") is not None) and top > 100:
+            return (f"the {m} values reach {top:,.0f} with no log1p, like raw counts: set preprocessing "
+                    f"{{'{m}': {{'normalize_total': 10000, 'log1p': True}}}} (a [preprocessing.{m}] table), then train again")
+    return None
+
+
 def _panel_covariate(data: TrainingData, set_name: str) -> str | None:
     """Cells given to a graph whose inputs are one dataset's panel most likely come from that dataset:
     its covariate (when it has a single one) is the runtime's default for them."""
@@ -217,7 +230,13 @@ class InClust(AnnDataVerbs):
         # the single-network model.
         if "bernoulli" in cfg.loss.likelihoods()[: m.ensemble]:
             _check_unit_interval(data)
-        members, results, wall = train_members(member, data, cfg, progress=progress)
+        try:
+            members, results, wall = train_members(member, data, cfg, progress=progress)
+        except InclustError as err:
+            hint = _counts_hint(data) if err.problem.startswith("training diverged") else None
+            if hint is None:
+                raise
+            raise InclustError(err.problem, hint) from None
         module = merge_members(members)
         result = TrainingResult.combined(results, wall=wall if len(results) > 1 else None)
         record = TrainingRecord(
