@@ -49,3 +49,11 @@ def temporaries(folder: Path) -> list[str]:
 def good_input(path: Path, n: int = N) -> Path:
     write_h5ad(path, make_cells(n, RNA), RNA, [COVARIATES[i % 3] for i in range(n)])
     return path
+
+
+def assert_clean_interrupt(rc: int, err: str, before, after) -> None:
+    """A run stopped by SIGINT: exit 130, the one closing line, no traceback, its outputs as they were."""
+    assert rc == 130, (rc, err)
+    assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGINT; no output was written"), err
+    assert "Traceback" not in err
+    assert after == before, "an interrupted run changed an output"
