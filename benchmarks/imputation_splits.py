@@ -94,7 +94,8 @@ def ours(reference, query_x: np.ndarray, panel: list[str], held: list[str], over
     z_r = model.predict(_dense(reference[:, panel].X), "merfish", "scrna")[1]
     knn = neighbour_impute(z_r, _dense(reference[:, held].X), z_q, k)
     dec = y[:, out]
-    return {DECODER: dec, LATENT: knn, BLEND2: (dec + knn) / 2, BLEND3: (dec + knn + raw_knn) / 3}, seconds
+    readouts = {"decoded": dec, "z_query": z_q, "z_reference": z_r}
+    return {DECODER: dec, LATENT: knn, BLEND2: (dec + knn) / 2, BLEND3: (dec + knn + raw_knn) / 3}, seconds, readouts
 
 
 def mean_pearson(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -134,7 +135,9 @@ def markdown(r: dict) -> str:
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--tag", default="", help="Suffix of the result files (screening runs).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
-def main(only, conditions, ensemble, epochs, k, latent_k, baselines_only, threads, tag, out) -> None:
+@click.option("--save-readouts", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write each setting's decoded genes and latents (.npz) here, to score other read-outs without retraining.")
+def main(only, conditions, ensemble, epochs, k, latent_k, baselines_only, threads, tag, out, save_readouts) -> None:
     import anndata
     import torch
 
@@ -156,8 +159,12 @@ def main(only, conditions, ensemble, epochs, k, latent_k, baselines_only, thread
             preds = baselines(ref_in, ref_out, q, k)
             seconds = 0.0
             if not baselines_only:
-                theirs, seconds = ours(split.reference, q, panel, split.held_out, overrides, latent_k, preds[COSINE])
+                theirs, seconds, readouts = ours(split.reference, q, panel, split.held_out, overrides, latent_k, preds[COSINE])
                 preds.update(theirs)
+                if save_readouts:
+                    save_readouts.mkdir(parents=True, exist_ok=True)
+                    np.savez_compressed(save_readouts / f"{name}_{cond}.npz", query=q, truth=split.truth, reference_inputs=ref_in,
+                                        reference_values=ref_out, **readouts)
             scores = {m: mean_pearson(p, split.truth) for m, p in preds.items()}
             key = f"{name} {cond}"
             r["results"][key] = {"seed": seed, "held_out": split.held_out, "train_seconds": round(seconds, 1), "scores": scores}
