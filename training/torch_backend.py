@@ -121,6 +121,9 @@ class TorchBackend:
     ``samples = K`` decodes K posterior samples per cell (seeded by ``seed``, drawn batch after
     batch in order, so a call's numbers depend on its batch size only through the draw order);
     the graphs it runs must then declare ``y_std`` (:func:`memory_manifest` with ``spread``).
+
+    It has no ``probe``, so the runtime's covariate probe (runtime/signature.py) skips it: its
+    manifest is built from the very module it runs, so the two cannot disagree on the categories.
     """
 
     def __init__(self, module, manifest: Manifest, samples: int = 0, seed: int = 0):
