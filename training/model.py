@@ -268,7 +268,7 @@ class InClust(AnnDataVerbs):
 
     def covariate_index(self, names) -> np.ndarray:
         """Category indices of one covariate name or one per cell: the runtime's lookup, its error included."""
-        from inclust_plus.runtime.covariates import category_indices  # on use: the runtime imports pandas
+        from inclust_plus.runtime import category_indices  # on use: the runtime imports pandas
 
         return category_indices(memory_manifest(self.module, self.description), names, "covariate")
 
