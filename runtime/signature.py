@@ -9,7 +9,7 @@ call with its own traceback, or worse compute on misaligned columns. So, before 
   declarations to the feature lists, latent size and label count: :mod:`inclust_plus.contract.schema`);
 * :func:`probe_covariates`: one call on two empty cells with the first and the last covariate
   category of the manifest: a graph exported with fewer categories cannot take the last one
-  (onnxruntime and TorchScript graphs alike).
+  (onnxruntime, TorchScript and Triton alike).
 """
 
 from __future__ import annotations
@@ -48,13 +48,13 @@ def check_signature(graph, session) -> None:
 
 def probe_covariates(backend, graph, manifest) -> None:
     """One call with covariates (first, last) and targets (last, first), on every backend that has a
-    ``probe`` (onnxruntime, TorchScript): any of them runs a file the manifest may disagree with.
+    ``probe`` (onnxruntime, TorchScript, Triton): each runs a graph the manifest may disagree with
+    (Triton's is this manifest's graph, ``TritonBackend.prepare`` compares their sha256s, but the
+    manifest's categories may still have been edited).
 
     Exempt, having no ``probe``: the in-memory PyTorch backend (its manifest is built from the very
-    module it runs, so they cannot disagree) and Triton (the server's models were written from a
-    checked manifest, and ``TritonBackend.prepare`` refuses a served graph whose sha256 is not this
-    manifest's). The engine's own message is left out of the error, so that it is the same line
-    whichever backend found the mismatch.
+    module it runs, so they cannot disagree). The engine's own message is left out of the error
+    (it is in the debug log), so that it is the same line whichever backend found the mismatch.
     """
     probe = getattr(backend, "probe", None)
     if probe is None:
