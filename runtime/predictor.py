@@ -168,6 +168,8 @@ class Predictor:
             check_finite(graph, res, s)
             for k, v in res.items():
                 out.setdefault(k, []).append(v)
+        if not out:  # no cells: each output empty, at its declared width
+            return {t.name: np.zeros((0, t.shape[1]), np.float32) for t in graph.outputs}
         return {k: np.concatenate(v) for k, v in out.items()}
 
     # --- verbs ----------------------------------------------------------------------------------

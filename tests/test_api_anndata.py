@@ -218,6 +218,8 @@ def test_tensor_level_predict_is_the_predictor(trained):
     per_cell = model.predict(x, "merfish", np.array(["merfish"] * query.n_obs), ["scrna"] * query.n_obs, batch_size=700)[0]
     np.testing.assert_array_equal(per_cell, y)
     assert list(model.covariate_index(["merfish", "scrna", "merfish"])) == [1, 0, 1]
+    none = model.predict(x[:0], "merfish", "merfish", return_std=True, samples=3)
+    assert [a.shape for a in none] == [(0, model.n_features), (0, z.shape[1]), (0, probs.shape[1]), (0, model.n_features)]
     doors = {
         r"^covariate 'nowhere' is not a covariate category of the model; known: scrna, merfish$": (
             lambda: model.predict(x, "merfish", "nowhere"), lambda: model.impute(query, combination="merfish_to_rna", covariate="nowhere"),
