@@ -110,7 +110,7 @@ def compare(args, work: Path, manifest: Path, src: Path) -> dict:
     import sysconfig
 
     from bench_common import run_measured
-    from impute_e2e import package_tree
+    from impute_e2e_compare import package_tree
 
     site = sysconfig.get_paths()["purelib"]
     trees = {"this": package_tree(Path(__file__).resolve().parents[1], work / "tree_this"),

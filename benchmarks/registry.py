@@ -85,6 +85,7 @@ BY_NAME = {b.name: b for b in BENCHMARKS}
 # Files of benchmarks/ that are not benchmarks themselves.
 HELPERS = {
     "bench_common.py": "what every benchmark shares: machine description, result writing, model builders",
+    "impute_e2e_compare.py": "impute_e2e.py's --compare-with mode: this tree's inclust-run against another checkout's",
     "registry.py": "this list",
     "run_all.py": "runs the registered benchmarks, then report.py",
     "report.py": "writes BENCHMARKS.md (headline tables) and docs/benchmarks.md (details) from results/",

@@ -102,7 +102,8 @@ def add_to_export(folder, combination: str, table, output_features: list[int]) -
     """
     import dataclasses
 
-    from inclust_plus.contract import read_manifest, write_manifest
+    from inclust_plus.atomic import Output, atomic_outputs
+    from inclust_plus.contract import manifest_io, read_manifest
 
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -115,12 +116,14 @@ def add_to_export(folder, combination: str, table, output_features: list[int]) -
     graph = append_neighbours(onnx.load(str(entry.path)), table, output_features)
     data = serialize(graph)
     stale = [entry.torchscript, entry.torch_export] + [folder / v.file for v in entry.variants]
-    entry.path.write_bytes(data)
     new = dataclasses.replace(entry, sha256=hashlib.sha256(data).hexdigest(), torchscript_file=None, torchscript_sha256=None,
                               torch_export_file=None, torch_export_sha256=None, variants=())
-    write_manifest(dataclasses.replace(manifest, graphs=tuple(new if g.name == combination else g for g in manifest.graphs)),
-                   manifest.path)
-    for path in stale:
+    edited = dataclasses.replace(manifest, graphs=tuple(new if g.name == combination else g for g in manifest.graphs))
+    # the graph and the manifest pinning its sha256 replace the old pair together or not at all
+    with atomic_outputs(Output(entry.path, force=True), Output(manifest.path, force=True)) as (graph_tmp, manifest_tmp):
+        graph_tmp.write_bytes(data)
+        manifest_tmp.write_text(manifest_io.dumps(edited), encoding="utf-8")  # the one writer's text
+    for path in stale:  # named by no entry any more: a failure here leaves only unused files
         if path is not None and path.exists():
             path.unlink()
     return manifest.path

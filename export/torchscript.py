@@ -3,7 +3,9 @@
 Each scripted module holds exactly the folded weights of its ONNX graph and has the same inputs
 and outputs (see :data:`inclust_plus.contract.graphs.GRAPH_SPECS`). ``torch.jit.save`` stamps
 a random ``serialization_id`` into the archive; :func:`save` replaces it with a digest of the
-archive so that identical checkpoints give identical files.
+archive so that identical checkpoints give identical files; :func:`script` gives every module a
+class of its own structure, so that the class names stored do not depend on what the process
+scripted before (:func:`_structural_classes`).
 """
 
 import hashlib
@@ -164,8 +166,39 @@ def graph_module(weights: FoldedWeights, plan: PreprocessPlan, decodes: bool) ->
     return EnsembleImputeGraph(weights, plan) if weights.members > 1 else ImputeGraph(weights, plan)
 
 
+_STRUCTURAL: dict[tuple, type] = {}  # one class per module structure, for the life of the process
+
+
+def _structural_classes(module: nn.Module) -> nn.Module:
+    """Give every module of the tree (children first) a class of its own structure: its class, its
+    ``__constants__`` values and its children's classes, named by a digest of them.
+
+    Why: TorchScript keeps one process-wide table of scripted class names. Scripting a class again
+    with another structure (an ensemble's ``nn.Sequential`` of grouped layers after a single
+    network's, a deeper decoder, another graph of the same export) stores the new type under
+    ``___torch_mangle_<n>``, where n counts every such clash since the process started. The saved
+    file then depended on what the process had scripted before: exporting twice in one process, or
+    after another model, gave other bytes than a fresh process. With one class per structure, equal
+    structures reuse one type and different ones never share a name, so the names in the archive
+    depend on the graph alone. (Types are built from classes: a module keeps its behaviour, the
+    subclass adds nothing.)
+    """
+    for child in module.children():
+        _structural_classes(child)
+    base = getattr(type(module), "_inclust_base", type(module))
+    constants = tuple((c, repr(getattr(module, c))) for c in sorted(getattr(base, "__constants__", ())))
+    children = tuple((name, type(child).__name__) for name, child in module.named_children())
+    key = (base.__module__, base.__qualname__, constants, children)
+    cls = _STRUCTURAL.get(key)
+    if cls is None:
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
+        cls = _STRUCTURAL[key] = type(f"{base.__name__}_{digest}", (base,), {"__module__": __name__, "_inclust_base": base})
+    module.__class__ = cls
+    return module
+
+
 def script(weights: FoldedWeights, plan: PreprocessPlan, decodes: bool) -> torch.jit.ScriptModule:
-    module = graph_module(weights, plan, decodes)
+    module = _structural_classes(graph_module(weights, plan, decodes))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.script(module.eval())

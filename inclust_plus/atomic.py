@@ -136,31 +136,6 @@ def _appeared(target: Path) -> InclustError:
     return InclustError(f"output {target} appeared while this run was writing it", "pass --force to overwrite it or choose another path")
 
 
-def commit_file(tmp: Path, target: Path, force: bool) -> None:
-    """Move the complete ``tmp`` onto ``target``: replace it with ``force``, else only if absent."""
-    interrupt.check()
-    if force:
-        os.replace(tmp, target)
-        return
-    try:
-        os.link(tmp, target)
-    except FileExistsError:
-        raise _appeared(target) from None
-    except OSError as err:
-        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
-            raise
-        try:
-            moved = _renameat2(tmp, target, _RENAME_NOREPLACE)  # no hard links here (FAT, some FUSE)
-        except FileExistsError:
-            raise _appeared(target) from None
-        if not moved:
-            if target.exists():
-                raise _appeared(target) from None
-            os.rename(tmp, target)
-        return
-    tmp.unlink()  # a crash right here leaves a complete target and a stale temp the next run removes
-
-
 def refuse_foreign_entries(folder: Path, owned: set[str] | None, what: str, previous: str, option: str) -> None:
     """Raise unless every entry of ``folder`` is in ``owned`` (the files a previous run listed as its own).
 
@@ -172,34 +147,6 @@ def refuse_foreign_entries(folder: Path, owned: set[str] | None, what: str, prev
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise InclustError(f"{what} {folder} holds files inclust-export did not write ({shown}); --force replaces only a previous {previous}",
                            f"choose another {option} folder or move those files out first")
-
-
-def commit_dir(tmp: Path, target: Path, force: bool, replaceable: Callable[[Path], None] | None = None) -> None:
-    """Move the complete folder ``tmp`` onto ``target``; an existing one only with ``force``."""
-    interrupt.check()
-    if not (target.exists() or target.is_symlink()):
-        try:
-            if _renameat2(tmp, target, _RENAME_NOREPLACE):
-                return
-        except FileExistsError:
-            raise _appeared(target) from None
-        if target.exists():
-            raise _appeared(target)
-        os.rename(tmp, target)
-        return
-    if not force:
-        raise _appeared(target)  # the callers refused an existing one up front: it came meanwhile
-    if not target.is_dir() or target.is_symlink():
-        raise InclustError(f"output {target} is not a folder", "choose another output folder")
-    if replaceable is not None:
-        replaceable(target)  # refuses a folder holding files this program did not write
-    if _renameat2(tmp, target, _RENAME_EXCHANGE):
-        shutil.rmtree(tmp)  # now the old folder, under this run's temporary name
-        return
-    old = temp_name(target, ".old")
-    os.rename(target, old)
-    os.rename(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _new_file(path: Path) -> None:
@@ -230,12 +177,14 @@ def _remove(path: Path) -> None:
 
 
 def _check_commit(out: Output) -> None:
-    """What :func:`commit_file` / :func:`commit_dir` would refuse, asked of every output before any moves."""
+    """What :func:`_move_in` would refuse, asked of every output before any moves."""
     target = out.path
     if not (target.exists() or target.is_symlink()):
         return
     if not out.force:
         raise _appeared(target)
+    if not out.folder and target.is_dir() and not target.is_symlink():  # never moved aside (and removed) as an "old file"
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
     if out.folder and (not target.is_dir() or target.is_symlink()):
         raise InclustError(f"output {target} is not a folder", "choose another output folder")
     if out.folder and out.replaceable is not None:
@@ -247,10 +196,12 @@ def _move_in(out: Output, tmp: Path) -> Path | None:
     target = out.path
     if not (target.exists() or target.is_symlink()):
         if out.folder:
-            if not _renameat2(tmp, target, _RENAME_NOREPLACE):
+            if not _renameat2(tmp, target, _RENAME_NOREPLACE):  # FileExistsError: it appeared meanwhile
+                if target.exists():
+                    raise _appeared(target)
                 os.rename(tmp, target)
         else:
-            os.link(tmp, target)  # FileExistsError: it appeared meanwhile
+            _link_new(tmp, target)
         return None
     if not out.force:
         raise _appeared(target)  # it came after _check_commit
@@ -269,6 +220,23 @@ def _move_in(out: Output, tmp: Path) -> Path | None:
     return old
 
 
+def _link_new(tmp: Path, target: Path) -> None:
+    """``tmp`` at the absent ``target`` by a hard link, which fails if ``target`` appeared meanwhile
+    (FileExistsError); where the file system has no hard links (FAT, some FUSE) by
+    ``renameat2(RENAME_NOREPLACE)``, else a rename after one more look."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        if not _renameat2(tmp, target, _RENAME_NOREPLACE):
+            if target.exists():
+                raise _appeared(target) from None
+            os.rename(tmp, target)
+
+
 def _move_back(out: Output, tmp: Path, old: Path | None) -> None:
     """Undo :func:`_move_in`: the previous output (or nothing) back at ``out.path``."""
     target = out.path
@@ -283,9 +251,10 @@ def _move_back(out: Output, tmp: Path, old: Path | None) -> None:
         os.replace(old, target)
 
 
-def _commit_together(outputs: list[Output], tmps: list[Path]) -> None:
+def _commit(outputs: list[Output], tmps: list[Path]) -> None:
     """Move every temporary into place, or none: all are checked first, and a move that still fails
-    (an output that appeared in between) puts back the ones already moved."""
+    (an output that appeared in between) puts back the ones already moved. One output is the case
+    of one: the same checks and moves (a previous output kept aside until the move succeeded)."""
     interrupt.check()
     for out in outputs:
         _check_commit(out)
@@ -317,8 +286,7 @@ def atomic_outputs(*outputs: Output) -> Iterator[list[Path]]:
 
     A folder's ``replaceable(existing)`` raises if an existing one holds anything the caller did not
     write; with ``force`` it is called on entry, so that a refusal comes before the work, and again
-    just before the move, in case it changed meanwhile. A single output is committed by
-    :func:`commit_file` / :func:`commit_dir`; several by :func:`_commit_together`.
+    just before the move, in case it changed meanwhile. :func:`_commit` moves them, one output or several.
     """
     outputs = tuple(Output(Path(o.path), o.folder, o.force, o.replaceable, o.suffix) for o in outputs)
     for out in outputs:
@@ -335,14 +303,7 @@ def atomic_outputs(*outputs: Output) -> Iterator[list[Path]]:
                 raise OSError(err.errno, err.strerror, str(out.path)) from err
             tmps.append(tmp)
         yield tmps
-        if len(outputs) == 1:
-            out = outputs[0]
-            if out.folder:
-                commit_dir(tmps[0], out.path, out.force, out.replaceable)
-            else:
-                commit_file(tmps[0], out.path, out.force)
-        else:
-            _commit_together(list(outputs), tmps)
+        _commit(list(outputs), tmps)
     except OSError as err:
         for tmp in tmps:
             _remove(tmp)

@@ -17,11 +17,12 @@ The manifest's dataclasses, reader and preprocessing plan are the contract
 :mod:`.layout` (what decoded outputs hold), :mod:`.info`, :mod:`.cli` (``inclust-run`` and its extension points).
 """
 
-from .covariates import covariate_names
+from .covariates import category_indices, covariate_names
 from .memory import open_memory, read_rows
 from .predictor import Predictor
 from .runner import RunOptions, run
 
 # open_memory, read_rows and covariate_names: the input side for a reader of new cells that is not a
-# graph run (inclust-map's query, training/assembly/query_data.py)
-__all__ = ["Predictor", "RunOptions", "covariate_names", "open_memory", "read_rows", "run"]
+# graph run (inclust-map's query, training/assembly/query_data.py); category_indices: the covariate
+# lookup of every door (InClust.covariate_index)
+__all__ = ["Predictor", "RunOptions", "category_indices", "covariate_names", "open_memory", "read_rows", "run"]

@@ -40,10 +40,20 @@ class Covariates:
         return view
 
 
+def category_indices(manifest: Manifest, names, flag: str) -> np.ndarray:
+    """int64 indices of one category name or of one name per cell; a name the model lacks is the one
+    error every door gives (``--covariate``, ``Predictor(covariate=)``, ``InClust.predict``)."""
+    cats = manifest.covariate_categories
+    lookup = {c: i for i, c in enumerate(cats)}
+    values = [str(n) for n in np.atleast_1d(names)]
+    unknown = next((v for v in values if v not in lookup), None)
+    if unknown is not None:
+        raise InclustError(f"{flag} {unknown!r} is not a covariate category of the model", f"known: {names_shown(list(cats))}")
+    return np.array([lookup[v] for v in values], dtype=np.int64)
+
+
 def _index(manifest: Manifest, name: str, flag: str) -> int:
-    if name not in manifest.covariate_categories:
-        raise InclustError(f"{flag} {name!r} is not a covariate category of the model", f"known: {names_shown(list(manifest.covariate_categories))}")
-    return manifest.covariate_categories.index(name)
+    return int(category_indices(manifest, name, flag)[0])
 
 
 def _columns(data) -> list[str]:

@@ -20,10 +20,11 @@ import pandas as pd
 
 from inclust_plus import results as R
 from inclust_plus.errors import InclustError
+from inclust_plus.sparse import is_sparse
 
 from .backend import Backend, OnnxBackend
 from .chunks import chunk_reader
-from .covariates import resolve_covariates, resolve_target
+from .covariates import category_indices, resolve_covariates, resolve_target
 from .layout_chunk import ChunkTap, Target
 from .manifest import GraphEntry, Manifest, load_manifest, select_graph
 from .memory import modality_views, open_memory, view_sources, warn_non_integer
@@ -144,6 +145,32 @@ class Predictor:
                 "input_modalities": list(graph.input_modalities), "output_modalities": list(graph.output_modalities),
                 "missing_features": list(data.missing), "label_key": m.label_key, **self.backend.provenance()}
         return data, {mm: np.concatenate(v) for mm, v in sizes.items()}, out, prov
+
+    @_keywords
+    def run_arrays(self, graph: GraphEntry, x, covariate, target_covariate=None) -> dict[str, np.ndarray]:
+        """``graph`` on ``x`` [cells, graph inputs], values already aligned and preprocessed (dense, or a
+        CSR matrix densified one batch at a time): the tensor-level door (``InClust.predict``).
+
+        ``covariate``/``target_covariate`` are category names, one or one per cell (target None: each
+        cell's own), looked up as ``covariate=``/``target_covariate=`` are; the graph is prepared and
+        its outputs checked as in :meth:`_run`. ``graph`` may be one the manifest does not list
+        (``InClust.predict`` builds one per feature set)."""
+        m, n = self.manifest, x.shape[0]
+        cov = np.array(np.broadcast_to(category_indices(m, covariate, "--covariate"), (n,)))
+        tgt = cov if target_covariate is None else np.array(np.broadcast_to(category_indices(m, target_covariate, "--target-covariate"), (n,)))
+        prepare_graph(self.backend, graph, m)
+        out: dict[str, list[np.ndarray]] = {}
+        for s in range(0, n, self.batch_size):
+            e = min(n, s + self.batch_size)
+            block = x[s:e].toarray() if is_sparse(x) else x[s:e]
+            res = self.backend.run(graph, block, cov[s:e], tgt[s:e])
+            check_outputs(graph, m, res, e - s)
+            check_finite(graph, res, s)
+            for k, v in res.items():
+                out.setdefault(k, []).append(v)
+        if not out:  # no cells: each output empty, at its declared width
+            return {t.name: np.zeros((0, t.shape[1]), np.float32) for t in graph.outputs}
+        return {k: np.concatenate(v) for k, v in out.items()}
 
     # --- verbs ----------------------------------------------------------------------------------
     @_keywords

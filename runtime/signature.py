@@ -8,10 +8,13 @@ call with its own traceback, or worse compute on misaligned columns. So, before 
   widths, must be the ones the manifest declares for that graph (the schema already ties those
   declarations to the feature lists, latent size and label count: :mod:`inclust_plus.contract.schema`);
 * :func:`probe_covariates`: one call on two empty cells with the first and the last covariate
-  category of the manifest: a graph exported with fewer categories cannot take the last one.
+  category of the manifest: a graph exported with fewer categories cannot take the last one
+  (onnxruntime, TorchScript and Triton alike).
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from inclust_plus.errors import InclustError
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float16)": "float16",
              "tensor(double)": "float64"}
+log = logging.getLogger("inclust_plus.runtime")
 EDITED = "the manifest was edited or belongs to another export; " + REEXPORT
 
 
@@ -43,26 +47,41 @@ def check_signature(graph, session) -> None:
 
 
 def probe_covariates(backend, graph, manifest) -> None:
-    """One call with covariates (first, last) and targets (last, first); only onnxruntime sessions are probed
-    (a Triton server's models were written from a checked manifest; TorchScript has no cheap silent call)."""
-    from .backend import OnnxBackend
+    """One call with covariates (first, last) and targets (last, first), on every backend that has a
+    ``probe`` (onnxruntime, TorchScript, Triton): each runs a graph the manifest may disagree with
+    (Triton's is this manifest's graph, ``TritonBackend.prepare`` compares their sha256s, but the
+    manifest's categories may still have been edited).
 
-    if not isinstance(backend, OnnxBackend):
+    Exempt, having no ``probe``: the in-memory PyTorch backend (its manifest is built from the very
+    module it runs, so they cannot disagree). The engine's own message is left out of the error
+    (it is in the debug log), so that it is the same line whichever backend found the mismatch.
+    """
+    probe = getattr(backend, "probe", None)
+    if probe is None:
         return
     n = len(manifest.covariate_categories)
-    cov = np.asarray([0, n - 1], np.int64)
     if graph.input_format == "csr":
         feeds = {"values": np.zeros(0, np.float32), "indices": np.zeros(0, np.int32), "rows": np.zeros(0, np.int32)}
     else:
         feeds = {"x": np.zeros((2, len(graph.input_features)), np.float32)}
-    try:
-        backend.probe(graph, {**feeds, "covariate": cov, "target_covariate": cov[::-1].copy()})
-    except InclustError:
-        raise
-    except Exception as err:  # onnxruntime's own exception types
-        first = (str(err).splitlines() or [type(err).__name__])[0][:160]
+
+    def runs(cov: np.ndarray) -> bool:
+        try:
+            probe(graph, {**feeds, "covariate": cov, "target_covariate": cov[::-1].copy()})
+        except InclustError:
+            raise
+        except Exception as err:  # onnxruntime's and torch's own exception types
+            log.debug("probe of graph %r with covariates %s: %s", graph.name, cov.tolist(), err)
+            return False
+        return True
+
+    # the first category alone first: a graph that fails even so disagrees with the manifest on more
+    # than the categories (TorchScript has no signature to compare, as check_signature does for ONNX)
+    if not runs(np.zeros(2, np.int64)):
+        raise InclustError(f"graph {graph.name!r} does not run on the inputs its manifest entry declares", EDITED)
+    if not runs(np.asarray([0, n - 1], np.int64)):
         raise InclustError(f"graph {graph.name!r} cannot take the manifest's {n} covariate categories (the last is "
-                           f"{manifest.covariate_categories[-1]!r}): {first}", EDITED) from None
+                           f"{manifest.covariate_categories[-1]!r})", EDITED)
 
 
 def prepare(backend, graph, manifest) -> None:

@@ -40,6 +40,7 @@ class TorchScriptBackend:
         self.device = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
         torch.set_num_threads(threads or usable_cores())
         self.modules: dict[str, object] = {}
+        self.paths: dict[str, object] = {}  # the verified file of each loaded graph (probe reloads it on the CPU)
 
     def prepare(self, graph: GraphEntry) -> None:
         if graph.name in self.modules:
@@ -53,7 +54,20 @@ class TorchScriptBackend:
             raise InclustError(f"torch cannot load {path} ({type(err).__name__})", "re-export the model with inclust-export --torchscript") from None
         module.eval()
         self.modules[graph.name] = module
+        self.paths[graph.name] = path
         log.info("torch %s: TorchScript %s on %s", self.torch.__version__, path.name, self.device)
+
+    def probe(self, graph, feeds: dict[str, np.ndarray]):
+        """One call on the CPU for :func:`.signature.probe_covariates` (its failure is reported as one line
+        there). On CUDA a copy is loaded on the CPU for it: an index out of range would be a
+        device-side assert there, which leaves the CUDA context unusable instead of raising."""
+        torch = self.torch
+        module = self.modules[graph.name] if self.device.type == "cpu" else torch.jit.load(str(self.paths[graph.name]), map_location="cpu").eval()
+        args = [torch.from_numpy(feeds["x"]), torch.from_numpy(feeds["covariate"])]
+        if graph.decodes:
+            args.append(torch.from_numpy(feeds["target_covariate"]))
+        with torch.inference_mode():
+            return module(*args)
 
     def run(self, graph, x, covariate, target_covariate):
         if graph.name not in self.modules:

@@ -199,3 +199,40 @@ def test_tensor_level_predict_takes_sparse_and_checks_width(trained):
     np.testing.assert_array_equal(y_sparse, y_dense)
     with pytest.raises(InclustError, match=r"x has shape \(2000, 5\) but feature set 'merfish' has 122 features"):
         model.predict(query.X[:, :5], "merfish", "merfish")
+
+
+def test_tensor_level_predict_is_the_predictor(trained):
+    """``InClust.predict`` (preprocessed arrays of a feature set) runs the Predictor's path: the numbers of
+    ``impute`` on the same cells, and its one-line errors word for word (it had its own lookup and wording)."""
+    from inclust_plus.training.torch_backend import memory_manifest
+
+    model, query = trained["model"], trained["query"]
+    graph = memory_manifest(model.module, model.description).graph("merfish_to_rna")
+    assert list(graph.input_features) == list(query.var_names)
+    x = graph.preprocessing_plan.apply(_dense(query.X))
+    y, z, probs = model.predict(x, "merfish", "merfish", target_covariate="scrna", batch_size=700)
+    out = model.impute(query, combination="merfish_to_rna", covariate="merfish", target_covariate="scrna")
+    np.testing.assert_allclose(y[:, model.feature_set("rna")], _dense(out.layers["inclust_imputed"]), atol=TOL)
+    np.testing.assert_allclose(z, out.obsm["X_inclust"], atol=TOL)
+    assert probs.shape == (query.n_obs, len(model.description.labels.categories)) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    per_cell = model.predict(x, "merfish", np.array(["merfish"] * query.n_obs), ["scrna"] * query.n_obs, batch_size=700)[0]
+    np.testing.assert_array_equal(per_cell, y)
+    assert list(model.covariate_index(["merfish", "scrna", "merfish"])) == [1, 0, 1]
+    none = model.predict(x[:0], "merfish", "merfish", return_std=True, samples=3)
+    assert [a.shape for a in none] == [(0, model.n_features), (0, z.shape[1]), (0, probs.shape[1]), (0, model.n_features)]
+    doors = {
+        r"^covariate 'nowhere' is not a covariate category of the model; known: scrna, merfish$": (
+            lambda: model.predict(x, "merfish", "nowhere"), lambda: model.impute(query, combination="merfish_to_rna", covariate="nowhere"),
+            lambda: model.predict(x, "merfish", ["merfish", "nowhere"] + ["merfish"] * (query.n_obs - 2)),
+            lambda: model.covariate_index("nowhere")),
+        r"^target_covariate 'nowhere' is not a covariate category of the model; known: scrna, merfish$": (
+            lambda: model.predict(x, "merfish", "merfish", "nowhere"),
+            lambda: model.impute(query, combination="merfish_to_rna", covariate="merfish", target_covariate="nowhere")),
+        # the description's one feature-set lookup, which the manifest builder resolves every combination with
+        r"^unknown feature set 'nope'; known sets: rna, merfish$": (
+            lambda: model.predict(x, "nope", "merfish"), lambda: model.description.feature_set("nope")),
+    }
+    for message, calls in doors.items():
+        for call in calls:
+            with pytest.raises(InclustError, match=message):
+                call()

@@ -215,6 +215,21 @@ def test_exporting_twice_gives_identical_bytes_even_in_another_process(toy, tmp_
             assert (manifest.parent / f).read_bytes() == (other / f).read_bytes(), f
 
 
+def test_torchscript_bytes_do_not_depend_on_what_the_process_scripted_before(tmp_path):
+    """TorchScript named a class scripted again with another structure ``___torch_mangle_<n>``, n
+    counting since the process started: a model exported after an ensemble (whose layers are grouped)
+    got other .ts bytes than in a fresh process. Both runs are fresh processes, so this holds
+    whatever the test session scripted before."""
+    single = make_toy_checkpoint(tmp_path / "single.pt", seed=2)
+    ensemble = make_toy_checkpoint(tmp_path / "ensemble.pt", seed=2, members=3)
+    code = ("import sys; from inclust_plus.export import export_model\n"
+            "for ckpt, out in zip(sys.argv[1::2], sys.argv[2::2]): export_model(ckpt, out, combinations=['merfish_to_rna'])")
+    subprocess.run([sys.executable, "-c", code, str(ensemble), str(tmp_path / "e"), str(single), str(tmp_path / "after")], check=True)
+    subprocess.run([sys.executable, "-c", code, str(single), str(tmp_path / "alone")], check=True)
+    assert (tmp_path / "after" / "merfish_to_rna.ts").read_bytes() == (tmp_path / "alone" / "merfish_to_rna.ts").read_bytes()
+    assert (tmp_path / "after" / "manifest.json").read_bytes() == (tmp_path / "alone" / "manifest.json").read_bytes()
+
+
 def test_selected_combinations_and_no_torchscript(toy, tmp_path):
     ckpt = toy[0]
     manifest = export_model(ckpt, tmp_path / "sel", combinations=["rna_protein_embed", "merfish_to_rna"], torchscript=False)

@@ -244,6 +244,27 @@ def test_cli_refuses_a_server_with_another_export(server, toy, tmp_path):
     assert not (tmp_path / "o.h5ad").exists()
 
 
+def test_cli_refuses_an_edited_covariate_list_on_triton_too(server, toy, tmp_path):
+    """The served graphs are this export's (same sha256) but its manifest gained a covariate category:
+    the covariate probe runs through Triton as it does locally, with the same line, exit 2, no output."""
+    import shutil
+
+    from inclust_plus.runtime.cli import cli
+
+    edited = Path(shutil.copytree(toy.folder, tmp_path / "edited"))
+    raw = json.loads((edited / "manifest.json").read_text())
+    raw["covariate"]["categories"].append("extra")
+    (edited / "manifest.json").write_text(json.dumps(raw))
+    write_h5ad(tmp_path / "in.h5ad", make_cells(5, RNA + PROTEIN), RNA + PROTEIN, [COVARIATES[0]] * 5)
+    line = (f"error: graph 'panel_to_rna' cannot take the manifest's {len(COVARIATES) + 1} covariate categories (the last is 'extra'); "
+            "the manifest was edited or belongs to another export; re-export the model with inclust-export")
+    for where in ([], ["--triton", server.grpc_url], ["--triton", f"http://{server.http_url}"]):
+        res = CliRunner().invoke(cli, ["impute", "--onnx", str(edited), "--input", str(tmp_path / "in.h5ad"), "--output", str(tmp_path / "o.h5ad"),
+                                       "--combination", "panel_to_rna", "-q", *where])
+        assert res.exit_code == 2 and res.output.strip().splitlines()[-1] == line, (where, res.output)
+        assert not (tmp_path / "o.h5ad").exists()
+
+
 def test_runner_with_http_backend_and_explicit_model(server, toy, tmp_path):
     x = make_cells(50, RNA + PROTEIN, seed=3)
     write_h5ad(tmp_path / "in.h5ad", x, RNA + PROTEIN, ["b"] * 50)

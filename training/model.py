@@ -29,7 +29,7 @@ from inclust_plus.training.network.ensemble import merge_members
 from inclust_plus.training.assembly.loading import missing_label_column
 from inclust_plus.training.fitting.members import train_members
 from inclust_plus.training.network.module import InClustModule, ModuleConfig
-from inclust_plus.training.torch_backend import run_graph
+from inclust_plus.training.torch_backend import feature_set_graph, memory_manifest
 from inclust_plus.training.fitting.trainer import TrainingResult
 
 
@@ -267,13 +267,10 @@ class InClust(AnnDataVerbs):
         return np.asarray(self.description.feature_set(name).features, dtype=np.int64)
 
     def covariate_index(self, names) -> np.ndarray:
-        cats = self.description.covariate.categories
-        lookup = {c: i for i, c in enumerate(cats)}
-        try:
-            return np.array([lookup[str(n)] for n in np.atleast_1d(names)], dtype=np.int64)
-        except KeyError as err:
-            raise InclustError(f"unknown covariate category {err.args[0]!r}",
-                               f"known: {', '.join(cats)} (add a new batch with model.map_query or inclust-map)") from None
+        """Category indices of one covariate name or one per cell: the runtime's lookup, its error included."""
+        from inclust_plus.runtime import category_indices  # on use: the runtime imports pandas
+
+        return category_indices(memory_manifest(self.module, self.description), names, "covariate")
 
     def map_query(self, data, name: str | None = None, covariate_key: str | None = None, **options) -> "InClust":
         """A copy of this model that also knows the new covariate categories of ``data`` (AnnData or
@@ -295,27 +292,19 @@ class InClust(AnnDataVerbs):
         features, from the same pass (training/uncertainty.py). ``samples = K``: the decoded
         features are the mean of K posterior-sample decodes (drawn with ``seed``) and the fourth
         array their spread, from the same encoding.
+
+        One path with the AnnData verbs: ``inputs`` becomes a graph entry as a combination naming that
+        feature set would (training/torch_backend.py ``feature_set_graph``), run by the runtime's
+        ``Predictor`` (``run_arrays``: its covariate lookup, output checks and one-line errors).
         """
         if self.module is None:
             raise InclustError("the model is not trained yet", "call model.train() first")
-        idx = self.feature_set(inputs)
+        graph = feature_set_graph(self.module, self.description, inputs, spread=bool(return_std or samples))
         if not is_sparse(x):
             x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != len(idx):
-            raise InclustError(f"x has shape {x.shape} but feature set {inputs!r} has {len(idx)} features",
+        if x.ndim != 2 or x.shape[1] != len(graph.input_features):
+            raise InclustError(f"x has shape {x.shape} but feature set {inputs!r} has {len(graph.input_features)} features",
                                "pass cells x those features in the order of model.feature_set(inputs), or use model.impute(adata) which aligns by name")
-        n = x.shape[0]
-        cov = np.array(np.broadcast_to(self.covariate_index(covariate), (n,)))  # writable: torch.from_numpy wants that
-        tgt = cov if target_covariate is None else np.array(np.broadcast_to(self.covariate_index(target_covariate), (n,)))
-        if samples < 0:
-            raise InclustError(f"samples is {samples}", "pass 0 (the posterior mean) or a number of posterior samples")
-        generator = torch.Generator().manual_seed(seed) if samples else None
-        names = ("y", "latent", "label_probs", "y_std") if return_std or samples else ("y", "latent", "label_probs")
-        everything = np.arange(self.n_features)
-        parts = []
-        for s in range(0, n, batch_size):
-            block = x[s : s + batch_size]
-            out = run_graph(self.module, idx, everything, block.toarray() if is_sparse(block) else block, cov[s : s + batch_size],
-                            tgt[s : s + batch_size], names, samples, generator)
-            parts.append([out[k] for k in names])
-        return tuple(np.concatenate(arrays) for arrays in zip(*parts))
+        predictor = self.predictor(batch_size, samples, seed)  # the covariate lookup, batching and output checks of every door
+        out = predictor.run_arrays(graph, x, covariate, target_covariate)
+        return tuple(out[k] for k in ("y", "latent", "label_probs", "y_std")[: 4 if return_std or samples else 3])

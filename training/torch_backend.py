@@ -99,12 +99,31 @@ def query_graph(description: ModelDescription, inputs: Sequence[int], name: str 
     return _unwritten_entry(desc, combo, 0, 0)
 
 
+_EVERY = "every feature"  # the outputs of feature_set_graph: a set added in memory only
+
+
+def feature_set_graph(module, description: ModelDescription, inputs: str, spread: bool = False):
+    """The decoding graph from feature set ``inputs`` to every feature (``InClust.predict``), built as a
+    checkpoint combination naming that set would be: the set is looked up by the description's one
+    ``feature_set`` (an unknown name is its error), the entry by the manifest builder's ``graph_entry``.
+    ``spread``: it also returns ``y_std``."""
+    d = dataclasses.replace(as_description(description), module=module.config.to_dict())
+    d.feature_set(inputs)  # an unknown set: its error, naming the checkpoint's own sets
+    every = FeatureSet(tuple(m.name for m in d.modalities), tuple(range(module.config.n_features)))
+    desc = dataclasses.replace(d, feature_sets={**d.feature_sets, _EVERY: every}, combinations=(CombinationEntry(f"{inputs}_to_all", inputs, _EVERY),))
+    entry = _unwritten_entry(desc, all_combinations(desc)[0], module.config.latent_dim, module.config.n_labels)
+    return _with_spread(entry) if spread else entry
+
+
 class TorchBackend:
     """``InClustModule`` in this process, behind the runtime's ``Backend`` protocol.
 
     ``samples = K`` decodes K posterior samples per cell (seeded by ``seed``, drawn batch after
     batch in order, so a call's numbers depend on its batch size only through the draw order);
     the graphs it runs must then declare ``y_std`` (:func:`memory_manifest` with ``spread``).
+
+    It has no ``probe``, so the runtime's covariate probe (runtime/signature.py) skips it: its
+    manifest is built from the very module it runs, so the two cannot disagree on the categories.
     """
 
     def __init__(self, module, manifest: Manifest, samples: int = 0, seed: int = 0):

@@ -40,6 +40,10 @@ INSTALL_HINT = "pip install 'tritonclient[grpc,http]' (or inclust-plus[triton])"
 _DTYPES = {"TYPE_FP32": ("FP32", np.float32), "TYPE_INT64": ("INT64", np.int64)}
 
 
+class Rejected(InclustError):
+    """The server answered a request with an error (its inputs), as opposed to not answering at all."""
+
+
 def parse_url(url: str, protocol: str | None = None) -> tuple[str, str]:
     """``grpc://h:p``, ``http://h:p`` or ``h:p`` (gRPC unless ``protocol`` says otherwise) -> (host:port, protocol)."""
     text = url.strip().rstrip("/")
@@ -263,7 +267,7 @@ class TritonBackend:
         for _ in range(self.concurrency):
             slots.release()
         if errors:
-            raise InclustError(f"Triton model {model.name!r} at {self.url} rejected a request: {_message(errors[0])}", "check the inputs, or the server log")
+            raise Rejected(f"Triton model {model.name!r} at {self.url} rejected a request: {_message(errors[0])}", "check the inputs, or the server log")
         return results
 
     def _send_http(self, model: _Model, feed, ranges) -> list[dict]:
@@ -275,7 +279,7 @@ class TritonBackend:
             try:
                 result = request.get_result(block=True, timeout=self.timeout_s)
             except self.server_error as err:
-                raise InclustError(f"Triton model {model.name!r} at {self.url} rejected a request: {_message(err)}", "check the inputs, or the server log") from None
+                raise Rejected(f"Triton model {model.name!r} at {self.url} rejected a request: {_message(err)}", "check the inputs, or the server log") from None
             self.latencies.append(time.perf_counter() - t0)
             results[i] = {k: result.as_numpy(k) for k in model.outputs}
 
@@ -289,6 +293,25 @@ class TritonBackend:
         while pending:
             collect(*pending.pop(0))
         return results
+
+    def probe(self, graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One request for the runtime's covariate probe (runtime/signature.py): the served graph is
+        this manifest's (``prepare`` compared their sha256s), but the manifest's covariate categories
+        may have been edited. A refusal by the server is handed over as a plain error, which the probe
+        turns into its one line; a server that cannot be reached stays that error. Not counted among
+        the run's requests."""
+        if self.prepared is None:
+            self.prepare(graph)
+        model = self.model(self.prepared)
+        feed = {k: feeds[k] for k in ("covariate", *feeds) if k in model.inputs}  # a row count first (a CSR feed's values may be empty)
+        requests, answered = self.requests, len(self.latencies)
+        try:
+            return self.infer(self.prepared, feed)
+        except Rejected as err:
+            raise RuntimeError(err.problem) from None
+        finally:
+            self.requests = requests
+            del self.latencies[answered:]
 
     def run(self, graph, x, covariate, target_covariate):
         if self.prepared is None:
