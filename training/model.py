@@ -166,8 +166,8 @@ class InClust(AnnDataVerbs):
         or ``{dataset: column}`` so that a query's own labels stay out of training) is used where the
         column exists, ``layer`` (e.g. ``"counts"``) and ``batch_key`` (obs column(s) of the
         batch covariate; default: the dataset's name) apply to every dataset. ``query`` names the
-        datasets to impute for (``views.query``). Other keywords set [model]/[loss]/[training]/[views]
-        fields by name (``epochs=3``, ``ensemble=1``, ``latent_dim=10``); unknown ones are errors.
+        datasets to impute for (``views.query``). Other keywords set [model]/[loss]/[training]/[views]/[readout]
+        fields by name (``epochs=3``, ``ensemble=1``, ``latent_dim=10``, ``neighbours=True``); unknown ones are errors.
         """
         if not isinstance(datasets, dict):
             datasets = {"data": datasets}
