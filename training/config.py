@@ -180,6 +180,8 @@ class Config:
         and [views] sections, without run options (``key(..., run=True)``: device, threads, ...)."""
         out: dict = {"task": self.task}
         for section in _SECTIONS:
+            if section == "readout":  # recorded by the description's ReadoutRecord when on; off, the record is as before it existed
+                continue
             obj = getattr(self, section)
             out[section] = {f.name: copy.deepcopy(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("run")}
         return out
