@@ -1,0 +1,158 @@
+"""The neighbour read-out as a model setting (``[readout] neighbours = true``, training/readout.py): checked like every
+setting, built by InClust.fit, kept in model.pt, and the same numbers through InClust.impute (torch backend),
+Predictor on the export (onnxruntime) and ``inclust-run impute --onnx``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from evaluation.synthetic import make_cells, synthetic_task
+from inclust_plus.contract import read_manifest
+from inclust_plus.errors import InclustError
+from inclust_plus.export import export_model
+from inclust_plus.training.checkpoint import read_checkpoint
+from inclust_plus.training.cli import main as train_main
+from inclust_plus.training.config import config_from_dict, with_settings
+from inclust_plus.training.model import InClust
+
+ad = pytest.importorskip("anndata")
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+SMALL = {"model": {"ensemble": 2, "latent_dim": 8, "encoder_hidden": [32], "decoder_hidden": [32]}, "training": {"epochs": 3, "seed": 1}}
+
+
+def _error(call) -> str:
+    with pytest.raises(InclustError) as err:
+        call()
+    assert "\n" not in err.value.one_line()
+    return err.value.one_line()
+
+
+def test_settings_are_checked_by_the_one_settings_check(tmp_path):
+    cfg = synthetic_task("imputation", n_cells=100, seed=0, overrides=SMALL).config
+    assert (cfg.readout.neighbours, cfg.readout.k_latent, cfg.readout.k_inputs) == (False, 60, 30)  # off unless asked for
+    assert _error(lambda: with_settings(cfg, {"k_latent": 0})) == "config key readout.k_latent = 0 is invalid: it must be an integer >= 1; e.g. k_latent = 60"
+    assert _error(lambda: with_settings(cfg, {"k_inputs": 2.5})).startswith("config key readout.k_inputs = 2.5 is invalid")
+    assert _error(lambda: with_settings(cfg, {"neighbours": "yes"})).startswith("config key readout.neighbours = \"yes\" is invalid")
+    no_query = ("readout.neighbours = true needs the query datasets whose missing features it imputes; name them in views.query "
+                "(InClust.setup(query=...)) or set readout.neighbours = false")
+    doc = {"datasets": [{"name": "a"}, {"name": "b"}]}
+    assert _error(lambda: config_from_dict({**doc, "readout": {"neighbours": True}})) == no_query
+    assert config_from_dict({**doc, "readout": {"neighbours": True}, "views": {"query": ["b"]}}).readout.neighbours
+    adata = make_cells(n_cells=40, n_batches=1, seed=0, sizes={"rna": 8, "protein": 2, "atac": 2}).anndata("rna")
+    assert _error(lambda: InClust.setup(adata, neighbours=True)) == no_query
+    assert _error(lambda: InClust.setup(adata, epochs=1).train(progress=False, neighbours=True)) == no_query
+    adata.write_h5ad(tmp_path / "data.h5ad")
+    (tmp_path / "c.toml").write_text('[[datasets]]\nname = "data"\npath = "data.h5ad"\n')
+    result = CliRunner().invoke(train_main, [str(tmp_path / "c.toml"), "--out", str(tmp_path / "m.pt"), "--quiet", "--neighbours"])
+    assert result.exit_code == 2 and result.output.strip() == f"error: {no_query}" and not (tmp_path / "m.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """An ensemble of 2 trained on the synthetic imputation task with the read-out, saved and exported."""
+    root = tmp_path_factory.mktemp("readout")
+    task = synthetic_task("imputation", n_cells=400, seed=0, overrides=SMALL)
+    model = InClust(with_settings(task.config, {"neighbours": True, "k_latent": 12, "k_inputs": 6}), objects=task.objects).train(progress=False)
+    model.save(root / "model.pt")
+    report = {}
+    manifest = export_model(root / "model.pt", root / "export", report=report)
+    return model, task.objects["merfish"], root, manifest, report
+
+
+def test_fit_builds_the_table_from_the_reference_on_the_features_the_query_lacks(trained):
+    model, query, *_ = trained
+    record, table = model.description.readout, model.neighbours
+    rna = [n for m in model.description.modalities if m.name == "rna" for n in m.features]
+    lacks = sorted(rna.index(g) for g in rna if g not in set(query.var_names))
+    assert record.combination == "merfish_to_rna" and list(record.features) == lacks and len(lacks) == 80
+    assert record.datasets == ("scrna",) and record.cells == 200 and (record.k_latent, record.k_inputs) == (12, 6)
+    assert record.weights == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert table.latents.shape == (200, 16) and table.inputs.shape == (200, 120) and table.values.shape == (200, 80)
+
+
+def test_the_same_imputation_through_every_door(trained, tmp_path):
+    from inclust_plus.runtime import Predictor
+
+    model, query, root, manifest, _ = trained
+    torch_side = model.impute(query)
+    onnx_side = Predictor(manifest.parent).impute(query)
+    query.write_h5ad(tmp_path / "q.h5ad")
+    code = "import sys; from inclust_plus.runtime.cli import main; sys.argv[0] = 'inclust-run'; main()"
+    run = subprocess.run([sys.executable, "-c", code, "impute", "--onnx", str(manifest.parent), "--input", str(tmp_path / "q.h5ad"),
+                          "--output", str(tmp_path / "o.h5ad"), "--combination", "merfish_to_rna", "-q"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    cli_side = ad.read_h5ad(tmp_path / "o.h5ad")
+    want = np.asarray(torch_side.layers["inclust_imputed"])
+    assert want.shape == (200, 200) and np.isfinite(want).all()
+    for got in (onnx_side, cli_side):
+        assert list(got.var_names) == list(torch_side.var_names)
+        np.testing.assert_allclose(np.asarray(got.layers["inclust_imputed"]), want, rtol=1e-5, atol=1e-6)  # float32 rounding
+
+
+def test_the_read_out_changes_exactly_the_features_the_query_lacks(trained):
+    model, query, *_ = trained
+    with_readout = model.impute(query)
+    decoder_only = InClust(model.module, model.description).impute(query)  # the same weights without the table
+    assert decoder_only.uns["inclust"] is not None and InClust(model.module, model.description).description.readout is None
+    diff = np.abs(np.asarray(with_readout.layers["inclust_imputed"]) - np.asarray(decoder_only.layers["inclust_imputed"])).max(0)
+    lacked = with_readout.var["inclust_imputed"].to_numpy(dtype=bool)
+    assert lacked.sum() == 80
+    assert (diff[~lacked] == 0).all() and (diff[lacked] > 1e-4).all(), (diff[~lacked].max(), diff[lacked].min())
+
+
+def test_the_checkpoint_keeps_the_table_as_tensors(trained):
+    model, _, root, *_ = trained
+    payload = torch.load(root / "model.pt", weights_only=True)
+    arrays = payload["neighbours"]
+    assert {k: tuple(v.shape) for k, v in arrays.items()} == {"latents": (200, 16), "inputs": (200, 120), "values": (200, 80)}
+    assert all(v.dtype == torch.float32 for v in arrays.values())
+    raw = json.loads(payload["description_json"])["readout"]
+    assert raw["combination"] == "merfish_to_rna" and raw["cells"] == 200 and "readout" not in json.loads(payload["description_json"])["hyperparameters"]
+    loaded = InClust.load(root / "model.pt")
+    assert loaded.description == model.description
+    for k in ("latents", "inputs", "values"):
+        np.testing.assert_array_equal(getattr(loaded.neighbours, k), getattr(model.neighbours, k))
+
+
+def test_a_checkpoint_whose_arrays_contradict_its_record_is_refused(trained, tmp_path):
+    _, _, root, *_ = trained
+    payload = torch.load(root / "model.pt", weights_only=True)
+    payload["neighbours"]["values"] = payload["neighbours"]["values"][:, :5]
+    torch.save(payload, tmp_path / "bad.pt")
+    assert _error(lambda: read_checkpoint(tmp_path / "bad.pt")) == (
+        f"checkpoint {tmp_path / 'bad.pt'}: neighbour array values has shape (200, 5) (or non-finite values), the description says (200, 80); "
+        "re-run inclust-train to write the model again")
+    del payload["neighbours"]
+    torch.save(payload, tmp_path / "bad.pt")
+    assert "lacks its arrays" in _error(lambda: read_checkpoint(tmp_path / "bad.pt"))
+
+
+def test_export_writes_the_lookup_graph_alone_and_checks_its_parity(trained, tmp_path):
+    _, _, root, manifest, report = trained
+    entries = {g.name: g for g in read_manifest(manifest.parent).graphs}
+    lookup = entries["merfish_to_rna"]
+    assert lookup.torchscript_file is None and lookup.variants == () and lookup.torch_export_file is None
+    assert entries["merfish_to_merfish"].torchscript_file is not None and entries["merfish_to_merfish"].variants  # other graphs keep theirs
+    assert not any(p.name.startswith("merfish_to_rna.") and p.name != "merfish_to_rna.onnx" for p in manifest.parent.iterdir())
+    assert set(report["merfish_to_rna"]) == {"onnxruntime"} and report["merfish_to_rna"]["onnxruntime"] < 1e-4
+    # The input lookup reads the preprocessed x, which a graph with folded preprocessing never holds: refused, nothing written.
+    fold = _error(lambda: export_model(root / "model.pt", tmp_path / "folded", fold_preprocessing=True))
+    assert fold == ("graph 'merfish_to_rna' carries the neighbour read-out, which reads the preprocessed input: it cannot fold preprocessing; "
+                    "export without --fold-preprocessing (the runtime then preprocesses the input)")
+    assert not (tmp_path / "folded").exists()
+    export_model(root / "model.pt", tmp_path / "other", combinations=["merfish_to_merfish"], fold_preprocessing=True)  # without that graph: fine
+
+
+@pytest.mark.parametrize("stem", ["main_model", "main_mapped"])
+def test_checkpoints_written_before_load_without_a_table_and_export_byte_identically(stem, tmp_path):
+    module, desc, table = read_checkpoint(DATA / f"{stem}.pt")
+    assert table is None and desc.readout is None
+    manifest = export_model(DATA / f"{stem}.pt", tmp_path / "e", torchscript=False)
+    assert manifest.read_bytes() == (DATA / f"{stem}.manifest.json").read_bytes()
