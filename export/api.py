@@ -79,8 +79,9 @@ def _export_one(module, desc: ModelDescription, combo: Combination, folder: Path
     """Write one graph (its TorchScript / torch.export twins and its CSR / float16 flavours), check parity, return its manifest entry and diffs.
 
     ``neighbours`` (the checkpoint's NeighbourTable, for the read-out's graph): the dense float32 graph
-    gets the lookup (export/neighbours_graph.py) and is written alone: its twins and flavours would
-    compute the decoder without it, and a runner must not pick one of them by accident."""
+    gets the lookup (export/neighbours_graph.py) and so does its TorchScript twin
+    (export/neighbours_torchscript.py); its CSR/float16 flavours and torch.export program would compute
+    the decoder without it, so they are not written and a runner cannot pick one by accident."""
     full_plan = build_plan(desc, combo.inputs)  # written into the manifest either way
     plan = full_plan if fold_preprocessing else IDENTITY
     weights = fold(module, combo, plan)
@@ -89,14 +90,20 @@ def _export_one(module, desc: ModelDescription, combo: Combination, folder: Path
         from .neighbours_graph import append_neighbours
 
         proto = append_neighbours(proto, neighbours, list(combo.outputs))
-        want_torchscript = want_torch_export = csr = fp16 = False
+        want_torch_export = csr = fp16 = False
     data = onnx_graph.serialize(proto)
     onnx_file = f"{combo.name}.onnx"
     (folder / onnx_file).write_bytes(data)
     ts_file, loaded = None, None
     if want_torchscript:
         ts_file = f"{combo.name}.ts"
-        ts_export.save(ts_export.script(weights, plan, combo.spec.decodes), folder / ts_file)
+        if neighbours is None:
+            scripted = ts_export.script(weights, plan, combo.spec.decodes)
+        else:
+            from .neighbours_torchscript import script as script_with_neighbours
+
+            scripted = script_with_neighbours(weights, plan, neighbours, list(combo.outputs))
+        ts_export.save(scripted, folder / ts_file)
         loaded = ts_export.load(folder / ts_file)
     diffs = check_parity(module, combo, plan if fold_preprocessing else None, data, loaded, neighbours=neighbours)
     variants = []

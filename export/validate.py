@@ -136,11 +136,11 @@ def check_parity(
     feeds = random_feeds(combination, module.config.n_covariates, batch, seed, plan)
     want = reference(module, combination, feeds, plan, neighbours)
     got = {"onnxruntime": run_onnx(model_bytes, feeds)}
+    if scripted is not None:
+        got["torchscript"] = run_torchscript(scripted, combination, feeds)
     if neighbours is not None:
         keep = ~neighbours.tied_rows(want["latent"], feeds["x"] if plan is None else plan.apply(feeds["x"]))
         want, got = {**want, "y": want["y"][keep]}, {k: {**v, "y": v["y"][keep]} for k, v in got.items()}
-    if scripted is not None:
-        got["torchscript"] = run_torchscript(scripted, combination, feeds)
     for runtime, outputs in got.items():
         if not within_tolerance(outputs, want):
             raise InclustError(

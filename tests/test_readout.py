@@ -85,13 +85,16 @@ def test_the_same_imputation_through_every_door(trained, tmp_path):
     onnx_side = Predictor(manifest.parent).impute(query)
     query.write_h5ad(tmp_path / "q.h5ad")
     code = "import sys; from inclust_plus.runtime.cli import main; sys.argv[0] = 'inclust-run'; main()"
-    run = subprocess.run([sys.executable, "-c", code, "impute", "--onnx", str(manifest.parent), "--input", str(tmp_path / "q.h5ad"),
-                          "--output", str(tmp_path / "o.h5ad"), "--combination", "merfish_to_rna", "-q"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    cli_side = ad.read_h5ad(tmp_path / "o.h5ad")
+    cli = []
+    for extra in ([], ["--torchscript"]):  # the ONNX graph and its TorchScript twin, both with the lookup
+        run = subprocess.run([sys.executable, "-c", code, "impute", "--onnx", str(manifest.parent), "--input", str(tmp_path / "q.h5ad"),
+                              "--output", str(tmp_path / f"o{len(cli)}.h5ad"), "--combination", "merfish_to_rna", "-q", *extra],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        cli.append(ad.read_h5ad(tmp_path / f"o{len(cli)}.h5ad"))
     want = np.asarray(torch_side.layers["inclust_imputed"])
     assert want.shape == (200, 200) and np.isfinite(want).all()
-    for got in (onnx_side, cli_side):
+    for got in (onnx_side, *cli):
         assert list(got.var_names) == list(torch_side.var_names)
         np.testing.assert_allclose(np.asarray(got.layers["inclust_imputed"]), want, rtol=1e-5, atol=1e-6)  # float32 rounding
 
@@ -134,14 +137,17 @@ def test_a_checkpoint_whose_arrays_contradict_its_record_is_refused(trained, tmp
     assert "lacks its arrays" in _error(lambda: read_checkpoint(tmp_path / "bad.pt"))
 
 
-def test_export_writes_the_lookup_graph_alone_and_checks_its_parity(trained, tmp_path):
+def test_export_writes_the_lookup_graph_and_its_torchscript_twin_only_and_checks_their_parity(trained, tmp_path):
     _, _, root, manifest, report = trained
     entries = {g.name: g for g in read_manifest(manifest.parent).graphs}
     lookup = entries["merfish_to_rna"]
-    assert lookup.torchscript_file is None and lookup.variants == () and lookup.torch_export_file is None
-    assert entries["merfish_to_merfish"].torchscript_file is not None and entries["merfish_to_merfish"].variants  # other graphs keep theirs
-    assert not any(p.name.startswith("merfish_to_rna.") and p.name != "merfish_to_rna.onnx" for p in manifest.parent.iterdir())
-    assert set(report["merfish_to_rna"]) == {"onnxruntime"} and report["merfish_to_rna"]["onnxruntime"] < 1e-4
+    assert lookup.torchscript_file == "merfish_to_rna.ts" and lookup.variants == () and lookup.torch_export_file is None
+    assert entries["merfish_to_merfish"].variants  # the other graphs keep their CSR flavours
+    assert sorted(p.name for p in manifest.parent.iterdir() if p.name.startswith("merfish_to_rna.")) == ["merfish_to_rna.onnx", "merfish_to_rna.ts"]
+    assert set(report["merfish_to_rna"]) == {"onnxruntime", "torchscript"} and max(report["merfish_to_rna"].values()) < 1e-5
+    again = export_model(root / "model.pt", tmp_path / "again")  # the same checkpoint gives the same files
+    for name in ("manifest.json", "merfish_to_rna.onnx", "merfish_to_rna.ts"):
+        assert (again.parent / name).read_bytes() == (manifest.parent / name).read_bytes(), name
     # The input lookup reads the preprocessed x, which a graph with folded preprocessing never holds: refused, nothing written.
     fold = _error(lambda: export_model(root / "model.pt", tmp_path / "folded", fold_preprocessing=True))
     assert fold == ("graph 'merfish_to_rna' carries the neighbour read-out, which reads the preprocessed input: it cannot fold preprocessing; "
