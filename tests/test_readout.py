@@ -162,3 +162,34 @@ def test_checkpoints_written_before_load_without_a_table_and_export_byte_identic
     assert table is None and desc.readout is None
     manifest = export_model(DATA / f"{stem}.pt", tmp_path / "e", torchscript=False)
     assert manifest.read_bytes() == (DATA / f"{stem}.manifest.json").read_bytes()
+
+
+def test_a_mapped_model_keeps_the_read_out(trained, tmp_path):
+    """inclust-map / map_query learn new covariate rows only: the reference cells' table stays valid and travels along."""
+    model, query, *_ = trained
+    mapped = model.map_query(query, name="merfish2", steps=3)
+    assert mapped.description.readout == model.description.readout and mapped.neighbours is model.neighbours
+    mapped.save(tmp_path / "mapped.pt")
+    again = InClust.load(tmp_path / "mapped.pt")
+    assert "merfish2" in again.description.covariate.categories and again.description.readout == model.description.readout
+    np.testing.assert_array_equal(again.neighbours.values, model.neighbours.values)
+
+
+def test_inclust_train_writes_the_table_from_a_toml_readout_section(tmp_path):
+    task = synthetic_task("imputation", n_cells=200, seed=0)
+    for name, obj in task.objects.items():
+        obj.write_h5ad(tmp_path / f"{name}.h5ad")
+    (tmp_path / "c.toml").write_text(
+        'task = "imputation"\n'
+        '[[datasets]]\nname = "scrna"\npath = "scrna.h5ad"\nlabel_key = "cell_type"\n'
+        '[[datasets]]\nname = "merfish"\npath = "merfish.h5ad"\n'
+        '[preprocessing.rna]\nlog1p = true\nscale = "max"\n'
+        '[model]\nensemble = 1\nlatent_dim = 4\nencoder_hidden = [16]\ndecoder_hidden = [16]\n'
+        '[training]\nepochs = 2\n[views]\nquery = ["merfish"]\n[readout]\nneighbours = true\nk_latent = 7\n')
+    result = CliRunner().invoke(train_main, [str(tmp_path / "c.toml"), "--out", str(tmp_path / "m.pt"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    module, desc, table = read_checkpoint(tmp_path / "m.pt")
+    assert (desc.readout.k_latent, desc.readout.k_inputs, desc.readout.cells) == (7, 30, 100) and table.values.shape == (100, 80)
+    result = CliRunner().invoke(train_main, [str(tmp_path / "c.toml"), "--out", str(tmp_path / "off.pt"), "--quiet", "--no-neighbours"])
+    assert result.exit_code == 0 and read_checkpoint(tmp_path / "off.pt")[1].readout is None
+    assert "neighbours" not in torch.load(tmp_path / "off.pt", weights_only=True)
