@@ -193,3 +193,24 @@ def test_inclust_train_writes_the_table_from_a_toml_readout_section(tmp_path):
     result = CliRunner().invoke(train_main, [str(tmp_path / "c.toml"), "--out", str(tmp_path / "off.pt"), "--quiet", "--no-neighbours"])
     assert result.exit_code == 0 and read_checkpoint(tmp_path / "off.pt")[1].readout is None
     assert "neighbours" not in torch.load(tmp_path / "off.pt", weights_only=True)
+
+
+def test_the_export_parity_check_covers_the_lookup(trained):
+    """A lookup graph built from another table than the reference's fails export's parity check (the check can fail)."""
+    import dataclasses
+
+    from inclust_plus.contract.combinations import select_combinations
+    from inclust_plus.contract.plan_builder import IDENTITY
+    from inclust_plus.export import onnx_graph
+    from inclust_plus.export.folding import fold
+    from inclust_plus.export.neighbours_graph import append_neighbours
+    from inclust_plus.export.validate import check_parity
+
+    model, *_ = trained
+    combo = select_combinations(model.description, ["merfish_to_rna"])[0]
+    proto = onnx_graph.build_model(fold(model.module, combo, IDENTITY), combo, IDENTITY, "m")
+    data = onnx_graph.serialize(append_neighbours(proto, model.neighbours, list(combo.outputs)))
+    assert check_parity(model.module, combo, None, data, neighbours=model.neighbours)["onnxruntime"] < 1e-5
+    shifted = dataclasses.replace(model.neighbours, values=model.neighbours.values + 0.01)
+    with pytest.raises(InclustError, match="exported 'merfish_to_rna' differs from the PyTorch model in onnxruntime"):
+        check_parity(model.module, combo, None, data, neighbours=shifted)
