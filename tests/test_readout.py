@@ -214,3 +214,26 @@ def test_the_export_parity_check_covers_the_lookup(trained):
     shifted = dataclasses.replace(model.neighbours, values=model.neighbours.values + 0.01)
     with pytest.raises(InclustError, match="exported 'merfish_to_rna' differs from the PyTorch model in onnxruntime"):
         check_parity(model.module, combo, None, data, neighbours=shifted)
+
+
+def test_the_reference_input_rows_are_preprocessed_as_the_query_graph_preprocesses_its_input(trained):
+    """With normalize_total, training normalised a reference cell over all its genes, the query graph over its panel:
+    the table's input rows must be in the query's scale (training/readout.py as_query_inputs)."""
+    import dataclasses
+
+    from inclust_plus.contract.description import Recipe
+    from inclust_plus.contract.plan_builder import build_plan
+    from inclust_plus.training.readout import as_query_inputs
+
+    model, *_ = trained
+    rng = np.random.default_rng(0)
+    scale = tuple(float(v) for v in rng.uniform(2.0, 9.0, 200))
+    desc = dataclasses.replace(model.description, preprocessing={"rna": Recipe(1e4, True, scale)})
+    raw = np.round(rng.gamma(0.5, 20.0, size=(30, 200)) * (rng.random((30, 200)) > 0.3)).astype(np.float32)
+    panel = desc.set_features(desc.combination("merfish_to_rna").inputs)
+    trained_scale = build_plan(desc, tuple(range(200))).apply(raw)[:, panel]  # as training preprocessed the reference
+    want = build_plan(desc, tuple(panel)).apply(raw[:, panel])  # as the graph preprocesses a cell fed to it
+    assert np.abs(trained_scale - want).max() > 0.1  # the two scales differ: the conversion matters
+    np.testing.assert_allclose(as_query_inputs(desc, panel, trained_scale), want, rtol=1e-5, atol=1e-5)
+    plain = dataclasses.replace(desc, preprocessing={"rna": Recipe(None, True, scale)})  # per-column steps only: unchanged
+    assert as_query_inputs(plain, panel, trained_scale) is trained_scale

@@ -10,7 +10,8 @@ appends the same lookup to that graph (export/neighbours_graph.py).
 Which graph: the decoding combination whose inputs are the query datasets' panel and whose outputs
 hold the most features the query did not measure; those features are the table's. Which cells: every
 reference dataset (not in ``views.query``) that measured all of them, encoded from the query's panel
-in its own covariate, with its measured (preprocessed, the model's scale) values of those features.
+in its own covariate (as training encoded it), with its measured (preprocessed, the model's scale) values of
+those features; its input rows are preprocessed as the query graph preprocesses its input (:func:`as_query_inputs`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from __future__ import annotations
 import numpy as np
 
 from inclust_plus.contract.description import ModelDescription, ReadoutRecord
+from inclust_plus.contract.plan_builder import build_plan
 from inclust_plus.errors import InclustError
 from inclust_plus.sparse import is_sparse
 
-from inclust_plus.training.neighbours import NeighbourTable, build_table
+from inclust_plus.training.neighbours import NeighbourTable, build_table, unit_rows
 
 ARRAYS = ("latents", "inputs", "values")  # the checkpoint's ``neighbours`` entry: float32 [cells, *]
 
@@ -44,6 +46,28 @@ def query_combination(desc: ModelDescription, query_set: str, query_measured: np
     return best
 
 
+def as_query_inputs(desc: ModelDescription, inputs, x: np.ndarray) -> np.ndarray:
+    """Reference rows ``x`` (training-preprocessed, columns = global features ``inputs``) as the query
+    graph's plan preprocesses cells fed to it, for the input lookup, which compares them with the query's.
+
+    Training normalised a reference cell's library over every feature of the modality it measured,
+    the graph normalises over the graph's input columns only. With ``normalize_total`` the two differ,
+    so the per-column steps (scale, log1p) are undone and the plan applied (the cell's own factor
+    cancels in the new normalisation); without it every step is per column and ``x`` is already that."""
+    plan = build_plan(desc, tuple(int(i) for i in inputs))
+    if not any(g.normalize_total is not None for g in plan.groups):
+        return x
+    raw = np.array(x, dtype=np.float32, copy=True)
+    for g in plan.groups:
+        block = raw[:, g.columns]
+        if g.divisor is not None:
+            block *= g.divisor
+        if g.log1p:
+            np.expm1(block, out=block)
+        raw[:, g.columns] = block
+    return plan.apply(raw)
+
+
 def build_readout(model, data, cfg) -> tuple[NeighbourTable, ReadoutRecord]:
     """The table of a trained ``model`` (an InClust with its description) from the assembled ``data`` of ``cfg``."""
     query = set(cfg.views.query)
@@ -64,6 +88,7 @@ def build_readout(model, data, cfg) -> tuple[NeighbourTable, ReadoutRecord]:
     cats = np.asarray(data.covariate_categories, dtype=object)
     table = build_table(model, _dense(block[:, inputs]), _dense(block[:, features]), panels[0], cats[data.covariate[rows]], features,
                         k_latent=cfg.readout.k_latent, k_inputs=cfg.readout.k_inputs)
+    table.inputs = unit_rows(as_query_inputs(model.description, inputs, _dense(block[:, inputs])))
     record = ReadoutRecord(combination, tuple(int(f) for f in features), len(rows), tuple(refs), table.k_latent, table.k_inputs,
                            tuple(float(w) for w in table.weights))
     return table, record
