@@ -35,11 +35,12 @@ def default_out_dir(checkpoint: str | os.PathLike) -> Path:
 
 
 def _load(ckpt: Path):
-    """``load_checkpoint`` plus the failures torch.load reports with exceptions it does not catch.
+    """``read_checkpoint`` (weights, description, neighbour table or None) plus the failures torch.load
+    reports with exceptions it does not catch.
 
     (``torch.load(weights_only=True)`` on a text file raises IndexError, for instance.)
     """
-    from inclust_plus.training.checkpoint import load_checkpoint
+    from inclust_plus.training.checkpoint import read_checkpoint
 
     unreadable = InclustError(
         f"{ckpt} is not a readable inclust-plus checkpoint (not a torch zip file)",
@@ -48,7 +49,7 @@ def _load(ckpt: Path):
     if ckpt.is_file() and not zipfile.is_zipfile(ckpt):
         raise unreadable
     try:
-        return load_checkpoint(ckpt)
+        return read_checkpoint(ckpt)
     except (IndexError, KeyError, TypeError, AttributeError, UnicodeDecodeError, json.JSONDecodeError):
         raise unreadable from None
 
@@ -63,21 +64,48 @@ def _variants(combo: Combination, csr: bool, fp16: bool) -> list[tuple[str, str,
     return out
 
 
+def _check_readout(desc: ModelDescription, combos: list[Combination], fold_preprocessing: bool) -> None:
+    """Refuse, before anything is written, to fold preprocessing into the read-out's graph: its input
+    lookup compares the preprocessed x with the reference's rows, and inside a folded graph the scale
+    is part of the first weight, so no tensor holds that x."""
+    combo = next((c for c in combos if desc.readout is not None and c.name == desc.readout.combination), None)
+    if fold_preprocessing and combo is not None and any(g.does_something for g in build_plan(desc, combo.inputs).groups):
+        raise InclustError(f"graph {combo.name!r} carries the neighbour read-out, which reads the preprocessed input: it cannot fold preprocessing",
+                           "export without --fold-preprocessing (the runtime then preprocesses the input)")
+
+
 def _export_one(module, desc: ModelDescription, combo: Combination, folder: Path, want_torchscript: bool, fold_preprocessing: bool,
-                csr: bool = True, fp16: bool = False, want_torch_export: bool = False) -> tuple[GraphEntry, dict]:
-    """Write one graph (its TorchScript / torch.export twins and its CSR / float16 flavours), check parity, return its manifest entry and diffs."""
+                csr: bool = True, fp16: bool = False, want_torch_export: bool = False, neighbours=None) -> tuple[GraphEntry, dict]:
+    """Write one graph (its TorchScript / torch.export twins and its CSR / float16 flavours), check parity, return its manifest entry and diffs.
+
+    ``neighbours`` (the checkpoint's NeighbourTable, for the read-out's graph): the dense float32 graph
+    gets the lookup (export/neighbours_graph.py) and so does its TorchScript twin
+    (export/neighbours_torchscript.py); its CSR/float16 flavours and torch.export program would compute
+    the decoder without it, so they are not written and a runner cannot pick one by accident."""
     full_plan = build_plan(desc, combo.inputs)  # written into the manifest either way
     plan = full_plan if fold_preprocessing else IDENTITY
     weights = fold(module, combo, plan)
-    data = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc.name))
+    proto = onnx_graph.build_model(weights, combo, plan, desc.name)
+    if neighbours is not None:
+        from .neighbours_graph import append_neighbours
+
+        proto = append_neighbours(proto, neighbours, list(combo.outputs))
+        want_torch_export = csr = fp16 = False
+    data = onnx_graph.serialize(proto)
     onnx_file = f"{combo.name}.onnx"
     (folder / onnx_file).write_bytes(data)
     ts_file, loaded = None, None
     if want_torchscript:
         ts_file = f"{combo.name}.ts"
-        ts_export.save(ts_export.script(weights, plan, combo.spec.decodes), folder / ts_file)
+        if neighbours is None:
+            scripted = ts_export.script(weights, plan, combo.spec.decodes)
+        else:
+            from .neighbours_torchscript import script as script_with_neighbours
+
+            scripted = script_with_neighbours(weights, plan, neighbours, list(combo.outputs))
+        ts_export.save(scripted, folder / ts_file)
         loaded = ts_export.load(folder / ts_file)
-    diffs = check_parity(module, combo, plan if fold_preprocessing else None, data, loaded)
+    diffs = check_parity(module, combo, plan if fold_preprocessing else None, data, loaded, neighbours=neighbours)
     variants = []
     for input_format, precision, file in _variants(combo, csr, fp16):
         vdata = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc.name, input_format, precision))
@@ -172,9 +200,10 @@ def export_model(
         check_output_path(triton_dir, force, inputs=(ckpt,))
         check_not_inside(triton_dir, (ckpt,), "--triton")
     model_sha = file_sha256(ckpt) if ckpt.is_file() else ""
-    module, desc = _load(ckpt)  # the description's reader checked it against the weights' sizes
+    module, desc, table = _load(ckpt)  # the description's reader checked it against the weights' sizes
     check_finite_weights(module)
     combos = select_combinations(desc, combinations)
+    _check_readout(desc, combos, fold_preprocessing)
 
     write_triton, triton_replaceable = _triton_writer() if triton_dir is not None else (None, None)
     outputs = [Output(out, folder=True, force=force, replaceable=written_by_export)]
@@ -186,7 +215,8 @@ def export_model(
         graphs = []
         for combo in combos:
             interrupt.check()  # Ctrl-C/SIGTERM between graphs: the temporary folder is removed
-            entry, diffs = _export_one(module, desc, combo, tmp, torchscript, fold_preprocessing, csr, fp16, torch_export)
+            readout = table if desc.readout is not None and combo.name == desc.readout.combination else None
+            entry, diffs = _export_one(module, desc, combo, tmp, torchscript, fold_preprocessing, csr, fp16, torch_export, readout)
             graphs.append(entry)
             if report is not None:
                 report[combo.name] = diffs

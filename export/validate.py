@@ -18,7 +18,7 @@ import onnxruntime as ort
 import torch
 
 from inclust_plus.errors import InclustError
-from inclust_plus.training.torch_backend import run_graph
+from inclust_plus.training.torch_backend import blend_neighbours, run_graph
 from inclust_plus.contract.combinations import Combination
 from inclust_plus.contract.plan import PreprocessPlan
 
@@ -65,12 +65,15 @@ def random_feeds(combination: Combination, n_covariates: int, batch: int, seed: 
     return {t.name: feeds[t.name] for t in combination.spec.inputs}
 
 
-def reference(module, combination: Combination, feeds: dict[str, np.ndarray], plan: PreprocessPlan | None = None) -> dict[str, np.ndarray]:
+def reference(module, combination: Combination, feeds: dict[str, np.ndarray], plan: PreprocessPlan | None = None,
+              neighbours=None) -> dict[str, np.ndarray]:
     """What the graph must return: the reference semantics of :func:`~inclust_plus.training.torch_backend.run_graph`
-    (the in-memory model's backend runs the same function; ``plan``: raw inputs)."""
+    (the in-memory model's backend runs the same function; ``plan``: raw inputs), with ``neighbours``
+    (a NeighbourTable) blended into ``y`` as that backend does (``blend_neighbours``)."""
     x = feeds["x"] if plan is None else plan.apply(feeds["x"])
     names = [t.name for t in combination.spec.outputs]
-    return run_graph(module, combination.inputs, combination.outputs, x, feeds["covariate"], feeds.get("target_covariate"), names)
+    out = run_graph(module, combination.inputs, combination.outputs, x, feeds["covariate"], feeds.get("target_covariate"), names)
+    return out if neighbours is None else blend_neighbours(neighbours, out, combination.outputs, x)
 
 
 def run_onnx(model_bytes: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -123,13 +126,21 @@ def check_parity(
     scripted=None,
     batch: int = 64,
     seed: int = 0,
+    neighbours=None,
 ) -> dict[str, float]:
-    """Max |diff| of onnxruntime (and TorchScript) against the reference; error above ``ATOL + RTOL * |value|``."""
+    """Max |diff| of onnxruntime (and TorchScript) against the reference; error above ``ATOL + RTOL * |value|``.
+
+    ``neighbours``: the graph carries the read-out of this NeighbourTable (export/neighbours_graph.py).
+    Rows whose k-th and (k+1)-th neighbours tie within float32 rounding may rightly pick either, so
+    their ``y`` is left out (their latent and label probabilities are still compared)."""
     feeds = random_feeds(combination, module.config.n_covariates, batch, seed, plan)
-    want = reference(module, combination, feeds, plan)
+    want = reference(module, combination, feeds, plan, neighbours)
     got = {"onnxruntime": run_onnx(model_bytes, feeds)}
     if scripted is not None:
         got["torchscript"] = run_torchscript(scripted, combination, feeds)
+    if neighbours is not None:
+        keep = ~neighbours.tied_rows(want["latent"], feeds["x"] if plan is None else plan.apply(feeds["x"]))
+        want, got = {**want, "y": want["y"][keep]}, {k: {**v, "y": v["y"][keep]} for k, v in got.items()}
     for runtime, outputs in got.items():
         if not within_tolerance(outputs, want):
             raise InclustError(

@@ -120,6 +120,6 @@ def test_a_bad_flag_gets_the_config_files_error(cells):
 def test_an_unknown_setting_names_the_valid_ones(cells):
     adata, _ = cells
     text = _error(lambda: InClust.setup(adata, epoch=3))
-    assert text.startswith("unknown setting 'epoch'; settings are fields of [model], [loss], [training] or [views]: ")
+    assert text.startswith("unknown setting 'epoch'; settings are fields of [model], [loss], [training], [views] or [readout]: ")
     assert "epochs" in text
     assert _error(lambda: InClust.setup(adata).train(epoch=3, progress=False)) == text

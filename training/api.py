@@ -37,7 +37,10 @@ class AnnDataVerbs:
         from inclust_plus.training.torch_backend import TorchBackend, memory_manifest
 
         manifest = memory_manifest(self.module, self.description, spread=samples > 0)
-        return Predictor.from_manifest(manifest, TorchBackend(self.module, manifest, samples, seed), batch_size)
+        readout = self.description.readout  # the neighbour read-out, blended as the exported graph does
+        backend = TorchBackend(self.module, manifest, samples, seed, neighbours=getattr(self, "neighbours", None) if readout else None,
+                               neighbours_graph=readout.combination if readout else None)
+        return Predictor.from_manifest(manifest, backend, batch_size)
 
     def get_latent_representation(self, adata, combination=None, layer=None, covariate_key=None, covariate=None,
                                   allow_missing=False, inplace: bool = True, batch_size: int = 8192) -> np.ndarray:

@@ -15,6 +15,7 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from inclust_plus import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, __version__
@@ -24,12 +25,16 @@ from inclust_plus.contract.description_io import RETRAIN, from_json, to_json
 from inclust_plus.errors import InclustError
 
 from inclust_plus.training.network.module import InClustModule, ModuleConfig
+from inclust_plus.training.neighbours import NeighbourTable
+from inclust_plus.training.readout import table_arrays, table_from
 
 
-def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: ModelDescription | dict, force: bool = True) -> Path:
-    """Write ``module`` and ``description`` atomically to ``path`` (an existing file only with ``force``)."""
+def save_checkpoint(path: str | os.PathLike, module: InClustModule, description: ModelDescription | dict, force: bool = True,
+                    neighbours=None) -> Path:
+    """Write ``module`` and ``description`` (and the read-out's ``neighbours`` table) atomically to ``path``
+    (an existing file only with ``force``)."""
     with atomic_path(path, ".pt", force=force) as tmp:  # a file system error names ``path``
-        write_checkpoint(tmp, module, description, name=path)
+        write_checkpoint(tmp, module, description, name=path, neighbours=neighbours)
     return Path(path)
 
 
@@ -53,14 +58,16 @@ class _Sink:
 
 
 def write_checkpoint(path: str | os.PathLike, module: InClustModule, description: ModelDescription | dict,
-                     name: str | os.PathLike | None = None) -> None:
+                     name: str | os.PathLike | None = None, neighbours=None) -> None:
     """Write the checkpoint to ``path`` as it is (callers pass a temporary: :func:`save_checkpoint`,
     or ``inclust-train``, which commits it together with its loss plot). A failed write is the
     file system's OSError naming ``path`` (one line at the command's top), never torch's traceback.
 
     ``module`` decides the description's ``module`` entry; a description that contradicts the
     weights (or a JSON object that is not a valid one) is refused before anything is written; the
-    error names ``name`` (the output the temporary ``path`` stands for)."""
+    error names ``name`` (the output the temporary ``path`` stands for). ``neighbours`` (a
+    NeighbourTable, with the description's ``readout`` record) is stored as float32 tensors under
+    ``neighbours``: arrays, not pickled objects, so ``weights_only=True`` still loads the file."""
     raw = to_json(description) if isinstance(description, ModelDescription) else dict(description)
     desc = from_json({**raw, "module": module.config.to_dict(), "package_version": __version__}, f"cannot write {name or path}")
     payload = {
@@ -69,6 +76,12 @@ def write_checkpoint(path: str | os.PathLike, module: InClustModule, description
         "description_json": json.dumps(to_json(desc), sort_keys=True),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
     }
+    if (desc.readout is None) != (neighbours is None):
+        raise InclustError(f"cannot write {name or path}: the description's readout record and the neighbour table come together",
+                           "pass both (InClust.save does) or neither")
+    if neighbours is not None:
+        arrays = table_arrays(table_from(desc.readout, table_arrays(neighbours), desc, f"cannot write {name or path}"))  # checked as read
+        payload["neighbours"] = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
     try:
         with open(path, "wb") as fh:
             sink = _Sink(fh)
@@ -84,6 +97,12 @@ def write_checkpoint(path: str | os.PathLike, module: InClustModule, description
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, ModelDescription]:
     """Load a checkpoint written by :func:`save_checkpoint`; clear errors for anything else."""
+    module, desc, _ = read_checkpoint(path)
+    return module, desc
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, ModelDescription, NeighbourTable | None]:
+    """:func:`load_checkpoint` plus the neighbour read-out's table (None when the model has none)."""
     p = Path(path)
     if not p.is_file():
         raise InclustError(f"checkpoint {p} does not exist", "pass the model.pt written by inclust-train")
@@ -116,4 +135,4 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, ModelDescri
     except RuntimeError as err:
         raise InclustError(f"{p} has weights that do not match its description ({err})".splitlines()[0], "re-run inclust-train") from None
     module.eval()
-    return module, desc
+    return module, desc, table_from(desc.readout, payload.get("neighbours"), desc, f"checkpoint {p}")

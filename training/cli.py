@@ -42,15 +42,19 @@ loss-curve plot next to it (model.loss.svg: open it in a browser): both or, on a
 @click.option("--fast-step", metavar=choices_of(TrainingConfig, "fast_step"), default=None,
               help="Override training.fast_step: the hand-written training step (auto = for the settings it is verified "
                    "on, autograd otherwise; on = an error for other settings; off = always autograd).")
+@click.option("--neighbours/--no-neighbours", default=None,
+              help="Override readout.neighbours: blend the query's imputation with its nearest reference cells' measured values "
+                   "(more accurate, slower inference; needs views.query).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
 def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble: int | None, device: str | None,
-         precision: str | None, fast_step: str | None, force: bool, quiet: bool) -> None:
+         precision: str | None, fast_step: str | None, neighbours: bool | None, force: bool, quiet: bool) -> None:
     """Train an inClust+ model from a TOML CONFIG and save it to --out."""
     from inclust_plus.training.config import load_config, with_settings
 
-    flags = {"epochs": epochs, "seed": seed, "ensemble": ensemble, "device": device, "precision": precision, "fast_step": fast_step}
+    flags = {"epochs": epochs, "seed": seed, "ensemble": ensemble, "device": device, "precision": precision, "fast_step": fast_step,
+             "neighbours": neighbours}
     cfg = with_settings(load_config(config), {k: v for k, v in flags.items() if v is not None})  # before anything is written
     plot = out.with_suffix(".loss.svg")
     inputs = (config, *(d.path for d in cfg.datasets))  # an output must never replace an input of the run
@@ -77,7 +81,7 @@ def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble
     # Both outputs are written to temporaries first and then moved into place together: a failure
     # (a full disk) or Ctrl-C while writing either leaves the previous model.pt and plot as they were.
     with atomic_outputs(Output(out, force=force, suffix=".pt"), Output(plot, force=force, suffix=".svg")) as (model_tmp, plot_tmp):
-        write_checkpoint(model_tmp, model.module, model.description, name=out)
+        write_checkpoint(model_tmp, model.module, model.description, name=out, neighbours=model.neighbours)
         loss_curves(result.history, plot_tmp, title=f"{cfg.name} ({data.label_mode})")
     combos = ", ".join(c.name for c in model.description.combinations)
     k = cfg.model.ensemble

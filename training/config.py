@@ -136,6 +136,22 @@ class ViewsConfig:
     joint: bool = key(True, Bool())  # add a row from all measured modalities to all of them
 
 
+@dataclass
+class ReadoutConfig:
+    """The ``[readout]`` section: how the query's missing features are read out (training/readout.py).
+
+    ``neighbours = true`` keeps a table of the reference cells in the model, and the query combination's
+    imputation becomes 1/3 decoder + 1/3 the distance-weighted mean of the measured values of the
+    ``k_latent`` cosine-nearest reference cells in the corrected latent + 1/3 the same over the
+    ``k_inputs`` nearest on the shared input features (training/neighbours.py). Off by default: it costs
+    graph size and inference speed (README, "Neighbour read-out"). The equal weights are not a setting.
+    """
+
+    neighbours: bool = key(False, Bool())
+    k_latent: int = key(60, Int(min=1))
+    k_inputs: int = key(30, Int(min=1))
+
+
 PREPROCESSING = Table({  # [preprocessing.<modality>]
     "normalize_total": Optional(Float(gt=0)),
     "log1p": Bool(),
@@ -154,6 +170,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -163,12 +180,14 @@ class Config:
         and [views] sections, without run options (``key(..., run=True)``: device, threads, ...)."""
         out: dict = {"task": self.task}
         for section in _SECTIONS:
+            if section == "readout":  # recorded by the description's ReadoutRecord when on; off, the record is as before it existed
+                continue
             obj = getattr(self, section)
             out[section] = {f.name: copy.deepcopy(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("run")}
         return out
 
 
-_SECTIONS = {"model": ModelConfig, "loss": LossConfig, "training": TrainingConfig, "views": ViewsConfig}
+_SECTIONS = {"model": ModelConfig, "loss": LossConfig, "training": TrainingConfig, "views": ViewsConfig, "readout": ReadoutConfig}
 # a setting by name (InClust.setup/train keywords, inclust-train flags) -> its section; names are unique across sections
 SECTION_OF = {f.name: section for section, cls in _SECTIONS.items() for f in dataclasses.fields(cls)}
 
@@ -247,6 +266,9 @@ def check_config(cfg: Config) -> None:
     for q in cfg.views.query:
         if q not in names:
             raise InclustError(f"views.query names unknown dataset {q!r}", f"datasets are: {', '.join(names)}")
+    if cfg.readout.neighbours and not cfg.views.query:
+        raise InclustError("readout.neighbours = true needs the query datasets whose missing features it imputes",
+                           "name them in views.query (InClust.setup(query=...)) or set readout.neighbours = false")
     _check_modality_names(cfg)
 
 
@@ -276,7 +298,7 @@ def with_settings(cfg: Config, settings: dict[str, Any]) -> Config:
     out = copy.deepcopy(cfg)
     for name, value in settings.items():
         if name not in SECTION_OF:
-            raise InclustError(f"unknown setting {name!r}", f"settings are fields of [model], [loss], [training] or [views]: {', '.join(sorted(SECTION_OF))}")
+            raise InclustError(f"unknown setting {name!r}", f"settings are fields of [model], [loss], [training], [views] or [readout]: {', '.join(sorted(SECTION_OF))}")
         setattr(getattr(out, SECTION_OF[name]), name, value)
     check_config(out)
     return out

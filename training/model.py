@@ -21,7 +21,7 @@ from inclust_plus.errors import InclustError
 from inclust_plus.sparse import is_sparse
 
 from inclust_plus.training.api import AnnDataVerbs
-from inclust_plus.training.checkpoint import load_checkpoint, save_checkpoint
+from inclust_plus.training.checkpoint import read_checkpoint, save_checkpoint
 from inclust_plus.training.config import Config, config_from_dict, with_settings
 from inclust_plus.training.assembly.data import TrainingData, read_training_data
 from inclust_plus.training.fitting.device import resolve_device
@@ -141,8 +141,10 @@ class InClust(AnnDataVerbs):
     objects (``objects`` maps dataset names to them). The AnnData verbs live in :mod:`.api`.
     """
 
-    def __init__(self, module: "InClustModule | Config", description: ModelDescription | dict | None = None, objects: dict | None = None):
+    def __init__(self, module: "InClustModule | Config", description: ModelDescription | dict | None = None, objects: dict | None = None,
+                 neighbours=None):
         self.config: Config | None = None
+        self.neighbours = neighbours  # the read-out's NeighbourTable (training/readout.py), with description.readout
         self.objects = dict(objects or {})
         self.history: dict | None = None
         self.description: ModelDescription | None = None  # a dict given is read by the one reader (contract/description_io.py)
@@ -154,6 +156,8 @@ class InClust(AnnDataVerbs):
             self.module, self.description = module.eval(), as_description(description)
             if self.description.module != module.config.to_dict():  # the weights decide (as save_checkpoint does)
                 self.description = dataclasses.replace(self.description, module=module.config.to_dict())
+            if neighbours is None and self.description.readout is not None:  # weights without the table: the decoder alone
+                self.description = dataclasses.replace(self.description, readout=None)
 
     @classmethod
     def setup(cls, datasets, *, modalities=None, label_key: str | dict | None = None, layer: str | None = None, batch_key=None,
@@ -166,8 +170,8 @@ class InClust(AnnDataVerbs):
         or ``{dataset: column}`` so that a query's own labels stay out of training) is used where the
         column exists, ``layer`` (e.g. ``"counts"``) and ``batch_key`` (obs column(s) of the
         batch covariate; default: the dataset's name) apply to every dataset. ``query`` names the
-        datasets to impute for (``views.query``). Other keywords set [model]/[loss]/[training]/[views]
-        fields by name (``epochs=3``, ``ensemble=1``, ``latent_dim=10``); unknown ones are errors.
+        datasets to impute for (``views.query``). Other keywords set [model]/[loss]/[training]/[views]/[readout]
+        fields by name (``epochs=3``, ``ensemble=1``, ``latent_dim=10``, ``neighbours=True``); unknown ones are errors.
         """
         if not isinstance(datasets, dict):
             datasets = {"data": datasets}
@@ -196,6 +200,7 @@ class InClust(AnnDataVerbs):
         self.config = with_settings(self.config, settings)  # checked as a config file's values; refused: config unchanged
         trained, _, result = type(self).fit(self.config, self.objects, progress=progress)
         self.module, self.description, self.history = trained.module, trained.description, result.history
+        self.neighbours = trained.neighbours
         return self
 
     def __repr__(self) -> str:
@@ -246,17 +251,23 @@ class InClust(AnnDataVerbs):
             rows_per_second=round(result.rows_per_second, 1),
             history={k: tuple(round(v, 6) for v in vals) for k, vals in result.history.items()},
         )
-        return cls(module, describe(data, cfg, module.config, record)), data, result
+        model = cls(module, describe(data, cfg, module.config, record))
+        if cfg.readout.neighbours:  # the reference side of the read-out, kept in the model (training/readout.py)
+            from inclust_plus.training.readout import build_readout
+
+            table, readout = build_readout(model, data, cfg)
+            model = cls(module, dataclasses.replace(model.description, readout=readout), neighbours=table)
+        return model, data, result
 
     @classmethod
     def load(cls, path: str | Path) -> "InClust":
-        module, desc = load_checkpoint(path)
-        return cls(module, desc)
+        module, desc, table = read_checkpoint(path)
+        return cls(module, desc, neighbours=table)
 
     def save(self, path: str | Path, force: bool = True) -> Path:
         if self.module is None:
             raise InclustError("the model is not trained yet: there are no weights to save", "call model.train() first")
-        return save_checkpoint(path, self.module, self.description, force=force)
+        return save_checkpoint(path, self.module, self.description, force=force, neighbours=self.neighbours)
 
     # --- inference --------------------------------------------------------------------------------
     @property
@@ -279,7 +290,7 @@ class InClust(AnnDataVerbs):
         from inclust_plus.training.mapping import map_query  # on use: it reads cells with pandas/scipy, which training itself never imports
 
         module, description = map_query(self.module, self.description, data, name=name, covariate_key=covariate_key, **options)
-        return type(self)(module, description)
+        return type(self)(module, description, neighbours=self.neighbours)  # the reference cells' weights are unchanged
 
     @torch.no_grad()
     def predict(self, x: np.ndarray, inputs: str, covariate, target_covariate=None, batch_size: int = 8192, return_std: bool = False,

@@ -14,6 +14,7 @@ This module is the one definition of the read-out in numpy; the exported graph's
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,18 @@ def neighbour_impute(z_ref: np.ndarray, values_ref: np.ndarray, z_query: np.ndar
         w = 1.0 / (1.0 - np.take_along_axis(sim, idx, axis=1) + EPS)
         out[s : s + chunk] = np.einsum("nk,nkg->ng", w, values_ref[idx]) / w.sum(1, keepdims=True)
     return out
+
+
+def boundary_gaps(ref_unit: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    """Per query row, the cosine gap between its k-th and (k+1)-th nearest of the unit rows ``ref_unit``
+    (inf when every row is a neighbour). Below float32 rounding (~1e-6) two correct implementations may
+    pick different k-th neighbours: a parity check must not count those rows as a difference."""
+    k = min(k, len(ref_unit))
+    if k >= len(ref_unit):
+        return np.full(len(query), np.inf, dtype=np.float32)
+    sim = unit_rows(query) @ np.asarray(ref_unit, dtype=np.float32).T
+    top = -np.partition(-sim, (k - 1, k), axis=1)[:, [k - 1, k]]
+    return top[:, 0] - top[:, 1]
 
 
 @dataclass
@@ -71,6 +84,22 @@ class NeighbourTable:
             blend += w_in * neighbour_impute(self.inputs, self.values, x_query, self.k_inputs)
         out[:, self.features] = blend
         return out
+
+    def impute_columns(self, z_query: np.ndarray, decoded: np.ndarray, columns, x_query: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`impute` on a graph's ``y``, whose column j is global feature ``columns[j]`` (its outputs):
+        what the in-memory backend and export's parity reference blend, the one definition above."""
+        where = {int(f): j for j, f in enumerate(columns)}
+        missing = [f for f in self.features if f not in where]
+        if missing:
+            raise ValueError(f"the table imputes features {missing} that the graph does not output")
+        return dataclasses.replace(self, features=[where[f] for f in self.features]).impute(z_query, decoded, x_query)
+
+    def tied_rows(self, z_query: np.ndarray, x_query: np.ndarray | None, tolerance: float = 1e-5) -> np.ndarray:
+        """Query rows whose k-th and (k+1)-th neighbour (either lookup) are tied within ``tolerance``."""
+        tied = boundary_gaps(self.latents, z_query, self.k_latent) < tolerance
+        if self.weights[2] and self.inputs is not None and x_query is not None:
+            tied |= boundary_gaps(self.inputs, x_query, self.k_inputs) < tolerance
+        return tied
 
     def save(self, path) -> None:
         """An .npz of plain arrays (loaded without pickle)."""

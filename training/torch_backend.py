@@ -57,6 +57,14 @@ def run_graph(module, inputs: Sequence[int], outputs: Sequence[int], x: np.ndarr
     return {name: out[name].numpy() for name in names}
 
 
+def blend_neighbours(table, out: dict[str, np.ndarray], outputs: Sequence[int], x: np.ndarray) -> dict[str, np.ndarray]:
+    """``out`` (:func:`run_graph`'s, with ``y`` and ``latent``) with ``y`` blended with the read-out of
+    ``table`` (training/neighbours.py, the one definition), for preprocessed inputs ``x``: the reference
+    semantics of a graph exported with the read-out (export/neighbours_graph.py)."""
+    y = table.impute_columns(out["latent"], out["y"], outputs, np.asarray(x, dtype=np.float32))
+    return {**out, "y": y}
+
+
 def _unwritten_entry(desc: ModelDescription, combo: Combination, latent_dim: int, n_labels: int):
     """The graph entry ``inclust-export`` would write for ``combo``, with no file behind it (nothing pinned)."""
     return graph_entry(combo, file=None, sha256=None, opset=None, torchscript=None, torchscript_sha256=None, folded_preprocessing=False,
@@ -121,12 +129,14 @@ class TorchBackend:
     ``samples = K`` decodes K posterior samples per cell (seeded by ``seed``, drawn batch after
     batch in order, so a call's numbers depend on its batch size only through the draw order);
     the graphs it runs must then declare ``y_std`` (:func:`memory_manifest` with ``spread``).
+    ``neighbours`` (a NeighbourTable) blends the neighbour read-out into graph ``neighbours_graph``'s
+    ``y`` with :func:`blend_neighbours`, as its exported graph does (``y_std`` stays the decoder's).
 
     It has no ``probe``, so the runtime's covariate probe (runtime/signature.py) skips it: its
     manifest is built from the very module it runs, so the two cannot disagree on the categories.
     """
 
-    def __init__(self, module, manifest: Manifest, samples: int = 0, seed: int = 0):
+    def __init__(self, module, manifest: Manifest, samples: int = 0, seed: int = 0, neighbours=None, neighbours_graph: str | None = None):
         if samples < 0:
             raise InclustError(f"samples is {samples}", "pass 0 (the posterior mean) or a number of posterior samples")
         self.module = module.eval()
@@ -134,6 +144,7 @@ class TorchBackend:
         self.generator = torch.Generator().manual_seed(seed) if samples else None
         self.index = {f: i for i, f in enumerate(f for m in manifest.modalities for f in m.features)}
         self.columns: dict[str, tuple[list[int], list[int]]] = {}
+        self.neighbours, self.neighbours_graph = neighbours, neighbours_graph
 
     def prepare(self, graph) -> None:
         if graph.name not in self.columns:
@@ -143,7 +154,12 @@ class TorchBackend:
         self.prepare(graph)
         inputs, outputs = self.columns[graph.name]
         samples = self.samples if graph.decodes else 0
-        return run_graph(self.module, inputs, outputs, x, covariate, target_covariate, graph.output_names, samples, self.generator)
+        table = self.neighbours if graph.name == self.neighbours_graph and graph.decodes else None
+        names = graph.output_names if table is None else tuple(dict.fromkeys((*graph.output_names, "latent")))
+        out = run_graph(self.module, inputs, outputs, x, covariate, target_covariate, names, samples, self.generator)
+        if table is not None:
+            out = blend_neighbours(table, out, outputs, x)
+        return {name: out[name] for name in graph.output_names}
 
     def provenance(self) -> dict:
         out = {"backend": "pytorch", "torch_version": str(torch.__version__), "provider": "cpu"}

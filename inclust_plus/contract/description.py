@@ -104,6 +104,25 @@ class MappingRecord:
 
 
 @dataclass(frozen=True)
+class ReadoutRecord:
+    """The neighbour read-out a model was trained with (``[readout] neighbours = true``, training/readout.py).
+
+    Graph ``combination`` imputes ``features`` (global indices: its outputs the query lacks) as
+    ``weights`` = (decoder, latent neighbours, input neighbours) of the decode and of the measured values
+    of the ``k_latent`` / ``k_inputs`` nearest of ``cells`` reference cells (from ``datasets``). The
+    cells' arrays are tensors in ``model.pt`` (``neighbours``: latents, inputs, values); this record says
+    what they are, so a reader checks their shapes against it."""
+
+    combination: str
+    features: tuple[int, ...]
+    cells: int
+    datasets: tuple[str, ...]
+    k_latent: int = 60
+    k_inputs: int = 30
+    weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     """Everything a checkpoint says about its weights: names, categories, recipe, graphs, history."""
 
@@ -121,6 +140,7 @@ class ModelDescription:
     mapping: tuple[MappingRecord, ...] = ()
     task: str = "custom"
     package_version: str | None = None
+    readout: ReadoutRecord | None = None  # the neighbour read-out's record; None: the decoder alone (every older checkpoint)
 
     # --- the network's sizes (module) ---------------------------------------------------------------
     @property

@@ -15,8 +15,8 @@ from typing import Any
 from inclust_plus import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
 from inclust_plus.errors import InclustError
 
-from .description import (LABEL_MODES, CombinationEntry, DatasetRecord, FeatureSet, MappingRecord, ModelDescription, Recipe,
-                          TrainedLabels, TrainingRecord)
+from .description import (LABEL_MODES, CombinationEntry, DatasetRecord, FeatureSet, MappingRecord, ModelDescription, ReadoutRecord,
+                          Recipe, TrainedLabels, TrainingRecord)
 from .manifest import Covariate, Modality
 from .schema import boolean, category, choice, integer, list_of, mapping, number, obj, optional, safe_name, string
 
@@ -96,6 +96,15 @@ MAPPING = {
     "source": (OPTIONAL, optional(_text)),
     "date": (OPTIONAL, optional(_text)),
 }
+READOUT = {
+    "combination": (REQUIRED, string),
+    "features": (REQUIRED, list_of(integer(0), non_empty=True, unique=True)),
+    "cells": (REQUIRED, integer(1)),
+    "datasets": (REQUIRED, list_of(string, non_empty=True)),
+    "k_latent": (REQUIRED, integer(1)),
+    "k_inputs": (REQUIRED, integer(1)),
+    "weights": (REQUIRED, list_of(number())),
+}
 TOP = {
     "name": (REQUIRED, string),
     "task": (OPTIONAL, optional(string)),
@@ -111,6 +120,7 @@ TOP = {
     "hyperparameters": (OPTIONAL, optional(mapping(lambda v: None))),
     "training": (OPTIONAL, optional(obj(TRAINING))),
     "mapping": (OPTIONAL, optional(list_of(obj(MAPPING)))),
+    "readout": (OPTIONAL, optional(obj(READOUT))),
 }
 
 
@@ -166,6 +176,21 @@ def _relations(d: ModelDescription, where: str) -> None:
     names = [c.name for c in d.combinations]
     if len(set(names)) != len(names):
         raise _fail(where, "two combinations share a name")
+    if d.readout is not None:
+        _readout_relations(d, d.readout, where)
+
+
+def _readout_relations(d: ModelDescription, r: ReadoutRecord, where: str) -> None:
+    """The read-out names a decoding combination that outputs its features, and three weights summing to 1."""
+    combo = next((c for c in d.combinations if c.name == r.combination), None)
+    if combo is None or not combo.decodes:
+        raise _fail(where, f"readout.combination {r.combination!r} is not a decoding combination of the description")
+    outputs = set(d.set_features(combo.outputs))
+    outside = [f for f in r.features if f not in outputs]
+    if outside:
+        raise _fail(where, f"readout.features has feature {outside[0]}, which combination {r.combination!r} does not output")
+    if len(r.weights) != 3 or min(r.weights) < 0 or abs(sum(r.weights) - 1) > 1e-6:
+        raise _fail(where, f"readout.weights {list(r.weights)} are not three non-negative numbers summing to 1")
 
 
 def from_json(raw: Any, where: str = "the description given") -> ModelDescription:
@@ -209,9 +234,15 @@ def from_json(raw: Any, where: str = "the description given") -> ModelDescriptio
                           e["learning_rate"], e["seed"], e["seconds"], e["initial_loss"], e["final_loss"], e.get("source"), e.get("date"))
             for e in raw.get("mapping") or ()
         ),
+        readout=None if raw.get("readout") is None else _readout(raw["readout"]),
     )
     _relations(d, where)
     return d
+
+
+def _readout(r: dict) -> ReadoutRecord:
+    return ReadoutRecord(r["combination"], tuple(r["features"]), r["cells"], tuple(r["datasets"]), r["k_latent"], r["k_inputs"],
+                         tuple(float(w) for w in r["weights"]))
 
 
 def as_description(description: ModelDescription | dict, where: str = "the description given") -> ModelDescription:
@@ -260,6 +291,10 @@ def to_json(d: ModelDescription) -> dict:
              "initial_loss": e.initial_loss, "final_loss": e.final_loss, "source": e.source, "date": e.date}
             for e in d.mapping
         ]
+    if d.readout is not None:  # absent, not null, when off: older descriptions keep their bytes
+        r = d.readout
+        out["readout"] = {"combination": r.combination, "features": list(r.features), "cells": r.cells, "datasets": list(r.datasets),
+                          "k_latent": r.k_latent, "k_inputs": r.k_inputs, "weights": list(r.weights)}
     return out
 
 
