@@ -11,16 +11,13 @@ rows needs a graph whose ``x`` is in the table's scale (no folded preprocessing,
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
 import onnx
 
 from inclust_plus.errors import InclustError
 from inclust_plus.training.neighbours import EPS
 
-from .onnx_graph import _Builder, check, serialize
+from .onnx_graph import _Builder, check
 
 L2_EPS = 1e-12  # the clamp of training.neighbours.unit_rows
 
@@ -91,39 +88,3 @@ def append_neighbours(model: onnx.ModelProto, table, output_features: list[int])
     graph.doc_string += f"; neighbour read-out: {len(table.latents)} reference cells, weights {w_dec:.3g}/{w_lat:.3g}/{w_in:.3g}"
     check(out)
     return out
-
-
-def add_to_export(folder, combination: str, table, output_features: list[int]) -> Path:
-    """Rewrite ``combination``'s dense float32 graph in the export ``folder`` with the read-out, and its manifest entry.
-
-    The graph's twins (TorchScript, CSR/float16 flavours, torch.export) lack the lookup, so the entry
-    drops them and their files go: a runner can then only pick the graph that imputes with it.
-    The graph must read its input unpreprocessed by the graph (``folded_preprocessing`` off).
-    """
-    import dataclasses
-
-    from inclust_plus.atomic import Output, atomic_outputs
-    from inclust_plus.contract import manifest_io, read_manifest
-
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    entries = {g.name: g for g in manifest.graphs}
-    if combination not in entries or not entries[combination].decodes:
-        raise InclustError(f"export {folder} has no decoding graph {combination!r}", f"graphs: {', '.join(entries)}")
-    entry = entries[combination]
-    if table.inputs is not None and entry.folded_preprocessing and float(table.weights[2]):
-        raise InclustError("the input neighbours read x as fed, but this graph folds its preprocessing", "export without --fold-preprocessing")
-    graph = append_neighbours(onnx.load(str(entry.path)), table, output_features)
-    data = serialize(graph)
-    stale = [entry.torchscript, entry.torch_export] + [folder / v.file for v in entry.variants]
-    new = dataclasses.replace(entry, sha256=hashlib.sha256(data).hexdigest(), torchscript_file=None, torchscript_sha256=None,
-                              torch_export_file=None, torch_export_sha256=None, variants=())
-    edited = dataclasses.replace(manifest, graphs=tuple(new if g.name == combination else g for g in manifest.graphs))
-    # the graph and the manifest pinning its sha256 replace the old pair together or not at all
-    with atomic_outputs(Output(entry.path, force=True), Output(manifest.path, force=True)) as (graph_tmp, manifest_tmp):
-        graph_tmp.write_bytes(data)
-        manifest_tmp.write_text(manifest_io.dumps(edited), encoding="utf-8")  # the one writer's text
-    for path in stale:  # named by no entry any more: a failure here leaves only unused files
-        if path is not None and path.exists():
-            path.unlink()
-    return manifest.path
