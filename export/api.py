@@ -181,8 +181,13 @@ def export_model(
     csr: bool = True,
     fp16: bool = False,
     torch_export: bool = False,
+    neighbours: bool = True,
 ) -> Path:
     """Export ``checkpoint``; return the path of the written ``manifest.json``.
+
+    ``neighbours=False`` exports the decoder alone from a model that carries the neighbour read-out
+    (training/readout.py): every graph then has all its twins and flavours and the decoder's
+    throughput, at the decoder's accuracy.
 
     ``csr``: also write each combination's CSR-fed flavour; ``fp16``: also float16-weight graphs.
 
@@ -203,7 +208,10 @@ def export_model(
     module, desc, table = _load(ckpt)  # the description's reader checked it against the weights' sizes
     check_finite_weights(module)
     combos = select_combinations(desc, combinations)
-    _check_readout(desc, combos, fold_preprocessing)
+    if not neighbours:
+        table = None
+    if table is not None:
+        _check_readout(desc, combos, fold_preprocessing)
 
     write_triton, triton_replaceable = _triton_writer() if triton_dir is not None else (None, None)
     outputs = [Output(out, folder=True, force=force, replaceable=written_by_export)]
@@ -215,7 +223,7 @@ def export_model(
         graphs = []
         for combo in combos:
             interrupt.check()  # Ctrl-C/SIGTERM between graphs: the temporary folder is removed
-            readout = table if desc.readout is not None and combo.name == desc.readout.combination else None
+            readout = table if table is not None and combo.name == desc.readout.combination else None
             entry, diffs = _export_one(module, desc, combo, tmp, torchscript, fold_preprocessing, csr, fp16, torch_export, readout)
             graphs.append(entry)
             if report is not None:

@@ -30,10 +30,14 @@ from inclust_plus.errors import report_errors
               help="Also write float16-weight graphs (<name>.fp16.onnx, float32 inputs and outputs) for inclust-run --precision fp16 on a GPU.")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository to this folder.")
+@click.option("--neighbours/--no-neighbours", default=True, show_default=True,
+              help="For a model trained with the neighbour read-out ([readout] neighbours): impute the genes the query lacks "
+                   "from the decoder blended with the nearest reference cells (more accurate, larger and slower graph), "
+                   "or from the decoder alone (--no-neighbours: every twin and flavour, full speed).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @report_errors
 def main(model: Path, out_dir: Path | None, combinations: tuple[str, ...], torchscript: bool, torch_export: bool,
-         fold_preprocessing: bool, csr: bool, fp16: bool, triton_dir: Path | None, force: bool) -> None:
+         fold_preprocessing: bool, csr: bool, fp16: bool, triton_dir: Path | None, neighbours: bool, force: bool) -> None:
     """Export MODEL (a model.pt written by inclust-train) to one mask-folded ONNX graph per modality
     combination, plus TorchScript twins and a manifest.json for the torch-free runtime.
 
@@ -45,7 +49,7 @@ def main(model: Path, out_dir: Path | None, combinations: tuple[str, ...], torch
     report: dict = {}
     manifest = export_model(model, out_dir, combinations=list(combinations) or None, torchscript=torchscript,
                             fold_preprocessing=fold_preprocessing, force=force, triton_dir=triton_dir, report=report,
-                            csr=csr, fp16=fp16, torch_export=torch_export)
+                            csr=csr, fp16=fp16, torch_export=torch_export, neighbours=neighbours)
     for name, diffs in report.items():
         parity = ", ".join(f"{rt} {d:.1e}" for rt, d in diffs.items())
         click.echo(f"{name}: max |diff| vs PyTorch: {parity}")

@@ -156,6 +156,21 @@ def test_export_writes_the_lookup_graph_and_its_torchscript_twin_only_and_checks
     export_model(root / "model.pt", tmp_path / "other", combinations=["merfish_to_merfish"], fold_preprocessing=True)  # without that graph: fine
 
 
+def test_inclust_export_no_neighbours_writes_the_decoder_alone(trained, tmp_path):
+    """The fast path from a model with the read-out: every twin back, and exactly the decoder's numbers."""
+    from inclust_plus.export.cli import main as export_cli
+    from inclust_plus.runtime import Predictor
+
+    model, query, root, _, _ = trained
+    run = CliRunner().invoke(export_cli, [str(root / "model.pt"), "--out", str(tmp_path / "fast"), "--no-neighbours"])
+    assert run.exit_code == 0, run.output
+    entry = {g.name: g for g in read_manifest(tmp_path / "fast").graphs}["merfish_to_rna"]
+    assert entry.variants and entry.torchscript_file == "merfish_to_rna.ts"
+    got = Predictor(tmp_path / "fast").impute(query).layers["inclust_imputed"]
+    decoder_only = InClust(model.module, model.description).impute(query).layers["inclust_imputed"]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(decoder_only), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("stem", ["main_model", "main_mapped"])
 def test_checkpoints_written_before_load_without_a_table_and_export_byte_identically(stem, tmp_path):
     module, desc, table = read_checkpoint(DATA / f"{stem}.pt")
