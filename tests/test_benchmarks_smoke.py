@@ -200,5 +200,5 @@ def test_training_compile_quick(results):
     # the same loss: compiled within float rounding of eager (7e-08 measured), the hand-written step too
     assert row["rel_diff_vs_eager"]["compiled (default)"] < 1e-5 and row["rel_diff_vs_eager"]["hand-written"] < 1e-5
     assert all(v > 0 for v in row["ms_per_step"].values())
-    assert out["verdict"].startswith("cpu: ") and "cuda: pending" in out["verdict"] and "unchanged" in out["verdict"]
+    assert out["verdict"].startswith("the preset (1 members): measured, ") and "on CPU; GPU pending" in out["verdict"] and "defaults unchanged" in out["verdict"]
     assert (results / "training_compile_quick.json").is_file()
