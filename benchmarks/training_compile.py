@@ -168,7 +168,9 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['device']} | {row['members']} | {row['threads'] or '-'} | {name} | {v} | "
                          f"{row['eager_over'].get(name, 1.0)} | {row['first_step_s'][name]} | "
                          f"{row['break_even_steps'].get(name, '') or ('never' if name.startswith('compiled') else '')} | {row['rel_diff_vs_eager'][name]:.1e} |")
-    lines += ["", *(f"Skipped: {s}." for s in result["skipped"]), "", f"**Verdict: {result['verdict']}**", ""]
+    lines += ["", "The trainer today: one torch thread per CPU process (training/fitting/members.py) and the hand-written step "
+              "where its allow-list covers the setting (the preset's), else eager autograd; nothing is compiled.", "",
+              *(f"Skipped: {s}." for s in result["skipped"]), "", f"**Verdict: {result['verdict']}**", ""]
     return "\n".join(lines)
 
 
