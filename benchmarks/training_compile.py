@@ -78,8 +78,10 @@ def contenders(cfg, data, k: int, device, threads: int, modes):
     def net():
         return StackedNetworks([initial_member(member, t.seed) for t, _ in settings]).to(device)
 
-    def autograd(loss_of, n):
+    def autograd(mode: str | None = None):  # eager, or the loss compiled in ``mode``
+        n = net()
         opt = adam(n.parameters(), lr, device)
+        loss_of = n.loss if mode is None else torch.compile(n.loss, mode=None if mode == "default" else mode, dynamic=False)
 
         def step(batch, tables, noise):
             terms = loss_of(*batch, noise, weights, bernoulli, unsupervised)
@@ -89,10 +91,7 @@ def contenders(cfg, data, k: int, device, threads: int, modes):
             return terms
         return step, lambda: None
 
-    out = {"eager": autograd((e := net()).loss, e)}
-    for mode in modes:
-        c = net()
-        out[f"compiled ({mode})"] = autograd(torch.compile(c.loss, mode=None if mode == "default" else mode, dynamic=False), c)
+    out = {"eager": autograd(), **{f"compiled ({mode})": autograd(mode) for mode in modes}}
     if use_fast_step(cfg.training.fast_step, member, cfg.loss, cfg.training.precision, device.type):
         manual = ManualStep(net(), StepWorker() if offload_step(device, threads) else None)  # the trainer's choice
         out["hand-written"] = (lambda batch, tables, noise: manual(*batch, noise, weights, bernoulli, unsupervised,
