@@ -94,7 +94,7 @@ HELPERS = {
     "report_gpu.py": "the GPU section of the report",
     "report_runtime.py": "the runtime sections of the report (memory, Triton, ensemble, comparisons)",
     "report_training.py": "the training sections of the report",
-    "gpu_device_check.sh": "runs the gpu and training-device benchmarks (and the CUDA tests) in one call on a GPU machine",
+    "gpu_device_check.sh": "runs the gpu, training-device and training-compile benchmarks (and the CUDA tests) in one call on a GPU machine",
 }
 
 
