@@ -8,7 +8,8 @@
 # and give_back. Every step is guarded (a failure is logged, the next step runs); everything lands in $OUT:
 #   env.txt (GPU, providers, missing modules), cuda_tests.txt (tests/test_runtime_cuda.py: fp32 CUDA within the
 #   CPU parity bound, dense and CSR, end to end), gpu.json + gpu.log (benchmarks/gpu.py --device cuda),
-#   t13/training_device.json (issue 13: CITE-seq-sized training rows/s on CPU and CUDA).
+#   t13/training_device.json (issue 13: CITE-seq-sized training rows/s on CPU and CUDA),
+#   tc/ and tc_autotune/training_compile.json + .md (torch.compile of the training loss on CUDA vs eager).
 # Copy $OUT/gpu.json to benchmarks/results/gpu.json and run benchmarks/report.py to update BENCHMARKS.md.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
@@ -45,5 +46,14 @@ cp "$OUT/r1/gpu.json" "$OUT/gpu.json" 2>/dev/null
 timeout 150 $PY benchmarks/training_device.py --parts citeseq --devices cpu cuda --out "$OUT/t13" > "$OUT/training_device.log" 2>&1 \
   || echo "training_device.py failed or timed out (rc $?)" >> "$OUT/training_device.log"
 tail -3 "$OUT/training_device.log"
+
+# 4. torch.compile of the one loss definition on CUDA (eager vs compiled default and max-autotune-no-cudagraphs; one
+#    network and the preset's 6 stacked members, real data when present; benchmarks/training_compile.py).
+#    The default mode first; max-autotune (slow to compile) in its own call, so that its time limit cannot cost the first.
+timeout 150 $PY benchmarks/training_compile.py --devices cuda --cuda-modes default --rounds 5 --out "$OUT/tc" \
+  > "$OUT/training_compile.log" 2>&1 || echo "training_compile.py failed or timed out (rc $?)" >> "$OUT/training_compile.log"
+timeout 200 $PY benchmarks/training_compile.py --devices cuda --cuda-modes max-autotune-no-cudagraphs --rounds 5 --out "$OUT/tc_autotune" \
+  > "$OUT/training_compile_autotune.log" 2>&1 || echo "training_compile.py (max-autotune) failed or timed out (rc $?)" >> "$OUT/training_compile_autotune.log"
+tail -4 "$OUT/training_compile.log" "$OUT/training_compile_autotune.log"
 tail -3 "$OUT/gpu.log" "$OUT/gpu_1m.log"
 ls -R "$OUT"

@@ -63,6 +63,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               full_needs=("data",), minutes=20),
     Benchmark("training-device", "training_device.py", "training on CPU vs CUDA: the imputation preset and a CITE-seq-sized model",
               full=("--devices", "cpu", "cuda"), full_needs=("data", "gpu"), minutes=30),
+    Benchmark("training-compile", "training_compile.py", "torch.compile of the one loss definition vs eager autograd vs the hand-written step, 1 network and the preset's 6",
+              full=("--threads", "1", "2"), full_needs=("data",), minutes=20),
     Benchmark("accuracy", "imputation_accuracy.py", "imputation accuracy on real MERFISH-panel splits vs kNN, ridge, cell-type mean",
               needs=("data",), minutes=40),
     Benchmark("imputation-splits", "imputation_splits.py", "the imputation preset and its read-outs vs kNN euclidean and cosine, five splits, plain and shifted",
@@ -93,7 +95,7 @@ HELPERS = {
     "report_gpu.py": "the GPU section of the report",
     "report_runtime.py": "the runtime sections of the report (memory, Triton, ensemble, comparisons)",
     "report_training.py": "the training sections of the report",
-    "gpu_device_check.sh": "runs the gpu and training-device benchmarks (and the CUDA tests) in one call on a GPU machine",
+    "gpu_device_check.sh": "runs the gpu, training-device and training-compile benchmarks (and the CUDA tests) in one call on a GPU machine",
 }
 
 

@@ -189,3 +189,16 @@ def test_ensemble_training_quick(results):
     out = ensemble_training.main(["--quick", "--out", str(results)])
     assert set(out["median_wall_s"]) == {"stacked, 1 process", "2 worker processes"} and out["members"] == 2
     assert all(r[0]["member_rows_per_s"] > 0 for r in out["runs"].values())
+
+
+def test_training_compile_quick(results):
+    import training_compile
+
+    out = training_compile.main(["--quick", "--out", str(results)])
+    row = out["rows_measured"][0]
+    assert row["device"] == "cpu" and row["members"] == 1 and set(row["ms_per_step"]) == {"eager", "compiled (default)", "hand-written"}
+    # the same loss: compiled within float rounding of eager (7e-08 measured), the hand-written step too
+    assert row["rel_diff_vs_eager"]["compiled (default)"] < 1e-5 and row["rel_diff_vs_eager"]["hand-written"] < 1e-5
+    assert all(v > 0 for v in row["ms_per_step"].values())
+    assert out["verdict"].startswith("the preset (1 members): measured, ") and "on CPU; GPU pending" in out["verdict"] and "defaults unchanged" in out["verdict"]
+    assert (results / "training_compile_quick.json").is_file()
