@@ -63,6 +63,8 @@ def technical_effect(x: np.ndarray, effect: float, seed: int) -> np.ndarray:
 
 
 def _train(reference, query, settings: dict, epochs: int | None, seed: int):
+    """Train on the two datasets; their corrected latents, each from its own panel (``views.query`` set:
+    both from the shared panel, the way they were trained)."""
     from inclust_plus.training.model import InClust
     from inclust_plus.training.presets import preset_config
 
@@ -74,18 +76,26 @@ def _train(reference, query, settings: dict, epochs: int | None, seed: int):
     model, data, _ = InClust.fit(cfg, {"reference": reference, "query": query}, progress=False)
     seconds = time.perf_counter() - t0
     genes = list(model.description.modalities[0].features)
-    z_ref = model.predict(_dense(reference[:, genes].X), "rna", "reference")[1]
     panel = {str(g) for g in query.var_names}
     sets = model.description.feature_sets
     name = next(n for n, s in sets.items() if {genes[i] for i in s.features} == panel)  # the query's own panel
-    z_q = model.predict(_dense(query[:, [genes[i] for i in sets[name].features]].X), name, "query")[1]
+    shared = [genes[i] for i in sets[name].features]
+    if cfg.views.query:
+        z_ref = model.predict(_dense(reference[:, shared].X), name, "reference")[1]
+    else:
+        z_ref = model.predict(_dense(reference[:, genes].X), "rna", "reference")[1]
+    z_q = model.predict(_dense(query[:, shared].X), name, "query")[1]
     return np.concatenate([z_ref, z_q]), seconds, cfg.training
 
 
 def _contender(spec: str) -> tuple[str, dict]:
-    """``"kl=1,mixing=3"`` -> its row name and loss overrides (issue 24: candidates for the integration defaults)."""
-    loss = {k.strip(): float(v) for k, v in (part.split("=") for part in spec.split(","))}
-    return "inClust+ " + ", ".join(f"{k} {v:g}" for k, v in loss.items()), {"loss": loss}
+    """``"kl=1,mixing=3"`` -> its row name and loss overrides (issue 24: candidates for the integration defaults);
+    ``views=shared`` encodes both datasets from the genes they share (``views.query = ["query"]``)."""
+    parts = dict(part.split("=") for part in spec.split(","))
+    shared = parts.pop("views", "own").strip() == "shared"
+    loss = {k.strip(): float(v) for k, v in parts.items()}
+    name = "inClust+ " + ", ".join(f"{k} {v:g}" for k, v in loss.items()) + (", shared panel" if shared else "")
+    return name, {"loss": loss, **({"views": {"query": ["query"]}} if shared else {})}
 
 
 def run(effect: float, epochs: int | None, seed: int, contenders: tuple[str, ...] = ()) -> dict:

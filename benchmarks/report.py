@@ -216,6 +216,7 @@ def sections(results: Path) -> list[tuple[bool, list[str]]]:
         (True, e2e_section(e2e)),
         (True, training_section(train)),
         (True, training_issue13_section(results)),
+        (True, written_section(results, "training_compile")),  # torch.compile of the one loss: the preset and one network, CPU (GPU when lent)
         (True, gpu_section(_load(results, "gpu"))),
         (True, runtime_memory_section(results)),
         (False, compare_section(results)),
