@@ -252,3 +252,29 @@ def test_the_reference_input_rows_are_preprocessed_as_the_query_graph_preprocess
     np.testing.assert_allclose(as_query_inputs(desc, panel, trained_scale), want, rtol=1e-5, atol=1e-5)
     plain = dataclasses.replace(desc, preprocessing={"rna": Recipe(None, True, scale)})  # per-column steps only: unchanged
     assert as_query_inputs(plain, panel, trained_scale) is trained_scale
+
+
+@pytest.mark.triton
+def test_triton_serves_the_read_out_as_every_other_door_imputes(trained, tmp_path):
+    """The lookup is plain ONNX with the reference as constants: a real tritonserver runs the exported
+    graph and ``inclust-run impute --triton`` gives InClust.impute's numbers."""
+    from inclust_plus.runtime.cli import cli
+    from inclust_plus.triton.repository import write_triton_repository
+    from inclust_plus.triton.server import triton_server
+    from inclust_plus.triton.server_env import find_server_env
+
+    try:
+        find_server_env()
+    except InclustError as err:
+        pytest.skip(f"no usable tritonserver: {err.one_line()}")
+    model, query, _, manifest, _ = trained
+    repo = write_triton_repository(manifest, tmp_path / "repo", max_batch_size=256, preferred_batch_sizes=(64, 256))
+    query.write_h5ad(tmp_path / "q.h5ad")
+    with triton_server(repo, ready_timeout=180) as server:
+        res = CliRunner().invoke(cli, ["impute", "--onnx", str(manifest.parent), "--input", str(tmp_path / "q.h5ad"), "--output",
+                                       str(tmp_path / "o.h5ad"), "--combination", "merfish_to_rna", "-q", "--triton", server.grpc_url])
+    assert res.exit_code == 0, res.output
+    want = np.asarray(model.impute(query).layers["inclust_imputed"])
+    got = np.asarray(ad.read_h5ad(tmp_path / "o.h5ad").layers["inclust_imputed"])
+    assert model.description.readout is not None and got.shape == want.shape == (200, 200)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
