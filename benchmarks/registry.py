@@ -65,6 +65,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               full=("--devices", "cpu", "cuda"), full_needs=("data", "gpu"), minutes=30),
     Benchmark("training-compile", "training_compile.py", "torch.compile of the one loss definition vs eager autograd vs the hand-written step, 1 network and the preset's 6",
               full=("--threads", "1", "2"), full_needs=("data",), minutes=20),
+    Benchmark("training-compile-fit", "training_compile_fit.py", "a whole imputation-preset fit with training.compile auto vs off, alternating",
+              quick=None, needs=("data",), minutes=40),
     Benchmark("accuracy", "imputation_accuracy.py", "imputation accuracy on real MERFISH-panel splits vs kNN, ridge, cell-type mean",
               needs=("data",), minutes=40),
     Benchmark("imputation-splits", "imputation_splits.py", "the imputation preset and its read-outs vs kNN euclidean and cosine, five splits, plain and shifted",

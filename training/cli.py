@@ -42,6 +42,9 @@ loss-curve plot next to it (model.loss.svg: open it in a browser): both or, on a
 @click.option("--fast-step", metavar=choices_of(TrainingConfig, "fast_step"), default=None,
               help="Override training.fast_step: the hand-written training step (auto = for the settings it is verified "
                    "on, autograd otherwise; on = an error for other settings; off = always autograd).")
+@click.option("--compile", "compile_", metavar=choices_of(TrainingConfig, "compile"), default=None,
+              help="Override training.compile: torch.compile of the training loss (auto = where it was measured to pay: "
+                   "3 or more ensemble members on a CPU, long runs; on = always; off = never).")
 @click.option("--neighbours/--no-neighbours", default=None,
               help="Override readout.neighbours: blend the query's imputation with its nearest reference cells' measured values "
                    "(more accurate, slower inference; needs views.query).")
@@ -49,12 +52,13 @@ loss-curve plot next to it (model.loss.svg: open it in a browser): both or, on a
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @report_errors
 def main(config: Path, out: Path, epochs: int | None, seed: int | None, ensemble: int | None, device: str | None,
-         precision: str | None, fast_step: str | None, neighbours: bool | None, force: bool, quiet: bool) -> None:
+         precision: str | None, fast_step: str | None, compile_: str | None, neighbours: bool | None, force: bool,
+         quiet: bool) -> None:
     """Train an inClust+ model from a TOML CONFIG and save it to --out."""
     from inclust_plus.training.config import load_config, with_settings
 
     flags = {"epochs": epochs, "seed": seed, "ensemble": ensemble, "device": device, "precision": precision, "fast_step": fast_step,
-             "neighbours": neighbours}
+             "compile": compile_, "neighbours": neighbours}
     cfg = with_settings(load_config(config), {k: v for k, v in flags.items() if v is not None})  # before anything is written
     plot = out.with_suffix(".loss.svg")
     inputs = (config, *(d.path for d in cfg.datasets))  # an output must never replace an input of the run

@@ -125,6 +125,7 @@ class TrainingConfig:
     device: str = key("auto", Choice("auto", "cpu", "cuda"), run=True)  # auto: CUDA when torch sees it (training/fitting/device.py)
     precision: str = key("fp32", Choice("fp32", "bf16", "fp16"))  # autocast of the forward pass
     fast_step: str = key("auto", Choice("auto", "on", "off"), run=True)  # the hand-written step (training/fast_step/manual_step.py): auto = where it is verified, on = an error elsewhere, off = autograd
+    compile: str = key("auto", Choice("auto", "on", "off"), run=True)  # torch.compile of the loss (training/fitting/compiled.py): auto = where measured to pay (CPU, 3+ stacked members, long runs)
 
 
 @dataclass
@@ -266,6 +267,9 @@ def check_config(cfg: Config) -> None:
     for q in cfg.views.query:
         if q not in names:
             raise InclustError(f"views.query names unknown dataset {q!r}", f"datasets are: {', '.join(names)}")
+    if cfg.training.compile == "on" and cfg.training.fast_step == "on":
+        raise InclustError('training.compile = "on" and training.fast_step = "on" choose two different training steps',
+                           'set one of them to "auto" or "off"')
     if cfg.readout.neighbours and not cfg.views.query:
         raise InclustError("readout.neighbours = true needs the query datasets whose missing features it imputes",
                            "name them in views.query (InClust.setup(query=...)) or set readout.neighbours = false")

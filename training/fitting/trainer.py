@@ -9,7 +9,8 @@ all of them. Stacked (training/network/stacked.py), they train in one forward an
 The step avoids fixed costs where it can: rows are gathered on the device from tensors placed
 there once (training/assembly/batches.py), the loss and its gradients are written out by hand for the
 settings where that is verified (training/fast_step/manual_step.py, its allow-list; no autograd graph to
-record; elsewhere autograd on training/network/loss.py), Adam runs fused (one kernel over one
+record; elsewhere autograd on training/network/loss.py, compiled where that was measured to pay:
+training/fitting/compiled.py), Adam runs fused (one kernel over one
 flat buffer of all parameters, training/fast_step/flat_params.py), and the loss terms are summed on the
 device and read once per epoch - the only host-device exchange in the loop besides the epoch's
 shuffled order. On a CPU with a second core the work off the step's chain (the next batch, the
@@ -35,6 +36,7 @@ from inclust_plus.errors import InclustError
 from inclust_plus.training.assembly.batches import DeviceRows
 from inclust_plus.training.config import LossConfig, TrainingConfig
 from inclust_plus.training.assembly.data import TrainingData
+from inclust_plus.training.fitting.compiled import CompiledLoss, use_compile
 from inclust_plus.training.fitting.device import autocast, grad_scaler
 from inclust_plus.training.fast_step.manual_step import ManualStep, use_fast_step
 from inclust_plus.training.fast_step.step_worker import StepWorker
@@ -167,8 +169,12 @@ def train_stacked(
     full_weights = dataclasses.replace(weights)
     unsupervised = data.label_mode == "unsupervised"
     scaler = grad_scaler(device, precision)
-    manual = None
-    if use_fast_step(cfg.fast_step, net.config, loss_cfg, precision, device.type):  # gradients by hand (training/fast_step/manual_step.py)
+    manual, loss_fn = None, net.loss
+    steps_planned = cfg.epochs * math.ceil(len(splits[0][0]) / cfg.batch_size)
+    if use_compile(cfg.compile, k, steps_planned, device.type, precision, cfg.kl_warmup_epochs, cfg.fast_step):
+        loss_fn = CompiledLoss(net.loss, cfg.batch_size)  # training/fitting/compiled.py: where measured to pay
+        opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
+    elif use_fast_step(cfg.fast_step, net.config, loss_cfg, precision, device.type):  # gradients by hand (training/fast_step/manual_step.py)
         manual = ManualStep(net, StepWorker() if offload else None)
         opt = None
     else:
@@ -209,7 +215,7 @@ def train_stacked(
                     terms = manual(*batch, noise, weights, bernoulli, unsupervised, label_tables=tables, lr=lr, meanwhile=then)
                 else:
                     with autocast(device, precision):
-                        terms = net.loss(*batch, noise, weights, bernoulli, unsupervised)
+                        terms = loss_fn(*batch, noise, weights, bernoulli, unsupervised)
                     opt.zero_grad()
                     loss = terms[0].sum()  # a separate term per member: no gradient mixes between members
                     if scaler is None:
