@@ -46,13 +46,13 @@ class CompiledLoss:
         if self.failed or x.shape[-2] != self.batch_size:
             return self.eager(x, *args)
         try:
-            terms = self.compiled(x, *args)
-            if not self._checked:  # the backward is compiled on first use too: make it fail here, not in .backward()
+            if not self._checked:  # the backward compiles on first use too: a throwaway step makes it fail here, not in .backward()
                 params = [p for p in getattr(self.eager, "__self__").parameters() if p.requires_grad]
-                torch.autograd.grad(terms[0].sum(), params, retain_graph=True, allow_unused=True)
+                torch.autograd.grad(self.compiled(x, *args)[0].sum(), params, allow_unused=True)  # gradients discarded
                 self._checked = True
-            return terms
+            return self.compiled(x, *args)
         except Exception as err:  # noqa: BLE001 - any compiler failure: train on, eagerly
             self.failed = True
-            warnings.warn(f"torch.compile of the training loss failed ({type(err).__name__}); training with eager autograd", stacklevel=2)
+            why = (str(err).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"torch.compile of the training loss failed ({type(err).__name__}: {why}); training with eager autograd", stacklevel=2)
             return self.eager(x, *args)
