@@ -57,3 +57,13 @@ def assert_clean_interrupt(rc: int, err: str, before, after) -> None:
     assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGINT; no output was written"), err
     assert "Traceback" not in err
     assert after == before, "an interrupted run changed an output"
+
+
+def start_as_from_a_terminal(argv: list, **kwargs):
+    """``subprocess.Popen`` with SIGINT at its default in the child, as a command typed at a terminal
+    starts: a test run started in the background by a shell ignores SIGINT, and children inherit that,
+    so a Ctrl-C sent before the launcher installs its handler would be lost and the run finish instead."""
+    import signal
+    import subprocess
+
+    return subprocess.Popen(argv, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)

@@ -20,7 +20,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from reliability_helpers import assert_clean_interrupt
+from reliability_helpers import assert_clean_interrupt, start_as_from_a_terminal
 from runtime_fixtures import make_toy_workdir
 
 N_CELLS, BATCH, ROUNDS, SEED = 20_000, 64, 12, 12
@@ -58,7 +58,7 @@ def work(tmp_path_factory):
 def _run_to_end(folder: Path, out: Path) -> tuple[float, float]:
     """A whole run with --force: (seconds until its temporary output appeared, seconds in all)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(_command(folder, out, True), stderr=subprocess.PIPE, text=True)
+    proc = start_as_from_a_terminal(_command(folder, out, True), stderr=subprocess.PIPE, text=True)
     appeared = None
     while proc.poll() is None:
         if appeared is None and _temporaries(folder, proc.pid):
@@ -70,7 +70,7 @@ def _run_to_end(folder: Path, out: Path) -> tuple[float, float]:
 
 
 def _kill(folder: Path, out: Path, force: bool, sig: int, rng: np.random.Generator, startup: float, total: float) -> tuple[int, str, int]:
-    proc = subprocess.Popen(_command(folder, out, force), stderr=subprocess.PIPE, text=True)
+    proc = start_as_from_a_terminal(_command(folder, out, force), stderr=subprocess.PIPE, text=True)
     started = time.perf_counter()
     if rng.random() < 0.5:  # any moment of the run
         low = MIN_SIGINT_DELAY if sig == signal.SIGINT else 0.0

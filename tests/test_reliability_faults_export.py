@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reliability_helpers import assert_clean_interrupt, snapshot
+from reliability_helpers import assert_clean_interrupt, snapshot, start_as_from_a_terminal
 
 ROUNDS, SEED = 3, 25
 MIN_SIGINT_DELAY = 0.15  # before this the interpreter may not have reached the launcher's handler yet
@@ -74,7 +74,7 @@ def test_killed_exports_never_leave_a_partial_or_mixed_output(work):
     for _ in range(ROUNDS):
         for sig in (signal.SIGKILL, signal.SIGINT):
             restore()
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            proc = start_as_from_a_terminal(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             began = time.perf_counter()
             if rng.random() < 0.5:
                 time.sleep(rng.uniform(MIN_SIGINT_DELAY if sig == signal.SIGINT else 0.0, total))

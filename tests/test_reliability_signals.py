@@ -59,13 +59,14 @@ def test_a_raising_handler_is_lost_inside_a_weakref_callback(monkeypatch):
 def test_the_stop_flag_survives_a_weakref_callback(monkeypatch):
     dropped = []
     monkeypatch.setattr(sys, "unraisablehook", lambda info: dropped.append(info.exc_type))
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN where a shell started the tests in the background
     with interrupt.stop_on_signals():
         _inside_a_weakref_callback(lambda: _signal_self(signal.SIGTERM))
         assert interrupt.requested() and dropped == []
         with pytest.raises(interrupt.Interrupted, match="SIGTERM"):
             interrupt.check()
     assert not interrupt.requested()  # cleared with the handlers it installed
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before and before is not interrupt._handler
 
 
 def test_a_second_request_stops_at_once():

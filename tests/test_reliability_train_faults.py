@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_helpers import assert_clean_interrupt
+from reliability_helpers import assert_clean_interrupt, start_as_from_a_terminal
 
 from train_reliability_helpers import (command, fill, history_of, needs_tmpfs, one_line, run, section_data, small_disk,
                                        temporaries, toy_config)
@@ -66,7 +66,7 @@ def signature(name: str, folder: Path):
 def _run_to_end(name: str, inputs: Path, out: Path, seed: int) -> tuple[float, float]:
     """A whole run with --force: (seconds until its temporary output appeared, seconds in all)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command(name, *argv(name, inputs, out, seed, True)), stderr=subprocess.PIPE, text=True)
+    proc = start_as_from_a_terminal(command(name, *argv(name, inputs, out, seed, True)), stderr=subprocess.PIPE, text=True)
     appeared = None
     while proc.poll() is None:
         if appeared is None and temporaries(out):
@@ -78,7 +78,7 @@ def _run_to_end(name: str, inputs: Path, out: Path, seed: int) -> tuple[float, f
 
 
 def _kill(name, inputs, out, force, sig, rng, startup, total) -> tuple[int, str, int]:
-    proc = subprocess.Popen(command(name, *argv(name, inputs, out, 1, force)), stderr=subprocess.PIPE, text=True)
+    proc = start_as_from_a_terminal(command(name, *argv(name, inputs, out, 1, force)), stderr=subprocess.PIPE, text=True)
     started = time.perf_counter()
     if rng.random() < 0.5:  # any moment of the run
         time.sleep(rng.uniform(MIN_SIGINT_DELAY if sig == signal.SIGINT else 0.0, total))
