@@ -217,6 +217,7 @@ def sections(results: Path) -> list[tuple[bool, list[str]]]:
         (True, training_section(train)),
         (True, training_issue13_section(results)),
         (True, written_section(results, "training_compile")),  # torch.compile of the one loss: the preset and one network, CPU (GPU when lent)
+        (True, written_section(results, "training_compile_fit")),  # a whole preset fit, compile auto vs off
         (True, gpu_section(_load(results, "gpu"))),
         (True, runtime_memory_section(results)),
         (False, compare_section(results)),
