@@ -34,11 +34,11 @@ def use_compile(mode: str, members: int, steps: int, device: str, precision: str
 
 
 class CompiledLoss:
-    """``loss`` compiled for batches of ``batch_size`` rows, eager for any other size and after a failed compile."""
+    """``net.loss`` compiled for batches of ``batch_size`` rows, eager for any other size and after a failed compile."""
 
-    def __init__(self, loss, batch_size: int):
-        self.eager, self.batch_size = loss, batch_size
-        self.compiled = torch.compile(loss, dynamic=False)
+    def __init__(self, net, batch_size: int):
+        self.net, self.eager, self.batch_size = net, net.loss, batch_size
+        self.compiled = torch.compile(net.loss, dynamic=False)
         self.failed = False
         self._checked = False
 
@@ -47,7 +47,7 @@ class CompiledLoss:
             return self.eager(x, *args)
         try:
             if not self._checked:  # the backward compiles on first use too: a throwaway step makes it fail here, not in .backward()
-                params = [p for p in getattr(self.eager, "__self__").parameters() if p.requires_grad]
+                params = [p for p in self.net.parameters() if p.requires_grad]
                 torch.autograd.grad(self.compiled(x, *args)[0].sum(), params, allow_unused=True)  # gradients discarded
                 self._checked = True
             return self.compiled(x, *args)

@@ -170,9 +170,10 @@ def train_stacked(
     unsupervised = data.label_mode == "unsupervised"
     scaler = grad_scaler(device, precision)
     manual, loss_fn = None, net.loss
-    steps_planned = cfg.epochs * math.ceil(len(splits[0][0]) / cfg.batch_size)
-    if use_compile(cfg.compile, k, steps_planned, device.type, precision, cfg.kl_warmup_epochs, cfg.fast_step):
-        loss_fn = CompiledLoss(net.loss, cfg.batch_size)  # training/fitting/compiled.py: where measured to pay
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    total_steps, step = max(1, cfg.epochs * steps_per_epoch), 0
+    if use_compile(cfg.compile, k, total_steps, device.type, precision, cfg.kl_warmup_epochs, cfg.fast_step):
+        loss_fn = CompiledLoss(net, cfg.batch_size)  # training/fitting/compiled.py: where measured to pay
         opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
     elif use_fast_step(cfg.fast_step, net.config, loss_cfg, precision, device.type):  # gradients by hand (training/fast_step/manual_step.py)
         manual = ManualStep(net, StepWorker() if offload else None)
@@ -184,8 +185,6 @@ def train_stacked(
     def lr_at(t: int) -> float:  # the rate of step t (0-based): constant, or the cosine decay
         return cosine_lr(cfg.learning_rate, t, total_steps) if cfg.lr_schedule == "cosine" and t else cfg.learning_rate
 
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    total_steps, step = max(1, cfg.epochs * steps_per_epoch), 0
     results = [TrainingResult(history={t: [] for t in TERMS}) for _ in range(k)]
     for r in results:
         if val_rows is not None:
