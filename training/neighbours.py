@@ -101,23 +101,6 @@ class NeighbourTable:
             tied |= boundary_gaps(self.inputs, x_query, self.k_inputs) < tolerance
         return tied
 
-    def save(self, path) -> None:
-        """An .npz of plain arrays (loaded without pickle)."""
-        arrays = {"latents": self.latents, "values": self.values, "features": np.asarray(self.features, dtype=np.int64),
-                  "k": np.asarray([self.k_latent, self.k_inputs], dtype=np.int64), "weights": np.asarray(self.weights, dtype=np.float64)}
-        if self.inputs is not None:
-            arrays["inputs"] = self.inputs
-        with open(path, "wb") as fh:
-            np.savez(fh, **arrays)
-
-    @classmethod
-    def load(cls, path) -> "NeighbourTable":
-        with np.load(path, allow_pickle=False) as f:
-            k = f["k"].tolist()
-            return cls(latents=f["latents"], values=f["values"], features=f["features"].tolist(),
-                       inputs=f["inputs"] if "inputs" in f.files else None, k_latent=k[0], k_inputs=k[1],
-                       weights=tuple(f["weights"].tolist()))
-
 
 def build_table(model, reference_x: np.ndarray, reference_values: np.ndarray, inputs: str, covariate: str, features: list[int],
                 weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), k_latent: int = 60, k_inputs: int = 30) -> NeighbourTable:
