@@ -53,11 +53,7 @@ def append_neighbours(model: onnx.ModelProto, table, output_features: list[int])
     producers = [n for n in graph.node if "y" in n.output]
     if len(producers) != 1 or "latent" not in {o.name for o in graph.output}:
         raise InclustError(f"graph {graph.name!r} has no decoder output 'y' and latent to read", "append the lookup to a decoding graph")
-    column = {f: i for i, f in enumerate(output_features)}
-    missing = [f for f in table.features if f not in column]
-    if missing:
-        raise InclustError(f"the neighbour table imputes features {missing} that graph {graph.name!r} does not output",
-                           "build the table for the combination's output features")
+    place, keep = table.placement(output_features, f"graph {graph.name!r}")  # checked before the graph is touched
     w_dec, w_lat, w_in = (float(v) for v in table.weights)
     if w_in and table.inputs is None:
         raise InclustError("the neighbour table blends input neighbours but holds no input rows", "rebuild it with build_table")
@@ -74,12 +70,6 @@ def append_neighbours(model: onnx.ModelProto, table, output_features: list[int])
         inp = g.op("Mul", [_lookup(g, "x", table.inputs, values, table.k_inputs, "inputs"),
                            g.const("nb.inputs.share", np.asarray(w_in, dtype=np.float32))], "nb.inputs.blend")
         blend = g.op("Add", [blend, inp], "nb.blend")
-    n_out = len(output_features)
-    place = np.zeros((len(table.features), n_out), dtype=np.float32)  # table column -> y column
-    keep = np.ones(n_out, dtype=np.float32)
-    for j, f in enumerate(table.features):
-        place[j, column[f]] = 1.0
-        keep[column[f]] = w_dec
     placed = g.op("MatMul", [blend, g.const("nb.place", place)], "nb.placed")
     kept = g.op("Mul", ["y.decoder", g.const("nb.keep", keep)], "nb.decoder.kept")
     g.op("Add", [kept, placed], "y")

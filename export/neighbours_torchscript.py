@@ -50,19 +50,10 @@ class Blend(nn.Module):
 
     def __init__(self, table, output_features: list[int]):
         super().__init__()
-        column = {int(f): i for i, f in enumerate(output_features)}
-        missing = [f for f in table.features if f not in column]
-        if missing:
-            raise InclustError(f"the neighbour table imputes features {missing} that the graph does not output",
-                               "build the table for the combination's output features")
+        place, keep = table.placement(output_features)
         if table.inputs is None:
             raise InclustError("the neighbour table holds no input rows", "rebuild it with build_table")
-        w_dec, w_lat, w_in = (float(v) for v in table.weights)
-        place = np.zeros((len(table.features), len(output_features)), dtype=np.float32)
-        keep = np.ones(len(output_features), dtype=np.float32)
-        for j, f in enumerate(table.features):
-            place[j, column[f]] = 1.0
-            keep[column[f]] = w_dec
+        _, w_lat, w_in = (float(v) for v in table.weights)
         self.register_buffer("values", torch.from_numpy(np.ascontiguousarray(table.values, dtype=np.float32)))
         self.register_buffer("place", torch.from_numpy(place))
         self.register_buffer("keep", torch.from_numpy(keep))

@@ -88,11 +88,30 @@ class NeighbourTable:
     def impute_columns(self, z_query: np.ndarray, decoded: np.ndarray, columns, x_query: np.ndarray | None = None) -> np.ndarray:
         """:meth:`impute` on a graph's ``y``, whose column j is global feature ``columns[j]`` (its outputs):
         what the in-memory backend and export's parity reference blend, the one definition above."""
-        where = {int(f): j for j, f in enumerate(columns)}
+        return dataclasses.replace(self, features=self.columns(columns)).impute(z_query, decoded, x_query)
+
+    def columns(self, output_features, graph: str = "the graph") -> list[int]:
+        """The column of each table feature in a graph's ``y`` (its outputs ``output_features`` in order):
+        the one mapping of the numpy blend, the ONNX lookup and its TorchScript twin."""
+        from inclust_plus.errors import InclustError
+
+        where = {int(f): j for j, f in enumerate(output_features)}
         missing = [f for f in self.features if f not in where]
         if missing:
-            raise ValueError(f"the table imputes features {missing} that the graph does not output")
-        return dataclasses.replace(self, features=[where[f] for f in self.features]).impute(z_query, decoded, x_query)
+            raise InclustError(f"the neighbour table imputes features {missing} that {graph} does not output",
+                               "build the table for the combination's output features")
+        return [where[f] for f in self.features]
+
+    def placement(self, output_features, graph: str = "the graph") -> tuple[np.ndarray, np.ndarray]:
+        """The exported graphs' form of the blend's last step, ``y * keep + blend @ place``: ``place``
+        [table features, outputs] puts each blended feature in its column, ``keep`` [outputs] is the
+        decoder's weight there and 1 elsewhere."""
+        place = np.zeros((len(self.features), len(output_features)), dtype=np.float32)
+        keep = np.ones(len(output_features), dtype=np.float32)
+        for j, c in enumerate(self.columns(output_features, graph)):
+            place[j, c] = 1.0
+            keep[c] = float(self.weights[0])
+        return place, keep
 
     def tied_rows(self, z_query: np.ndarray, x_query: np.ndarray | None, tolerance: float = 1e-5) -> np.ndarray:
         """Query rows whose k-th and (k+1)-th neighbour (either lookup) are tied within ``tolerance``."""
