@@ -111,6 +111,14 @@ class Predictor:
         self.backend.close()
 
     # --- the shared loop ----------------------------------------------------------------------
+    def _checked_batch(self, graph, x, covariate, target_covariate, start: int, stop: int) -> dict[str, np.ndarray]:
+        """One batch through the backend, its outputs checked against the graph's declared widths and for
+        non-finite values: rows ``start`` to ``stop`` of the input, every door's batch."""
+        res = self.backend.run(graph, x, covariate, target_covariate)
+        check_outputs(graph, self.manifest, res, stop - start)
+        check_finite(graph, res, start)
+        return res
+
     def _run(self, adata, graph, layer, covariate_key, covariate, target_covariate, allow_missing, library_of=()):
         """Run ``graph`` (chosen by :func:`pick_graph`) over every batch; also the library sizes of the
         modalities in ``library_of``, taken from each batch's raw values as the chunk reader reads them
@@ -135,9 +143,7 @@ class Predictor:
             if tap is not None:
                 for mm, v in R.library_sizes(tap.finish().matrices["raw"], columns, library_of).items():
                     sizes[mm].append(v)
-            res = self.backend.run(graph, x, covs.take(s, e, cbuf), None if tgt is None else tgt.take(s, e, tbuf))
-            check_outputs(graph, m, res, e - s)
-            check_finite(graph, res, s)
+            res = self._checked_batch(graph, x, covs.take(s, e, cbuf), None if tgt is None else tgt.take(s, e, tbuf), s, e)
             for k, v in res.items():
                 out.setdefault(k, np.empty((n, v.shape[1]), np.float32))[s:e] = v
         prov = {"graph": graph.name, "graph_sha256": graph.sha256, "model_name": m.model_name, "model_sha256": m.model_sha256,
@@ -163,9 +169,7 @@ class Predictor:
         for s in range(0, n, self.batch_size):
             e = min(n, s + self.batch_size)
             block = x[s:e].toarray() if is_sparse(x) else x[s:e]
-            res = self.backend.run(graph, block, cov[s:e], tgt[s:e])
-            check_outputs(graph, m, res, e - s)
-            check_finite(graph, res, s)
+            res = self._checked_batch(graph, block, cov[s:e], tgt[s:e], s, e)
             for k, v in res.items():
                 out.setdefault(k, []).append(v)
         if not out:  # no cells: each output empty, at its declared width
