@@ -1,7 +1,9 @@
 """Fault injection for ``inclust-export --out X --triton Y`` (issue 25): a real export killed with SIGKILL
 or SIGINT at seeded moments never leaves a partial output, nor one folder replaced without the other.
 
-Each kill runs with ``--force`` over a previous export and repository (of another combination, so a
+Each signal is sent until it has hit a running export ROUNDS times (at most MAX_TRIES tries in all): a
+seeded moment can land after a fast run finished, and how often depends on the machine's speed. Each kill
+runs with ``--force`` over a previous export and repository (of another combination, so a
 replaced folder differs from its predecessor). Half the kills land at a uniform moment of the run,
 half while the temporary folders exist. Afterwards X and Y must both be the previous folders, or
 both the complete new ones; after SIGINT the command exits 130 with its one line, no traceback, and
@@ -24,7 +26,7 @@ import pytest
 
 from reliability_helpers import assert_clean_interrupt, snapshot, start_as_from_a_terminal
 
-ROUNDS, SEED = 3, 25
+ROUNDS, SEED, MAX_TRIES = 3, 25, 16
 MIN_SIGINT_DELAY = 0.15  # before this the interpreter may not have reached the launcher's handler yet
 
 
@@ -65,14 +67,19 @@ def test_killed_exports_never_leave_a_partial_or_mixed_output(work):
             shutil.rmtree(out / k, ignore_errors=True)
             shutil.copytree(folder / "previous" / k, out / k)
 
-    start = time.perf_counter()
-    restore()
-    assert subprocess.run(argv, capture_output=True).returncode == 0
-    total = time.perf_counter() - start
+    durations = []
+    for _ in range(2):  # the faster of two runs: the first may pay for cold caches
+        restore()
+        start = time.perf_counter()
+        assert subprocess.run(argv, capture_output=True).returncode == 0
+        durations.append(time.perf_counter() - start)
+    total = min(durations)
     rng = np.random.default_rng(SEED)
     outcomes = {"interrupted": 0, "killed": 0, "finished first": 0}
-    for _ in range(ROUNDS):
-        for sig in (signal.SIGKILL, signal.SIGINT):
+    for _ in range(MAX_TRIES):
+        if outcomes["interrupted"] >= ROUNDS and outcomes["killed"] >= ROUNDS:
+            break
+        for sig in [s for s, hit in ((signal.SIGKILL, "killed"), (signal.SIGINT, "interrupted")) if outcomes[hit] < ROUNDS]:
             restore()
             proc = start_as_from_a_terminal(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             began = time.perf_counter()
@@ -100,5 +107,5 @@ def test_killed_exports_never_leave_a_partial_or_mixed_output(work):
             restore()
             assert subprocess.run(argv, capture_output=True).returncode == 0  # the next run succeeds, removing what a kill left
             assert {k: snapshot(out / k) for k in ("x", "y")} == new and _temporaries(out) == []
-    print(f"inclust-export --triton, {2 * ROUNDS} kills: {outcomes}")
-    assert outcomes["interrupted"] >= 2 and outcomes["killed"] >= 2, outcomes
+    print(f"inclust-export --triton, {sum(outcomes.values())} kills: {outcomes}")
+    assert outcomes["interrupted"] >= ROUNDS and outcomes["killed"] >= ROUNDS, outcomes
