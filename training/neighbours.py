@@ -122,12 +122,14 @@ class NeighbourTable:
 
 
 def build_table(model, reference_x: np.ndarray, reference_values: np.ndarray, inputs: str, covariate: str, features: list[int],
-                weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), k_latent: int = 60, k_inputs: int = 30) -> NeighbourTable:
+                weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), k_latent: int = 60, k_inputs: int = 30,
+                lookup_x: np.ndarray | None = None) -> NeighbourTable:
     """The table of a trained ``model`` (an InClust): the reference cells encoded from feature set ``inputs``
     (``reference_x``: cells x those features, the model's input scale) in their own ``covariate``, with
     their measured values of the model's ``features`` (``reference_values``: cells x len(features)).
     The query is encoded from the same set, so both sides' latents come from the same features,
-    each corrected for its own covariate."""
+    each corrected for its own covariate. ``lookup_x``: the rows the input lookup compares with the
+    query's, where they differ from ``reference_x`` (as the query graph preprocesses them, training/readout.py)."""
     from inclust_plus.errors import InclustError
 
     _, z, _ = model.predict(reference_x, inputs, covariate)
@@ -137,6 +139,6 @@ def build_table(model, reference_x: np.ndarray, reference_values: np.ndarray, in
                            "pass the reference cells' measured values of exactly the table's features")
     if abs(sum(weights) - 1) > 1e-6 or min(weights) < 0:
         raise InclustError(f"blend weights {weights} do not sum to 1", "pass three non-negative weights (decoder, latent, inputs) summing to 1")
-    x = unit_rows(np.asarray(reference_x, dtype=np.float32)) if weights[2] else None
+    x = unit_rows(np.asarray(reference_x if lookup_x is None else lookup_x, dtype=np.float32)) if weights[2] else None
     return NeighbourTable(latents=unit_rows(z), values=values, features=list(features), inputs=x, k_latent=k_latent,
                           k_inputs=k_inputs, weights=tuple(weights))

@@ -23,7 +23,7 @@ from inclust_plus.contract.plan_builder import build_plan
 from inclust_plus.errors import InclustError
 from inclust_plus.sparse import is_sparse
 
-from inclust_plus.training.neighbours import NeighbourTable, build_table, unit_rows
+from inclust_plus.training.neighbours import NeighbourTable, build_table
 
 ARRAYS = ("latents", "inputs", "values")  # the checkpoint's ``neighbours`` entry: float32 [cells, *]
 
@@ -86,9 +86,9 @@ def build_readout(model, data, cfg) -> tuple[NeighbourTable, ReadoutRecord]:
     rows = np.concatenate([np.arange(*data.cell_ranges[n]) for n in refs])
     block = data.x[rows]
     cats = np.asarray(data.covariate_categories, dtype=object)
-    table = build_table(model, _dense(block[:, inputs]), _dense(block[:, features]), panels[0], cats[data.covariate[rows]], features,
-                        k_latent=cfg.readout.k_latent, k_inputs=cfg.readout.k_inputs)
-    table.inputs = unit_rows(as_query_inputs(model.description, inputs, _dense(block[:, inputs])))
+    x = _dense(block[:, inputs])
+    table = build_table(model, x, _dense(block[:, features]), panels[0], cats[data.covariate[rows]], features,
+                        k_latent=cfg.readout.k_latent, k_inputs=cfg.readout.k_inputs, lookup_x=as_query_inputs(model.description, inputs, x))
     record = ReadoutRecord(combination, tuple(int(f) for f in features), len(rows), tuple(refs), table.k_latent, table.k_inputs,
                            tuple(float(w) for w in table.weights))
     return table, record
