@@ -68,7 +68,8 @@ def _allow_listed_cases():
         for bern in ([False, True, "mixed"] if out == "sigmoid" else [False]):
             cases.append(dict(k=2, activation=act, output=out, norm=norm, bernoulli=bern, unsupervised=unsup))
     cases += [dict(k=1), dict(k=3, bernoulli="mixed"), dict(k=2, enc=(), dec=(16,)), dict(k=1, enc=(20,), dec=()), dict(k=2, enc=(), dec=()),
-              dict(k=2, weights=LossConfig(reconstruction=1000.0, kl=0.05, categorical=0.0, label=0.0))]
+              dict(k=2, weights=LossConfig(reconstruction=1000.0, kl=0.05, categorical=0.0, label=0.0)),
+              dict(k=2, weights=LossConfig(reconstruction=1000.0, kl=1.0, categorical=0.7, label=50.0, unseen=16.0))]
     devices = [d for d in COVERED["training.device"] if d == "cpu" or (d == "cuda" and torch.cuda.is_available())]
     return [dict(c, device=d) for d in devices for c in cases]
 

@@ -75,6 +75,24 @@ def test_reconstruction_loss_exact_value():
     assert terms["label"].item() == pytest.approx(np.log(4), rel=1e-6)
 
 
+def test_unseen_features_weigh_loss_unseen_exact_value():
+    """``loss.unseen``: an output feature the row's input hides counts w times, a seen one once."""
+    m = _module()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+    x = torch.zeros(2, 12)
+    x[:, 0] = 1.0  # error 0.5 on feature 0 and on feature 1 (0 - 0.5) for both cells
+    out_mask = torch.zeros(2, 12)
+    out_mask[:, [0, 1]] = 1.0
+    in_mask = torch.ones(2, 12)
+    in_mask[0, 0] = 0.0  # cell 0 does not see feature 0, cell 1 sees all
+    args = (x, in_mask, out_mask, torch.zeros(2, dtype=torch.long), torch.tensor([0, 0]))
+    # per row 0.5 * sum_f weight_f * 0.25: cell 0 (16 + 1), cell 1 (1 + 1); the mean over rows
+    assert m.loss(*args, LossConfig(unseen=16.0), False)["reconstruction"].item() == pytest.approx(0.125 * (17 + 2) / 2)
+    assert m.loss(*args, LossConfig(), False)["reconstruction"].item() == pytest.approx(0.125 * (2 + 2) / 2)
+
+
 def test_bernoulli_reconstruction_exact_value():
     m = _module()
     with torch.no_grad():

@@ -36,10 +36,12 @@ TASK_DEFAULTS: dict[str, dict[str, dict]] = {
     # reconstruction term (at the paper's 5 the KL pulls every cell onto its type mean), a longer,
     # cosine-decayed run (0.219 -> ~0.335 mean Pearson on the standard split for one network), and an
     # ensemble of networks trained with alternating Gaussian and Bernoulli likelihoods, whose errors are
-    # less correlated than those of same-likelihood members (4 members: ~0.361, 6: ~0.364, 8: ~0.366).
+    # less correlated than those of same-likelihood members (4 members: ~0.361, 6: ~0.364, 8: ~0.366);
+    # the genes outside the query's panel weigh 16x in the reference rows' reconstruction (loss.unseen:
+    # 0.360 -> 0.379 on the standard split, above the cosine kNN's 0.368; benchmarks/imputation_splits.py).
     "imputation": {
         "model": {"ensemble": 6},
-        "loss": {"reconstruction": 1000.0, "likelihood": ["gaussian", "bernoulli"]},
+        "loss": {"reconstruction": 1000.0, "likelihood": ["gaussian", "bernoulli"], "unseen": 16.0},
         "training": {"epochs": 200, "lr_schedule": "cosine"},
     },
     # Tuned on make_hard_cells (benchmarks/results/integration_experiments.md): a light KL term (at 1 the
@@ -102,6 +104,9 @@ class LossConfig:
     categorical: float = key(1.0, Float(min=0))
     label: float = key(50.0, Float(min=0))
     mixing: float = key(0.0, Float(min=0))  # >0: per-type batch-mixing penalty on z - e_b (training/network/mixing.py)
+    # the reconstruction weight of the features a training row must predict without seeing them (its output
+    # mask minus its input mask: the genes to impute, the modality to generate), relative to those it sees; 1: the paper's loss
+    unseen: float = key(1.0, Float(gt=0))
     # "gaussian" (squared error, the paper's) or "bernoulli" (cross-entropy; sigmoid output, features in [0, 1]);
     # a list is cycled through the members of an ensemble (member k uses entry k mod its length).
     likelihood: str | list[str] = key("gaussian", OneOrList(Choice(*LIKELIHOODS)))

@@ -30,7 +30,7 @@ from torch import nn
 from inclust_plus.errors import InclustError
 
 from inclust_plus.training.fast_step.flat_params import FlatParameters
-from inclust_plus.training.network.loss import L2_EPS
+from inclust_plus.training.network.loss import L2_EPS, output_weights
 from inclust_plus.training.fast_step.step_worker import InlineWorker
 
 _ACT = {
@@ -57,7 +57,7 @@ COVERED = {
 # the likelihood (Gaussian, Bernoulli, or a mix across members); labelled and unlabelled data.
 ANY_VALUE = {
     "model": ("n_features", "n_covariates", "n_labels", "members", "encoder_hidden", "latent_dim", "decoder_hidden", "covariate_init_std"),
-    "loss": ("reconstruction", "kl", "categorical", "label", "likelihood"),
+    "loss": ("reconstruction", "kl", "categorical", "label", "likelihood", "unseen"),
 }
 
 
@@ -187,7 +187,8 @@ class ManualStep:
         for j in range(n_dec):
             gs.append(act(torch.baddbmm(B[e + 3 + j], gs[-1], W[e + 3 + j].transpose(1, 2))))
         logits = torch.baddbmm(B[-1], gs[-1], W[-1].transpose(1, 2))
-        rec_loss, d_logits = _reconstruction(net, logits, x, output_mask, bernoulli, weights.reconstruction / n)
+        out_w = output_weights(input_mask, output_mask, weights.unseen)
+        rec_loss, d_logits = _reconstruction(net, logits, x, out_w, bernoulli, weights.reconstruction / n)
         rec = self.worker.call(rec_loss)
 
         # --- backward: the chain here, the parameter gradients off it on the worker. The chain's
