@@ -22,6 +22,7 @@ correlation over the query cells):
 
     python benchmarks/imputation_splits.py                         # every split: ~10 trainings
     python benchmarks/imputation_splits.py --splits standard --conditions plain --ensemble 1 --epochs 50   # screening
+    python benchmarks/imputation_splits.py --unseen 16 --tag unseen16   # the decoder a [readout] model blends
 
 Writes benchmarks/results/imputation_splits{_<tag>}.json and .md.
 """
@@ -129,6 +130,8 @@ def markdown(r: dict) -> str:
 @click.option("--conditions", multiple=True, type=click.Choice(["plain", "shifted"]), default=("plain", "shifted"), show_default=True)
 @click.option("--ensemble", type=int, default=None, help="Networks (default: the preset's).")
 @click.option("--epochs", type=int, default=None, help="Epochs (default: the preset's).")
+@click.option("--unseen", type=float, default=None,
+              help="loss.unseen (default: the preset's, 1; 16 is what a model with [readout] neighbours trains with).")
 @click.option("--k", type=int, default=30, show_default=True, help="Neighbours of the kNN baselines.")
 @click.option("--latent-k", type=int, default=60, show_default=True, help="Neighbours of the latent read-out.")
 @click.option("--baselines-only", is_flag=True, help="Only the kNN baselines (no training).")
@@ -137,7 +140,7 @@ def markdown(r: dict) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
 @click.option("--save-readouts", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write each setting's decoded genes and latents (.npz) here, to score other read-outs without retraining.")
-def main(only, conditions, ensemble, epochs, k, latent_k, baselines_only, threads, tag, out, save_readouts) -> None:
+def main(only, conditions, ensemble, epochs, unseen, k, latent_k, baselines_only, threads, tag, out, save_readouts) -> None:
     import anndata
     import torch
 
@@ -145,7 +148,8 @@ def main(only, conditions, ensemble, epochs, k, latent_k, baselines_only, thread
 
     torch.set_num_threads(threads)
     adata = anndata.read_h5ad(DATA)
-    overrides = {"model": {"ensemble": ensemble} if ensemble else {}, "training": {"epochs": epochs} if epochs else {}}
+    overrides = {"model": {"ensemble": ensemble} if ensemble else {}, "training": {"epochs": epochs} if epochs else {},
+                 "loss": {"unseen": unseen} if unseen else {}}
     settings = ", ".join(f"{k_} {v}" for sec in overrides.values() for k_, v in sec.items()) or "its defaults"
     r = {"k": k, "latent_k": latent_k, "model": not baselines_only, "settings": settings, "results": {}}
     stem = "imputation_splits" + (f"_{tag}" if tag else "")

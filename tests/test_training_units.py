@@ -91,6 +91,12 @@ def test_unseen_features_weigh_loss_unseen_exact_value():
     # per row 0.5 * sum_f weight_f * 0.25: cell 0 (16 + 1), cell 1 (1 + 1); the mean over rows
     assert m.loss(*args, LossConfig(unseen=16.0), False)["reconstruction"].item() == pytest.approx(0.125 * (17 + 2) / 2)
     assert m.loss(*args, LossConfig(), False)["reconstruction"].item() == pytest.approx(0.125 * (2 + 2) / 2)
+    from inclust_plus.errors import InclustError
+    from inclust_plus.training.presets import preset_config
+
+    assert preset_config("imputation").loss.unseen == 1.0  # a choice, not the preset's default (its docstring says why)
+    with pytest.raises(InclustError, match="loss.unseen = 0 is invalid"):
+        preset_config("imputation", {"loss": {"unseen": 0}})
 
 
 def test_bernoulli_reconstruction_exact_value():
@@ -197,21 +203,3 @@ def test_one_definition_of_the_architecture_keys_and_the_checkpoint_description(
     member = ModuleConfig(n_features=12, n_covariates=2, n_labels=3, **model.shape())
     assert (member.encoder_hidden, member.latent_dim, member.input_normalization, member.covariate_init_std, member.members) == ([8, 6], 4, "l2", 0.5, 1)
     assert member.encoder_hidden is not model.encoder_hidden  # copied: merging an ensemble never edits the config
-
-
-def test_members_train_with_the_unseen_weight_the_model_calls_for():
-    """loss.unseen left out: 16 with the neighbour read-out (the decoder it blends), the paper's 1 without;
-    a value the config sets wins either way. 0 is refused."""
-    from inclust_plus.errors import InclustError
-    from inclust_plus.training.fitting.members import member_settings
-    from inclust_plus.training.presets import preset_config
-
-    def weight(**over):
-        return {member_settings(preset_config("imputation", over), k)[1].unseen for k in range(6)}
-
-    assert weight() == {1.0}
-    assert weight(readout={"neighbours": True}) == {16.0}
-    assert weight(readout={"neighbours": True}, loss={"unseen": 2.0}) == {2.0}
-    assert weight(loss={"unseen": 4.0}) == {4.0}
-    with pytest.raises(InclustError, match="loss.unseen = 0 is invalid"):
-        preset_config("imputation", {"loss": {"unseen": 0}})

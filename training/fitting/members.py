@@ -42,11 +42,10 @@ def available_cores() -> int:
 
 
 def member_settings(cfg: Config, k: int):
-    """Training and loss settings of member ``k``: seed + k, the k-th likelihood of the cycle, the
-    unseen features' weight as this model trains with it (LossConfig.unseen_weight)."""
+    """Training and loss settings of member ``k``: seed + k, the k-th likelihood of the cycle."""
     likelihoods = cfg.loss.likelihoods()
     training = dataclasses.replace(cfg.training, seed=cfg.training.seed + k)
-    loss = dataclasses.replace(cfg.loss, likelihood=likelihoods[k % len(likelihoods)], unseen=cfg.loss.unseen_weight(cfg.readout.neighbours))
+    loss = dataclasses.replace(cfg.loss, likelihood=likelihoods[k % len(likelihoods)])
     return training, loss
 
 
