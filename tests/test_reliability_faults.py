@@ -91,7 +91,9 @@ def test_killed_runs_never_leave_a_partial_or_changed_output(work):
     startup, total = _run_to_end(work, out)
     reference = np.asarray(ad.read_h5ad(out).layers["inclust_imputed"])
     outcomes = {"interrupted": 0, "killed": 0, "finished first": 0}
-    for r in range(ROUNDS):
+    for r in range(2 * ROUNDS):  # ROUNDS rounds, then more (at most as many again) until each signal hit 3 running runs:
+        if r >= ROUNDS and outcomes["interrupted"] >= 3 and outcomes["killed"] >= 3:  # a fast machine finishes more runs first
+            break
         force = r % 2 == 0
         for sig in (signal.SIGKILL, signal.SIGINT):
             if not force and out.exists():
@@ -115,6 +117,6 @@ def test_killed_runs_never_leave_a_partial_or_changed_output(work):
         _run_to_end(work, out)  # the next run succeeds, and removes what a killed run left
         assert _complete(out, reference)
         assert _temporaries(work) == [], _temporaries(work)
-    print(f"fault injection over {2 * ROUNDS} kills: {outcomes}")
-    assert sum(outcomes.values()) == 2 * ROUNDS >= 20
+    print(f"fault injection over {sum(outcomes.values())} kills: {outcomes}")
+    assert sum(outcomes.values()) >= 2 * ROUNDS >= 20
     assert outcomes["interrupted"] >= 3 and outcomes["killed"] >= 3, outcomes  # the seeded points do hit running runs
