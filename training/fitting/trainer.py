@@ -172,14 +172,14 @@ def train_stacked(
     manual, loss_fn = None, net.loss
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     total_steps, step = max(1, cfg.epochs * steps_per_epoch), 0
-    if use_compile(cfg.compile, k, total_steps, device.type, precision, cfg.kl_warmup_epochs, cfg.fast_step):
-        loss_fn = CompiledLoss(net, cfg.batch_size)  # training/fitting/compiled.py: where measured to pay
-        opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
-    elif use_fast_step(cfg.fast_step, net.config, loss_cfg, precision, device.type):  # gradients by hand (training/fast_step/manual_step.py)
+    compiled = use_compile(cfg.compile, k, total_steps, device.type, precision, cfg.kl_warmup_epochs, cfg.fast_step)
+    if not compiled and use_fast_step(cfg.fast_step, net.config, loss_cfg, precision, device.type):  # gradients by hand (training/fast_step/manual_step.py)
         manual = ManualStep(net, StepWorker() if offload else None)
         opt = None
-    else:
+    else:  # autograd, on the loss compiled where that was measured to pay (training/fitting/compiled.py)
         opt = adam(net.parameters(), cfg.learning_rate, device, need_torch_optimizer=scaler is not None)
+        if compiled:
+            loss_fn = CompiledLoss(net, cfg.batch_size)
     lr = cfg.learning_rate
 
     def lr_at(t: int) -> float:  # the rate of step t (0-based): constant, or the cosine decay
