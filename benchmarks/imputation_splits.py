@@ -22,7 +22,7 @@ correlation over the query cells):
 
     python benchmarks/imputation_splits.py                         # every split: ~10 trainings
     python benchmarks/imputation_splits.py --splits standard --conditions plain --ensemble 1 --epochs 50   # screening
-    python benchmarks/imputation_splits.py --unseen 16 --tag unseen16   # the decoder a [readout] model blends
+    python benchmarks/imputation_splits.py --unseen 16 --tag unseen16   # the held-out genes weighted 16x in training
 
 Writes benchmarks/results/imputation_splits{_<tag>}.json and .md.
 """
@@ -131,7 +131,7 @@ def markdown(r: dict) -> str:
 @click.option("--ensemble", type=int, default=None, help="Networks (default: the preset's).")
 @click.option("--epochs", type=int, default=None, help="Epochs (default: the preset's).")
 @click.option("--unseen", type=float, default=None,
-              help="loss.unseen (default: the preset's, 1; 16 is what a model with [readout] neighbours trains with).")
+              help="loss.unseen: the weight of the genes a reference cell's input hides (default: the preset's, 1).")
 @click.option("--k", type=int, default=30, show_default=True, help="Neighbours of the kNN baselines.")
 @click.option("--latent-k", type=int, default=60, show_default=True, help="Neighbours of the latent read-out.")
 @click.option("--baselines-only", is_flag=True, help="Only the kNN baselines (no training).")

@@ -51,5 +51,4 @@ def test_reduced_run_imputes_held_out_genes_above_floor():
     table = build_table(model, split.reference[:, panel].X.toarray(), split.reference[:, split.held_out].X.toarray(), "merfish", "scrna", held)
     y, z, _ = model.predict(split.query.X.toarray(), "merfish", "merfish", target_covariate="scrna")
     blended = per_gene_correlation(table.impute(z, y, split.query.X.toarray())[:, held], split.truth)
-    print(f"reduced run: decoder {np.mean(r):.4f}, blended read-out {np.mean(blended):.4f}")
     assert np.mean(blended) >= BLEND_FLOOR and np.mean(blended) > np.mean(r) + 0.02, (np.mean(blended), np.mean(r))
