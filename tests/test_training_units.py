@@ -4,16 +4,28 @@ import numpy as np
 import pytest
 import torch
 
+from inclust_plus.errors import InclustError
 from inclust_plus.training.checkpoint import load_checkpoint, save_checkpoint
 from inclust_plus.training.model import InClust
 from inclust_plus.training.config import LossConfig
 from inclust_plus.training.network.module import InClustModule, ModuleConfig
+from inclust_plus.training.presets import preset_config
 from evaluation.synthetic import synthetic_task
 
 
 def _module(seed=0, n_features=12, n_cov=3, n_labels=4):
     torch.manual_seed(seed)
     return InClustModule(ModuleConfig(n_features=n_features, n_covariates=n_cov, n_labels=n_labels, encoder_hidden=[16, 8], latent_dim=5, decoder_hidden=[16])).eval()
+
+
+def _zeroed_module():
+    """Every weight 0: the output is sigmoid(0) = 0.5 everywhere, the latent N(0, 1), the logits uniform,
+    so a loss term's value can be written down by hand."""
+    m = _module()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+    return m
 
 
 def test_masked_input_feature_changes_nothing():
@@ -59,10 +71,7 @@ def test_masked_output_feature_does_not_enter_loss():
 
 
 def test_reconstruction_loss_exact_value():
-    m = _module()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.zero_()
+    m = _zeroed_module()
     x = torch.zeros(2, 12)
     x[0, 0] = 1.0
     out_mask = torch.zeros(2, 12)
@@ -77,10 +86,7 @@ def test_reconstruction_loss_exact_value():
 
 def test_unseen_features_weigh_loss_unseen_exact_value():
     """``loss.unseen``: an output feature the row's input hides counts w times, a seen one once."""
-    m = _module()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.zero_()
+    m = _zeroed_module()
     x = torch.zeros(2, 12)
     x[:, 0] = 1.0  # error 0.5 on feature 0 and on feature 1 (0 - 0.5) for both cells
     out_mask = torch.zeros(2, 12)
@@ -91,19 +97,13 @@ def test_unseen_features_weigh_loss_unseen_exact_value():
     # per row 0.5 * sum_f weight_f * 0.25: cell 0 (16 + 1), cell 1 (1 + 1); the mean over rows
     assert m.loss(*args, LossConfig(unseen=16.0), False)["reconstruction"].item() == pytest.approx(0.125 * (17 + 2) / 2)
     assert m.loss(*args, LossConfig(), False)["reconstruction"].item() == pytest.approx(0.125 * (2 + 2) / 2)
-    from inclust_plus.errors import InclustError
-    from inclust_plus.training.presets import preset_config
-
     assert preset_config("imputation").loss.unseen == 1.0  # a choice, not the preset's default (its docstring says why)
     with pytest.raises(InclustError, match="loss.unseen = 0 is invalid"):
         preset_config("imputation", {"loss": {"unseen": 0}})
 
 
 def test_bernoulli_reconstruction_exact_value():
-    m = _module()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.zero_()
+    m = _zeroed_module()
     x = torch.tensor([[1.0] + [0.0] * 11, [0.25] + [0.0] * 11])
     out_mask = torch.zeros(2, 12)
     out_mask[:, 0] = 1.0
