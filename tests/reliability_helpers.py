@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 from click.testing import CliRunner
 
@@ -63,7 +67,64 @@ def start_as_from_a_terminal(argv: list, **kwargs):
     """``subprocess.Popen`` with SIGINT at its default in the child, as a command typed at a terminal
     starts: a test run started in the background by a shell ignores SIGINT, and children inherit that,
     so a Ctrl-C sent before the launcher installs its handler would be lost and the run finish instead."""
-    import signal
-    import subprocess
-
     return subprocess.Popen(argv, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+
+
+# --- killing real commands at seeded moments (the fault-injection tests of run, export, train and map) ---------
+MIN_SIGINT_DELAY = 0.15  # before this the interpreter may not have reached the launcher's handler yet
+OUTCOMES = ("interrupted", "killed", "finished first")
+
+
+def timed_run(argv: list, writing: Callable[[int], bool], unseen: float = 0.8) -> tuple[float, float]:
+    """One whole run that must succeed: (seconds until ``writing(pid)`` first held, or ``unseen`` x the run when it
+    was never seen; seconds in all)."""
+    start = time.perf_counter()
+    proc = start_as_from_a_terminal([str(a) for a in argv], stderr=subprocess.PIPE, text=True)
+    appeared = None
+    while proc.poll() is None:
+        if appeared is None and writing(proc.pid):
+            appeared = time.perf_counter() - start
+        time.sleep(0.002)
+    total = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr.read()
+    return appeared or total * unseen, total
+
+
+def run_temporaries(folder: Path, pid: int | None = None) -> list[str]:
+    """The temporary outputs a command left in ``folder`` (``.inclust-<pid>-...``): any command's, or process ``pid``'s."""
+    tag = ".inclust-" if pid is None else f".inclust-{pid}-"
+    return sorted(p.name for p in folder.iterdir() if tag in p.name)
+
+
+def kill_at_a_seeded_moment(argv: list, sig: int, rng, total: float, writing: Callable[[int], bool],
+                            window: float | None = None) -> tuple[int, str, int]:
+    """Start the command and send ``sig`` at a seeded moment: half the time at a uniform moment of a run of
+    ``total`` s (a SIGINT not before the launcher's handler can be in place), half once ``writing(pid)`` holds
+    (its temporary output appeared), a uniform 0..``window`` s later (None: the rest of such a run).
+    Returns (exit code, stderr, pid); a run that finished first exits 0."""
+    proc = start_as_from_a_terminal([str(a) for a in argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    began = time.perf_counter()
+    if rng.random() < 0.5:  # any moment of the run
+        time.sleep(rng.uniform(MIN_SIGINT_DELAY if sig == signal.SIGINT else 0.0, total))
+    else:  # while the output is being written
+        while proc.poll() is None and not writing(proc.pid) and time.perf_counter() - began < 60:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, max(0.01, total - (time.perf_counter() - began)) if window is None else window))
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err, proc.pid
+
+
+def outcome(rc: int, sig: int) -> str:
+    """What a kill did: the run finished first (exit 0), was interrupted (SIGINT) or killed (SIGKILL)."""
+    return "finished first" if rc == 0 else "interrupted" if sig == signal.SIGINT else "killed"
+
+
+def kill_rounds(outcomes: dict[str, int], hits: int, least: int, most: int) -> Iterator[int]:
+    """Round numbers: at least ``least``, then on until each signal has hit ``hits`` running runs, at most ``most``
+    in all (a seeded moment can land after a fast run finished, and how often depends on the machine)."""
+    for r in range(most):
+        if r >= least and outcomes["interrupted"] >= hits and outcomes["killed"] >= hits:
+            return
+        yield r

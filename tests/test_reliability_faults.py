@@ -11,20 +11,18 @@ may leave a temporary file (nothing can run after it): the next run to that outp
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pytest
 
-from reliability_helpers import assert_clean_interrupt, start_as_from_a_terminal
+from reliability_helpers import (OUTCOMES, assert_clean_interrupt, kill_at_a_seeded_moment, kill_rounds, outcome, run_temporaries,
+                                 timed_run)
 from runtime_fixtures import make_toy_workdir
 
 N_CELLS, BATCH, ROUNDS, SEED = 20_000, 64, 12, 12
-MIN_SIGINT_DELAY = 0.15  # before this the interpreter may not have reached the launcher's handler yet
 
 
 def _command(folder: Path, out: Path, force: bool) -> list[str]:
@@ -33,11 +31,6 @@ def _command(folder: Path, out: Path, force: bool) -> list[str]:
     argv += ["impute", "--onnx", str(folder / "toy"), "--input", str(folder / "in.h5ad"), "--output", str(out),
              "--combination", "panel_to_rna", "--batch-size", str(BATCH), "--quiet"]
     return argv + (["--force"] if force else [])
-
-
-def _temporaries(folder: Path, pid: int | None = None) -> list[str]:
-    tag = ".inclust-" if pid is None else f".inclust-{pid}-"
-    return sorted(p.name for p in folder.iterdir() if tag in p.name)
 
 
 def _state(out: Path) -> bytes | None:
@@ -55,68 +48,35 @@ def work(tmp_path_factory):
     return make_toy_workdir(tmp_path_factory.mktemp("faults"), N_CELLS)
 
 
-def _run_to_end(folder: Path, out: Path) -> tuple[float, float]:
-    """A whole run with --force: (seconds until its temporary output appeared, seconds in all)."""
-    start = time.perf_counter()
-    proc = start_as_from_a_terminal(_command(folder, out, True), stderr=subprocess.PIPE, text=True)
-    appeared = None
-    while proc.poll() is None:
-        if appeared is None and _temporaries(folder, proc.pid):
-            appeared = time.perf_counter() - start
-        time.sleep(0.002)
-    total = time.perf_counter() - start
-    assert proc.returncode == 0, proc.stderr.read()
-    return appeared or total * 0.8, total
-
-
-def _kill(folder: Path, out: Path, force: bool, sig: int, rng: np.random.Generator, startup: float, total: float) -> tuple[int, str, int]:
-    proc = start_as_from_a_terminal(_command(folder, out, force), stderr=subprocess.PIPE, text=True)
-    started = time.perf_counter()
-    if rng.random() < 0.5:  # any moment of the run
-        low = MIN_SIGINT_DELAY if sig == signal.SIGINT else 0.0
-        time.sleep(rng.uniform(low, total))
-    else:  # while the output is being written
-        while proc.poll() is None and not _temporaries(folder, proc.pid) and time.perf_counter() - started < 30:
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0.0, max(0.01, total - startup)))
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    return proc.returncode, err, proc.pid
-
-
 def test_killed_runs_never_leave_a_partial_or_changed_output(work):
     rng = np.random.default_rng(SEED)
     out = work / "out.h5ad"
-    startup, total = _run_to_end(work, out)
+    writing = lambda pid: bool(run_temporaries(work, pid))  # noqa: E731
+    _, total = timed_run(_command(work, out, True), writing)
     reference = np.asarray(ad.read_h5ad(out).layers["inclust_imputed"])
-    outcomes = {"interrupted": 0, "killed": 0, "finished first": 0}
-    for r in range(2 * ROUNDS):  # ROUNDS rounds, then more (at most as many again) until each signal hit 3 running runs:
-        if r >= ROUNDS and outcomes["interrupted"] >= 3 and outcomes["killed"] >= 3:  # a fast machine finishes more runs first
-            break
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    for r in kill_rounds(outcomes, hits=3, least=ROUNDS, most=2 * ROUNDS):
         force = r % 2 == 0
         for sig in (signal.SIGKILL, signal.SIGINT):
             if not force and out.exists():
                 out.unlink()  # rounds without --force write a new file
             before = _state(out)
-            rc, err, pid = _kill(work, out, force, sig, rng, startup, total)
+            rc, err, pid = kill_at_a_seeded_moment(_command(work, out, force), sig, rng, total, writing)
             after = _state(out)
+            outcomes[outcome(rc, sig)] += 1
             if rc == 0:
-                outcomes["finished first"] += 1
                 assert _complete(out, reference)
             elif sig == signal.SIGINT:
-                outcomes["interrupted"] += 1
                 assert_clean_interrupt(rc, err, before, after)
-                assert _temporaries(work, pid) == []  # its temporary file was removed
+                assert run_temporaries(work, pid) == []  # its temporary file was removed
             else:
-                outcomes["killed"] += 1
                 assert rc == -signal.SIGKILL, (rc, err)
                 assert after == before or _complete(out, reference), "a killed run left a partial output"
             if after is not None and after != before:
                 assert _complete(out, reference)
-        _run_to_end(work, out)  # the next run succeeds, and removes what a killed run left
+        timed_run(_command(work, out, True), writing)  # the next run succeeds, and removes what a killed run left
         assert _complete(out, reference)
-        assert _temporaries(work) == [], _temporaries(work)
+        assert run_temporaries(work) == [], run_temporaries(work)
     print(f"fault injection over {sum(outcomes.values())} kills: {outcomes}")
     assert sum(outcomes.values()) >= 2 * ROUNDS >= 20
     assert outcomes["interrupted"] >= 3 and outcomes["killed"] >= 3, outcomes  # the seeded points do hit running runs

@@ -24,20 +24,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reliability_helpers import assert_clean_interrupt, snapshot, start_as_from_a_terminal
+from reliability_helpers import (OUTCOMES, assert_clean_interrupt, kill_at_a_seeded_moment, kill_rounds, outcome, run_temporaries,
+                                 snapshot)
 
 ROUNDS, SEED, MAX_TRIES = 3, 25, 16
-MIN_SIGINT_DELAY = 0.15  # before this the interpreter may not have reached the launcher's handler yet
 
 
 def _script() -> list[str]:
     exe = Path(sys.executable).with_name("inclust-export")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "inclust_plus.launch", "export"]
-
-
-def _temporaries(folder: Path, pid: int | None = None) -> list[str]:
-    tag = ".inclust-" if pid is None else f".inclust-{pid}-"
-    return sorted(p.name for p in folder.iterdir() if tag in p.name)
 
 
 @pytest.fixture(scope="module")
@@ -75,37 +70,23 @@ def test_killed_exports_never_leave_a_partial_or_mixed_output(work):
         durations.append(time.perf_counter() - start)
     total = min(durations)
     rng = np.random.default_rng(SEED)
-    outcomes = {"interrupted": 0, "killed": 0, "finished first": 0}
-    for _ in range(MAX_TRIES):
-        if outcomes["interrupted"] >= ROUNDS and outcomes["killed"] >= ROUNDS:
-            break
+    outcomes = dict.fromkeys(OUTCOMES, 0)
+    for _ in kill_rounds(outcomes, hits=ROUNDS, least=0, most=MAX_TRIES):
         for sig in [s for s, hit in ((signal.SIGKILL, "killed"), (signal.SIGINT, "interrupted")) if outcomes[hit] < ROUNDS]:
             restore()
-            proc = start_as_from_a_terminal(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            began = time.perf_counter()
-            if rng.random() < 0.5:
-                time.sleep(rng.uniform(MIN_SIGINT_DELAY if sig == signal.SIGINT else 0.0, total))
-            else:  # while the temporary folders exist
-                while proc.poll() is None and not _temporaries(out, proc.pid) and time.perf_counter() - began < 60:
-                    time.sleep(0.002)
-                time.sleep(rng.uniform(0.0, max(0.01, total - (time.perf_counter() - began))))
-            if proc.poll() is None:
-                proc.send_signal(sig)
-            _, err = proc.communicate(timeout=120)
+            rc, err, pid = kill_at_a_seeded_moment(argv, sig, rng, total, lambda pid: bool(run_temporaries(out, pid)))
+            outcomes[outcome(rc, sig)] += 1
             state = {k: snapshot(out / k) for k in ("x", "y")}
             assert state in (old, new), "a partial, mixed or replaced output"
-            if proc.returncode == 0:
-                outcomes["finished first"] += 1
+            if rc == 0:
                 assert state == new
             elif sig == signal.SIGINT:
-                outcomes["interrupted"] += 1
-                assert_clean_interrupt(proc.returncode, err, old, state)  # 130, its one line, no traceback, outputs as they were
-                assert _temporaries(out, proc.pid) == []
+                assert_clean_interrupt(rc, err, old, state)  # 130, its one line, no traceback, outputs as they were
+                assert run_temporaries(out, pid) == []
             else:
-                outcomes["killed"] += 1
-                assert proc.returncode == -signal.SIGKILL, (proc.returncode, err)
+                assert rc == -signal.SIGKILL, (rc, err)
             restore()
             assert subprocess.run(argv, capture_output=True).returncode == 0  # the next run succeeds, removing what a kill left
-            assert {k: snapshot(out / k) for k in ("x", "y")} == new and _temporaries(out) == []
+            assert {k: snapshot(out / k) for k in ("x", "y")} == new and run_temporaries(out) == []
     print(f"inclust-export --triton, {sum(outcomes.values())} kills: {outcomes}")
     assert outcomes["interrupted"] >= ROUNDS and outcomes["killed"] >= ROUNDS, outcomes

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_helpers import assert_clean_interrupt, start_as_from_a_terminal
+from reliability_helpers import OUTCOMES, assert_clean_interrupt, kill_at_a_seeded_moment, outcome, timed_run
 
 from train_reliability_helpers import (command, fill, history_of, needs_tmpfs, one_line, run, section_data, small_disk,
                                        temporaries, toy_config)
 
 ROUNDS, SEED = 3, 25
-MIN_SIGINT_DELAY = 0.15  # before this the interpreter may not have reached the launcher's handler yet
 PAGE = 4096
 OUTPUTS = {"train": ("model.pt", "model.loss.svg"), "map": ("mapped.pt",)}
 
@@ -64,32 +62,8 @@ def signature(name: str, folder: Path):
 
 
 def _run_to_end(name: str, inputs: Path, out: Path, seed: int) -> tuple[float, float]:
-    """A whole run with --force: (seconds until its temporary output appeared, seconds in all)."""
-    start = time.perf_counter()
-    proc = start_as_from_a_terminal(command(name, *argv(name, inputs, out, seed, True)), stderr=subprocess.PIPE, text=True)
-    appeared = None
-    while proc.poll() is None:
-        if appeared is None and temporaries(out):
-            appeared = time.perf_counter() - start
-        time.sleep(0.002)
-    total = time.perf_counter() - start
-    assert proc.returncode == 0, proc.stderr.read()
-    return appeared or total * 0.9, total
-
-
-def _kill(name, inputs, out, force, sig, rng, startup, total) -> tuple[int, str, int]:
-    proc = start_as_from_a_terminal(command(name, *argv(name, inputs, out, 1, force)), stderr=subprocess.PIPE, text=True)
-    started = time.perf_counter()
-    if rng.random() < 0.5:  # any moment of the run
-        time.sleep(rng.uniform(MIN_SIGINT_DELAY if sig == signal.SIGINT else 0.0, total))
-    else:  # once the output is being written
-        while proc.poll() is None and not temporaries(out) and time.perf_counter() - started < 60:
-            time.sleep(0.001)
-        time.sleep(rng.uniform(0.0, 0.05))  # writing and committing take milliseconds; exiting takes longer
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    return proc.returncode, err, proc.pid
+    """A whole run with --force that must succeed: (seconds until its temporary output appeared, seconds in all)."""
+    return timed_run(command(name, *argv(name, inputs, out, seed, True)), lambda pid: bool(temporaries(out)), unseen=0.9)
 
 
 @pytest.mark.parametrize("name", ["train", "map"])
@@ -99,9 +73,9 @@ def test_killed_runs_never_leave_a_partial_mixed_or_changed_output(inputs, tmp_p
     out.mkdir(), fresh.mkdir()
     _run_to_end(name, inputs, fresh, 1)
     reference = signature(name, fresh)  # what the killed runs (seed 1) write when they finish
-    startup, total = _run_to_end(name, inputs, out, 0)  # the previous outputs: seed 0, every file different
+    _, total = _run_to_end(name, inputs, out, 0)  # the previous outputs: seed 0, every file different
     previous = signature(name, out)
-    outcomes = {"interrupted": 0, "killed": 0, "finished first": 0}
+    outcomes = dict.fromkeys(OUTCOMES, 0)
     for r in range(ROUNDS):
         force = r % 2 == 0
         for sig in (signal.SIGKILL, signal.SIGINT):
@@ -109,17 +83,17 @@ def test_killed_runs_never_leave_a_partial_mixed_or_changed_output(inputs, tmp_p
                 for f in OUTPUTS[name]:
                     (out / f).unlink(missing_ok=True)  # rounds without --force write new files
             before = outputs(name, out)
-            rc, err, pid = _kill(name, inputs, out, force, sig, rng, startup, total)
+            # once writing: a window of 50 ms (writing and committing take milliseconds; exiting takes longer)
+            rc, err, pid = kill_at_a_seeded_moment(command(name, *argv(name, inputs, out, 1, force)), sig, rng, total,
+                                                  lambda pid: bool(temporaries(out)), window=0.05)
             after = outputs(name, out)
+            outcomes[outcome(rc, sig)] += 1
             if rc == 0:
-                outcomes["finished first"] += 1
                 assert signature(name, out) == reference
             elif sig == signal.SIGINT:
-                outcomes["interrupted"] += 1
                 assert_clean_interrupt(rc, err, before, after)
                 assert not [t for t in temporaries(out) if f".inclust-{pid}-" in t]  # its temporaries were removed
             else:
-                outcomes["killed"] += 1
                 assert rc == -signal.SIGKILL, (rc, err)
                 if after != before:  # every output new and whole: none partial, none left from before
                     assert all(v is not None for v in after.values()) and all(after[f] != before[f] for f in after)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from reliability_helpers import run_temporaries as temporaries  # noqa: F401 - the tests import it from here
 from runtime_fixtures import RNA, make_cells, write_h5ad
 
 SECTION_GENES = RNA[2:9]  # the new cells' panel: no feature set of the toy model has exactly these
@@ -53,10 +54,6 @@ def one_line(proc: subprocess.CompletedProcess, *words: str, code: int = 2) -> s
     for w in words:
         assert w in lines[0], lines[0]
     return lines[0]
-
-
-def temporaries(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".inclust-" in p.name)
 
 
 def tmpfs_available() -> bool:
