@@ -75,8 +75,9 @@ def baselines(ref_in: np.ndarray, ref_out: np.ndarray, query: np.ndarray, k: int
     }
 
 
-def ours(reference, query_x: np.ndarray, panel: list[str], held: list[str], overrides: dict, k: int, raw_knn: np.ndarray):
-    """Train on reference + query; the decoder's, the latent neighbours' and the blended imputations."""
+def ours(reference, query_x: np.ndarray, panel: list[str], held: list[str], overrides: dict, k: int, k_inputs: int):
+    """Train on reference + query; the decoder's, the latent neighbours' and the blended imputations. The blend's
+    kNN on the shared genes reads the inputs as the model's encoder does (with ``model.input_correction``, corrected)."""
     import anndata
 
     from inclust_plus.training.model import InClust
@@ -94,9 +95,25 @@ def ours(reference, query_x: np.ndarray, panel: list[str], held: list[str], over
     y, z_q, _ = model.predict(query_x, "merfish", "merfish", target_covariate="scrna")
     z_r = model.predict(_dense(reference[:, panel].X), "merfish", "scrna")[1]
     knn = neighbour_impute(z_r, _dense(reference[:, held].X), z_q, k)
+    ref_in, q_in = _dense(reference[:, panel].X), query_x
+    if getattr(model.module, "input_gain", None) is not None:  # the inputs as the encoder reads them
+        ref_in, q_in = corrected_inputs(model, data, panel, "scrna", ref_in), corrected_inputs(model, data, panel, "merfish", q_in)
+    raw_knn = baselines(ref_in, _dense(reference[:, held].X), q_in, k_inputs)[COSINE]
     dec = y[:, out]
     readouts = {"decoded": dec, "z_query": z_q, "z_reference": z_r}
     return {DECODER: dec, LATENT: knn, BLEND2: (dec + knn) / 2, BLEND3: (dec + knn + raw_knn) / 3}, seconds, readouts
+
+
+def corrected_inputs(model, data, panel: list[str], covariate: str, x: np.ndarray) -> np.ndarray:
+    """``x`` (cells x the panel's genes) through the model's input correction for ``covariate``."""
+    import torch
+
+    from inclust_plus.training.network import correction
+
+    cols = [data.features["rna"].index(g) for g in panel]
+    c = data.covariate_categories.index(covariate)
+    m = model.module
+    return correction.apply(torch.from_numpy(x), m.input_gain[c, cols], m.input_power[c, cols]).numpy()
 
 
 def mean_pearson(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -132,6 +149,7 @@ def markdown(r: dict) -> str:
 @click.option("--epochs", type=int, default=None, help="Epochs (default: the preset's).")
 @click.option("--unseen", type=float, default=None,
               help="loss.unseen: the weight of the genes a reference cell's input hides (default: the preset's, 1).")
+@click.option("--correction", is_flag=True, help='model.input_correction = "moments" (each covariate\'s genes matched to the reference\'s log moments).')
 @click.option("--k", type=int, default=30, show_default=True, help="Neighbours of the kNN baselines.")
 @click.option("--latent-k", type=int, default=60, show_default=True, help="Neighbours of the latent read-out.")
 @click.option("--baselines-only", is_flag=True, help="Only the kNN baselines (no training).")
@@ -140,7 +158,7 @@ def markdown(r: dict) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
 @click.option("--save-readouts", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write each setting's decoded genes and latents (.npz) here, to score other read-outs without retraining.")
-def main(only, conditions, ensemble, epochs, unseen, k, latent_k, baselines_only, threads, tag, out, save_readouts) -> None:
+def main(only, conditions, ensemble, epochs, unseen, correction, k, latent_k, baselines_only, threads, tag, out, save_readouts) -> None:
     import anndata
     import torch
 
@@ -148,7 +166,7 @@ def main(only, conditions, ensemble, epochs, unseen, k, latent_k, baselines_only
 
     torch.set_num_threads(threads)
     adata = anndata.read_h5ad(DATA)
-    overrides = {"model": {"ensemble": ensemble} if ensemble else {}, "training": {"epochs": epochs} if epochs else {},
+    overrides = {"model": {**({"ensemble": ensemble} if ensemble else {}), **({"input_correction": "moments"} if correction else {})}, "training": {"epochs": epochs} if epochs else {},
                  "loss": {"unseen": unseen} if unseen else {}}
     settings = ", ".join(f"{k_} {v}" for sec in overrides.values() for k_, v in sec.items()) or "its defaults"
     r = {"k": k, "latent_k": latent_k, "model": not baselines_only, "settings": settings, "results": {}}
@@ -163,7 +181,7 @@ def main(only, conditions, ensemble, epochs, unseen, k, latent_k, baselines_only
             preds = baselines(ref_in, ref_out, q, k)
             seconds = 0.0
             if not baselines_only:
-                theirs, seconds, readouts = ours(split.reference, q, panel, split.held_out, overrides, latent_k, preds[COSINE])
+                theirs, seconds, readouts = ours(split.reference, q, panel, split.held_out, overrides, latent_k, k)
                 preds.update(theirs)
                 if save_readouts:
                     save_readouts.mkdir(parents=True, exist_ok=True)

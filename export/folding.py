@@ -52,6 +52,10 @@ class FoldedWeights:
     input_l2: bool = False  # divide the (scaled) input by its per-cell L2 norm before the encoder
     input_scale: np.ndarray | None = None  # per-feature divisor applied as an op (only when input_l2)
     members: int = 1  # an ensemble: the last decoder layer emits each member's outputs side by side, then their mean
+    # The input correction (training/network/correction.py), per covariate [n_covariates, n_inputs]: the encoder reads
+    # input_gain[c] * sign(x) * |x| ^ input_power[c] of the preprocessed x; the per-feature scale is folded into the gain.
+    input_gain: np.ndarray | None = None
+    input_power: np.ndarray | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -90,10 +94,19 @@ def fold(module, combination: Combination, plan: PreprocessPlan) -> FoldedWeight
     cols = np.asarray(combination.inputs, dtype=np.int64)
     w = first.weight[:, cols].astype(np.float64)
     input_l2 = getattr(cfg, "input_normalization", "none") == "l2"
-    # A per-feature scale folds into the weight columns, unless an L2 norm must be taken after it.
-    if plan.scale is not None and not input_l2:
+    gain = power = None
+    if getattr(module, "input_gain", None) is not None:
+        # gain * |x / s| ^ p = (gain * s ^ -p) * |x| ^ p: the scale folds into the correction's gain, and no further
+        power = module.input_power.detach().cpu().numpy().astype(np.float64)[:, cols]
+        gain = module.input_gain.detach().cpu().numpy().astype(np.float64)[:, cols]
+        if plan.scale is not None:
+            gain = gain * plan.scale.astype(np.float64)[None, :] ** -power
+        gain, power = (np.ascontiguousarray(t.astype(np.float32)) for t in (gain, power))
+    # Otherwise a per-feature scale folds into the weight columns, unless an L2 norm must be taken after it.
+    scaled_here = plan.scale is not None and gain is None
+    if scaled_here and not input_l2:
         w = w / plan.scale[None, :]
-    input_scale = np.ascontiguousarray(plan.scale.astype(np.float32)) if plan.scale is not None and input_l2 else None
+    input_scale = np.ascontiguousarray(plan.scale.astype(np.float32)) if scaled_here and input_l2 else None
     encoder[0] = Layer(first.name, np.ascontiguousarray(w.astype(np.float32)), first.bias, first.activation)
 
     decoder: list[Layer] = []
@@ -107,4 +120,5 @@ def fold(module, combination: Combination, plan: PreprocessPlan) -> FoldedWeight
             weight, bias = out.weight[rows], out.bias[rows]
         decoder.append(dataclasses.replace(out, weight=np.ascontiguousarray(weight), bias=np.ascontiguousarray(bias)))
     classifier = Layer("classifier", _f32(module.classifier.weight), _f32(module.classifier.bias), "identity")
-    return FoldedWeights(tuple(encoder), _f32(module.covariate_embedding), classifier, tuple(decoder), input_l2, input_scale, members)
+    return FoldedWeights(tuple(encoder), _f32(module.covariate_embedding), classifier, tuple(decoder), input_l2, input_scale, members,
+                         gain, power)

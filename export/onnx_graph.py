@@ -170,6 +170,11 @@ def build_model(
     b = _Builder(half=half)
     name = (lambda n: f"{n}.fp16") if half else (lambda n: n)
     h = _preprocessing(b, densify(b, len(combination.inputs)) if input_format == "csr" else "x", plan)
+    if weights.input_gain is not None:  # the input correction, in float32 like the preprocessing
+        gain = b.op("Gather", [b.const("input_gain", weights.input_gain), "covariate"], "input_gain.rows", axis=0)
+        power = b.op("Gather", [b.const("input_power", weights.input_power), "covariate"], "input_power.rows", axis=0)
+        magnitude = b.op("Pow", [b.op("Abs", [h], "x.abs"), power], "x.abs.pow")
+        h = b.op("Mul", [b.op("Mul", [b.op("Sign", [h], "x.sign"), magnitude], "x.pow"), gain], "x.corrected")
     if weights.input_l2:
         if weights.input_scale is not None:
             h = b.op("Div", [h, b.const("input_scale", weights.input_scale)], "x.scaled")

@@ -30,9 +30,11 @@ def export_program(weights: FoldedWeights, plan: PreprocessPlan, combination: Co
     """The ExportedProgram of one combination: x [batch, n_inputs], covariate [batch] (+ target_covariate)."""
     decodes = combination.spec.decodes
     module = graph_module(weights, plan, decodes).eval()
-    if module.input_scale.numel() == 0:  # an empty buffer cannot be saved in a .pt2; it is only tested for emptiness
-        del module._buffers["input_scale"]
-        module.input_scale = torch.ones(0)
+    for name in ("input_scale", "input_gain", "input_power"):
+        if getattr(module, name).numel() == 0:  # an empty buffer cannot be saved in a .pt2; it is only tested for emptiness
+            shape = tuple(getattr(module, name).shape)
+            del module._buffers[name]
+            setattr(module, name, torch.ones(shape))
     feeds = random_feeds(combination, n_covariates, EXAMPLE_BATCH)
     names = [t.name for t in combination.spec.inputs]
     args = tuple(torch.from_numpy(feeds[n]) for n in names)

@@ -114,12 +114,18 @@ class _Encoder(nn.Module):
         self.l2_eps = L2_EPS  # (an attribute: TorchScript does not read module globals)
         scale = weights.input_scale if weights.input_scale is not None else np.ones(0, dtype=np.float32)
         self.register_buffer("input_scale", torch.from_numpy(scale.copy()))
+        self.corrects = weights.input_gain is not None
+        empty = np.ones((0, 0), dtype=np.float32)
+        self.register_buffer("input_gain", torch.from_numpy((weights.input_gain if self.corrects else empty).copy()))
+        self.register_buffer("input_power", torch.from_numpy((weights.input_power if self.corrects else empty).copy()))
         self.encoder = _sequential(weights.encoder)
         self.register_buffer("covariate_embedding", torch.from_numpy(weights.covariate_embedding.copy()))
         self.classifier = _sequential((weights.classifier,))
 
     def embed(self, x: Tensor, covariate: Tensor) -> Tuple[Tensor, Tensor]:
         h = self.preprocess(x)
+        if self.corrects:  # the input correction (training/network/correction.py), the scale folded into the gain
+            h = self.input_gain[covariate] * torch.sign(h) * torch.abs(h).pow(self.input_power[covariate])
         if self.input_l2:
             if self.input_scale.numel() > 0:
                 h = h / self.input_scale

@@ -156,7 +156,8 @@ def test_the_description_is_torch_free():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-ADDED_SINCE = {("loss", "unseen"): 1.0}  # settings added after the fixture was written, and the value that is the old training
+# settings added after the fixture was written, and the value that is the old training ("module": the network's description)
+ADDED_SINCE = {("loss", "unseen"): 1.0, ("model", "input_correction"): "none", ("module", "input_correction"): "none"}
 
 
 def test_training_describes_a_model_as_main_did():
@@ -176,5 +177,6 @@ def test_training_describes_a_model_as_main_did():
         for key in ("device", "threads", "workers", "native"):  # run options: main saved them, no longer
             then["hyperparameters"]["training"].pop(key)
         for (section, key), value in ADDED_SINCE.items():  # recorded now, at the value that trains as main did
-            assert now["hyperparameters"][section].pop(key) == value and key not in then["hyperparameters"][section]
+            now_part, then_part = (now, then) if section == "module" else (now["hyperparameters"], then["hyperparameters"])
+            assert now_part[section].pop(key) == value and key not in then_part[section]
         assert now == then

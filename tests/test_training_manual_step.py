@@ -75,8 +75,9 @@ def _allow_listed_cases():
 
 
 CASES = _allow_listed_cases()
-assert set(COVERED) == {"model.activation", "model.output_activation", "model.input_normalization", "training.precision",
-                        "training.device", "loss.mixing"}, "a new allow-list key needs its values in _allow_listed_cases"
+assert set(COVERED) == {"model.activation", "model.output_activation", "model.input_normalization", "model.input_correction",
+                        "training.precision", "training.device", "loss.mixing"}, "a new allow-list key needs its values in _allow_listed_cases"
+assert COVERED["model.input_correction"] == ("none",)  # every case: the default
 assert COVERED["training.precision"] == ("fp32",) and COVERED["loss.mixing"] == (0.0,)  # what every case uses
 
 
@@ -102,6 +103,8 @@ def test_settings_outside_the_allow_list_train_with_autograd():
     assert uncovered(cfg, LossConfig(), "fp32", "mps") == "training.device = 'mps'"
     gelu = ModuleConfig(n_features=12, n_covariates=3, n_labels=4, activation="gelu")  # in the table, not in the step's list
     assert uncovered(gelu, LossConfig(), "fp32", "cpu") == "model.activation = 'gelu'"
+    corrected = ModuleConfig(n_features=12, n_covariates=3, n_labels=4, input_correction="moments")  # fitted tables: autograd only
+    assert uncovered(corrected, LossConfig(), "fp32", "cpu") == "model.input_correction = 'moments'"
 
     @dataclasses.dataclass
     class LossWithANewTerm(LossConfig):  # a loss term added later, which the step does not know

@@ -194,7 +194,7 @@ def test_one_definition_of_the_architecture_keys_and_the_checkpoint_description(
     cfg = ModuleConfig(n_features=12, n_covariates=2, n_labels=3)
     assert cfg.to_dict() == {"n_features": 12, "n_covariates": 2, "n_labels": 3, "encoder_hidden": [200, 50], "latent_dim": 50,
                              "decoder_hidden": [200], "activation": "relu", "output_activation": "sigmoid",
-                             "input_normalization": "none", "covariate_init_std": 0.1, "members": 1}
+                             "input_normalization": "none", "input_correction": "none", "covariate_init_std": 0.1, "members": 1}
     assert ModuleConfig(**cfg.to_dict()) == cfg
     shape = {f.name for f in dataclasses.fields(NetworkShape)}
     assert {f.name for f in dataclasses.fields(ModelConfig)} - shape == {"n_clusters", "ensemble"}

@@ -9,6 +9,8 @@ and one reader (:mod:`inclust_plus.contract.description_io`), so a broken one is
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import pickle
@@ -129,6 +131,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[InClustModule, ModelDescri
         config = ModuleConfig(**desc.module)
     except TypeError as err:  # a key this package does not know: written by a newer one
         raise InclustError(f"checkpoint {p} describes its network with keys this package does not know ({err})", "upgrade inclust-plus") from None
+    desc = dataclasses.replace(desc, module=config.to_dict())  # keys added since it was written, at their defaults
     module = InClustModule(config)
     try:
         module.load_state_dict(payload["state_dict"])

@@ -29,6 +29,7 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 TASKS = ("imputation", "integration", "triple", "generation", "custom")
 ACTIVATIONS = activations.NAMES  # one table: training/network/activations.py
 INPUT_NORMALIZATIONS = ("none", "l2")
+INPUT_CORRECTIONS = ("none", "moments")
 
 # Defaults a task brings to the [model], [loss] and [training] sections (a config's own values win).
 TASK_DEFAULTS: dict[str, dict[str, dict]] = {
@@ -78,6 +79,10 @@ class NetworkShape:
     activation: str = key("relu", Choice(*ACTIVATIONS))
     output_activation: str = key("sigmoid", Choice(*ACTIVATIONS))
     input_normalization: str = key("none", Choice(*INPUT_NORMALIZATIONS))  # "l2": per-cell unit length of the encoder input
+    # "moments": a per-covariate, per-feature gain and power in front of the encoder, fitted on the training data so
+    # that each covariate's non-zero values of a feature have the reference's log mean and spread
+    # (training/network/correction.py): it undoes a technology's per-gene gain and bend before the encoder sees them.
+    input_correction: str = key("none", Choice(*INPUT_CORRECTIONS))
     covariate_init_std: float = key(0.1, Float(min=0))  # spread of the initial covariate embedding rows e_b (a far-apart start lets the decoder tell batches apart)
 
     def shape(self) -> dict:

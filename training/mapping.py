@@ -34,6 +34,7 @@ from inclust_plus.contract.description import CombinationEntry, DatasetRecord, F
 from inclust_plus.contract.schema import SAFE_NAME
 from inclust_plus.errors import InclustError
 
+from inclust_plus.training.network import correction
 from inclust_plus.training.network.loss import posterior_terms
 from inclust_plus.training.network.module import InClustModule, ModuleConfig
 from inclust_plus.training.fitting.optim import adam, cosine_lr
@@ -44,13 +45,14 @@ FULL_BATCH = 65536  # up to this many cells every step sees all of them; above, 
 
 
 @torch.no_grad()
-def _posteriors(module: InClustModule, cells: QueryCells, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and log-variance of the given cells (one frozen encoder pass)."""
+def _posteriors(module: InClustModule, cells: QueryCells, rows: np.ndarray, covariate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and log-variance of the given cells (one frozen encoder pass); ``covariate``: each cell's
+    row of the model's input correction, if it has one."""
     mask = torch.from_numpy(cells.measured.astype(np.float32))[None]
     mus, lvs = [], []
     for s in range(0, len(rows), CHUNK):
         x = torch.from_numpy(np.asarray(cells.x[rows[s : s + CHUNK]].toarray(), dtype=np.float32))
-        mu, lv = module.encode(x, mask)
+        mu, lv = module.encode(x, mask, None if covariate is None else covariate[s : s + CHUNK])
         mus.append(mu), lvs.append(lv)
     return torch.cat(mus), torch.cat(lvs)
 
@@ -87,12 +89,25 @@ def mapping_loss(module: InClustModule, mu: torch.Tensor, log_var: torch.Tensor,
     return kl_weight * kl + cat_weight * cat
 
 
-def _extended(module: InClustModule, rows: torch.Tensor) -> InClustModule:
-    """A copy of ``module`` whose covariate table has ``rows`` appended; every other tensor copied as is."""
+def _correction_rows(module: InClustModule, cells: QueryCells, rows: np.ndarray, which: torch.Tensor, n_new: int) -> dict | None:
+    """The input correction's rows of the new categories (training/network/correction.py), each fitted on its own
+    cells against the reference moments the model keeps; None for a model without an input correction."""
+    if getattr(module, "input_gain", None) is None:
+        return None
+    reference = module.input_reference.double().numpy()
+    fitted = [correction.rows_for(correction.log_moments(cells.x[rows[(which == i).numpy()]]), reference) for i in range(n_new)]
+    return {"input_gain": torch.from_numpy(np.stack([g for g, _ in fitted])), "input_power": torch.from_numpy(np.stack([p for _, p in fitted]))}
+
+
+def _extended(module: InClustModule, rows: torch.Tensor, correction_rows: dict | None = None) -> InClustModule:
+    """A copy of ``module`` whose covariate table has ``rows`` appended (and the input correction its
+    ``correction_rows``); every other tensor copied as is."""
     cfg = ModuleConfig(**{**module.config.to_dict(), "n_covariates": module.config.n_covariates + rows.shape[0]})
     out = InClustModule(cfg)
     state = {k: v.clone() for k, v in module.state_dict().items()}
     state["covariate_embedding"] = torch.cat([state["covariate_embedding"], rows.detach().to(state["covariate_embedding"].dtype)])
+    for key, new_rows in (correction_rows or {}).items():
+        state[key] = torch.cat([state[key], new_rows.to(state[key].dtype)])
     out.load_state_dict(state)
     return out.eval()
 
@@ -161,11 +176,15 @@ def map_query(module: InClustModule, description: ModelDescription, data, name: 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    mu, log_var = _posteriors(module, cells, rows)
-    kl_w, cat_w = desc.loss_weight("kl"), desc.loss_weight("categorical")
-    unsupervised = desc.labels.mode == "unsupervised"
     # Start from the mean of the known rows: the offset of a typical batch.
     start = module.covariate_embedding.detach().mean(0, keepdim=True).repeat(len(new), 1)
+    corrections = _correction_rows(module, cells, rows, which, len(new))
+    if corrections is None:
+        mu, log_var = _posteriors(module, cells, rows)
+    else:  # encoded with their own rows of the input correction, appended like their embedding rows
+        mu, log_var = _posteriors(_extended(module, start, corrections), cells, rows, module.config.n_covariates + which)
+    kl_w, cat_w = desc.loss_weight("kl"), desc.loss_weight("categorical")
+    unsupervised = desc.labels.mode == "unsupervised"
     table = torch.nn.Parameter(start.clone())
     for p in module.parameters():
         p.requires_grad_(False)
@@ -193,7 +212,7 @@ def map_query(module: InClustModule, description: ModelDescription, data, name: 
     if not bool(torch.isfinite(table).all()):  # the last step's update, which no loss saw
         _finite_loss(math.nan, steps, steps, learning_rate)
     seconds = time.perf_counter() - t0
-    mapped = _extended(module, table.detach())
+    mapped = _extended(module, table.detach(), corrections)
     desc = dataclasses.replace(desc, covariate=dataclasses.replace(desc.covariate, categories=tuple(known + new)))
     counts = {c: int((values[rows] == c).sum()) for c in new}
     record = MappingRecord(

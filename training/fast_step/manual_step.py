@@ -48,6 +48,7 @@ COVERED = {
     "model.activation": ("relu", "tanh", "sigmoid", "identity"),
     "model.output_activation": ("relu", "tanh", "sigmoid", "identity"),
     "model.input_normalization": ("none", "l2"),
+    "model.input_correction": ("none",),
     "training.precision": ("fp32",),
     "training.device": ("cpu", "cuda"),  # (the cuda cases run where torch sees a GPU)
     "loss.mixing": (0.0,),
@@ -65,7 +66,8 @@ def uncovered(shape, loss, precision: str, device: str) -> str | None:
     """The first setting of a network of ``shape`` (a ModuleConfig) trained with ``loss`` (a
     LossConfig) that this step is not verified on, as ``key = value``; None: all are."""
     values = {"model.activation": shape.activation, "model.output_activation": shape.output_activation,
-              "model.input_normalization": shape.input_normalization, "training.precision": precision,
+              "model.input_normalization": shape.input_normalization, "model.input_correction": shape.input_correction,
+              "training.precision": precision,
               "training.device": device, "loss.mixing": loss.mixing}
     for key, value in values.items():
         if value not in COVERED[key]:

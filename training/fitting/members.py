@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -30,6 +31,7 @@ from inclust_plus.training.config import Config
 from inclust_plus.training.assembly.data import TrainingData
 from inclust_plus.training.fitting.device import resolve_device
 from inclust_plus.training.fast_step.manual_step import use_fast_step
+from inclust_plus.training.network import correction
 from inclust_plus.training.network.module import InClustModule, ModuleConfig
 from inclust_plus.training.fitting.trainer import TrainingResult, seed_everything, train_stacked
 
@@ -49,10 +51,26 @@ def member_settings(cfg: Config, k: int):
     return training, loss
 
 
-def initial_member(member: ModuleConfig, seed: int) -> InClustModule:
-    """Member weights as a network of seed ``seed`` starts (the same wherever it then trains)."""
+def input_correction_tables(data: TrainingData) -> dict[str, torch.Tensor]:
+    """The input correction's tables fitted on the training cells (training/network/correction.py): each covariate
+    level's features matched to the level with the most cells that measure them."""
+    levels = len(data.covariate_categories)
+    measuring = np.zeros((levels, data.n_features))
+    for d, name in enumerate(data.dataset_names):
+        per_level = np.bincount(data.covariate[data.dataset_of_cell == d], minlength=levels)
+        measuring += per_level[:, None] * data.measured[name][None, :]
+    gain, power, reference = correction.fit(data.x, data.covariate, measuring)
+    return {"input_gain": torch.from_numpy(gain), "input_power": torch.from_numpy(power), "input_reference": torch.from_numpy(reference)}
+
+
+def initial_member(member: ModuleConfig, seed: int, tables: dict[str, torch.Tensor] | None = None) -> InClustModule:
+    """Member weights as a network of seed ``seed`` starts (the same wherever it then trains), with the
+    input correction's ``tables`` when its config has one."""
     seed_everything(seed)
-    return InClustModule(member)
+    module = InClustModule(member)
+    for name, value in (tables or {}).items():
+        getattr(module, name).copy_(value)
+    return module
 
 
 def default_threads(device: torch.device) -> int:
@@ -81,7 +99,8 @@ def _train_group(member: ModuleConfig, data: TrainingData, settings, device, pre
     if device.type == "cpu" and threads:
         torch.set_num_threads(threads)
     try:
-        modules = [initial_member(member, tr.seed) for tr, _ in settings]
+        tables = input_correction_tables(data) if member.input_correction != "none" else None
+        modules = [initial_member(member, tr.seed, tables) for tr, _ in settings]
         return train_stacked(modules, data, settings, device, precision, progress, desc, offload)
     finally:  # a caller's Python session keeps its own setting
         torch.set_num_threads(before)

@@ -83,4 +83,7 @@ def merge_members(members: list[InClustModule]) -> InClustModule:
     merged.covariate_embedding.copy_(torch.cat([m.covariate_embedding for m in members], dim=1))
     merged.prior_means.copy_(torch.cat([m.prior_means for m in members], dim=1))
     _averaged(merged.classifier, [m.classifier for m in members])
+    if cfg.input_correction != "none":  # fitted from the data: the same in every member
+        for name in ("input_gain", "input_power", "input_reference"):
+            getattr(merged, name).copy_(getattr(members[0], name))
     return merged.eval()

@@ -10,6 +10,7 @@ held equal to it by tests and run only where it is (its allow-list).
 
 Notation (BMC Bioinformatics 25:41, 2024):
     x_in  = x * input_mask                        (input mask module; optionally scaled to unit L2 norm)
+            (with ``input_correction``: gain[b] * x_in ^ power[b] first, training/network/correction.py)
     mu, log s^2 = encoder(x_in)
     z_c   = mu - e_b                               (covariate removed by vector arithmetic)
     q(k|x) = softmax(classifier(z_c))
@@ -26,19 +27,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from inclust_plus.training.network import correction
 from inclust_plus.training.network.mixing import mixing_penalty
 
 TERMS = ("total", "reconstruction", "kl", "categorical", "label", "mixing")
 L2_EPS = 1e-6  # an all-zero cell stays all zero
 
 
-def encode(net, x: torch.Tensor, input_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(net, x: torch.Tensor, input_mask: torch.Tensor, covariate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and log-variance from the masked features.
 
-    With ``input_normalization = "l2"`` the masked input is divided by its per-cell L2 norm (over the
+    A net with an input correction (``input_gain``/``input_power`` tables, training/network/correction.py)
+    first maps each cell's values with its covariate's rows: ``covariate`` must then be given. With ``input_normalization = "l2"`` the masked input is divided by its per-cell L2 norm (over the
     measured features only, since masked ones are zero): the encoder sees a cell's expression
     profile, not its depth."""
     h = x * input_mask
+    gain = getattr(net, "input_gain", None)
+    if gain is not None:
+        if covariate is None:
+            raise ValueError("a model with an input correction encodes a cell with its covariate's row: pass the covariate")
+        h = correction.apply(h, gain[covariate], net.input_power[covariate])
     if net.config.input_normalization == "l2":
         h = h / h.norm(dim=-1, keepdim=True).clamp_min(L2_EPS)
     h = net.encoder(h)
@@ -104,7 +112,7 @@ def loss_terms(net, x, input_mask, output_mask, covariate, label, noise, weights
 
     ``noise`` (shaped like mu) draws z = mu + s * noise; None decodes the posterior mean. ``weights``
     is a :class:`~inclust_plus.training.config.LossConfig`; ``label`` is -1 for unlabeled rows."""
-    mu, log_var = encode(net, x, input_mask)
+    mu, log_var = encode(net, x, input_mask, covariate)
     z = mu if noise is None else mu + torch.exp(0.5 * log_var) * noise
     logits = net.output(net.decoder(z)).float()
     rec = reconstruction(logits, x, output_weights(input_mask, output_mask, weights.unseen), net.output_activation, bernoulli).mean(-1)

@@ -18,7 +18,7 @@ from torch import nn
 
 from inclust_plus.training.network import activations
 from inclust_plus.training.network import loss as objective
-from inclust_plus.training.config import INPUT_NORMALIZATIONS, LossConfig, NetworkShape
+from inclust_plus.training.config import INPUT_CORRECTIONS, INPUT_NORMALIZATIONS, LossConfig, NetworkShape
 from inclust_plus.training.network.loss import TERMS
 
 
@@ -87,6 +87,8 @@ class InClustModule(nn.Module):
             raise ValueError(f"activation must be one of {sorted(activations.TABLE)}")
         if c.input_normalization not in INPUT_NORMALIZATIONS:
             raise ValueError(f"input_normalization must be one of {INPUT_NORMALIZATIONS}")
+        if c.input_correction not in INPUT_CORRECTIONS:
+            raise ValueError(f"input_correction must be one of {INPUT_CORRECTIONS}")
         # An ensemble (members = K > 1, training/network/ensemble.py): every member reads the whole input in
         # the first layer; every later layer is grouped, member k's block k.
         k = c.members
@@ -104,11 +106,16 @@ class InClustModule(nn.Module):
         # An ensemble decodes every member's features side by side; decode() averages them.
         self.output = _linear(dec_width, k * c.n_features, k)
         self.output_activation = activations.module(c.output_activation)
+        if c.input_correction != "none":  # fitted from the data (training/network/correction.py), saved with the weights
+            self.register_buffer("input_gain", torch.ones(c.n_covariates, c.n_features))
+            self.register_buffer("input_power", torch.ones(c.n_covariates, c.n_features))
+            self.register_buffer("input_reference", torch.zeros(3, c.n_features))
 
     # --- the pieces -----------------------------------------------------------------------------
-    def encode(self, x: torch.Tensor, input_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance of a cell from its masked features (training/network/loss.py)."""
-        return objective.encode(self, x, input_mask)
+    def encode(self, x: torch.Tensor, input_mask: torch.Tensor, covariate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of a cell from its masked features (training/network/loss.py); a model
+        with an input correction needs each cell's ``covariate``."""
+        return objective.encode(self, x, input_mask, covariate)
 
     def embedding_rows(self, covariate: torch.Tensor) -> torch.Tensor:
         """The covariate embedding e_b of each row."""
@@ -158,7 +165,7 @@ class InClustModule(nn.Module):
         that the mean decode averages away (training/uncertainty.py). ``samples = K`` decodes K
         draws of the latent from the posterior (``generator`` draws them) instead of its mean:
         the decoded features are their mean and the fourth output their standard deviation."""
-        mu, log_var = self.encode(x, input_mask)
+        mu, log_var = self.encode(x, input_mask, covariate)
         z_c = self.correct(mu, covariate)
         probs = torch.softmax(self.classify(z_c), dim=-1)
         target = covariate if target_covariate is None else target_covariate

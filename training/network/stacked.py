@@ -54,6 +54,9 @@ class StackedNetworks(nn.Module):
         self.covariate_embedding = nn.Parameter(torch.stack([m.covariate_embedding.detach() for m in members]).clone())
         self.prior_means = nn.Parameter(torch.stack([m.prior_means.detach() for m in members]).clone())
         self.n_encoder = len(c.encoder_hidden)
+        if c.input_correction != "none":  # fitted from the data, the same for every member
+            for name in ("input_gain", "input_power", "input_reference"):
+                self.register_buffer(name, getattr(members[0], name).detach().clone())
         self.activation = activations.module(c.activation)
         self.output_activation = activations.module(c.output_activation)
 
@@ -69,6 +72,9 @@ class StackedNetworks(nn.Module):
             layer.bias.copy_(b[k, 0])
         module.covariate_embedding.copy_(self.covariate_embedding[k])
         module.prior_means.copy_(self.prior_means[k])
+        if self.config.input_correction != "none":
+            for name in ("input_gain", "input_power", "input_reference"):
+                getattr(module, name).copy_(getattr(self, name))
         return module.state_dict()
 
     def members(self) -> list[InClustModule]:
