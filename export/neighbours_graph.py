@@ -67,7 +67,9 @@ def append_neighbours(model: onnx.ModelProto, table, output_features: list[int])
     blend = g.op("Mul", [_lookup(g, "latent", table.latents, values, table.k_latent, "latent"),
                          g.const("nb.latent.share", np.asarray(w_lat, dtype=np.float32))], "nb.latent.blend")
     if w_in:
-        inp = g.op("Mul", [_lookup(g, "x", table.inputs, values, table.k_inputs, "inputs"),
+        # the inputs as the encoder reads them: the input correction's output where the graph has one
+        read = "x.corrected" if any("x.corrected" in n.output for n in graph.node) else "x"
+        inp = g.op("Mul", [_lookup(g, read, table.inputs, values, table.k_inputs, "inputs"),
                            g.const("nb.inputs.share", np.asarray(w_in, dtype=np.float32))], "nb.inputs.blend")
         blend = g.op("Add", [blend, inp], "nb.blend")
     placed = g.op("MatMul", [blend, g.const("nb.place", place)], "nb.placed")

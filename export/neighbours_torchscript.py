@@ -75,7 +75,7 @@ class NeighbourImpute(nn.Module):
 
     def forward(self, x: Tensor, covariate: Tensor, target_covariate: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         y, latent, probs = self.graph(x, covariate, target_covariate)
-        return self.blend(y, latent, x), latent, probs
+        return self.blend(y, latent, self.graph.corrected_input(x, covariate)), latent, probs
 
 
 class NeighbourEnsembleImpute(NeighbourImpute):
@@ -83,7 +83,7 @@ class NeighbourEnsembleImpute(NeighbourImpute):
 
     def forward(self, x: Tensor, covariate: Tensor, target_covariate: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         y, latent, probs, std = self.graph(x, covariate, target_covariate)
-        return self.blend(y, latent, x), latent, probs, std
+        return self.blend(y, latent, self.graph.corrected_input(x, covariate)), latent, probs, std
 
 
 def script(weights: FoldedWeights, plan: PreprocessPlan, table, output_features: list[int]) -> torch.jit.ScriptModule:

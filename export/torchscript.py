@@ -122,10 +122,16 @@ class _Encoder(nn.Module):
         self.register_buffer("covariate_embedding", torch.from_numpy(weights.covariate_embedding.copy()))
         self.classifier = _sequential((weights.classifier,))
 
-    def embed(self, x: Tensor, covariate: Tensor) -> Tuple[Tensor, Tensor]:
+    def corrected_input(self, x: Tensor, covariate: Tensor) -> Tensor:
+        """The preprocessed input through the input correction (training/network/correction.py; the scale folded
+        into its gain), where the model has one: what the neighbour read-out's input lookup compares."""
         h = self.preprocess(x)
-        if self.corrects:  # the input correction (training/network/correction.py), the scale folded into the gain
+        if self.corrects:
             h = self.input_gain[covariate] * torch.sign(h) * torch.abs(h).pow(self.input_power[covariate])
+        return h
+
+    def embed(self, x: Tensor, covariate: Tensor) -> Tuple[Tensor, Tensor]:
+        h = self.corrected_input(x, covariate)
         if self.input_l2:
             if self.input_scale.numel() > 0:
                 h = h / self.input_scale

@@ -73,7 +73,7 @@ def reference(module, combination: Combination, feeds: dict[str, np.ndarray], pl
     x = feeds["x"] if plan is None else plan.apply(feeds["x"])
     names = [t.name for t in combination.spec.outputs]
     out = run_graph(module, combination.inputs, combination.outputs, x, feeds["covariate"], feeds.get("target_covariate"), names)
-    return out if neighbours is None else blend_neighbours(neighbours, out, combination.outputs, x)
+    return out if neighbours is None else blend_neighbours(module, neighbours, out, combination.inputs, combination.outputs, x, feeds["covariate"])
 
 
 def run_onnx(model_bytes: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

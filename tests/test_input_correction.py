@@ -120,3 +120,30 @@ def test_mapping_fits_the_new_batch_its_own_rows(corrected):
     torch.testing.assert_close(m.input_power[-1], m.input_power[query_level], atol=1e-5, rtol=1e-5)
     a = mapped.get_latent_representation(query.copy(), covariate="section2") if hasattr(mapped, "get_latent_representation") else None
     assert a is None or np.isfinite(a).all()
+
+
+def test_the_read_out_compares_corrected_inputs_through_every_door(tmp_path):
+    """``[readout] neighbours = true`` on a corrected model: the input lookup reads the corrected inputs in the
+    model, its ONNX graph and its TorchScript twin alike (the same numbers), and not the inputs as fed."""
+    from evaluation.synthetic import synthetic_task
+    from inclust_plus.export.api import export_model
+    from inclust_plus.runtime.predictor import Predictor
+    from inclust_plus.runtime.torchscript_backend import TorchScriptBackend
+    from inclust_plus.training.model import InClust
+    from inclust_plus.training.network import correction as corr
+
+    task = synthetic_task("imputation", n_cells=600, overrides={"model": {"input_correction": "moments"}, "readout": {"neighbours": True},
+                                                                 "training": {"epochs": 3, "seed": 4}})
+    model, data, _ = InClust.fit(task.config, task.objects, progress=False)
+    query = task.objects["merfish"]
+    assert not torch.all(model.module.input_power == 1)
+    model.save(tmp_path / "model.pt")
+    export_model(tmp_path / "model.pt", tmp_path / "export")
+    api = np.asarray(model.impute(query.copy()).layers["inclust_imputed"])
+    for backend in (None, TorchScriptBackend("cpu")):
+        got = np.asarray(Predictor(tmp_path / "export", backend=backend).impute(query.copy()).layers["inclust_imputed"])
+        np.testing.assert_allclose(got, api, atol=2e-5)
+    m = model.module
+    m.input_gain.fill_(1.0), m.input_power.fill_(1.0)  # the same model reading its inputs uncorrected differs
+    assert corr.corrected_rows(m, np.ones((1, 3)), [0, 1, 2], [1]).tolist() == [[1.0, 1.0, 1.0]]
+    assert np.abs(np.asarray(model.impute(query.copy()).layers["inclust_imputed"]) - api).max() > 1e-3

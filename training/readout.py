@@ -23,6 +23,7 @@ from inclust_plus.contract.plan_builder import build_plan
 from inclust_plus.errors import InclustError
 from inclust_plus.sparse import is_sparse
 
+from inclust_plus.training.network import correction
 from inclust_plus.training.neighbours import NeighbourTable, build_table
 
 ARRAYS = ("latents", "inputs", "values")  # the checkpoint's ``neighbours`` entry: float32 [cells, *]
@@ -87,8 +88,10 @@ def build_readout(model, data, cfg) -> tuple[NeighbourTable, ReadoutRecord]:
     block = data.x[rows]
     cats = np.asarray(data.covariate_categories, dtype=object)
     x = _dense(block[:, inputs])
+    # the input lookup compares cells as the encoder reads them: with an input correction, each through its covariate's rows
+    lookup = correction.corrected_rows(model.module, as_query_inputs(model.description, inputs, x), inputs, data.covariate[rows])
     table = build_table(model, x, _dense(block[:, features]), panels[0], cats[data.covariate[rows]], features,
-                        k_latent=cfg.readout.k_latent, k_inputs=cfg.readout.k_inputs, lookup_x=as_query_inputs(model.description, inputs, x))
+                        k_latent=cfg.readout.k_latent, k_inputs=cfg.readout.k_inputs, lookup_x=lookup)
     record = ReadoutRecord(combination, tuple(int(f) for f in features), len(rows), tuple(refs), table.k_latent, table.k_inputs,
                            tuple(float(w) for w in table.weights))
     return table, record

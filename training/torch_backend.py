@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from inclust_plus.training.network import correction
+
 from inclust_plus.contract import Manifest, TensorEntry
 from inclust_plus.contract.combinations import Combination, all_combinations
 from inclust_plus.contract.graphs import Y_STD
@@ -57,11 +59,15 @@ def run_graph(module, inputs: Sequence[int], outputs: Sequence[int], x: np.ndarr
     return {name: out[name].numpy() for name in names}
 
 
-def blend_neighbours(table, out: dict[str, np.ndarray], outputs: Sequence[int], x: np.ndarray) -> dict[str, np.ndarray]:
+def blend_neighbours(module, table, out: dict[str, np.ndarray], inputs: Sequence[int], outputs: Sequence[int], x: np.ndarray,
+                     covariate: np.ndarray) -> dict[str, np.ndarray]:
     """``out`` (:func:`run_graph`'s, with ``y`` and ``latent``) with ``y`` blended with the read-out of
-    ``table`` (training/neighbours.py, the one definition), for preprocessed inputs ``x``: the reference
-    semantics of a graph exported with the read-out (export/neighbours_graph.py)."""
-    y = table.impute_columns(out["latent"], out["y"], outputs, np.asarray(x, dtype=np.float32))
+    ``table`` (training/neighbours.py, the one definition), for preprocessed inputs ``x`` (columns: the global
+    features ``inputs``) of cells of ``covariate``: the reference semantics of a graph exported with the
+    read-out (export/neighbours_graph.py). The input lookup reads the inputs as the encoder does: through the
+    module's input correction, where it has one."""
+    seen = correction.corrected_rows(module, x, inputs, covariate)
+    y = table.impute_columns(out["latent"], out["y"], outputs, seen)
     return {**out, "y": y}
 
 
@@ -158,7 +164,7 @@ class TorchBackend:
         names = graph.output_names if table is None else tuple(dict.fromkeys((*graph.output_names, "latent")))
         out = run_graph(self.module, inputs, outputs, x, covariate, target_covariate, names, samples, self.generator)
         if table is not None:
-            out = blend_neighbours(table, out, outputs, x)
+            out = blend_neighbours(self.module, table, out, inputs, outputs, x, covariate)
         return {name: out[name] for name in graph.output_names}
 
     def provenance(self) -> dict:

@@ -66,3 +66,16 @@ def fit(x, covariate: np.ndarray, measuring: np.ndarray) -> tuple[np.ndarray, np
 def apply(x: torch.Tensor, gain: torch.Tensor, power: torch.Tensor) -> torch.Tensor:
     """``gain * sign(x) * |x| ^ power``, elementwise (``gain``/``power`` broadcast to x: a cell's rows of the tables)."""
     return gain * torch.sign(x) * torch.abs(x).pow(power)
+
+
+def corrected_rows(module, x, features, covariate) -> "np.ndarray":
+    """Cells ``x`` (numpy, columns = the module's global ``features``) as its encoder reads them: through the input
+    correction's rows of each cell's ``covariate`` (ints), or unchanged for a module without one. The neighbour
+    read-out's input lookup compares cells in this space (training/readout.py, its exported graphs)."""
+    x = np.asarray(x, dtype=np.float32)
+    if getattr(module, "input_gain", None) is None:
+        return x
+    cols = torch.as_tensor(np.asarray(features, dtype=np.int64))
+    cov = torch.as_tensor(np.asarray(covariate, dtype=np.int64))
+    with torch.no_grad():
+        return apply(torch.from_numpy(np.ascontiguousarray(x)), module.input_gain[cov][:, cols], module.input_power[cov][:, cols]).numpy()
