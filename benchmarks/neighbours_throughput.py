@@ -38,7 +38,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     table = NeighbourTable(latents=unit_rows(rng.normal(size=(REFERENCE, 6 * 50))), values=rng.random((REFERENCE, HELD), dtype=np.float32),
                            features=list(range(122, 153)), inputs=unit_rows(rng.random((REFERENCE, 122))))
-    graphs = {"decoder only (today)": plain, "decoder + latent + input neighbours": append_neighbours(plain, table, list(range(153)))}
+    seen = onnx.ModelProto()
+    seen.CopyFrom(plain)  # unpreprocessed, uncorrected: the encoder reads x as fed (export names it x.seen for the lookup)
+    seen.graph.node.insert(0, onnx.helper.make_node("Identity", ["x"], ["x.seen"], name="x.seen"))
+    graphs = {"decoder only (today)": plain, "decoder + latent + input neighbours": append_neighbours(seen, table, list(range(153)))}
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     sessions = {k: ort.InferenceSession(g.SerializeToString(), opts, providers=["CPUExecutionProvider"]) for k, g in graphs.items()}

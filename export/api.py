@@ -13,6 +13,8 @@ import os
 import zipfile
 from pathlib import Path
 
+import onnx
+
 from inclust_plus import interrupt
 from inclust_plus.atomic import Output, atomic_outputs, check_not_inside, check_output_path, refuse_foreign_entries
 from inclust_plus.contract import GraphEntry
@@ -64,33 +66,29 @@ def _variants(combo: Combination, csr: bool, fp16: bool) -> list[tuple[str, str,
     return out
 
 
-def _check_readout(desc: ModelDescription, combos: list[Combination], fold_preprocessing: bool) -> None:
-    """Refuse, before anything is written, to fold preprocessing into the read-out's graph: its input
-    lookup compares the preprocessed x with the reference's rows, and inside a folded graph the scale
-    is part of the first weight, so no tensor holds that x."""
-    combo = next((c for c in combos if desc.readout is not None and c.name == desc.readout.combination), None)
-    if fold_preprocessing and combo is not None and any(g.does_something for g in build_plan(desc, combo.inputs).groups):
-        raise InclustError(f"graph {combo.name!r} carries the neighbour read-out, which reads the preprocessed input: it cannot fold preprocessing",
-                           "export without --fold-preprocessing (the runtime then preprocesses the input)")
-
-
 def _export_one(module, desc: ModelDescription, combo: Combination, folder: Path, want_torchscript: bool, fold_preprocessing: bool,
                 csr: bool = True, fp16: bool = False, want_torch_export: bool = False, neighbours=None) -> tuple[GraphEntry, dict]:
     """Write one graph (its TorchScript / torch.export twins and its CSR / float16 flavours), check parity, return its manifest entry and diffs.
 
-    ``neighbours`` (the checkpoint's NeighbourTable, for the read-out's graph): the dense float32 graph
-    gets the lookup (export/neighbours_graph.py) and so does its TorchScript twin
-    (export/neighbours_torchscript.py); its CSR/float16 flavours and torch.export program would compute
-    the decoder without it, so they are not written and a runner cannot pick one by accident."""
+    ``neighbours`` (the checkpoint's NeighbourTable, for the read-out's graph): the graph, its CSR flavour, its
+    TorchScript twin and its torch.export program carry the lookup (export/neighbours_graph.py,
+    export/neighbours_torchscript.py); float16 flavours are not written for it (a half-precision latent would pick
+    other neighbours where two are nearly as close), so a runner cannot pick one by accident."""
     full_plan = build_plan(desc, combo.inputs)  # written into the manifest either way
     plan = full_plan if fold_preprocessing else IDENTITY
     weights = fold(module, combo, plan)
-    proto = onnx_graph.build_model(weights, combo, plan, desc.name)
-    if neighbours is not None:
+
+    def graph(input_format: str = "dense", precision: str = "fp32") -> onnx.ModelProto:
+        proto = onnx_graph.build_model(weights, combo, plan, desc.name, input_format, precision, lookup_input=neighbours is not None)
+        if neighbours is None:
+            return proto
         from .neighbours_graph import append_neighbours
 
-        proto = append_neighbours(proto, neighbours, list(combo.outputs))
-        want_torch_export = csr = fp16 = False
+        return append_neighbours(proto, neighbours, list(combo.outputs))
+
+    if neighbours is not None:
+        fp16 = False
+    proto = graph()
     data = onnx_graph.serialize(proto)
     onnx_file = f"{combo.name}.onnx"
     (folder / onnx_file).write_bytes(data)
@@ -108,10 +106,10 @@ def _export_one(module, desc: ModelDescription, combo: Combination, folder: Path
     diffs = check_parity(module, combo, plan if fold_preprocessing else None, data, loaded, neighbours=neighbours)
     variants = []
     for input_format, precision, file in _variants(combo, csr, fp16):
-        vdata = onnx_graph.serialize(onnx_graph.build_model(weights, combo, plan, desc.name, input_format, precision))
+        vdata = onnx_graph.serialize(graph(input_format, precision))
         (folder / file).write_bytes(vdata)
         vdiffs = check_variant_parity(module, combo, plan if fold_preprocessing else None, vdata, input_format, precision,
-                                      dense_bytes=data if precision == "fp32" else None)
+                                      dense_bytes=data if precision == "fp32" else None, neighbours=neighbours)
         diffs[f"{input_format}/{precision}"] = vdiffs["onnxruntime"]
         variants.append(variant_entry(combo, input_format, precision, file, hashlib.sha256(vdata).hexdigest(), weights.latent_dim, weights.n_labels))
     pt2 = None
@@ -119,8 +117,8 @@ def _export_one(module, desc: ModelDescription, combo: Combination, folder: Path
         from . import torch_export
 
         pt2 = folder / f"{combo.name}.pt2"
-        torch_export.save(torch_export.export_program(weights, plan, combo, module.config.n_covariates), pt2)
-        diffs["torch.export"] = torch_export.check_parity(module, combo, plan if fold_preprocessing else None, pt2)
+        torch_export.save(torch_export.export_program(weights, plan, combo, module.config.n_covariates, neighbours), pt2)
+        diffs["torch.export"] = torch_export.check_parity(module, combo, plan if fold_preprocessing else None, pt2, neighbours=neighbours)
     entry = graph_entry(
         combo,
         file=onnx_file,
@@ -210,8 +208,6 @@ def export_model(
     combos = select_combinations(desc, combinations)
     if not neighbours:
         table = None
-    if table is not None:
-        _check_readout(desc, combos, fold_preprocessing)
 
     write_triton, triton_replaceable = _triton_writer() if triton_dir is not None else (None, None)
     outputs = [Output(out, folder=True, force=force, replaceable=written_by_export)]

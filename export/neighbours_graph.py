@@ -5,8 +5,11 @@ runner of ONNX (the torch-free runtime, Triton's onnxruntime backend) runs it un
 same outputs, only ``y``'s table columns become the blend. Per lookup: unit rows (ReduceL2, as
 ``unit_rows``), cosine similarities as one MatMul against the reference's unit rows, TopK, weights
 1 / (1 - cos + eps), Gather of the reference's measured values, weighted mean. The latent lookup reads
-the graph's ``latent``; the input lookup reads the graph's input ``x`` as fed, so a table with input
-rows needs a graph whose ``x`` is in the table's scale (no folded preprocessing, or none to fold).
+the graph's ``latent``; the input lookup reads ``x.seen``, the input as the encoder reads it in the training
+scale (``build_model(..., lookup_input=True)``: preprocessed when folded, divided by the per-feature scale,
+through the input correction), which is the scale of the table's input rows (training/readout.py). So the
+dense and CSR flavours and folded preprocessing all carry the same lookup; float16 graphs do not (a half-
+precision latent would pick other neighbours where two are nearly as close).
 """
 
 from __future__ import annotations
@@ -67,9 +70,9 @@ def append_neighbours(model: onnx.ModelProto, table, output_features: list[int])
     blend = g.op("Mul", [_lookup(g, "latent", table.latents, values, table.k_latent, "latent"),
                          g.const("nb.latent.share", np.asarray(w_lat, dtype=np.float32))], "nb.latent.blend")
     if w_in:
-        # the inputs as the encoder reads them: the input correction's output where the graph has one
-        read = "x.corrected" if any("x.corrected" in n.output for n in graph.node) else "x"
-        inp = g.op("Mul", [_lookup(g, read, table.inputs, values, table.k_inputs, "inputs"),
+        if not any("x.seen" in n.output for n in graph.node):
+            raise InclustError(f"graph {graph.name!r} does not name the input its encoder reads", "build it with lookup_input=True")
+        inp = g.op("Mul", [_lookup(g, "x.seen", table.inputs, values, table.k_inputs, "inputs"),
                            g.const("nb.inputs.share", np.asarray(w_in, dtype=np.float32))], "nb.inputs.blend")
         blend = g.op("Add", [blend, inp], "nb.blend")
     placed = g.op("MatMul", [blend, g.const("nb.place", place)], "nb.placed")

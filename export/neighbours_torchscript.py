@@ -67,29 +67,43 @@ class Blend(nn.Module):
 
 
 class NeighbourImpute(nn.Module):
-    """(x, covariate, target_covariate) -> (y, latent, label_probs), ``y`` blended."""
+    """(x, covariate, target_covariate) -> (y, latent, label_probs), ``y`` blended. The input lookup reads the
+    input as the encoder does, in the training scale (as the ONNX graph's ``x.seen``): ``lookup_scale`` divides
+    where the per-feature scale sits in the first weight (folded, no input correction; empty otherwise)."""
 
-    def __init__(self, graph: nn.Module, blend: Blend):
+    def __init__(self, graph: nn.Module, blend: Blend, lookup_scale: np.ndarray | None = None):
         super().__init__()
-        self.graph, self.blend = graph, blend
+        self.network, self.blend = graph, blend  # (not "graph": torch.export's GraphModule has its own)
+        scale = np.ones(0, dtype=np.float32) if lookup_scale is None else np.asarray(lookup_scale, dtype=np.float32)
+        self.register_buffer("lookup_scale", torch.from_numpy(scale.copy()))
+
+    def seen(self, x: Tensor, covariate: Tensor) -> Tensor:
+        h = self.network.corrected_input(x, covariate)
+        return h / self.lookup_scale if self.lookup_scale.numel() > 0 else h
 
     def forward(self, x: Tensor, covariate: Tensor, target_covariate: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        y, latent, probs = self.graph(x, covariate, target_covariate)
-        return self.blend(y, latent, self.graph.corrected_input(x, covariate)), latent, probs
+        y, latent, probs = self.network(x, covariate, target_covariate)
+        return self.blend(y, latent, self.seen(x, covariate)), latent, probs
 
 
 class NeighbourEnsembleImpute(NeighbourImpute):
     """An ensemble's graph: also ``y_std``, the members' spread of the decode (not blended, as in ONNX)."""
 
     def forward(self, x: Tensor, covariate: Tensor, target_covariate: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        y, latent, probs, std = self.graph(x, covariate, target_covariate)
-        return self.blend(y, latent, self.graph.corrected_input(x, covariate)), latent, probs, std
+        y, latent, probs, std = self.network(x, covariate, target_covariate)
+        return self.blend(y, latent, self.seen(x, covariate)), latent, probs, std
+
+
+def neighbour_module(weights: FoldedWeights, plan: PreprocessPlan, table, output_features: list[int]) -> nn.Module:
+    """The decoding graph of ``weights`` with ``table``'s read-out (``output_features``: its y's global features), eager."""
+    wrapper = NeighbourEnsembleImpute if weights.members > 1 else NeighbourImpute
+    scale = plan.scale if weights.input_gain is None and plan.scale is not None else None
+    return wrapper(graph_module(weights, plan, True), Blend(table, output_features), scale)
 
 
 def script(weights: FoldedWeights, plan: PreprocessPlan, table, output_features: list[int]) -> torch.jit.ScriptModule:
-    """The scripted decoding graph of ``weights`` with ``table``'s read-out (``output_features``: its y's global features)."""
-    wrapper = NeighbourEnsembleImpute if weights.members > 1 else NeighbourImpute
-    module = wrapper(graph_module(weights, plan, True), Blend(table, output_features))
+    """:func:`neighbour_module`, scripted."""
+    module = neighbour_module(weights, plan, table, output_features)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.script(module.eval())

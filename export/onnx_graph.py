@@ -158,12 +158,15 @@ def build_model(
     model_name: str,
     input_format: str = "dense",
     precision: str = "fp32",
+    lookup_input: bool = False,
 ) -> onnx.ModelProto:
     """The folded graph of ``combination``; inputs and outputs follow the graph table (:func:`inclust_plus.contract.graphs.graph_io`).
 
     ``input_format="csr"``: the graph takes a batch's stored entries (export/csr_graph.py).
     ``precision="fp16"``: float16 weights and arithmetic from the first layer on (preprocessing and
     the L2 norm stay float32), float32 inputs and outputs, for GPUs with fast half precision.
+    ``lookup_input``: also name ``x.seen``, the input as the encoder reads it in the training scale (preprocessed,
+    divided by the per-feature scale, corrected): what the neighbour read-out compares (export/neighbours_graph.py).
     """
     spec = combination.spec_for(input_format)
     half = precision == "fp16"
@@ -175,6 +178,11 @@ def build_model(
         power = b.op("Gather", [b.const("input_power", weights.input_power), "covariate"], "input_power.rows", axis=0)
         magnitude = b.op("Pow", [b.op("Abs", [h], "x.abs"), power], "x.abs.pow")
         h = b.op("Mul", [b.op("Mul", [b.op("Sign", [h], "x.sign"), magnitude], "x.pow"), gain], "x.corrected")
+    if lookup_input:  # (the correction's gain already holds the scale; otherwise it is in the weights, so divide here)
+        if weights.input_gain is None and plan.scale is not None:
+            b.op("Div", [h, b.const("lookup.scale", plan.scale.astype(np.float32))], "x.seen")
+        else:
+            b.op("Identity", [h], "x.seen")
     if weights.input_l2:
         if weights.input_scale is not None:
             h = b.op("Div", [h, b.const("input_scale", weights.input_scale)], "x.scaled")

@@ -21,20 +21,27 @@ from inclust_plus.contract.plan import PreprocessPlan
 
 from .folding import FoldedWeights
 from .torchscript import graph_module
-from .validate import ATOL, RTOL, max_abs_diff, random_feeds, reference, run_torchscript, within_tolerance
+from .validate import ATOL, RTOL, max_abs_diff, random_feeds, reference, run_torchscript, within_tolerance, without_ties
 
 EXAMPLE_BATCH = 3  # not 0 or 1, which torch.export would specialise the batch axis on
 
 
-def export_program(weights: FoldedWeights, plan: PreprocessPlan, combination: Combination, n_covariates: int) -> torch.export.ExportedProgram:
-    """The ExportedProgram of one combination: x [batch, n_inputs], covariate [batch] (+ target_covariate)."""
+def export_program(weights: FoldedWeights, plan: PreprocessPlan, combination: Combination, n_covariates: int,
+                   neighbours=None) -> torch.export.ExportedProgram:
+    """The ExportedProgram of one combination: x [batch, n_inputs], covariate [batch] (+ target_covariate);
+    ``neighbours`` (a NeighbourTable): with the read-out, as the graph that carries it."""
     decodes = combination.spec.decodes
-    module = graph_module(weights, plan, decodes).eval()
-    for name in ("input_scale", "input_gain", "input_power"):
-        if getattr(module, name).numel() == 0:  # an empty buffer cannot be saved in a .pt2; it is only tested for emptiness
-            shape = tuple(getattr(module, name).shape)
-            del module._buffers[name]
-            setattr(module, name, torch.ones(shape))
+    if neighbours is None:
+        module = graph_module(weights, plan, decodes).eval()
+    else:
+        from .neighbours_torchscript import neighbour_module
+
+        module = neighbour_module(weights, plan, neighbours, list(combination.outputs)).eval()
+    for part in module.modules():
+        for name, buffer in list(part._buffers.items()):
+            if buffer is not None and buffer.numel() == 0:  # an empty buffer cannot be saved in a .pt2; it is only tested for emptiness
+                del part._buffers[name]
+                setattr(part, name, torch.ones(tuple(buffer.shape)))
     feeds = random_feeds(combination, n_covariates, EXAMPLE_BATCH)
     names = [t.name for t in combination.spec.inputs]
     args = tuple(torch.from_numpy(feeds[n]) for n in names)
@@ -53,11 +60,14 @@ def load(path: str | os.PathLike) -> torch.export.ExportedProgram:
     return torch.export.load(str(path))
 
 
-def check_parity(module, combination: Combination, plan: PreprocessPlan | None, path: Path, batch: int = 64, seed: int = 0) -> float:
+def check_parity(module, combination: Combination, plan: PreprocessPlan | None, path: Path, batch: int = 64, seed: int = 0,
+                 neighbours=None) -> float:
     """Max |diff| of the saved program against the PyTorch model; error above the export tolerance."""
     feeds = random_feeds(combination, module.config.n_covariates, batch, seed, plan)
-    want = reference(module, combination, feeds, plan)
+    want = reference(module, combination, feeds, plan, neighbours)
     got = run_torchscript(load(path).module(), combination, feeds)  # same call convention as a scripted module
+    if neighbours is not None:
+        want, got = without_ties(module, combination, feeds, plan, neighbours, want, got)
     if not within_tolerance(got, want):
         raise InclustError(
             f"torch.export program {combination.name!r} differs from the PyTorch model by {max_abs_diff(got, want):.3g} (> {ATOL:g} + {RTOL:g} x |value|)",

@@ -10,7 +10,10 @@ import pytest
 
 from export_toys import make_toy_checkpoint
 from inclust_plus.errors import InclustError
-from inclust_plus.export import export_model
+from inclust_plus.contract.combinations import select_combinations
+from inclust_plus.contract.plan_builder import IDENTITY
+from inclust_plus.export import onnx_graph
+from inclust_plus.export.folding import fold
 from inclust_plus.export.neighbours_graph import append_neighbours
 from inclust_plus.training.checkpoint import load_checkpoint
 from inclust_plus.training.model import InClust
@@ -23,9 +26,10 @@ HELD = [1, 4, 9]  # rna genes outside the toy's merfish panel (export_toys.MERFI
 def exported(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("nb")
     ckpt = make_toy_checkpoint(root / "model.pt", seed=3, preprocessing=False, members=request.param)
-    export_model(ckpt, root / "out")
     module, desc = load_checkpoint(ckpt)
-    return InClust(module, desc), onnx.load(str(root / "out" / "merfish_to_rna.onnx"))
+    combo = select_combinations(desc, ["merfish_to_rna"])[0]  # the graph export writes, naming the input its encoder reads
+    graph = onnx_graph.build_model(fold(module, combo, IDENTITY), combo, IDENTITY, desc.name, lookup_input=True)
+    return InClust(module, desc), graph
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray, cov: int, tgt: int) -> dict:

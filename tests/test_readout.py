@@ -137,23 +137,31 @@ def test_a_checkpoint_whose_arrays_contradict_its_record_is_refused(trained, tmp
     assert "lacks its arrays" in _error(lambda: read_checkpoint(tmp_path / "bad.pt"))
 
 
-def test_export_writes_the_lookup_graph_and_its_torchscript_twin_only_and_checks_their_parity(trained, tmp_path):
-    _, _, root, manifest, report = trained
+def test_export_writes_the_lookup_into_every_flavour_but_float16_and_checks_their_parity(trained, tmp_path):
+    from inclust_plus.runtime import Predictor
+
+    model, query, root, manifest, report = trained
     entries = {g.name: g for g in read_manifest(manifest.parent).graphs}
     lookup = entries["merfish_to_rna"]
-    assert lookup.torchscript_file == "merfish_to_rna.ts" and lookup.variants == () and lookup.torch_export_file is None
+    assert lookup.torchscript_file == "merfish_to_rna.ts" and [(v.input_format, v.precision) for v in lookup.variants] == [("csr", "fp32")]
     assert entries["merfish_to_merfish"].variants  # the other graphs keep their CSR flavours
-    assert sorted(p.name for p in manifest.parent.iterdir() if p.name.startswith("merfish_to_rna.")) == ["merfish_to_rna.onnx", "merfish_to_rna.ts"]
-    assert set(report["merfish_to_rna"]) == {"onnxruntime", "torchscript"} and max(report["merfish_to_rna"].values()) < 1e-5
+    assert sorted(p.name for p in manifest.parent.iterdir() if p.name.startswith("merfish_to_rna.")) == [
+        "merfish_to_rna.csr.onnx", "merfish_to_rna.onnx", "merfish_to_rna.ts"]
+    assert set(report["merfish_to_rna"]) == {"onnxruntime", "torchscript", "csr/fp32"} and max(report["merfish_to_rna"].values()) < 1e-5
     again = export_model(root / "model.pt", tmp_path / "again")  # the same checkpoint gives the same files
     for name in ("manifest.json", "merfish_to_rna.onnx", "merfish_to_rna.ts"):
         assert (again.parent / name).read_bytes() == (manifest.parent / name).read_bytes(), name
-    # The input lookup reads the preprocessed x, which a graph with folded preprocessing never holds: refused, nothing written.
-    fold = _error(lambda: export_model(root / "model.pt", tmp_path / "folded", fold_preprocessing=True))
-    assert fold == ("graph 'merfish_to_rna' carries the neighbour read-out, which reads the preprocessed input: it cannot fold preprocessing; "
-                    "export without --fold-preprocessing (the runtime then preprocesses the input)")
-    assert not (tmp_path / "folded").exists()
-    export_model(root / "model.pt", tmp_path / "other", combinations=["merfish_to_merfish"], fold_preprocessing=True)  # without that graph: fine
+    # Folded preprocessing, the torch.export program and float16: the lookup reads the input in the training scale
+    # (x.seen), so a graph fed raw values carries it too; float16 flavours are not written for that graph.
+    report = {}
+    folded = export_model(root / "model.pt", tmp_path / "folded", fold_preprocessing=True, torch_export=True, fp16=True, report=report)
+    entry = {g.name: g for g in read_manifest(folded.parent).graphs}["merfish_to_rna"]
+    assert entry.folded_preprocessing and entry.torch_export_file == "merfish_to_rna.pt2"
+    assert [(v.input_format, v.precision) for v in entry.variants] == [("csr", "fp32")]
+    assert set(report["merfish_to_rna"]) == {"onnxruntime", "torchscript", "csr/fp32", "torch.export"}
+    want = np.asarray(model.impute(query).layers["inclust_imputed"])
+    got = np.asarray(Predictor(folded.parent).impute(query).layers["inclust_imputed"])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_inclust_export_no_neighbours_writes_the_decoder_alone(trained, tmp_path):
@@ -223,7 +231,7 @@ def test_the_export_parity_check_covers_the_lookup(trained):
 
     model, *_ = trained
     combo = select_combinations(model.description, ["merfish_to_rna"])[0]
-    proto = onnx_graph.build_model(fold(model.module, combo, IDENTITY), combo, IDENTITY, "m")
+    proto = onnx_graph.build_model(fold(model.module, combo, IDENTITY), combo, IDENTITY, "m", lookup_input=True)
     data = onnx_graph.serialize(append_neighbours(proto, model.neighbours, list(combo.outputs)))
     assert check_parity(model.module, combo, None, data, neighbours=model.neighbours)["onnxruntime"] < 1e-5
     shifted = dataclasses.replace(model.neighbours, values=model.neighbours.values + 0.01)
