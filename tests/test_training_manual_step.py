@@ -23,14 +23,17 @@ from inclust_plus.training.network.stacked import StackedNetworks
 
 
 def _case(k, activation="relu", output="sigmoid", norm="none", bernoulli=False, unsupervised=False, enc=(20, 8), dec=(16,), seed=0,
-          device="cpu", weights=None):
+          device="cpu", weights=None, correction="none"):
     torch.manual_seed(seed)
     cfg = ModuleConfig(n_features=12, n_covariates=3, n_labels=4, encoder_hidden=list(enc), latent_dim=5, decoder_hidden=list(dec),
-                       activation=activation, output_activation=output, input_normalization=norm)
+                       activation=activation, output_activation=output, input_normalization=norm, input_correction=correction)
     members = [InClustModule(cfg) for _ in range(k)]
+    gain, power = torch.rand(3, 12) + 0.5, torch.rand(3, 12) + 0.5  # fitted tables: one per model, the same in every member
     for m in members:
         with torch.no_grad():
             m.prior_means.normal_()  # apart, as after training (they start at zero)
+            if correction != "none":
+                m.input_gain.copy_(gain), m.input_power.copy_(power)
     net = StackedNetworks(members)
     n = 40
     x = torch.rand(k, n, 12)
@@ -63,10 +66,10 @@ def _allow_listed_cases():
     normalization x likelihood (one for all members, or a mix; Bernoulli needs a sigmoid output) x
     labelled or not, on every listed device; then the network's shapes and term weights it takes any of."""
     cases = []
-    for act, out, norm, unsup in itertools.product(COVERED["model.activation"], COVERED["model.output_activation"],
-                                                   COVERED["model.input_normalization"], [False, True]):
+    for act, out, norm, corr, unsup in itertools.product(COVERED["model.activation"], COVERED["model.output_activation"],
+                                                         COVERED["model.input_normalization"], COVERED["model.input_correction"], [False, True]):
         for bern in ([False, True, "mixed"] if out == "sigmoid" else [False]):
-            cases.append(dict(k=2, activation=act, output=out, norm=norm, bernoulli=bern, unsupervised=unsup))
+            cases.append(dict(k=2, activation=act, output=out, norm=norm, bernoulli=bern, unsupervised=unsup, correction=corr))
     cases += [dict(k=1), dict(k=3, bernoulli="mixed"), dict(k=2, enc=(), dec=(16,)), dict(k=1, enc=(20,), dec=()), dict(k=2, enc=(), dec=()),
               dict(k=2, weights=LossConfig(reconstruction=1000.0, kl=0.05, categorical=0.0, label=0.0)),
               dict(k=2, weights=LossConfig(reconstruction=1000.0, kl=1.0, categorical=0.7, label=50.0, unseen=16.0))]
@@ -77,7 +80,6 @@ def _allow_listed_cases():
 CASES = _allow_listed_cases()
 assert set(COVERED) == {"model.activation", "model.output_activation", "model.input_normalization", "model.input_correction",
                         "training.precision", "training.device", "loss.mixing"}, "a new allow-list key needs its values in _allow_listed_cases"
-assert COVERED["model.input_correction"] == ("none",)  # every case: the default
 assert COVERED["training.precision"] == ("fp32",) and COVERED["loss.mixing"] == (0.0,)  # what every case uses
 
 
@@ -103,8 +105,6 @@ def test_settings_outside_the_allow_list_train_with_autograd():
     assert uncovered(cfg, LossConfig(), "fp32", "mps") == "training.device = 'mps'"
     gelu = ModuleConfig(n_features=12, n_covariates=3, n_labels=4, activation="gelu")  # in the table, not in the step's list
     assert uncovered(gelu, LossConfig(), "fp32", "cpu") == "model.activation = 'gelu'"
-    corrected = ModuleConfig(n_features=12, n_covariates=3, n_labels=4, input_correction="moments")  # fitted tables: autograd only
-    assert uncovered(corrected, LossConfig(), "fp32", "cpu") == "model.input_correction = 'moments'"
 
     @dataclasses.dataclass
     class LossWithANewTerm(LossConfig):  # a loss term added later, which the step does not know

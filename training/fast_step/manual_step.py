@@ -30,7 +30,7 @@ from torch import nn
 from inclust_plus.errors import InclustError
 
 from inclust_plus.training.fast_step.flat_params import FlatParameters
-from inclust_plus.training.network.loss import L2_EPS, output_weights
+from inclust_plus.training.network.loss import encoder_input, output_weights
 from inclust_plus.training.fast_step.step_worker import InlineWorker
 
 _ACT = {
@@ -48,7 +48,7 @@ COVERED = {
     "model.activation": ("relu", "tanh", "sigmoid", "identity"),
     "model.output_activation": ("relu", "tanh", "sigmoid", "identity"),
     "model.input_normalization": ("none", "l2"),
-    "model.input_correction": ("none",),
+    "model.input_correction": ("none", "moments"),
     "training.precision": ("fp32",),
     "training.device": ("cpu", "cuda"),  # (the cuda cases run where torch sees a GPU)
     "loss.mixing": (0.0,),
@@ -169,10 +169,7 @@ class ManualStep:
         cov_rows = covariate.reshape(-1) if k == 1 else (covariate + n_cov * torch.arange(k, device=x.device)[:, None]).reshape(-1)
 
         # --- forward (StackedNetworks.loss, keeping what the backward needs)
-        h = x * input_mask
-        if c.input_normalization == "l2":
-            h = h / h.norm(dim=-1, keepdim=True).clamp_min(L2_EPS)
-        hs = [h]
+        hs = [encoder_input(net, x, input_mask, covariate)]
         for i in range(e):
             hs.append(act(torch.baddbmm(B[i], hs[-1], W[i].transpose(1, 2))))
         latent = c.latent_dim

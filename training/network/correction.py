@@ -20,7 +20,6 @@ or features with fewer than ``MIN_VALUES`` non-zero values keep the identity (ga
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 MIN_VALUES = 20  # non-zero values a covariate needs in a feature for its moments to be matched
@@ -29,6 +28,8 @@ POWER_RANGE = (0.25, 4.0)  # a fitted power is clipped into this range (a few od
 
 def log_moments(x) -> np.ndarray:
     """[3, features]: count, mean and standard deviation of log |x| over each column's non-zero entries."""
+    import scipy.sparse as sp  # (here: a training process imports this module and not scipy)
+
     x = sp.csr_matrix(x)
     x.eliminate_zeros()
     logs = np.log(np.abs(x.data.astype(np.float64)))
@@ -54,6 +55,8 @@ def fit(x, covariate: np.ndarray, measuring: np.ndarray) -> tuple[np.ndarray, np
     ``x`` cells x features (preprocessed, zero-filled where unmeasured), ``covariate`` each cell's level,
     ``measuring`` [C, F] how many cells of each level measure each feature (it picks each feature's
     reference level; unmeasured zeros never enter the moments, which see non-zero values only)."""
+    import scipy.sparse as sp
+
     x = sp.csr_matrix(x)
     levels = measuring.shape[0]
     per_level = np.stack([log_moments(x[covariate == c]) for c in range(levels)])  # [C, 3, F]

@@ -34,13 +34,14 @@ TERMS = ("total", "reconstruction", "kl", "categorical", "label", "mixing")
 L2_EPS = 1e-6  # an all-zero cell stays all zero
 
 
-def encode(net, x: torch.Tensor, input_mask: torch.Tensor, covariate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and log-variance from the masked features.
+def encoder_input(net, x: torch.Tensor, input_mask: torch.Tensor, covariate: torch.Tensor | None) -> torch.Tensor:
+    """What the encoder's first layer reads: the masked features, through the input correction, at unit length.
 
     A net with an input correction (``input_gain``/``input_power`` tables, training/network/correction.py)
-    first maps each cell's values with its covariate's rows: ``covariate`` must then be given. With ``input_normalization = "l2"`` the masked input is divided by its per-cell L2 norm (over the
-    measured features only, since masked ones are zero): the encoder sees a cell's expression
-    profile, not its depth."""
+    maps each cell's values with its covariate's rows: ``covariate`` must then be given. With
+    ``input_normalization = "l2"`` the input is divided by its per-cell L2 norm (over the measured features
+    only, since masked ones are zero): the encoder sees a cell's expression profile, not its depth. (The
+    hand-written step reads its first layer's input from here too: a fixed input, no gradient of its own.)"""
     h = x * input_mask
     gain = getattr(net, "input_gain", None)
     if gain is not None:
@@ -49,7 +50,12 @@ def encode(net, x: torch.Tensor, input_mask: torch.Tensor, covariate: torch.Tens
         h = correction.apply(h, gain[covariate], net.input_power[covariate])
     if net.config.input_normalization == "l2":
         h = h / h.norm(dim=-1, keepdim=True).clamp_min(L2_EPS)
-    h = net.encoder(h)
+    return h
+
+
+def encode(net, x: torch.Tensor, input_mask: torch.Tensor, covariate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and log-variance from the encoder's input (:func:`encoder_input`)."""
+    h = net.encoder(encoder_input(net, x, input_mask, covariate))
     return net.z_mean(h).float(), net.z_log_var(h).float()  # (float: the terms in fp32 under autocast)
 
 
