@@ -170,7 +170,8 @@ def test_training_wall_quick(results):
     out = training_wall.main(["--quick", "--out", str(results)])
     run = out["runs"]["this checkout"][0]
     # 2 epochs on 2,000 rows learn next to nothing: 0.0069 measured (seeded, same on every run); the score is pinned, not bounded by [-1, 1]
-    assert run["wall_s"] > run["loop_s"] > 0 and "2 epochs" in run["line"] and abs(run["mean_pearson"] - 0.0069) <= 0.005, run["mean_pearson"]
+    # (the loop's seconds are printed to 0.1 s: 2 epochs of 2,000 rows print 0.0 on an idle machine)
+    assert run["wall_s"] > run["loop_s"] >= 0 and "2 epochs" in run["line"] and abs(run["mean_pearson"] - 0.0069) <= 0.005, run["mean_pearson"]
     assert (results / "training_wall_quick.json").is_file()
 
 

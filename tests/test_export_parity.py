@@ -56,9 +56,22 @@ def make_feeds(graph: dict, n_cov: int, batch: int, raw: bool) -> dict[str, np.n
     return feeds
 
 
-def torch_reference(module, desc: dict, graph: dict, feeds: dict, raw: bool) -> dict[str, np.ndarray]:
-    """The tests' one reference predictor (tests/reference.py) on a batch of graph feeds."""
-    return graph_reference(module, desc, graph, feeds["x"], feeds["covariate"], feeds.get("target_covariate"), raw=raw)
+def torch_reference(module, desc: dict, graph: dict, feeds: dict, raw: bool, table=None) -> dict[str, np.ndarray]:
+    """The tests' one reference predictor (tests/reference.py) on a batch of graph feeds; ``table`` (a model's
+    NeighbourTable): the read-out's graph has ``y`` blended as the model does (training/torch_backend.py), and
+    NaN where a row's k-th and (k+1)-th neighbours tie within float32 rounding (either is right)."""
+    want = graph_reference(module, desc, graph, feeds["x"], feeds["covariate"], feeds.get("target_covariate"), raw=raw)
+    if table is None or desc.readout is None or graph["name"] != desc.readout.combination:
+        return want
+    from inclust_plus.training.network import correction
+    from inclust_plus.training.torch_backend import blend_neighbours
+
+    inputs = [desc.feature_names.index(f) for f in graph["input_features"]]
+    outputs = [desc.feature_names.index(f) for f in graph["output_features"]]
+    x = (preprocess_by_hand(feeds["x"], desc, inputs) if raw else feeds["x"]).astype(np.float32)
+    want = blend_neighbours(module, table, want, inputs, outputs, x, feeds["covariate"])
+    want["y"][table.tied_rows(want["latent"], correction.corrected_rows(module, x, inputs, feeds["covariate"]))] = np.nan
+    return want
 
 
 def test_every_graph_matches_pytorch_at_every_batch_size(exported):

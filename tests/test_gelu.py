@@ -27,7 +27,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.j
 
 def _task(**training):
     return synthetic_task("imputation", n_cells=300, seed=0, overrides={
-        "model": {"ensemble": 1, "activation": "gelu"}, "training": {"epochs": 4, "workers": 1, "threads": 1, **training}})
+        "model": {"ensemble": 1, "activation": "gelu"}, "training": {"epochs": 4, "workers": 1, "threads": 1, **training},
+        "readout": {"neighbours": False}})  # the activation's graphs, without the read-out's lookup (tests/test_readout.py)
 
 
 @pytest.fixture(scope="module")

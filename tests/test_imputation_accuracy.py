@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from inclust_plus.training.model import InClust
-from inclust_plus.training.neighbours import build_table
+from sklearn.neighbors import KNeighborsRegressor
 from inclust_plus.training.presets import preset_config
 from evaluation.splits import per_gene_correlation, pseudo_spatial_split
 
@@ -21,7 +21,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "merfish_scrna_
 EPOCHS = 80
 MEMBERS = 2
 ISSUE_FLOOR = 0.25  # issue 2 asks for at least this on a reduced run
-BLEND_FLOOR = 0.36  # issue 24: the blended read-out of the same reduced run measured 0.380 (decoder 0.327)
+BLEND_FLOOR = 0.36  # issue 24: the preset's read-out of the same reduced run measured 0.378 (its decoder 0.331)
+KNN_RATIO = 1.015  # and that over the cosine, distance-weighted kNN (0.368 on this split): 1.028x; the full preset 1.082x (benchmarks/imputation_splits.py)
 FLOOR = 0.31  # this reduced run measured 0.329 (2 members in 2 processes, torch 2.13); the full benchmark 0.364
 
 
@@ -44,11 +45,16 @@ def test_reduced_run_imputes_held_out_genes_above_floor():
     truth_types = split.query.obs["cell_type"].astype(str).to_numpy()
     predicted = np.asarray(model.description.labels.categories)[probs.argmax(1)]
     assert (predicted == truth_types).mean() > 0.9  # measured 0.951
-    # Issue 24: the same model read out through the neighbour table (decoder, latent neighbours and
-    # shared-gene neighbours, equal weights; training/neighbours.py) beats its decoder and kNN alone.
+    # Issue 24: the preset's imputation is the read-out (decoder, latent neighbours and shared-gene neighbours through
+    # the input correction, equal weights; TASK_DEFAULTS): the model's own table, through the AnnData door. It beats
+    # its decoder and a tuned cosine kNN fit on the reference's shared genes.
+    assert model.description.readout is not None and model.module.input_gain is not None
+    imputed = model.impute(split.query)
+    columns = [list(imputed.var_names).index(g) for g in split.held_out]
+    blended = per_gene_correlation(np.asarray(imputed.layers["inclust_imputed"])[:, columns], split.truth)
     panel = [str(g) for g in split.query.var_names]
-    held = [genes.index(g) for g in split.held_out]
-    table = build_table(model, split.reference[:, panel].X.toarray(), split.reference[:, split.held_out].X.toarray(), "merfish", "scrna", held)
-    y, z, _ = model.predict(split.query.X.toarray(), "merfish", "merfish", target_covariate="scrna")
-    blended = per_gene_correlation(table.impute(z, y, split.query.X.toarray())[:, held], split.truth)
-    assert np.mean(blended) >= BLEND_FLOOR and np.mean(blended) > np.mean(r) + 0.02, (np.mean(blended), np.mean(r))
+    knn = KNeighborsRegressor(30, metric="cosine", weights="distance").fit(split.reference[:, panel].X.toarray(),
+                                                                           split.reference[:, split.held_out].X.toarray())
+    baseline = np.mean(per_gene_correlation(knn.predict(split.query.X.toarray()), split.truth))
+    assert np.mean(blended) >= BLEND_FLOOR and np.mean(blended) > np.mean(r) + 0.01, (np.mean(blended), np.mean(r))
+    assert np.mean(blended) >= KNN_RATIO * baseline, (np.mean(blended), baseline)

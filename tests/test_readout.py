@@ -36,7 +36,12 @@ def _error(call) -> str:
 
 def test_settings_are_checked_by_the_one_settings_check(tmp_path):
     cfg = synthetic_task("imputation", n_cells=100, seed=0, overrides=SMALL).config
-    assert (cfg.readout.neighbours, cfg.readout.k_latent, cfg.readout.k_inputs) == (False, 60, 30)  # off unless asked for
+    assert (cfg.readout.neighbours, cfg.readout.k_latent, cfg.readout.k_inputs) == (True, 60, 30)  # the imputation task's default
+    task = {"task": "imputation", "datasets": [{"name": "a"}, {"name": "b"}]}
+    assert not config_from_dict(task).readout.neighbours  # without a query there is nothing to read out: the task's default is off
+    assert config_from_dict({**task, "views": {"query": ["b"]}}).readout.neighbours
+    assert not config_from_dict({**task, "views": {"query": ["b"]}, "readout": {"neighbours": False}}).readout.neighbours
+    assert not config_from_dict({"datasets": task["datasets"], "views": {"query": ["b"]}}).readout.neighbours  # other tasks: off
     assert _error(lambda: with_settings(cfg, {"k_latent": 0})) == "config key readout.k_latent = 0 is invalid: it must be an integer >= 1; e.g. k_latent = 60"
     assert _error(lambda: with_settings(cfg, {"k_inputs": 2.5})).startswith("config key readout.k_inputs = 2.5 is invalid")
     assert _error(lambda: with_settings(cfg, {"neighbours": "yes"})).startswith("config key readout.neighbours = \"yes\" is invalid")

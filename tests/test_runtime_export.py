@@ -177,6 +177,7 @@ def test_merfish_query_parity_trained(tmp_path):
         ],
         "training": {"epochs": 1, "seed": 0},
         "views": {"query": ["merfish"]},
+        "readout": {"neighbours": False},  # the decoder's graphs against the reference predictor (the read-out's: tests/test_readout.py)
     })
     model, _, _ = InClust.fit(cfg, objects={"scrna": split.reference, "merfish": split.query}, progress=False)
     ckpt = model.save(tmp_path / "model.pt")
@@ -195,7 +196,7 @@ def test_panel_graph_defaults_to_its_datasets_covariate(tmp_path):
     from inclust_plus.training.model import InClust
     from evaluation.synthetic import synthetic_task
 
-    st = synthetic_task("imputation", n_cells=200, seed=0, overrides={"training": {"epochs": 1}})
+    st = synthetic_task("imputation", n_cells=200, seed=0, overrides={"training": {"epochs": 1}, "readout": {"neighbours": False}})
     model, data, _ = InClust.fit(st.config, st.objects, progress=False)
     combo = model.description.combination("merfish_to_rna")
     assert combo.default_covariate == "merfish" and combo.default_target_covariate == "scrna"

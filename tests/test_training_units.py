@@ -97,7 +97,8 @@ def test_unseen_features_weigh_loss_unseen_exact_value():
     # per row 0.5 * sum_f weight_f * 0.25: cell 0 (16 + 1), cell 1 (1 + 1); the mean over rows
     assert m.loss(*args, LossConfig(unseen=16.0), False)["reconstruction"].item() == pytest.approx(0.125 * (17 + 2) / 2)
     assert m.loss(*args, LossConfig(), False)["reconstruction"].item() == pytest.approx(0.125 * (2 + 2) / 2)
-    assert preset_config("imputation").loss.unseen == 1.0  # a choice, not the preset's default (its docstring says why)
+    assert preset_config("imputation").loss.unseen == 16.0  # the imputation task's default (TASK_DEFAULTS says why)
+    assert preset_config("integration").loss.unseen == 1.0  # the paper's loss elsewhere
     with pytest.raises(InclustError, match="loss.unseen = 0 is invalid"):
         preset_config("imputation", {"loss": {"unseen": 0}})
 
