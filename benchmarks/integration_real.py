@@ -90,12 +90,16 @@ def _train(reference, query, settings: dict, epochs: int | None, seed: int):
 
 def _contender(spec: str) -> tuple[str, dict]:
     """``"kl=1,mixing=3"`` -> its row name and loss overrides (issue 24: candidates for the integration defaults);
-    ``views=shared`` encodes both datasets from the genes they share (``views.query = ["query"]``)."""
+    ``views=shared`` encodes both datasets from the genes they share (``views.query = ["query"]``);
+    ``correction=moments`` sets ``model.input_correction`` (training/network/correction.py)."""
     parts = dict(part.split("=") for part in spec.split(","))
     shared = parts.pop("views", "own").strip() == "shared"
+    corrected = parts.pop("correction", "none").strip()
     loss = {k.strip(): float(v) for k, v in parts.items()}
-    name = "inClust+ " + ", ".join(f"{k} {v:g}" for k, v in loss.items()) + (", shared panel" if shared else "")
-    return name, {"loss": loss, **({"views": {"query": ["query"]}} if shared else {})}
+    name = ("inClust+ " + ", ".join(f"{k} {v:g}" for k, v in loss.items()) + (", shared panel" if shared else "")
+            + (f", input correction {corrected}" if corrected != "none" else ""))
+    return name, {"loss": loss, **({"views": {"query": ["query"]}} if shared else {}),
+                  **({"model": {"input_correction": corrected}} if corrected != "none" else {})}
 
 
 def run(effect: float, epochs: int | None, seed: int, contenders: tuple[str, ...] = ()) -> dict:
