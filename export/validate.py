@@ -119,14 +119,16 @@ def within_tolerance(got: dict[str, np.ndarray], want: dict[str, np.ndarray], at
     return True
 
 
-def without_ties(module, combination: Combination, feeds, plan, neighbours, want: dict, got: dict) -> tuple[dict, dict]:
-    """``want`` and ``got`` (one runtime's outputs, or a dict of them) without the ``y`` of rows whose k-th and (k+1)-th
-    neighbours tie within float32 rounding: those may rightly pick either (their latent and labels are still compared)."""
+def untied_rows(module, combination: Combination, feeds, plan, neighbours, latent: np.ndarray) -> np.ndarray:
+    """Rows whose read-out is determined: not those whose k-th and (k+1)-th neighbours tie within float32 rounding,
+    which may rightly pick either (the parity checks leave their ``y`` out, still comparing latent and labels)."""
     x = feeds["x"] if plan is None else plan.apply(feeds["x"])
-    seen = correction.corrected_rows(module, x, combination.inputs, feeds["covariate"])
-    keep = ~neighbours.tied_rows(want["latent"], seen)
-    cut = lambda out: {**out, "y": out["y"][keep]}  # noqa: E731
-    return cut(want), ({k: cut(v) for k, v in got.items()} if all(isinstance(v, dict) for v in got.values()) else cut(got))
+    return ~neighbours.tied_rows(latent, correction.corrected_rows(module, x, combination.inputs, feeds["covariate"]))
+
+
+def rows_of_y(outputs: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """``outputs`` with ``y`` cut to the rows ``keep``."""
+    return {**outputs, "y": outputs["y"][keep]}
 
 
 def check_parity(
@@ -150,7 +152,8 @@ def check_parity(
     if scripted is not None:
         got["torchscript"] = run_torchscript(scripted, combination, feeds)
     if neighbours is not None:
-        want, got = without_ties(module, combination, feeds, plan, neighbours, want, got)
+        keep = untied_rows(module, combination, feeds, plan, neighbours, want["latent"])
+        want, got = rows_of_y(want, keep), {k: rows_of_y(v, keep) for k, v in got.items()}
     for runtime, outputs in got.items():
         if not within_tolerance(outputs, want):
             raise InclustError(
@@ -199,7 +202,7 @@ def check_variant_parity(
     """A CSR and/or float16 graph against the reference (and the dense float32 graph) on sparse cells.
 
     float32 graphs must meet the same bound as dense ones; float16 graphs ``FP16_ATOL + FP16_RTOL * |value|``.
-    ``neighbours``: the graph carries that read-out (tied rows' ``y`` left out, as in :func:`check_parity`).
+    ``neighbours``: the graph carries that read-out (tied rows' ``y`` left out, :func:`untied_rows`).
     """
     feeds = sparse_batch(random_feeds(combination, module.config.n_covariates, batch, seed, plan), seed)
     want = reference(module, combination, feeds, plan, neighbours)
@@ -211,7 +214,8 @@ def check_variant_parity(
         got["dense graph"] = got["onnxruntime"]
     if neighbours is not None:
         for what in list(got):
-            wants[what], got[what] = without_ties(module, combination, feeds, plan, neighbours, wants[what], got[what])
+            keep = untied_rows(module, combination, feeds, plan, neighbours, wants[what]["latent"])
+            wants[what], got[what] = rows_of_y(wants[what], keep), rows_of_y(got[what], keep)
     for what, outputs in got.items():
         if not within_tolerance(outputs, wants[what], atol, rtol):
             raise InclustError(
