@@ -83,6 +83,7 @@ def ours(reference, query_x: np.ndarray, panel: list[str], held: list[str], over
     import anndata
 
     from inclust_plus.training.model import InClust
+    from inclust_plus.training.network import correction
     from inclust_plus.training.neighbours import neighbour_impute
     from inclust_plus.training.presets import preset_config
 
@@ -95,27 +96,16 @@ def ours(reference, query_x: np.ndarray, panel: list[str], held: list[str], over
     genes = data.features["rna"]
     out = [genes.index(g) for g in held]
     y, z_q, _ = model.predict(query_x, "merfish", "merfish", target_covariate="scrna")
-    z_r = model.predict(_dense(reference[:, panel].X), "merfish", "scrna")[1]
+    ref_panel = _dense(reference[:, panel].X)
+    z_r = model.predict(ref_panel, "merfish", "scrna")[1]
     knn = neighbour_impute(z_r, _dense(reference[:, held].X), z_q, k)
-    ref_in, q_in = _dense(reference[:, panel].X), query_x
-    if getattr(model.module, "input_gain", None) is not None:  # the inputs as the encoder reads them
-        ref_in, q_in = corrected_inputs(model, data, panel, "scrna", ref_in), corrected_inputs(model, data, panel, "merfish", q_in)
+    cols, level = [genes.index(g) for g in panel], data.covariate_categories.index  # the inputs as the encoder reads them
+    ref_in = correction.corrected_rows(model.module, ref_panel, cols, [level("scrna")] * len(ref_panel))
+    q_in = correction.corrected_rows(model.module, query_x, cols, [level("merfish")] * len(query_x))
     raw_knn = baselines(ref_in, _dense(reference[:, held].X), q_in, k_inputs)[COSINE]
     dec = y[:, out]
     readouts = {"decoded": dec, "z_query": z_q, "z_reference": z_r}
     return {DECODER: dec, LATENT: knn, BLEND2: (dec + knn) / 2, BLEND3: (dec + knn + raw_knn) / 3}, seconds, readouts
-
-
-def corrected_inputs(model, data, panel: list[str], covariate: str, x: np.ndarray) -> np.ndarray:
-    """``x`` (cells x the panel's genes) through the model's input correction for ``covariate``."""
-    import torch
-
-    from inclust_plus.training.network import correction
-
-    cols = [data.features["rna"].index(g) for g in panel]
-    c = data.covariate_categories.index(covariate)
-    m = model.module
-    return correction.apply(torch.from_numpy(x), m.input_gain[c, cols], m.input_power[c, cols]).numpy()
 
 
 def mean_pearson(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from inclust_plus.training.network import activations
+from inclust_plus.training.network import activations, correction
 from inclust_plus.training.network.loss import L2_EPS
 from inclust_plus.training.network.module import grouped_linear
 from inclust_plus.contract.plan import PreprocessPlan
@@ -127,7 +127,7 @@ class _Encoder(nn.Module):
         into its gain), where the model has one: what the neighbour read-out's input lookup compares."""
         h = self.preprocess(x)
         if self.corrects:
-            h = self.input_gain[covariate] * torch.sign(h) * torch.abs(h).pow(self.input_power[covariate])
+            h = correction.apply(h, self.input_gain[covariate], self.input_power[covariate])  # scripted: the training's own function
         return h
 
     def embed(self, x: Tensor, covariate: Tensor) -> Tuple[Tensor, Tensor]:

@@ -10,7 +10,6 @@ and one reader (:mod:`inclust_plus.contract.description_io`), so a broken one is
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import pickle

@@ -59,8 +59,7 @@ def input_correction_tables(data: TrainingData) -> dict[str, torch.Tensor]:
     for d, name in enumerate(data.dataset_names):
         per_level = np.bincount(data.covariate[data.dataset_of_cell == d], minlength=levels)
         measuring += per_level[:, None] * data.measured[name][None, :]
-    gain, power, reference = correction.fit(data.x, data.covariate, measuring)
-    return {"input_gain": torch.from_numpy(gain), "input_power": torch.from_numpy(power), "input_reference": torch.from_numpy(reference)}
+    return dict(zip(correction.BUFFERS, map(torch.from_numpy, correction.fit(data.x, data.covariate, measuring))))
 
 
 def initial_member(member: ModuleConfig, seed: int, tables: dict[str, torch.Tensor] | None = None) -> InClustModule:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+BUFFERS = ("input_gain", "input_power", "input_reference")  # a corrected module's tables: [C, F], [C, F], [3, F]
 MIN_VALUES = 20  # non-zero values a covariate needs in a feature for its moments to be matched
 POWER_RANGE = (0.25, 4.0)  # a fitted power is clipped into this range (a few odd values cannot invert a gene)
 

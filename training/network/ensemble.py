@@ -27,6 +27,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from inclust_plus.training.network import correction
 from inclust_plus.training.network.module import GroupedLinear, InClustModule, ModuleConfig
 
 
@@ -84,6 +85,6 @@ def merge_members(members: list[InClustModule]) -> InClustModule:
     merged.prior_means.copy_(torch.cat([m.prior_means for m in members], dim=1))
     _averaged(merged.classifier, [m.classifier for m in members])
     if cfg.input_correction != "none":  # fitted from the data: the same in every member
-        for name in ("input_gain", "input_power", "input_reference"):
+        for name in correction.BUFFERS:
             getattr(merged, name).copy_(getattr(members[0], name))
     return merged.eval()

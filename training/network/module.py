@@ -107,7 +107,7 @@ class InClustModule(nn.Module):
         self.output = _linear(dec_width, k * c.n_features, k)
         self.output_activation = activations.module(c.output_activation)
         if c.input_correction != "none":  # fitted from the data (training/network/correction.py), saved with the weights
-            self.register_buffer("input_gain", torch.ones(c.n_covariates, c.n_features))
+            self.register_buffer("input_gain", torch.ones(c.n_covariates, c.n_features))  # (the names: correction.BUFFERS)
             self.register_buffer("input_power", torch.ones(c.n_covariates, c.n_features))
             self.register_buffer("input_reference", torch.zeros(3, c.n_features))
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from inclust_plus.training.network import activations
 from inclust_plus.training.network.loss import loss_terms
+from inclust_plus.training.network import correction
 from inclust_plus.training.network.module import InClustModule, ModuleConfig
 
 
@@ -55,7 +56,7 @@ class StackedNetworks(nn.Module):
         self.prior_means = nn.Parameter(torch.stack([m.prior_means.detach() for m in members]).clone())
         self.n_encoder = len(c.encoder_hidden)
         if c.input_correction != "none":  # fitted from the data, the same for every member
-            for name in ("input_gain", "input_power", "input_reference"):
+            for name in correction.BUFFERS:
                 self.register_buffer(name, getattr(members[0], name).detach().clone())
         self.activation = activations.module(c.activation)
         self.output_activation = activations.module(c.output_activation)
@@ -73,7 +74,7 @@ class StackedNetworks(nn.Module):
         module.covariate_embedding.copy_(self.covariate_embedding[k])
         module.prior_means.copy_(self.prior_means[k])
         if self.config.input_correction != "none":
-            for name in ("input_gain", "input_power", "input_reference"):
+            for name in correction.BUFFERS:
                 getattr(module, name).copy_(getattr(self, name))
         return module.state_dict()
 
