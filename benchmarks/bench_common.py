@@ -104,14 +104,19 @@ def make_module(shape: ModelShape, seed: int = 0):
     return merge_members(members)
 
 
-def make_export(shape: ModelShape, folder: Path, seed: int = 0, torchscript: bool = True, **options) -> tuple[object, Path]:
-    """Write ``model.pt`` and its export under ``folder``; returns (module, manifest path)."""
+def make_export(shape: ModelShape, folder: Path, seed: int = 0, torchscript: bool = True, table=None, **options) -> tuple[object, Path]:
+    """Write ``model.pt`` (with the read-out's NeighbourTable ``table``, if given) and its export under ``folder``;
+    returns (module, manifest path)."""
     from inclust_plus.export import export_model
     from inclust_plus.training.checkpoint import save_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
     module = make_module(shape, seed)
-    ckpt = save_checkpoint(folder / "model.pt", module, description(shape, seed))
+    desc = description(shape, seed)
+    if table is not None:  # the record that says what the table is (training/readout.py writes it after training)
+        desc["readout"] = {"combination": shape.combination, "features": list(table.features), "cells": len(table.latents),
+                           "datasets": ["reference"], "k_latent": table.k_latent, "k_inputs": table.k_inputs, "weights": list(table.weights)}
+    ckpt = save_checkpoint(folder / "model.pt", module, desc, neighbours=table)
     manifest = export_model(ckpt, folder / "export", combinations=[shape.combination], torchscript=torchscript, force=True, **options)
     return module, manifest
 

@@ -2,8 +2,9 @@
 
 The MERFISH graph (panel of 122 -> 153 genes) of a 6-network ensemble (the imputation preset's
 shape, seeded random weights: speed does not depend on the values), exported as usual, against the
-same graph with the read-out appended (export/neighbours_graph.py) for a table of the standard
-split's size: 21,259 reference cells, their 6 x 50 latents, 122 input genes and 31 measured genes.
+same checkpoint exported with the read-out (export/neighbours_graph.py; ``inclust-export --no-neighbours``
+writes the first) for a random table of the standard split's size: 21,259 reference cells, their 6 x 50
+latents, 122 input genes and 31 measured genes.
 onnxruntime on the CPU, 2 intra-op threads, best of several repeats, cells/s.
 
     python benchmarks/neighbours_throughput.py
@@ -28,20 +29,17 @@ def main() -> None:
     import onnx
     import onnxruntime as ort
 
-    from inclust_plus.export.neighbours_graph import append_neighbours
     from inclust_plus.training.neighbours import NeighbourTable, unit_rows
 
     shape = dataclasses.replace(MERFISH, members=6)
-    with tempfile.TemporaryDirectory() as tmp:
-        _, manifest = make_export(shape, Path(tmp), torchscript=False, csr=False)
-        plain = onnx.load(str(manifest.parent / f"{shape.combination}.onnx"))
     rng = np.random.default_rng(0)
     table = NeighbourTable(latents=unit_rows(rng.normal(size=(REFERENCE, 6 * 50))), values=rng.random((REFERENCE, HELD), dtype=np.float32),
                            features=list(range(122, 153)), inputs=unit_rows(rng.random((REFERENCE, 122))))
-    seen = onnx.ModelProto()
-    seen.CopyFrom(plain)  # unpreprocessed, uncorrected: the encoder reads x as fed (export names it x.seen for the lookup)
-    seen.graph.node.insert(0, onnx.helper.make_node("Identity", ["x"], ["x.seen"], name="x.seen"))
-    graphs = {"decoder only (today)": plain, "decoder + latent + input neighbours": append_neighbours(seen, table, list(range(153)))}
+    graphs = {}
+    with tempfile.TemporaryDirectory() as tmp:  # one checkpoint, exported as a user would: with and without the read-out
+        for name, neighbours in (("decoder only (today)", False), ("decoder + latent + input neighbours", True)):
+            _, manifest = make_export(shape, Path(tmp) / str(neighbours), torchscript=False, csr=False, table=table, neighbours=neighbours)
+            graphs[name] = onnx.load(str(manifest.parent / f"{shape.combination}.onnx"))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     sessions = {k: ort.InferenceSession(g.SerializeToString(), opts, providers=["CPUExecutionProvider"]) for k, g in graphs.items()}
