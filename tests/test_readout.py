@@ -36,15 +36,25 @@ def _error(call) -> str:
 
 def test_settings_are_checked_by_the_one_settings_check(tmp_path):
     cfg = synthetic_task("imputation", n_cells=100, seed=0, overrides=SMALL).config
-    assert (cfg.readout.neighbours, cfg.readout.k_latent, cfg.readout.k_inputs) == (True, 60, 30)  # the imputation task's default
+    # the imputation task's default: on with a query, however the query was set
+    assert (cfg.readout.neighbours, cfg.readout.k_latent, cfg.readout.k_inputs) == ("with_query", 60, 30)
+    assert cfg.readout.enabled(cfg.views.query)
     task = {"task": "imputation", "datasets": [{"name": "a"}, {"name": "b"}]}
-    assert not config_from_dict(task).readout.neighbours  # without a query there is nothing to read out: the task's default is off
-    assert config_from_dict({**task, "views": {"query": ["b"]}}).readout.neighbours
-    assert not config_from_dict({**task, "views": {"query": ["b"]}, "readout": {"neighbours": False}}).readout.neighbours
-    assert not config_from_dict({"datasets": task["datasets"], "views": {"query": ["b"]}}).readout.neighbours  # other tasks: off
+
+    def on(c):
+        return c.readout.enabled(c.views.query)
+
+    assert not on(config_from_dict(task))  # without a query there is nothing to read out: the task's default is off
+    assert on(config_from_dict({**task, "views": {"query": ["b"]}}))
+    assert on(with_settings(config_from_dict(task), {"query": ["b"]}))  # a query set later (InClust.setup(query=...)): the same
+    assert not on(with_settings(config_from_dict({**task, "views": {"query": ["b"]}}), {"query": []}))
+    assert not on(config_from_dict({**task, "views": {"query": ["b"]}, "readout": {"neighbours": False}}))
+    assert not on(config_from_dict({"datasets": task["datasets"], "views": {"query": ["b"]}}))  # other tasks: off
+    assert on(config_from_dict({"datasets": task["datasets"], "views": {"query": ["b"]}, "readout": {"neighbours": "with_query"}}))
     assert _error(lambda: with_settings(cfg, {"k_latent": 0})) == "config key readout.k_latent = 0 is invalid: it must be an integer >= 1; e.g. k_latent = 60"
     assert _error(lambda: with_settings(cfg, {"k_inputs": 2.5})).startswith("config key readout.k_inputs = 2.5 is invalid")
-    assert _error(lambda: with_settings(cfg, {"neighbours": "yes"})).startswith("config key readout.neighbours = \"yes\" is invalid")
+    assert _error(lambda: with_settings(cfg, {"neighbours": "yes"})) == ("config key readout.neighbours = \"yes\" is invalid: it must be "
+                                                                         "true, false or 'with_query'; e.g. neighbours = false")
     no_query = ("readout.neighbours = true needs the query datasets whose missing features it imputes; name them in views.query "
                 "(InClust.setup(query=...)) or set readout.neighbours = false")
     doc = {"datasets": [{"name": "a"}, {"name": "b"}]}

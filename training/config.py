@@ -23,7 +23,7 @@ else:  # pragma: no cover
 from inclust_plus.errors import InclustError
 
 from inclust_plus.training.network import activations
-from inclust_plus.training.schema import Bool, Choice, Float, Int, ListOf, OneOrList, Optional, Str, Table, check_dataclass, key
+from inclust_plus.training.schema import Bool, BoolOr, Choice, Float, Int, ListOf, OneOrList, Optional, Str, Table, check_dataclass, key
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 TASKS = ("imputation", "integration", "triple", "generation", "custom")
@@ -46,7 +46,7 @@ TASK_DEFAULTS: dict[str, dict[str, dict]] = {
         "model": {"ensemble": 6, "input_correction": "moments"},
         "loss": {"reconstruction": 1000.0, "likelihood": ["gaussian", "bernoulli"], "unseen": 16.0},
         "training": {"epochs": 200, "lr_schedule": "cosine"},
-        "readout": {"neighbours": True},
+        "readout": {"neighbours": "with_query"},
     },
     # Tuned on make_hard_cells (benchmarks/results/integration_experiments.md): a light KL term (at 1 the
     # per-type prior keeps batch-specific places in z - e_b), the per-type mixing penalty
@@ -160,14 +160,19 @@ class ReadoutConfig:
     ``neighbours = true`` keeps a table of the reference cells in the model, and the query combination's
     imputation becomes 1/3 decoder + 1/3 the distance-weighted mean of the measured values of the
     ``k_latent`` cosine-nearest reference cells in the corrected latent + 1/3 the same over the
-    ``k_inputs`` nearest on the shared input features (training/neighbours.py). On for the imputation task with
-    a query (TASK_DEFAULTS), off elsewhere: it costs graph size and inference speed (README, "Neighbour
-    read-out"). The equal weights are not a setting.
+    ``k_inputs`` nearest on the shared input features (training/neighbours.py). ``"with_query"``: on when
+    ``views.query`` names the datasets to impute for, however it came to be set (a config file, ``InClust.setup(query=...)``,
+    a later override), off without one: the imputation task's default (TASK_DEFAULTS). Off elsewhere: it costs
+    graph size and inference speed (README, "Neighbour read-out"). The equal weights are not a setting.
     """
 
-    neighbours: bool = key(False, Bool())
+    neighbours: bool | str = key(False, BoolOr("with_query"))
     k_latent: int = key(60, Int(min=1))
     k_inputs: int = key(30, Int(min=1))
+
+    def enabled(self, query: list[str]) -> bool:
+        """Whether training builds the read-out's table, given ``views.query``."""
+        return self.neighbours is True or (self.neighbours == "with_query" and bool(query))
 
 
 PREPROCESSING = Table({  # [preprocessing.<modality>]
@@ -261,9 +266,6 @@ def config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Conf
         datasets.append(ds)
     task = data.get("task", "custom")
     task_defaults = TASK_DEFAULTS.get(task, {}) if isinstance(task, str) else {}
-    if task_defaults.get("readout", {}).get("neighbours") and not _table(data.get("views", {}), "views").get("query"):
-        # the read-out imputes what a query's panel lacks: without views.query there is none, so a task's default is off
-        task_defaults = {**task_defaults, "readout": {**task_defaults["readout"], "neighbours": False}}
     sections = {k: _build(cls, {**task_defaults.get(k, {}), **_table(data.pop(k, {}), k)}, f"{k}.") for k, cls in _SECTIONS.items()}
     _table(data.get("preprocessing", {}), "preprocessing")
     cfg = Config(datasets=datasets, **data, **sections)
@@ -290,7 +292,7 @@ def check_config(cfg: Config) -> None:
     if cfg.training.compile == "on" and cfg.training.fast_step == "on":
         raise InclustError('training.compile = "on" and training.fast_step = "on" choose two different training steps',
                            'set one of them to "auto" or "off"')
-    if cfg.readout.neighbours and not cfg.views.query:
+    if cfg.readout.neighbours is True and not cfg.views.query:
         raise InclustError("readout.neighbours = true needs the query datasets whose missing features it imputes",
                            "name them in views.query (InClust.setup(query=...)) or set readout.neighbours = false")
     _check_modality_names(cfg)

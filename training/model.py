@@ -252,7 +252,7 @@ class InClust(AnnDataVerbs):
             history={k: tuple(round(v, 6) for v in vals) for k, vals in result.history.items()},
         )
         model = cls(module, describe(data, cfg, module.config, record))
-        if cfg.readout.neighbours:  # the reference side of the read-out, kept in the model (training/readout.py)
+        if cfg.readout.enabled(cfg.views.query):  # the reference side of the read-out, kept in the model (training/readout.py)
             from inclust_plus.training.readout import build_readout
 
             table, readout = build_readout(model, data, cfg)

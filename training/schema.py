@@ -67,6 +67,16 @@ class Bool(Rule):
         return None if isinstance(v, bool) else "true or false"
 
 
+class BoolOr(Rule):
+    """true, false, or one of a few named conditions (a default that depends on another key)."""
+
+    def __init__(self, *values: str):
+        self.values = values
+
+    def problem(self, v):
+        return None if isinstance(v, bool) or (isinstance(v, str) and v in self.values) else f"true, false or {' or '.join(map(repr, self.values))}"
+
+
 class Str(Rule):
     def problem(self, v):
         return None if isinstance(v, str) and v.strip() else "a non-empty string"

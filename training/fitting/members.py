@@ -93,12 +93,13 @@ def offload_step(device: torch.device, threads: int) -> bool:
 
 
 def _train_group(member: ModuleConfig, data: TrainingData, settings, device, precision: str, threads: int, progress: bool, desc: str,
-                 offload: bool = False):
+                 tables: dict[str, torch.Tensor] | None, offload: bool = False):
+    """Members of ``settings`` stacked in this process, each started from its seed with the input correction's ``tables``
+    (fitted once per ensemble by :func:`train_members`, so every worker starts from the same ones)."""
     before = torch.get_num_threads()
     if device.type == "cpu" and threads:
         torch.set_num_threads(threads)
     try:
-        tables = input_correction_tables(data) if member.input_correction != "none" else None
         modules = [initial_member(member, tr.seed, tables) for tr, _ in settings]
         return train_stacked(modules, data, settings, device, precision, progress, desc, offload)
     finally:  # a caller's Python session keeps its own setting
@@ -178,12 +179,13 @@ def train_members(member: ModuleConfig, data: TrainingData, cfg: Config, progres
     settings = [member_settings(cfg, i) for i in range(k)]
     t0 = time.perf_counter()
     threads = cfg.training.threads or default_threads(device)
+    tables = input_correction_tables(data) if member.input_correction != "none" else None
     if workers == 1:
         desc = "training" if k == 1 else f"training {k} members side by side"
         modules, results = _train_group(member, data, settings, device, cfg.training.precision, threads, progress, desc,
-                                        offload_step(device, threads))
+                                        tables, offload_step(device, threads))
         return modules, results, time.perf_counter() - t0
-    states, results = _train_in_workers(member, data, settings, workers, threads, cfg.training.precision, progress)
+    states, results = _train_in_workers(member, data, settings, workers, threads, cfg.training.precision, progress, tables)
     modules = []
     for state in states:
         module = InClustModule(member)
@@ -200,7 +202,7 @@ def _groups(k: int, workers: int) -> list[list[int]]:
     return [list(range(k))[w::workers] for w in range(workers)]
 
 
-def _train_in_workers(member, data, settings, workers: int, threads: int, precision: str, progress: bool):
+def _train_in_workers(member, data, settings, workers: int, threads: int, precision: str, progress: bool, tables=None):
     """Each group of members stacked in a fresh ``python -m inclust_plus.training.fitting.members`` process.
 
     Fresh interpreters rather than multiprocessing: a spawned multiprocessing child re-imports the
@@ -213,7 +215,7 @@ def _train_in_workers(member, data, settings, workers: int, threads: int, precis
         job = Path(tmp) / "job.pkl"
         with open(job, "wb") as f:  # private to this run: written here, read by our own workers only
             pickle.dump({"member": member, "data": data, "settings": settings, "threads": threads, "precision": precision,
-                         "groups": groups}, f, protocol=pickle.HIGHEST_PROTOCOL)
+                         "groups": groups, "tables": tables}, f, protocol=pickle.HIGHEST_PROTOCOL)
         # The workers import this package exactly as this process did (a script may have extended sys.path).
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         running = {}
@@ -257,7 +259,7 @@ def _worker_main(job: str, group: str, out: str) -> None:
     members = spec["groups"][int(group)]
     settings = [spec["settings"][i] for i in members]
     modules, results = _train_group(spec["member"], spec["data"], settings, torch.device("cpu"), spec["precision"],
-                                    spec["threads"], False, "")
+                                    spec["threads"], False, "", spec["tables"])
     for i, module, result in zip(members, modules, results):
         torch.save(module.state_dict(), Path(out) / f"member{i}.pt")
         (Path(out) / f"member{i}.json").write_text(json.dumps(dataclasses.asdict(result)))
