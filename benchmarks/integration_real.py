@@ -102,7 +102,7 @@ def _contender(spec: str) -> tuple[str, dict]:
                   **({"model": {"input_correction": corrected}} if corrected != "none" else {})}
 
 
-def run(effect: float, epochs: int | None, seed: int, contenders: tuple[str, ...] = ()) -> dict:
+def run(effect: float, epochs: int | None, seed: int, contenders: tuple[str, ...] = (), scib: bool = False) -> dict:
     import anndata
     import torch
     from sklearn.decomposition import PCA
@@ -139,7 +139,12 @@ def run(effect: float, epochs: int | None, seed: int, contenders: tuple[str, ...
     for name, z in embeddings.items():
         scores[name] = integration_scores(z, batch, types, "reference", asw_sample=ASW_CELLS)
         print(name, scores[name], flush=True)
-    return {"effect": effect, "epochs": used.epochs, "batch_size": used.batch_size, "seed": seed, "cells": {"reference": int(reference.n_obs), "query": int(query.n_obs)},
+    extra = {}
+    if scib:  # the standard scIB table (scib-metrics) of the same embeddings, on a seeded subsample
+        from evaluation.scib_table import CELLS, scib_table
+
+        extra = {"scib": scib_table(embeddings, batch, types, unintegrated=SHARED, seed=seed), "scib_cells": CELLS}
+    return {**extra, "effect": effect, "epochs": used.epochs, "batch_size": used.batch_size, "seed": seed, "cells": {"reference": int(reference.n_obs), "query": int(query.n_obs)},
             "training_seconds": {k: round(v, 1) for k, v in seconds.items()}, "scores": scores}
 
 
@@ -181,6 +186,13 @@ def markdown(r: dict) -> str:
                  f"the defaults were tuned on have well separated types; these real types overlap (the untouched data's ARI is "
                  f"{base['ari']:.3f}), which the light KL term does not correct.")
     lines += ["", text]
+    if "scib" in r:
+        metrics = list(next(iter(r["scib"].values())))
+        lines += ["", f"The standard scIB table (scib-metrics' Benchmarker, unscaled; on {r['scib_cells']:,} cells drawn once, seeded, the "
+                  "same for every embedding; PCR comparison against the PCA of the shared genes; totals 0.6 x bio conservation + "
+                  "0.4 x batch correction):", "", "| embedding | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+        for name, row in r["scib"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{row[m]:.3f}" for m in metrics) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -189,10 +201,11 @@ def markdown(r: dict) -> str:
 @click.option("--epochs", type=int, default=None, help="Epochs of inClust+ (default: the integration task's, training/config.py TASK_DEFAULTS).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--contender", "contenders", multiple=True, help='Further loss settings to train side by side, e.g. "kl=1,mixing=3" (repeatable).')
+@click.option("--scib", is_flag=True, help='Add the standard scIB table (scib-metrics, pip install -e ".[bench]"; minutes per embedding on 2 cores).')
 @click.option("--stem", default=None, help="Result file name (default: integration_real[_effect<e>]).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
-def main(effect: float, epochs: int, seed: int, contenders: tuple[str, ...], stem: str | None, out: Path) -> None:
-    r = run(effect, epochs, seed, contenders)
+def main(effect: float, epochs: int, seed: int, contenders: tuple[str, ...], scib: bool, stem: str | None, out: Path) -> None:
+    r = run(effect, epochs, seed, contenders, scib)
     r.update(date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), machine=machine_line(1))
     stem = stem or ("integration_real" if effect == 1.0 else f"integration_real_effect{effect:g}")
     publish(stem, r, markdown(r), out)

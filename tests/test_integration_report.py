@@ -1,0 +1,29 @@
+"""benchmarks/integration_real.py renders the scIB table it records (evaluation/scib_table.py) as one row per embedding."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def _scores(same_batch: float, ari: float) -> dict:
+    return {"same_batch_fraction": same_batch, "same_batch_chance": 0.58, "same_batch_chance_within_types": 0.58, "batch_asw": 0.5,
+            "label_asw": 0.9, "ari": ari, "nmi": 0.9, "label_transfer": 0.9}
+
+
+def test_markdown_has_the_scib_table_with_every_embedding_in_order():
+    import integration_real as ir
+
+    names = [ir.NONE, ir.SHARED, ir.OURS, ir.PAPER]
+    r = {"effect": 1.0, "epochs": 150, "batch_size": 500, "seed": 0, "cells": {"reference": 10, "query": 5}, "date": "2026-12-06",
+         "machine": "test", "training_seconds": {ir.OURS: 1.0, ir.PAPER: 2.0},
+         "scores": {n: _scores(0.6 + 0.01 * i, 0.95) for i, n in enumerate(names)},
+         "scib_cells": 6000, "scib": {n: {"KMeans ARI": 0.25 * i, "Total": 0.5} for i, n in enumerate(names)}}
+    lines = ir.markdown(r).splitlines()
+    head = lines.index("| embedding | KMeans ARI | Total |")
+    assert lines[head + 1] == "|---|---:|---:|"
+    assert lines[head + 2:head + 6] == [f"| {n} | {0.25 * i:.3f} | 0.500 |" for i, n in enumerate(names)]
+    assert "6,000 cells" in lines[head - 2]
+    assert "| embedding | KMeans ARI" not in ir.markdown({k: v for k, v in r.items() if k != "scib"})
