@@ -41,8 +41,20 @@ DATA = ROOT.parent / "shared" / "data" / "merfish_scrna_reference.h5ad"
 ASW_CELLS = 6000
 NONE = "no batch difference (all 153 genes, no effect; PCA 20)"
 SHARED = "PCA (20) of the 122 shared genes"
-OURS = "inClust+ integration defaults (kl 0.05, mixing 10)"
 PAPER = "inClust+ paper loss (kl 1, mixing 0)"
+PAPER_SETTINGS = {"loss": {"kl": 1.0, "mixing": 0.0}, "model": {"input_correction": "none"}}  # the paper's loss and model, the task's training
+
+
+def _defaults_name() -> str:
+    """The integration defaults' row name, with the settings that make them (training/config.py TASK_DEFAULTS)."""
+    from inclust_plus.training.config import TASK_DEFAULTS
+
+    d = TASK_DEFAULTS["integration"]
+    parts = [f"{k} {v:g}" for k, v in d.get("loss", {}).items()] + [f"input correction {v}" for v in [d.get("model", {}).get("input_correction")] if v]
+    return "inClust+ integration defaults (" + ", ".join(parts) + ")"
+
+
+OURS = _defaults_name()
 
 
 def _dense(x) -> np.ndarray:
@@ -70,7 +82,8 @@ def _train(reference, query, settings: dict, epochs: int | None, seed: int):
 
     datasets = [{"name": "reference", "modalities": ["rna"], "label_key": "cell_type", "preprocessed": True},
                 {"name": "query", "modalities": ["rna"], "preprocessed": True}]
-    over = {"datasets": datasets, "training": {"seed": seed, "threads": 1, **({"epochs": epochs} if epochs else {})}, **settings}
+    training = {"seed": seed, "threads": 1, **({"epochs": epochs} if epochs else {}), **settings.get("training", {})}
+    over = {"datasets": datasets, **settings, "training": training}
     cfg = preset_config("integration", over)  # epochs and batch size: the task's defaults unless given
     t0 = time.perf_counter()
     model, data, _ = InClust.fit(cfg, {"reference": reference, "query": query}, progress=False)
@@ -91,15 +104,17 @@ def _train(reference, query, settings: dict, epochs: int | None, seed: int):
 def _contender(spec: str) -> tuple[str, dict]:
     """``"kl=1,mixing=3"`` -> its row name and loss overrides (issue 24: candidates for the integration defaults);
     ``views=shared`` encodes both datasets from the genes they share (``views.query = ["query"]``);
-    ``correction=moments`` sets ``model.input_correction`` (training/network/correction.py)."""
-    parts = dict(part.split("=") for part in spec.split(","))
-    shared = parts.pop("views", "own").strip() == "shared"
-    corrected = parts.pop("correction", "none").strip()
-    loss = {k.strip(): float(v) for k, v in parts.items()}
-    name = ("inClust+ " + ", ".join(f"{k} {v:g}" for k, v in loss.items()) + (", shared panel" if shared else "")
-            + (f", input correction {corrected}" if corrected != "none" else ""))
-    return name, {"loss": loss, **({"views": {"query": ["query"]}} if shared else {}),
-                  **({"model": {"input_correction": corrected}} if corrected != "none" else {})}
+    ``correction=moments`` or ``none`` sets ``model.input_correction`` (training/network/correction.py; default: the task's);
+    ``batch=100``, ``epochs=300`` set the training (default: the task's)."""
+    parts = {k.strip(): v.strip() for k, v in (part.split("=") for part in spec.split(","))}
+    shared = parts.pop("views", "own") == "shared"
+    corrected = parts.pop("correction", None)
+    training = {key: int(parts.pop(name)) for name, key in (("batch", "batch_size"), ("epochs", "epochs")) if name in parts}
+    loss = {k: float(v) for k, v in parts.items()}
+    name = ("inClust+ " + ", ".join([f"{k} {v:g}" for k, v in loss.items()] + [f"{k.replace('_size', '')} {v}" for k, v in training.items()])
+            + (", shared panel" if shared else "") + (f", input correction {corrected}" if corrected else ""))
+    return name, {"loss": loss, **({"views": {"query": ["query"]}} if shared else {}), **({"training": training} if training else {}),
+                  **({"model": {"input_correction": corrected}} if corrected else {})}
 
 
 def run(effect: float, epochs: int | None, seed: int, contenders: tuple[str, ...] = (), scib: bool = False) -> dict:
@@ -131,7 +146,7 @@ def run(effect: float, epochs: int | None, seed: int, contenders: tuple[str, ...
     }
     seconds = {}
     embeddings[OURS], seconds[OURS], used = _train(reference, query, {}, epochs, seed)
-    embeddings[PAPER], seconds[PAPER], _ = _train(reference, query, {"loss": {"kl": 1.0, "mixing": 0.0}}, epochs, seed)
+    embeddings[PAPER], seconds[PAPER], _ = _train(reference, query, PAPER_SETTINGS, epochs, seed)
     for spec in contenders:
         name, settings = _contender(spec)
         embeddings[name], seconds[name], _ = _train(reference, query, settings, epochs, seed)
