@@ -69,11 +69,13 @@ def baselines(ref_in: np.ndarray, ref_out: np.ndarray, labels: np.ndarray, query
     """Predictions and (fit, predict) seconds of the five baselines."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import Ridge
+
+    from evaluation.splits import knn_regressor
     from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
     out = {}
-    out[KNN] = _timed(lambda: KNeighborsRegressor(30).fit(ref_in, ref_out), lambda m: m.predict(query))
-    out[COSINE] = _timed(lambda: KNeighborsRegressor(30, metric="cosine", weights="distance").fit(ref_in, ref_out), lambda m: m.predict(query))
+    out[KNN] = _timed(lambda: knn_regressor(cosine=False).fit(ref_in, ref_out), lambda m: m.predict(query))
+    out[COSINE] = _timed(lambda: knn_regressor().fit(ref_in, ref_out), lambda m: m.predict(query))
 
     def pca_fit():
         pca = PCA(30, random_state=0).fit(ref_in)

@@ -68,12 +68,12 @@ def _zscore(x: np.ndarray) -> np.ndarray:
 
 
 def baselines(ref_in: np.ndarray, ref_out: np.ndarray, query: np.ndarray, k: int) -> dict:
-    from sklearn.neighbors import KNeighborsRegressor
+    from evaluation.splits import knn_regressor
 
     return {
-        EUCLID: KNeighborsRegressor(k).fit(ref_in, ref_out).predict(query),
-        COSINE: KNeighborsRegressor(k, metric="cosine", weights="distance").fit(ref_in, ref_out).predict(query),
-        ZCOS: KNeighborsRegressor(k, metric="cosine", weights="distance").fit(_zscore(ref_in), ref_out).predict(_zscore(query)),
+        EUCLID: knn_regressor(k, cosine=False).fit(ref_in, ref_out).predict(query),
+        COSINE: knn_regressor(k).fit(ref_in, ref_out).predict(query),
+        ZCOS: knn_regressor(k).fit(_zscore(ref_in), ref_out).predict(_zscore(query)),
     }
 
 

@@ -54,3 +54,15 @@ def per_gene_correlation(pred: np.ndarray, truth: np.ndarray, method: str = "pea
     denom = np.sqrt((p**2).sum(0) * (t**2).sum(0))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, (p * t).sum(0) / denom, np.nan)
+
+
+KNN_K = 30  # the kNN contender's neighbours in every imputation benchmark and floor test (issue 24)
+
+
+def knn_regressor(k: int = KNN_K, cosine: bool = True):
+    """The kNN imputation contender on the shared genes, unfitted: cosine metric with distance weights (the strongest
+    simple baseline found, issue 24), or euclidean with uniform weights (``cosine=False``, scikit-learn's default).
+    One definition for the benchmarks and the accuracy floor, so they measure against the same contender."""
+    from sklearn.neighbors import KNeighborsRegressor
+
+    return KNeighborsRegressor(k, metric="cosine", weights="distance") if cosine else KNeighborsRegressor(k)

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from inclust_plus.training.model import InClust
-from sklearn.neighbors import KNeighborsRegressor
 from inclust_plus.training.presets import preset_config
-from evaluation.splits import per_gene_correlation, pseudo_spatial_split
+from evaluation.splits import knn_regressor, per_gene_correlation, pseudo_spatial_split
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "merfish_scrna_reference.h5ad"
 EPOCHS = 80
@@ -53,8 +52,7 @@ def test_reduced_run_imputes_held_out_genes_above_floor():
     columns = [list(imputed.var_names).index(g) for g in split.held_out]
     blended = per_gene_correlation(np.asarray(imputed.layers["inclust_imputed"])[:, columns], split.truth)
     panel = [str(g) for g in split.query.var_names]
-    knn = KNeighborsRegressor(30, metric="cosine", weights="distance").fit(split.reference[:, panel].X.toarray(),
-                                                                           split.reference[:, split.held_out].X.toarray())
+    knn = knn_regressor().fit(split.reference[:, panel].X.toarray(), split.reference[:, split.held_out].X.toarray())
     baseline = np.mean(per_gene_correlation(knn.predict(split.query.X.toarray()), split.truth))
     assert np.mean(blended) >= BLEND_FLOOR and np.mean(blended) > np.mean(r) + 0.01, (np.mean(blended), np.mean(r))
     assert np.mean(blended) >= KNN_RATIO * baseline, (np.mean(blended), baseline)
