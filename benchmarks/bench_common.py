@@ -107,6 +107,8 @@ def make_module(shape: ModelShape, seed: int = 0):
 def make_export(shape: ModelShape, folder: Path, seed: int = 0, torchscript: bool = True, table=None, **options) -> tuple[object, Path]:
     """Write ``model.pt`` (with the read-out's NeighbourTable ``table``, if given) and its export under ``folder``;
     returns (module, manifest path)."""
+    from inclust_plus.contract.description import ReadoutRecord
+    from inclust_plus.contract.description_io import readout_json
     from inclust_plus.export import export_model
     from inclust_plus.training.checkpoint import save_checkpoint
 
@@ -114,8 +116,8 @@ def make_export(shape: ModelShape, folder: Path, seed: int = 0, torchscript: boo
     module = make_module(shape, seed)
     desc = description(shape, seed)
     if table is not None:  # the record that says what the table is (training/readout.py writes it after training)
-        desc["readout"] = {"combination": shape.combination, "features": list(table.features), "cells": len(table.latents),
-                           "datasets": ["reference"], "k_latent": table.k_latent, "k_inputs": table.k_inputs, "weights": list(table.weights)}
+        desc["readout"] = readout_json(ReadoutRecord(shape.combination, tuple(table.features), len(table.latents), ("reference",),
+                                                     table.k_latent, table.k_inputs, tuple(table.weights)))
     ckpt = save_checkpoint(folder / "model.pt", module, desc, neighbours=table)
     manifest = export_model(ckpt, folder / "export", combinations=[shape.combination], torchscript=torchscript, force=True, **options)
     return module, manifest

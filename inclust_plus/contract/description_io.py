@@ -292,10 +292,14 @@ def to_json(d: ModelDescription) -> dict:
             for e in d.mapping
         ]
     if d.readout is not None:  # absent, not null, when off: older descriptions keep their bytes
-        r = d.readout
-        out["readout"] = {"combination": r.combination, "features": list(r.features), "cells": r.cells, "datasets": list(r.datasets),
-                          "k_latent": r.k_latent, "k_inputs": r.k_inputs, "weights": list(r.weights)}
+        out["readout"] = readout_json(d.readout)
     return out
+
+
+def readout_json(r: ReadoutRecord) -> dict:
+    """The JSON object of one read-out record (the inverse of the reader's ``_readout``)."""
+    return {"combination": r.combination, "features": list(r.features), "cells": r.cells, "datasets": list(r.datasets),
+            "k_latent": r.k_latent, "k_inputs": r.k_inputs, "weights": list(r.weights)}
 
 
 def recipe_json(r: Recipe) -> dict:
