@@ -105,15 +105,18 @@ def _contender(spec: str) -> tuple[str, dict]:
     """``"kl=1,mixing=3"`` -> its row name and loss overrides (issue 24: candidates for the integration defaults);
     ``views=shared`` encodes both datasets from the genes they share (``views.query = ["query"]``);
     ``correction=moments`` or ``none`` sets ``model.input_correction`` (training/network/correction.py; default: the task's);
-    ``batch=100``, ``epochs=300`` set the training (default: the task's)."""
+    ``batch=100``, ``epochs=300`` set the training (default: the task's); ``kernel=per_type`` sets
+    ``loss.mixing_kernel`` (training/network/mixing.py)."""
     parts = {k.strip(): v.strip() for k, v in (part.split("=") for part in spec.split(","))}
     shared = parts.pop("views", "own") == "shared"
     corrected = parts.pop("correction", None)
+    kernel = parts.pop("kernel", None)
     training = {key: int(parts.pop(name)) for name, key in (("batch", "batch_size"), ("epochs", "epochs")) if name in parts}
     loss = {k: float(v) for k, v in parts.items()}
     name = ("inClust+ " + ", ".join([f"{k} {v:g}" for k, v in loss.items()] + [f"{k.replace('_size', '')} {v}" for k, v in training.items()])
-            + (", shared panel" if shared else "") + (f", input correction {corrected}" if corrected else ""))
-    return name, {"loss": loss, **({"views": {"query": ["query"]}} if shared else {}), **({"training": training} if training else {}),
+            + (", shared panel" if shared else "") + (f", input correction {corrected}" if corrected else "")
+            + (f", {kernel} kernel" if kernel else ""))
+    return name, {"loss": {**loss, **({"mixing_kernel": kernel} if kernel else {})}, **({"views": {"query": ["query"]}} if shared else {}), **({"training": training} if training else {}),
                   **({"model": {"input_correction": corrected}} if corrected else {})}
 
 

@@ -157,7 +157,7 @@ def test_the_description_is_torch_free():
 
 
 # settings added after the fixture was written, and the value that is the old training ("module": the network's description)
-ADDED_SINCE = {("loss", "unseen"): 1.0, ("model", "input_correction"): "none", ("module", "input_correction"): "none"}
+ADDED_SINCE = {("loss", "unseen"): 1.0, ("loss", "mixing_kernel"): "median", ("model", "input_correction"): "none", ("module", "input_correction"): "none"}
 
 
 def test_training_describes_a_model_as_main_did():

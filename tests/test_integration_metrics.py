@@ -75,3 +75,36 @@ def test_mixing_penalty_is_zero_for_mixed_batches_and_grows_with_a_batch_shift()
     types_apart = float(mixing_penalty(z + 5.0 * resp[:, 1:], cov, resp, 2))
     assert types_apart <= shifted[0] < shifted[1]
     assert float(mixing_penalty(z, torch.zeros(40, dtype=torch.long), resp, 2)) < 1e-6  # one batch: nothing to mix
+
+
+def test_per_type_mixing_kernel_sees_a_batch_shift_within_compact_types():
+    """Three types 40 apart, each of spread 0.1, batch 1 shifted by 0.1 within its type: the median kernel's widths
+    (fractions of a between-type distance) barely see it; the per-type kernel's widths (of the type's spread) do.
+    Both are zero for mixed batches, and with one-hot types the Gibbs kernel equals a kernel per type."""
+    import torch
+
+    from inclust_plus.training.network.mixing import mixing_penalty
+
+    g = torch.Generator().manual_seed(0)
+    types = torch.arange(180) // 60
+    resp = torch.nn.functional.one_hot(types, 3).float()
+    cov = torch.arange(180) % 2
+    z = 0.1 * torch.randn(180, 4, generator=g) + 40.0 * torch.cat([resp[:, 1:], torch.zeros(180, 2)], 1)
+    mixed = z[0::2].repeat_interleave(2, 0)  # batch 1 = a copy of batch 0
+    for kernel in ("median", "per_type"):
+        assert float(mixing_penalty(mixed, cov, resp, 3, kernel)) < 1e-6
+    shifted = z + 0.1 * cov[:, None].float()
+    median, per_type = (float(mixing_penalty(shifted, cov, resp, 3, k)) for k in ("median", "per_type"))
+    assert median < 1e-3 and per_type > 50 * median
+    # a kernel per type, by hand: widths 1, 1/4, 1/16 of that type's mean squared distance, plus the median kernel
+    d2 = torch.cdist(shifted, shifted).pow(2)
+    median_kernel = torch.exp(-d2 / d2.flatten().median())
+    want = 0.0
+    for t in (0, 1, 2):
+        sel = types == t
+        w = d2[sel][:, sel].sum() / (sel.sum() * (sel.sum() - 1))
+        k = median_kernel[sel][:, sel] + sum(torch.exp(-d2[sel][:, sel] / (w * f)) for f in (1.0, 0.25, 1 / 16))
+        for b in (0, 1):
+            diff = (cov[sel] == b).float() / (cov[sel] == b).sum() - 1.0 / sel.sum()
+            want += float(diff @ k @ diff) * float(((cov == b) & sel).sum()) / 180
+    assert abs(per_type - want) < 1e-5 * want

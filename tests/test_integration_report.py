@@ -27,3 +27,16 @@ def test_markdown_has_the_scib_table_with_every_embedding_in_order():
     assert lines[head + 2:head + 6] == [f"| {n} | {0.25 * i:.3f} | 0.500 |" for i, n in enumerate(names)]
     assert "6,000 cells" in lines[head - 2]
     assert "| embedding | KMeans ARI" not in ir.markdown({k: v for k, v in r.items() if k != "scib"})
+
+
+def test_a_contender_spec_is_a_valid_integration_config():
+    """``--contender`` specs reach the one settings check: every key they set exists and takes the value given."""
+    import integration_real as ir
+
+    from inclust_plus.training.config import config_from_dict
+
+    name, settings = ir._contender("kl=2,mixing=5,batch=500,correction=moments,kernel=per_type")
+    assert name == "inClust+ kl 2, mixing 5, batch 500, input correction moments, per_type kernel"
+    cfg = config_from_dict({"task": "integration", "datasets": [{"name": "a"}, {"name": "b"}], **settings})
+    assert (cfg.loss.kl, cfg.loss.mixing, cfg.loss.mixing_kernel, cfg.model.input_correction, cfg.training.batch_size) == (
+        2.0, 5.0, "per_type", "moments", 500)

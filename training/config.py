@@ -26,6 +26,7 @@ from inclust_plus.training.network import activations
 from inclust_plus.training.schema import Bool, BoolOr, Choice, Float, Int, ListOf, OneOrList, Optional, Str, Table, check_dataclass, key
 
 LIKELIHOODS = ("gaussian", "bernoulli")
+MIXING_KERNELS = ("median", "per_type")  # training/network/mixing.py
 TASKS = ("imputation", "integration", "triple", "generation", "custom")
 ACTIVATIONS = activations.NAMES  # one table: training/network/activations.py
 INPUT_NORMALIZATIONS = ("none", "l2")
@@ -112,6 +113,9 @@ class LossConfig:
     categorical: float = key(1.0, Float(min=0))
     label: float = key(50.0, Float(min=0))
     mixing: float = key(0.0, Float(min=0))  # >0: per-type batch-mixing penalty on z - e_b (training/network/mixing.py)
+    # the penalty's kernel widths: "median" (fractions of the batch's median distance) or "per_type" (also fractions
+    # of each type's own spread, which still sees the batches apart within compact types at kl >= 1)
+    mixing_kernel: str = key("median", Choice(*MIXING_KERNELS))
     # the reconstruction weight of the features a training row must predict without seeing them (its output
     # mask minus its input mask: the genes to impute, the modality to generate), relative to those it sees;
     # 1: the paper's loss (the default outside the imputation task). 16 lifts imputation on same-technology splits

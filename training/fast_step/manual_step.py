@@ -58,7 +58,8 @@ COVERED = {
 # the likelihood (Gaussian, Bernoulli, or a mix across members); labelled and unlabelled data.
 ANY_VALUE = {
     "model": ("n_features", "n_covariates", "n_labels", "members", "encoder_hidden", "latent_dim", "decoder_hidden", "covariate_init_std"),
-    "loss": ("reconstruction", "kl", "categorical", "label", "likelihood", "unseen"),
+    "loss": ("reconstruction", "kl", "categorical", "label", "likelihood", "unseen",
+             "mixing_kernel"),  # the mixing penalty's kernel: unused while loss.mixing is 0, which COVERED requires
 }
 
 

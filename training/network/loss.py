@@ -125,6 +125,6 @@ def loss_terms(net, x, input_mask, output_mask, covariate, label, noise, weights
     rec = reconstruction(logits, x, output_weights(input_mask, output_mask, weights.unseen), net.output_activation, bernoulli).mean(-1)
     z_c = mu - net.embedding_rows(covariate)
     kl, cat, ce, resp = posterior_terms(z_c, log_var, net.classifier(z_c), net.prior_means, label, unsupervised)
-    mix = mixing_penalty(z_c, covariate, resp, net.config.n_covariates) if weights.mixing else x.new_zeros(rec.shape)
+    mix = mixing_penalty(z_c, covariate, resp, net.config.n_covariates, weights.mixing_kernel) if weights.mixing else x.new_zeros(rec.shape)
     total = weights.reconstruction * rec + weights.kl * kl + weights.categorical * cat + weights.label * ce + weights.mixing * mix
     return torch.stack([total, rec, kl, cat, ce, mix])
