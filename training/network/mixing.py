@@ -53,9 +53,9 @@ def mixing_penalty(z_c: torch.Tensor, covariate: torch.Tensor, resp: torch.Tenso
     d2 = torch.cdist(z_c, z_c).pow(2)
     resp = resp.detach()
     if kernel == "median":  # several widths: the median distance is mostly between types; within a type cells are closer
-        kernel = _median_kernel(d2, KERNEL_WIDTHS)
+        gram = _median_kernel(d2, KERNEL_WIDTHS)
     elif kernel == "per_type":
-        kernel = _per_type_kernel(d2, resp, z_c.shape[-1])
+        gram = _per_type_kernel(d2, resp, z_c.shape[-1])
     else:
         raise ValueError(f"unknown mixing kernel {kernel!r} (median or per_type)")
     onehot = torch.nn.functional.one_hot(covariate, n_covariates).to(z_c.dtype)  # [..., n, B]
@@ -66,6 +66,6 @@ def mixing_penalty(z_c: torch.Tensor, covariate: torch.Tensor, resp: torch.Tenso
     per = per / mass_tb.clamp_min(1e-6)[..., None, :, :]
     diff = (per - pooled[..., None]).flatten(-2)  # [..., n, T*B]
     present = (mass_tb > 0.5).flatten(-2).to(z_c.dtype)  # a (type, batch) with about one cell or more
-    mmd = ((kernel @ diff) * diff).sum(-2)  # [..., T*B]
+    mmd = ((gram @ diff) * diff).sum(-2)  # [..., T*B]
     share = (mass_tb / mass_tb.sum((-1, -2), keepdim=True).clamp_min(1e-6)).flatten(-2)
     return (mmd * present * share).sum(-1)
