@@ -69,9 +69,9 @@ def baselines(ref_in: np.ndarray, ref_out: np.ndarray, labels: np.ndarray, query
     """Predictions and (fit, predict) seconds of the five baselines."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import Ridge
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
     from evaluation.splits import knn_regressor
-    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
     out = {}
     out[KNN] = _timed(lambda: knn_regressor(cosine=False).fit(ref_in, ref_out), lambda m: m.predict(query))
