@@ -16,7 +16,7 @@ non-linear batch effects and cell-type proportions that differ 4x between the ba
 Metrics: evaluation/integration_metrics.py (same-batch neighbour fraction with its perfect-mixing
 value, batch ASW, label ASW, ARI/NMI of k-means, kNN label transfer from batch0 to batch1).
 
-    python benchmarks/integration.py            # seed 0 in full, seeds 1 and 2 for the acceptance: ~5 min on 2 shared cores
+    python benchmarks/integration.py            # seed 0 in full, seeds 1 and 2 for the acceptance: ~15 min on 2 shared cores
 """
 
 from __future__ import annotations
@@ -146,8 +146,9 @@ def markdown(r: dict) -> str:
                      f"{a['global_chance']:.3f} | {a['label_transfer']:.3f} | {'yes' if a['met'] else 'NO'} |")
     lines += ["", "The global chance level (0.50) is not a target for this data: the batches hold the types about 30/70, so "
               "neighbours drawn from all cells would be of other types; the ground truth, which keeps types apart, sits at the "
-              "within-type level. The integration task's defaults (training/config.py TASK_DEFAULTS) were tuned on this data; "
-              "every run tried is in benchmarks/results/integration_experiments.md (the paper's loss: 0.79 on seed 0)."]
+              "within-type level. The integration task's defaults (training/config.py TASK_DEFAULTS) were chosen on this data and "
+              "on the real MERFISH split as two datasets (benchmarks/results/integration_contenders.md, issue 24; earlier runs "
+              "on this data in benchmarks/results/integration_experiments.md; the paper's loss: 0.79 on seed 0)."]
     return "\n".join(lines) + "\n"
 
 

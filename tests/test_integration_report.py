@@ -40,3 +40,25 @@ def test_a_contender_spec_is_a_valid_integration_config():
     cfg = config_from_dict({"task": "integration", "datasets": [{"name": "a"}, {"name": "b"}], **settings})
     assert (cfg.loss.kl, cfg.loss.mixing, cfg.loss.mixing_kernel, cfg.model.input_correction, cfg.training.batch_size) == (
         2.0, 5.0, "per_type", "moments", 500)
+    name, settings = ir._contender("kl=1,mixing=0,correction=none,batch=100,epochs=150,lr=0.001,schedule=constant")
+    assert name == "inClust+ kl 1, mixing 0, batch 100, epochs 150, lr 0.001, schedule constant, input correction none"
+    cfg = config_from_dict({"task": "integration", "datasets": [{"name": "a"}, {"name": "b"}], **settings})
+    assert (cfg.training.batch_size, cfg.training.epochs, cfg.training.learning_rate, cfg.training.lr_schedule) == (100, 150, 1e-3, "constant")
+
+
+def test_the_defaults_are_compared_with_every_other_inclust_row_on_the_three_measures_of_biology():
+    """Issue 24's acceptance in words: no lower than each inClust+ row on label transfer, ARI and label ASW (as shown,
+    three decimals), and the measures that are lower named."""
+    import integration_real as ir
+
+    contender = "inClust+ kl 1, mixing 0, batch 100"
+    scores = {ir.NONE: _scores(0.581, 0.4), ir.SHARED: _scores(0.8, 0.3), ir.OURS: _scores(0.585, 0.9403), ir.PAPER: _scores(0.7, 0.9398),
+              contender: {**_scores(0.63, 0.93), "label_asw": 0.957}}
+    r = {"effect": 0.0, "epochs": 200, "batch_size": 500, "seed": 0, "cells": {"reference": 10, "query": 5}, "date": "2026-12-06",
+         "machine": "test", "training_seconds": {ir.OURS: 1.0}, "scores": scores}
+    text = ir.markdown(r).splitlines()[-1]
+    assert "The integration defaults reach 0.585 (within 10% of perfect" in text
+    assert ("Against paper loss (kl 1, mixing 0): same-batch fraction 0.585 against 0.700; label transfer 0.900 against 0.900; "
+            "ARI 0.940 against 0.940; label ASW 0.900 against 0.900; no lower on any of the three.") in text
+    assert text.endswith("Against kl 1, mixing 0, batch 100: same-batch fraction 0.585 against 0.630; label transfer 0.900 against "
+                         "0.900; ARI 0.940 against 0.930; label ASW 0.900 against 0.957; lower on label ASW.")

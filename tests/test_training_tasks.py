@@ -39,7 +39,9 @@ def _uncorrected(model, data, datasets, feature_set):
 
 
 def test_integration_mixes_batches():
-    st, model, data = _train("integration")
+    # The task's own training (training/config.py TASK_DEFAULTS): the per-type penalty compares a type's cells across
+    # batches inside one training batch, so it needs batches of 500, and it keeps mixing for all 200 epochs.
+    st, model, data = _train("integration", epochs=200, batch_size=500)
     zc, batch, types = [], [], []
     for ds in ("batch0", "batch1"):
         _, z, p = model.predict(_inputs(model, data, ds, "rna_protein"), "rna_protein", ds)
@@ -53,7 +55,7 @@ def test_integration_mixes_batches():
     from sklearn.decomposition import PCA
 
     pca = batch_mixing(PCA(20, random_state=0).fit_transform(x_all), batch)
-    assert mixed > 0.9, mixed  # 0.949 measured (seeded)
+    assert mixed > 0.9, mixed  # 0.915 measured (seeded)
     assert mixed > raw + 0.2 and mixed > pca + 0.2, (mixed, raw, pca)
     # Correction must not blur cell types: kNN type purity stays high.
     assert batch_mixing(zc, types) < 0.3
