@@ -18,10 +18,10 @@ Embeddings: PCA (20) of the 122 shared genes; the same after centring each datas
 TASK_DEFAULTS), each dataset encoded from its own panel; inClust+ with the paper's loss and model (kl 1,
 no mixing term, no input correction) trained the same way; ``--contender`` adds other settings (issue 24's
 headline adds the paper's loss trained as the previous defaults were: batches of 100, 150 epochs, learning
-rate 1e-3). Metrics:
-evaluation/integration_metrics.py (silhouettes on a seeded 6,000-cell sample), label transfer: kNN (k=15)
-fit on the reference predicts the query; the text names where the defaults are lower than another inClust+
-row on label transfer, ARI or label ASW (issue 24's acceptance, at the table's three decimals).
+rate 1e-3). Metrics: evaluation/integration_metrics.py (silhouettes on a seeded 6,000-cell sample), label
+transfer: kNN (k=15) fit on the reference predicts the query; the text names where the defaults are lower
+than another inClust+ row on label transfer, ARI or label ASW (issue 24's acceptance, at the table's three
+decimals).
 
     python benchmarks/integration_real.py --scib --contender kl=1,mixing=0,correction=none,batch=100,epochs=150,lr=0.001,schedule=constant
     python benchmarks/integration_real.py --scib --contender ... --effect 0   # the panels are the only difference
