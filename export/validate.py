@@ -66,12 +66,17 @@ def random_feeds(combination: Combination, n_covariates: int, batch: int, seed: 
     return {t.name: feeds[t.name] for t in combination.spec.inputs}
 
 
+def module_inputs(feeds: dict[str, np.ndarray], plan: PreprocessPlan | None) -> np.ndarray:
+    """The ``x`` the module reads for a graph's feeds: raw inputs pass through the folded preprocessing ``plan``."""
+    return feeds["x"] if plan is None else plan.apply(feeds["x"])
+
+
 def reference(module, combination: Combination, feeds: dict[str, np.ndarray], plan: PreprocessPlan | None = None,
               neighbours=None) -> dict[str, np.ndarray]:
     """What the graph must return: the reference semantics of :func:`~inclust_plus.training.torch_backend.run_graph`
     (the in-memory model's backend runs the same function; ``plan``: raw inputs), with ``neighbours``
     (a NeighbourTable) blended into ``y`` as that backend does (``blend_neighbours``)."""
-    x = feeds["x"] if plan is None else plan.apply(feeds["x"])
+    x = module_inputs(feeds, plan)
     names = [t.name for t in combination.spec.outputs]
     out = run_graph(module, combination.inputs, combination.outputs, x, feeds["covariate"], feeds.get("target_covariate"), names)
     return out if neighbours is None else blend_neighbours(module, neighbours, out, combination.inputs, combination.outputs, x, feeds["covariate"])
@@ -122,7 +127,7 @@ def within_tolerance(got: dict[str, np.ndarray], want: dict[str, np.ndarray], at
 def untied_rows(module, combination: Combination, feeds, plan, neighbours, latent: np.ndarray) -> np.ndarray:
     """Rows whose read-out is determined: not those whose k-th and (k+1)-th neighbours tie within float32 rounding,
     which may rightly pick either (the parity checks leave their ``y`` out, still comparing latent and labels)."""
-    x = feeds["x"] if plan is None else plan.apply(feeds["x"])
+    x = module_inputs(feeds, plan)
     return ~neighbours.tied_rows(latent, correction.corrected_rows(module, x, combination.inputs, feeds["covariate"]))
 
 
