@@ -8,7 +8,7 @@ biology reaches (0.580 on these 2,000 cells; the within-type chance level 0.575,
 acceptance (issue 15, kept by issue 24) is 1.1x that truth; the paper's loss gives 0.79. The defaults of issue 24
 (kl 2, per-type mixing 5, input correction, batches of 500 at a cosine-decayed learning rate of 3e-3) measured 0.601
 here (1.04x; label transfer 0.969, ARI 0.970) in ~2 min on 2 shared cores; the benchmark (benchmarks/integration.py,
-3,000 cells, seeds 0-2) 0.99-1.02x. The previous defaults (kl 0.05, mixing 10) mixed these batches to 0.580 but
+3,000 cells, seeds 0-2) 0.98-1.02x. The previous defaults (kl 0.05, mixing 10) mixed these batches to 0.580 but
 blurred overlapping real types.
 """
 
